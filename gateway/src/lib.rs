@@ -1,0 +1,229 @@
+//! mec_gateway: the PostgREST-compatible HTTP front of pg_mec.
+//!
+//! The gateway holds no business rules: it verifies the JWT, opens one transaction per
+//! request in the token's role with the claims in `request.jwt.claims`, calls a function or
+//! reads a view of schema `mec`, and renders the answer (or the error) the way PostgREST
+//! does. See `docs/gateway.md`.
+
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod metrics;
+pub mod middleware;
+pub mod query;
+pub mod routes;
+pub mod schema_cache;
+
+use std::ops::Deref;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::{header, HeaderName, Method};
+use axum::routing::get;
+use axum::Router;
+use tower_http::cors::{Any, CorsLayer};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+pub use config::Config;
+
+use auth::JwtVerifier;
+use error::ApiError;
+use metrics::Metrics;
+use schema_cache::{SchemaCache, SchemaStore};
+
+/// Everything a handler needs, built once at startup.
+pub struct Inner {
+    pub config: Config,
+    pub pool: deadpool_postgres::Pool,
+    pub jwt: JwtVerifier,
+    pub schema: SchemaStore,
+    pub metrics: Metrics,
+}
+
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+impl Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl AppState {
+    /// Validate the configuration into a state. Connects to nothing yet: the pool connects
+    /// lazily and the schema cache is loaded by [`AppState::reload_schema`] or the listener.
+    pub fn new(config: Config) -> Result<Self, String> {
+        let jwt = JwtVerifier::new(&config.jwt).map_err(|e| e.to_string())?;
+        let pool = db::build_pool(&config)?;
+        Ok(AppState(Arc::new(Inner {
+            config,
+            pool,
+            jwt,
+            schema: SchemaStore::default(),
+            metrics: Metrics::default(),
+        })))
+    }
+
+    /// Load the schema cache once through the pool.
+    pub async fn reload_schema(&self) -> Result<(), ApiError> {
+        let client = self.pool.get().await?;
+        let cache = SchemaCache::load(&**client).await?;
+        self.schema.set(cache);
+        Ok(())
+    }
+
+    /// Keep the schema cache fresh: LISTEN on `mec_gateway` with its own connection.
+    pub fn spawn_schema_listener(&self) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(schema_cache::listen_forever(
+            self.config.database_url.clone(),
+            self.config.connect_timeout,
+            self.schema.clone(),
+        ))
+    }
+}
+
+/// The whole HTTP surface.
+pub fn app(state: AppState) -> Router {
+    let request_id = HeaderName::from_static("x-request-id");
+    let cors = CorsLayer::new()
+        .allow_origin(Any)
+        .allow_methods([Method::GET, Method::HEAD, Method::POST, Method::OPTIONS])
+        .allow_headers(Any)
+        .expose_headers([
+            HeaderName::from_static("content-range"),
+            request_id.clone(),
+            header::RETRY_AFTER,
+            HeaderName::from_static("ratelimit"),
+            HeaderName::from_static("ratelimit-policy"),
+        ])
+        .max_age(Duration::from_secs(86_400));
+
+    let trace = TraceLayer::new_for_http()
+        .make_span_with(|req: &axum::http::Request<axum::body::Body>| {
+            let id = req
+                .headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            tracing::info_span!(
+                "request",
+                request_id = %id,
+                method = %req.method(),
+                path = %req.uri().path(),
+            )
+        })
+        .on_request(())
+        .on_response(
+            |resp: &axum::http::Response<axum::body::Body>,
+             latency: Duration,
+             _span: &tracing::Span| {
+                tracing::info!(
+                    status = resp.status().as_u16(),
+                    latency_ms = latency.as_secs_f64() * 1000.0,
+                    "response"
+                );
+            },
+        )
+        .on_failure(());
+
+    Router::new()
+        .route("/health", get(routes::health::health))
+        .route("/ready", get(routes::health::ready))
+        .route("/metrics", get(routes::health::metrics))
+        .route("/api", get(routes::openapi::openapi))
+        .route("/api/", get(routes::openapi::openapi))
+        .route(
+            "/api/rpc/{function}",
+            get(routes::rpc::rpc_get)
+                .post(routes::rpc::rpc_post)
+                .fallback(routes::method_not_allowed),
+        )
+        .route(
+            "/api/{view}",
+            get(routes::views::read).fallback(routes::method_not_allowed),
+        )
+        .fallback(routes::not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::track,
+        ))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            middleware::panic_response,
+        ))
+        .layer(cors)
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(trace)
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .with_state(state)
+}
+
+/// JSON-lines logs; `MEC_LOG` (or `RUST_LOG`) filters, default `info`.
+pub fn init_tracing() {
+    let filter = std::env::var("MEC_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "info".into());
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .with_current_span(true)
+        .with_span_list(false)
+        .with_target(false)
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Run the server until SIGTERM/SIGINT, then finish in-flight requests (at most
+/// `MEC_SHUTDOWN_TIMEOUT_MS`).
+pub async fn serve(config: Config) -> Result<(), String> {
+    let addr = config.addr;
+    let shutdown_timeout = config.shutdown_timeout;
+    let state = AppState::new(config)?;
+    let listener_task = state.spawn_schema_listener();
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    tracing::info!(%addr, "mec-gateway listening");
+
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let server = axum::serve(listener, app(state.clone())).with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: finishing in-flight requests");
+        let _ = stop_tx.send(true);
+    });
+    let deadline = async move {
+        let _ = stop_rx.wait_for(|v| *v).await;
+        tokio::time::sleep(shutdown_timeout).await;
+    };
+    tokio::select! {
+        r = server => r.map_err(|e| e.to_string())?,
+        _ = deadline => tracing::warn!("shutdown timeout reached; dropping remaining requests"),
+    }
+    listener_task.abort();
+    state.pool.close();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,46 @@
+//! Pure logic of pg_mec — periods, enforcement decisions, billability and catalog validation —
+//! with no pgrx types and no Postgres, so it can be tested with plain `cargo test`.
+//!
+//! * [`period`] — period and rate windows in Unix microseconds UTC, sliding-window estimates.
+//! * [`enforcement`] — hard / soft / capped limits: [`Policy::decide`] and its stable reasons.
+//! * [`billing`] — which HTTP statuses make an event billable.
+//! * [`catalog`] — validating a catalog document into a typed [`Catalog`], or every [`Problem`].
+//! * [`civil`] — the calendar arithmetic behind [`period`].
+//!
+//! ```
+//! use pg_mec_core::{catalog, period_window, Decimal};
+//! use serde_json::json;
+//!
+//! let doc = json!({
+//!     "resources": [{"resource_type": "benchmark_runs", "kind": "metered"}],
+//!     "plans": [{"plan_id": "starter", "entitlements": {
+//!         "benchmark_runs": {"limit": 100, "enforcement": "capped", "overage_cap": 50}}}]
+//! });
+//! let cat = catalog::validate(&doc).expect("valid");
+//! let ent = cat.plan("starter").and_then(|p| p.entitlement("benchmark_runs")).expect("entitled");
+//! let d = ent.policy().decide(Decimal::from(120), Decimal::from(10));
+//! assert!(d.allowed && d.overage);
+//! assert_eq!(d.reason, "overage_allowed");
+//! let window = period_window(ent.period.expect("metered"), 1_795_000_000_000_000, None);
+//! assert!(window.contains(1_795_000_000_000_000));
+//!
+//! let bad = catalog::validate(&json!({"resources": [], "plans": [{"plan_id": "X"}]}));
+//! let paths: Vec<String> = bad.unwrap_err().into_iter().map(|p| p.path).collect();
+//! assert_eq!(paths, ["$.resources", "$.plans[0].plan_id"]);
+//! ```
+
+pub mod billing;
+pub mod catalog;
+pub mod civil;
+pub mod enforcement;
+pub mod parse;
+pub mod period;
+
+pub use billing::{default_billable, is_billable, StatusClass, StatusClassError};
+pub use catalog::{
+    canonical_json, digest, validate, Catalog, Kind, Plan, PlanEntitlement, Problem, Resource,
+};
+pub use enforcement::{Decision, Enforcement, Policy};
+pub use parse::ParseEnumError;
+pub use period::{period_window, rate_window, sliding_estimate, Period, Window};
+pub use rust_decimal::Decimal;

@@ -1,0 +1,24 @@
+//! `load_catalog`: the catalog document is the single source of truth for plans and limits.
+
+use pgrx::prelude::*;
+use pgrx::JsonB;
+
+use crate::errors::finish;
+use crate::{args, catalog_load, context};
+
+/// Validates the catalog (`sql/catalog.schema.json` describes it) and applies it to the caller's
+/// namespace, all or nothing. Loading the same document twice changes nothing.
+///
+/// Returns `{unchanged, version, digest, plans_created, plans_updated, plans_unchanged,
+/// plans_retired, resources, resources_created, resources_updated, accounts_reprovisioned}`.
+/// Raises `ME422` (invalid; DETAIL `{"problems": [{"path", "message"}, ...]}` lists every
+/// problem), `22023` (NULL), `42501`.
+#[pg_extern]
+fn load_catalog(p_catalog: Option<JsonB>) -> JsonB {
+    let result = (|| {
+        let ns = context::namespace()?;
+        let doc = args::required(p_catalog, "p_catalog")?.0;
+        Spi::connect_mut(|client| catalog_load::load(client, ns, &doc))
+    })();
+    JsonB(finish(result))
+}

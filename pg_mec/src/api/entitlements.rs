@@ -1,0 +1,49 @@
+//! `check_entitlement` and `usage_summary`: read-only answers about an account.
+
+use pgrx::prelude::*;
+use pgrx::{AnyNumeric, JsonB, Uuid};
+
+use crate::errors::finish;
+use crate::{args, context, summary};
+
+/// May `p_account_id` use `p_requested_qty` more of `p_resource_type` now? Read-only.
+///
+/// Returns `{decision: "allow"|"deny", reason, quantity_allowed, quantity_used,
+/// quantity_remaining, percent_used, period_start, period_end, enforcement}`; a denial is an
+/// answer (HTTP 200), not an error. Features answer with `quantity_allowed` 1 or 0.
+///
+/// Raises `22023` (NULL or negative quantity), `42501` (no namespace; a `mec_user` asking about
+/// another account), `ME404` (unknown account or resource type).
+#[pg_extern(stable, parallel_safe)]
+fn check_entitlement(
+    p_account_id: Option<Uuid>,
+    p_resource_type: Option<&str>,
+    p_requested_qty: default!(Option<AnyNumeric>, 1),
+) -> JsonB {
+    let result = (|| {
+        let ns = context::namespace()?;
+        let account = args::required(p_account_id, "p_account_id")?;
+        let resource = args::text(p_resource_type, "p_resource_type")?;
+        let qty = args::quantity(p_requested_qty, "p_requested_qty")?;
+        context::require_account_access(account)?;
+        Spi::connect(|client| summary::check(client, ns, account, &resource, qty, args::now_us()))
+    })();
+    JsonB(finish(result))
+}
+
+/// Everything an account may use and has used: `{account_id, external_id, plan, plan_name,
+/// payment_overdue, features: {<resource>: {kind, current, limit, remaining, reset_date,
+/// last_updated, enforcement}}}`. Read-only.
+///
+/// Raises `22023` (NULL account), `42501` (no namespace; a `mec_user` asking about another
+/// account), `ME404` (unknown account).
+#[pg_extern(stable, parallel_safe)]
+fn usage_summary(p_account_id: Option<Uuid>) -> JsonB {
+    let result = (|| {
+        let ns = context::namespace()?;
+        let account = args::required(p_account_id, "p_account_id")?;
+        context::require_account_access(account)?;
+        Spi::connect(|client| summary::usage_summary(client, ns, account, args::now_us()))
+    })();
+    JsonB(finish(result))
+}

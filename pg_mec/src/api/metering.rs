@@ -1,0 +1,47 @@
+//! `meter_consumption`: record usage exactly once.
+
+use pgrx::prelude::*;
+use pgrx::{AnyNumeric, JsonB, Uuid};
+
+use crate::errors::finish;
+use crate::metering::{self, Event};
+use crate::{args, context};
+
+/// Records `p_quantity` of `p_resource_type` for `p_account_id`, deciding and counting in one
+/// statement under the counter's row lock, idempotently on `p_idempotency_key`.
+///
+/// Returns `{consumption_id, duplicate, billable, overage, quantity_used, quantity_allowed,
+/// quantity_remaining, percent_used, period_start, period_end}`; a replay of the same key and
+/// payload returns the original result with `duplicate: true` and changes nothing.
+///
+/// Raises `ME429` (limit reached; DETAIL `{"violated_policies": [...]}`), `ME409` (key reused
+/// with another account, resource or quantity), `ME404` (unknown account or resource type),
+/// `ME400` (a feature or concurrency resource), `22023` (empty key, non-positive quantity, bad
+/// status, event in the future or older than `late_event_days`), `42501` (no namespace).
+#[pg_extern]
+#[allow(clippy::too_many_arguments)]
+fn meter_consumption(
+    p_idempotency_key: Option<&str>,
+    p_account_id: Option<Uuid>,
+    p_resource_type: Option<&str>,
+    p_quantity: Option<AnyNumeric>,
+    p_occurred_at: default!(Option<TimestampWithTimeZone>, "now()"),
+    p_metadata: default!(Option<JsonB>, "'{}'"),
+    p_http_status: default!(Option<i32>, "NULL"),
+) -> JsonB {
+    let result = (|| {
+        let ns = context::namespace()?;
+        let event = Event {
+            key: args::required(p_idempotency_key, "p_idempotency_key")?.to_string(),
+            account_id: args::required(p_account_id, "p_account_id")?,
+            resource_type: args::text(p_resource_type, "p_resource_type")?,
+            quantity: args::quantity(p_quantity, "p_quantity")?,
+            occurred_us: args::instant(p_occurred_at, "p_occurred_at")?,
+            metadata: p_metadata.map(|j| j.0).unwrap_or_else(|| serde_json::json!({})),
+            http_status: p_http_status,
+        };
+        metering::validate(&event)?;
+        Spi::connect_mut(|client| metering::meter(client, ns, &event, args::now_us()))
+    })();
+    JsonB(finish(result))
+}

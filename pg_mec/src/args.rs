@@ -1,0 +1,45 @@
+//! Argument handling shared by the entry points: NULL checks and conversions that give a clear
+//! `22023` instead of a silent NULL result.
+
+use pg_mec_core::Decimal;
+use pgrx::datum::{AnyNumeric, TimestampWithTimeZone};
+
+use crate::errors::{MecError, MecResult};
+use crate::values::{to_decimal, unix_us};
+
+/// The argument's value, or `22023` naming it.
+pub fn required<T>(value: Option<T>, name: &str) -> MecResult<T> {
+    value.ok_or_else(|| MecError::invalid(format!("{name} must not be null")))
+}
+
+pub fn text(value: Option<&str>, name: &str) -> MecResult<String> {
+    let s = required(value, name)?;
+    if s.trim().is_empty() {
+        return Err(MecError::invalid(format!("{name} must not be empty")));
+    }
+    Ok(s.to_string())
+}
+
+pub fn quantity(value: Option<AnyNumeric>, name: &str) -> MecResult<Decimal> {
+    to_decimal(&required(value, name)?)
+}
+
+pub fn instant(value: Option<TimestampWithTimeZone>, name: &str) -> MecResult<i64> {
+    unix_us(required(value, name)?).map_err(|_| MecError::invalid(format!("{name} must be a finite timestamp")))
+}
+
+/// `now()`: the start of the current transaction, in Unix microseconds.
+pub fn now_us() -> i64 {
+    // SAFETY: reads the transaction start timestamp.
+    let ts = unsafe { pgrx::pg_sys::GetCurrentTransactionStartTimestamp() };
+    TimestampWithTimeZone::try_from(ts).ok().and_then(|t| unix_us(t).ok()).unwrap_or_default()
+}
+
+/// A TTL in seconds, 1 s to 1 day.
+pub fn ttl_seconds(value: Option<i32>, name: &str) -> MecResult<i32> {
+    let ttl = required(value, name)?;
+    if !(1..=86_400).contains(&ttl) {
+        return Err(MecError::invalid(format!("{name} must be between 1 and 86400 seconds, got {ttl}")));
+    }
+    Ok(ttl)
+}

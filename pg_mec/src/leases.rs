@@ -1,0 +1,230 @@
+//! Leases: held slots of `concurrency` resources.
+//!
+//! `acquire` locks the account's lifetime counter row for the resource (one upsert), frees
+//! expired leases, counts the active ones and inserts the new lease, so concurrent acquirers can
+//! never hold more than the limit. An expired lease stops counting at once.
+
+use pg_mec_core::catalog::Kind;
+use pg_mec_core::Decimal;
+use pgrx::spi::SpiClient;
+use pgrx::datum::{TimestampWithTimeZone, Uuid};
+use serde_json::{json, Value};
+
+use crate::entitlement;
+use crate::errors::{MecError, MecResult};
+use crate::spi::{self, Stmt};
+use crate::usage;
+use crate::values::{opt_num, timestamptz, ts_json, unix_us};
+
+pub struct Acquire {
+    pub account_id: Uuid,
+    pub resource_type: String,
+    pub holder: Option<String>,
+    pub ttl_seconds: i32,
+    pub key: Option<String>,
+}
+
+static LOCK_COUNTER: Stmt = Stmt {
+    sql: "INSERT INTO mec_data.usage_counters (namespace_id, account_id, resource_type, period_start, slot, period_end)
+          VALUES ($1, $2, $3, $4, 0, NULL)
+          ON CONFLICT (namespace_id, account_id, resource_type, period_start, slot)
+          DO UPDATE SET updated_at = now()
+          RETURNING used",
+    types: &[spi::UUID, spi::UUID, spi::TEXT, spi::TIMESTAMPTZ],
+    writes: true,
+};
+
+static FREE_EXPIRED: Stmt = Stmt {
+    sql: "UPDATE mec_data.leases SET released_at = now(), release_reason = 'expired'
+          WHERE namespace_id = $1 AND account_id = $2 AND resource_type = $3
+            AND released_at IS NULL AND expires_at <= now()",
+    types: &[spi::UUID, spi::UUID, spi::TEXT],
+    writes: true,
+};
+
+static INSERT_LEASE: Stmt = Stmt {
+    sql: "INSERT INTO mec_data.leases (namespace_id, account_id, resource_type, holder, idempotency_key, expires_at)
+          VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6))
+          ON CONFLICT (namespace_id, idempotency_key) DO NOTHING
+          RETURNING lease_id, expires_at",
+    types: &[spi::UUID, spi::UUID, spi::TEXT, spi::TEXT, spi::TEXT, spi::INT4],
+    writes: true,
+};
+
+static BY_KEY: Stmt = Stmt {
+    sql: "SELECT lease_id, account_id, resource_type, expires_at, released_at
+          FROM mec_data.leases WHERE namespace_id = $1 AND idempotency_key = $2",
+    types: &[spi::UUID, spi::TEXT],
+    writes: false,
+};
+
+static RENEW: Stmt = Stmt {
+    sql: "UPDATE mec_data.leases SET expires_at = now() + make_interval(secs => $3)
+          WHERE namespace_id = $1 AND lease_id = $2 AND released_at IS NULL AND expires_at > now()
+          RETURNING expires_at",
+    types: &[spi::UUID, spi::UUID, spi::INT4],
+    writes: true,
+};
+
+static RELEASE: Stmt = Stmt {
+    sql: "UPDATE mec_data.leases
+             SET released_at = now(),
+                 release_reason = CASE WHEN expires_at > now() THEN 'released' ELSE 'expired' END
+          WHERE namespace_id = $1 AND lease_id = $2 AND released_at IS NULL
+          RETURNING release_reason, released_at",
+    types: &[spi::UUID, spi::UUID],
+    writes: true,
+};
+
+static LEASE: Stmt = Stmt {
+    sql: "SELECT released_at, release_reason, expires_at FROM mec_data.leases WHERE namespace_id = $1 AND lease_id = $2",
+    types: &[spi::UUID, spi::UUID],
+    writes: false,
+};
+
+static EXPIRE_ALL: Stmt = Stmt {
+    sql: "WITH gone AS (
+              UPDATE mec_data.leases SET released_at = now(), release_reason = 'expired'
+              WHERE namespace_id = $1 AND released_at IS NULL AND expires_at <= now()
+              RETURNING 1)
+          SELECT count(*)::int4 FROM gone",
+    types: &[spi::UUID],
+    writes: true,
+};
+
+/// Takes a slot of a concurrency resource, or raises ME429 when all are held.
+pub fn acquire(client: &mut SpiClient<'_>, ns: Uuid, req: &Acquire, now_us: i64) -> MecResult<Value> {
+    if let Some(key) = &req.key {
+        crate::metering::validate_key(key)?;
+        if let Some(v) = replay(client, ns, req, key)? {
+            return Ok(v);
+        }
+    }
+    let eff = entitlement::resolve(client, ns, req.account_id, &req.resource_type, now_us)?;
+    if eff.kind != Kind::Concurrency {
+        return Err(MecError::bad_request(
+            format!("resource \"{}\" is {} and has no leases", req.resource_type, eff.kind.as_str()),
+            "Leases are for resources of kind concurrency; meter other kinds with mec.meter_consumption.",
+        ));
+    }
+    let epoch: TimestampWithTimeZone = timestamptz(0);
+    let resource = req.resource_type.as_str();
+    spi::write(client, &LOCK_COUNTER, &[ns.into(), req.account_id.into(), resource.into(), epoch.into()])?;
+    spi::write(client, &FREE_EXPIRED, &[ns.into(), req.account_id.into(), resource.into()])?;
+    let held = usage::read(client, ns, req.account_id, &eff, now_us)?;
+    let decision = eff.policy.decide(held.used, Decimal::ONE);
+    if !decision.allowed {
+        return Err(MecError::LimitReached {
+            resource: req.resource_type.clone(),
+            violated: Value::Array(vec![usage::violated_policy(&eff, &held)]),
+        });
+    }
+    let row = spi::write(
+        client,
+        &INSERT_LEASE,
+        &[
+            ns.into(),
+            req.account_id.into(),
+            resource.into(),
+            req.holder.as_deref().into(),
+            req.key.as_deref().into(),
+            req.ttl_seconds.into(),
+        ],
+    )?.two::<Uuid, TimestampWithTimeZone>()?;
+    match row {
+        (Some(id), expires) => Ok(json!({
+            "lease_id": id.to_string(),
+            "duplicate": false,
+            "account_id": req.account_id.to_string(),
+            "resource_type": req.resource_type,
+            "holder": req.holder,
+            "expires_at": ts_json(expires.map(unix_us).transpose()?),
+            "active_leases": crate::values::num(held.used + Decimal::ONE),
+            "max_concurrent": opt_num(eff.policy.limit),
+        })),
+        // A concurrent call with the same key won: answer as it did.
+        (None, _) => match req.key.as_deref() {
+            Some(key) => replay(client, ns, req, key)?
+                .ok_or_else(|| MecError::Internal("lease key conflicted but no lease is visible".into())),
+            None => Err(MecError::Internal("lease insert returned nothing".into())),
+        },
+    }
+}
+
+fn replay(client: &SpiClient<'_>, ns: Uuid, req: &Acquire, key: &str) -> MecResult<Option<Value>> {
+    let Some(row) = spi::read(client, &BY_KEY, &[ns.into(), key.into()])?.into_iter().next() else {
+        return Ok(None);
+    };
+    let id = row.get::<Uuid>(1)?;
+    let account = row.get::<Uuid>(2)?;
+    let resource = row.get::<String>(3)?;
+    if account != Some(req.account_id) || resource.as_deref() != Some(req.resource_type.as_str()) {
+        return Err(MecError::IdempotencyConflict {
+            key: key.to_string(),
+            detail: json!({"recorded": {"account_id": account.map(|a| a.to_string()), "resource_type": resource},
+                           "sent": {"account_id": req.account_id.to_string(), "resource_type": req.resource_type}})
+            .to_string(),
+        });
+    }
+    let expires = row.get::<TimestampWithTimeZone>(4)?.map(unix_us).transpose()?;
+    let released = row.get::<TimestampWithTimeZone>(5)?.map(unix_us).transpose()?;
+    Ok(Some(json!({
+        "lease_id": id.map(|i| i.to_string()),
+        "duplicate": true,
+        "account_id": req.account_id.to_string(),
+        "resource_type": req.resource_type,
+        "expires_at": ts_json(expires),
+        "released_at": ts_json(released),
+    })))
+}
+
+/// Extends an active lease by `ttl` seconds from now. ME410 when it expired or was released.
+pub fn renew(client: &mut SpiClient<'_>, ns: Uuid, lease_id: Uuid, ttl: i32) -> MecResult<Value> {
+    let expires = spi::write(client, &RENEW, &[ns.into(), lease_id.into(), ttl.into()])?.one::<TimestampWithTimeZone>()?;
+    if let Some(e) = expires {
+        return Ok(json!({"lease_id": lease_id.to_string(), "renewed": true, "expires_at": ts_json(Some(unix_us(e)?))}));
+    }
+    let state = spi::read(client, &LEASE, &[ns.into(), lease_id.into()])?.three::<TimestampWithTimeZone, String, TimestampWithTimeZone>();
+    match state {
+        Ok((released, reason, Some(_))) => Err(MecError::Expired {
+            what: "lease",
+            id: lease_id.to_string(),
+            detail: Some(match (released, reason) {
+                (Some(_), Some(r)) if r == "released" => "the lease was released".to_string(),
+                _ => "the lease passed its expires_at; its slot may already be held by another caller".to_string(),
+            }),
+        }),
+        _ => Err(MecError::NotFound { what: "lease", id: lease_id.to_string() }),
+    }
+}
+
+/// Releases a lease. Releasing twice is not an error; an unknown lease is P0002.
+pub fn release(client: &mut SpiClient<'_>, ns: Uuid, lease_id: Uuid) -> MecResult<Value> {
+    let row = spi::write(client, &RELEASE, &[ns.into(), lease_id.into()])?.two::<String, TimestampWithTimeZone>()?;
+    if let (Some(reason), released) = row {
+        return Ok(json!({
+            "lease_id": lease_id.to_string(),
+            "released": true,
+            "already_released": false,
+            "expired": reason == "expired",
+            "released_at": ts_json(released.map(unix_us).transpose()?),
+        }));
+    }
+    let state = spi::read(client, &LEASE, &[ns.into(), lease_id.into()])?.three::<TimestampWithTimeZone, String, TimestampWithTimeZone>();
+    match state {
+        Ok((Some(released), reason, _)) => Ok(json!({
+            "lease_id": lease_id.to_string(),
+            "released": true,
+            "already_released": true,
+            "expired": reason.as_deref() == Some("expired"),
+            "released_at": ts_json(Some(unix_us(released)?)),
+        })),
+        _ => Err(MecError::NotFound { what: "lease", id: lease_id.to_string() }),
+    }
+}
+
+/// Marks every lease of the namespace that passed its expiry as expired.
+pub fn expire_stale(client: &mut SpiClient<'_>, ns: Uuid) -> MecResult<Value> {
+    let n = spi::write(client, &EXPIRE_ALL, &[ns.into()])?.one::<i32>()?.unwrap_or(0);
+    Ok(json!({"expired": n}))
+}

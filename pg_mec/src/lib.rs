@@ -1,0 +1,47 @@
+//! pg_mec — metering, entitlements and controls inside PostgreSQL.
+//!
+//! `api/` holds the `#[pg_extern]` entry points; the modules beside it hold the logic, and
+//! `pg_mec_core` the pure parts (periods, enforcement, catalog validation). DDL, row-level
+//! security, views and grants are the `.sql` files of `sql/`, included in order below.
+
+use pgrx::prelude::*;
+
+::pgrx::pg_module_magic!(name, version);
+
+mod api;
+mod args;
+mod catalog_load;
+mod context;
+mod entitlement;
+mod errors;
+mod leases;
+mod metering;
+mod namespaces;
+mod provisioning;
+mod spi;
+mod summary;
+mod usage;
+mod values;
+
+extension_sql_file!("../../sql/roles.sql", bootstrap);
+extension_sql_file!("../../sql/schema.sql", requires = ["roles"]);
+extension_sql_file!("../../sql/views.sql", requires = ["schema"]);
+extension_sql_file!(
+    "../../sql/rls.sql",
+    requires = [
+        "views",
+        api::namespaces::current_namespace,
+        api::namespaces::current_account
+    ]
+);
+extension_sql_file!("../../sql/grants.sql", finalize);
+
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    #[must_use]
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec![]
+    }
+}

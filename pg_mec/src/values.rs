@@ -1,0 +1,73 @@
+//! Conversions between Postgres values and the pure types of `pg_mec_core`: numeric ↔ Decimal,
+//! timestamptz ↔ Unix microseconds, and the JSON forms used in results.
+
+use std::str::FromStr;
+
+use pg_mec_core::civil::civil_from_days;
+use pg_mec_core::Decimal;
+use pgrx::datum::{AnyNumeric, TimestampWithTimeZone};
+use serde_json::Value;
+
+use crate::errors::{MecError, MecResult};
+
+/// Microseconds between 1970-01-01 (Unix) and 2000-01-01 (Postgres's epoch).
+const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
+
+pub fn to_decimal(n: &AnyNumeric) -> MecResult<Decimal> {
+    let text = n.to_string();
+    Decimal::from_str(&text)
+        .or_else(|_| Decimal::from_scientific(&text))
+        .map(|d| d.normalize())
+        .map_err(|_| MecError::invalid(format!("quantity {text} is out of range (at most 28 significant digits)")))
+}
+
+pub fn to_numeric(d: Decimal) -> AnyNumeric {
+    // A Decimal always prints as a valid numeric literal.
+    AnyNumeric::try_from(d.to_string().as_str()).unwrap_or_default()
+}
+
+pub fn unix_us(ts: TimestampWithTimeZone) -> MecResult<i64> {
+    if !ts.is_finite() {
+        return Err(MecError::invalid("timestamp must be finite"));
+    }
+    Ok(ts.into_inner() + PG_EPOCH_OFFSET_US)
+}
+
+pub fn timestamptz(us: i64) -> TimestampWithTimeZone {
+    TimestampWithTimeZone::try_from(us - PG_EPOCH_OFFSET_US)
+        .unwrap_or_else(|_| TimestampWithTimeZone::positive_infinity())
+}
+
+/// `2026-11-01T00:00:00Z` (microseconds shown only when present).
+pub fn iso8601(us: i64) -> String {
+    let days = us.div_euclid(86_400_000_000);
+    let rem = us.rem_euclid(86_400_000_000);
+    let (y, m, d) = civil_from_days(days);
+    let secs = rem / 1_000_000;
+    let micros = rem % 1_000_000;
+    let (hh, mm, ss) = (secs / 3600, (secs / 60) % 60, secs % 60);
+    if micros == 0 {
+        format!("{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}Z")
+    } else {
+        format!("{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}.{micros:06}Z")
+    }
+}
+
+pub fn ts_json(us: Option<i64>) -> Value {
+    us.map(|u| Value::String(iso8601(u))).unwrap_or(Value::Null)
+}
+
+/// A JSON number for a quantity: integers exactly, fractions as the nearest double.
+pub fn num(d: Decimal) -> Value {
+    let d = d.normalize();
+    if d.fract().is_zero() {
+        if let Ok(i) = i64::try_from(d) {
+            return Value::from(i);
+        }
+    }
+    f64::try_from(d).ok().and_then(serde_json::Number::from_f64).map(Value::Number).unwrap_or(Value::Null)
+}
+
+pub fn opt_num(d: Option<Decimal>) -> Value {
+    d.map(num).unwrap_or(Value::Null)
+}

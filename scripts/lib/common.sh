@@ -1,0 +1,208 @@
+# shellcheck shell=bash
+# Shared helpers for scripts/mec. Sourced, never executed.
+# Expects MEC_ROOT (the repository root) to be set by scripts/mec.
+
+MEC_DIR="$MEC_ROOT/.mec"
+MEC_ENV_FILE="$MEC_DIR/env"
+PG_MAJOR=15
+PG_BIN="/usr/lib/postgresql/$PG_MAJOR/bin"
+PG_CONFIG="$PG_BIN/pg_config"
+PGRX_VERSION=0.18.1
+GATEWAY_BIN="$MEC_ROOT/target/release/mec-gateway"
+GATEWAY_PID_FILE="$MEC_DIR/gateway.pid"
+GATEWAY_LOG="$MEC_DIR/gateway.log"
+DEMO_CATALOG="$MEC_ROOT/sql/demo/catalog.json"
+
+# ---------------------------------------------------------------- output
+step() { printf '==> %s\n' "$*"; }
+info() { printf '    %s\n' "$*"; }
+warn() { printf 'mec: warning: %s\n' "$*" >&2; }
+die() {
+  printf 'mec: error: %s\n' "$*" >&2
+  exit 1
+}
+
+# ---------------------------------------------------------------- users
+is_root() { [[ $EUID -eq 0 ]]; }
+
+# Run a command with root rights (apt, system-wide installs).
+as_root() {
+  if is_root; then "$@"; else sudo "$@"; fi
+}
+
+# The OS user that owns and runs the cluster: `postgres` when we are root
+# (PostgreSQL refuses to run as root), else ourselves.
+pg_os_user() {
+  if is_root; then echo postgres; else id -un; fi
+}
+
+# Run a command as the cluster's OS user, from a directory it can read.
+as_pg() {
+  if is_root; then
+    (cd / && runuser -u postgres -- "$@")
+  else
+    "$@"
+  fi
+}
+
+# ---------------------------------------------------------------- misc
+rand_hex() { od -An -N"${1:-24}" -tx1 /dev/urandom | tr -d ' \n'; }
+new_uuid() { cat /proc/sys/kernel/random/uuid; }
+sha256_of_stdin() { sha256sum | cut -d' ' -f1; }
+
+# True when something listens on 127.0.0.1:$1 (or on any address, per ss).
+port_in_use() {
+  local port=$1
+  if command -v ss >/dev/null 2>&1; then
+    if [[ -n "$(ss -Hltn "sport = :$port" 2>/dev/null)" ]]; then
+      return 0
+    fi
+  fi
+  if timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$port" 2>/dev/null; then
+    return 0
+  fi
+  return 1
+}
+
+# First free port at or after $1.
+next_free_port() {
+  local port=$1 last=$(($1 + 200))
+  while ((port <= last)); do
+    if ! port_in_use "$port"; then
+      echo "$port"
+      return 0
+    fi
+    port=$((port + 1))
+  done
+  die "no free TCP port between $1 and $last"
+}
+
+# Read one variable from .mec/env without touching our own environment.
+env_get() {
+  [[ -f $MEC_ENV_FILE ]] || return 0
+  env -i bash -c 'set +u; source "$1" >/dev/null 2>&1; printf "%s" "${!2-}"' _ "$MEC_ENV_FILE" "$1"
+}
+
+# Export everything in .mec/env into the current shell.
+load_env() {
+  [[ -f $MEC_ENV_FILE ]] || die "$MEC_ENV_FILE not found: run 'scripts/mec up' first"
+  # shellcheck disable=SC1090
+  source "$MEC_ENV_FILE"
+}
+
+# Where the cluster's files live. Normally .mec/ itself; when we are root and
+# the postgres user cannot reach .mec/ (e.g. the clone sits under /root, mode
+# 700) or the socket path would be too long, a postgres-owned folder outside
+# the clone is used instead and .mec/pgdata, .mec/run link to it.
+pg_base() {
+  local fallback
+  fallback="/var/lib/postgresql/mec-$(printf '%s' "$MEC_ROOT" | sha256_of_stdin | cut -c1-12)"
+  if ((${#MEC_DIR} > 80)); then
+    echo "$fallback"
+    return
+  fi
+  if is_root && id postgres >/dev/null 2>&1 && [[ -d $MEC_DIR ]] &&
+    ! runuser -u postgres -- test -x "$MEC_DIR" 2>/dev/null; then
+    echo "$fallback"
+    return
+  fi
+  echo "$MEC_DIR"
+}
+
+set_pg_paths() {
+  PG_BASE="$(pg_base)"
+  PGDATA_DIR="$PG_BASE/pgdata"
+  PG_SOCKET_DIR="$PG_BASE/run"
+  PG_LOG="$PG_BASE/postgres.log"
+}
+
+# psql as the superuser over the Unix socket (trust): used for admin work.
+# Extra arguments go to psql. Needs PG_PORT and set_pg_paths.
+admin_psql() {
+  env -u PGOPTIONS -u PGSERVICE -u PGPASSWORD \
+    "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$PG_SOCKET_DIR" -p "$PG_PORT" -U postgres "$@"
+}
+
+# Single value from a query (database mec unless -d given first).
+admin_value() {
+  local db=mec
+  if [[ ${1-} == -d ]]; then
+    db=$2
+    shift 2
+  fi
+  admin_psql -d "$db" -At -c "$1"
+}
+
+cluster_running() {
+  [[ -f $PGDATA_DIR/PG_VERSION ]] || return 1
+  as_pg "$PG_BIN/pg_ctl" -D "$PGDATA_DIR" status >/dev/null 2>&1
+}
+
+# Port of the running cluster, from postmaster.pid (line 4).
+running_port() {
+  sed -n 4p "$PGDATA_DIR/postmaster.pid" 2>/dev/null
+}
+
+ensure_cargo() {
+  if ! command -v cargo >/dev/null 2>&1 && [[ -f $HOME/.cargo/env ]]; then
+    # shellcheck disable=SC1091
+    source "$HOME/.cargo/env"
+  fi
+  command -v cargo >/dev/null 2>&1 ||
+    die "cargo not found: install a Rust toolchain (rustup, Rust >= 1.85) and put ~/.cargo/bin on PATH"
+}
+
+gateway_pid() {
+  local pid
+  [[ -f $GATEWAY_PID_FILE ]] || return 1
+  pid="$(cat "$GATEWAY_PID_FILE" 2>/dev/null || true)"
+  [[ $pid =~ ^[0-9]+$ ]] || return 1
+  [[ -r /proc/$pid/cmdline ]] || return 1
+  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q 'mec-gateway' || return 1
+  echo "$pid"
+}
+
+stop_gateway() {
+  local pid i
+  if pid="$(gateway_pid)"; then
+    info "stopping gateway (pid $pid)"
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < 100; i++)); do
+      [[ -d /proc/$pid ]] || break
+      sleep 0.1
+    done
+    if [[ -d /proc/$pid ]]; then
+      warn "gateway did not stop in 10 s, killing it"
+      kill -KILL "$pid" 2>/dev/null || true
+      sleep 0.2
+    fi
+  fi
+  rm -f "$GATEWAY_PID_FILE"
+}
+
+stop_cluster() {
+  set_pg_paths
+  if cluster_running; then
+    info "stopping PostgreSQL ($PGDATA_DIR)"
+    as_pg "$PG_BIN/pg_ctl" -D "$PGDATA_DIR" -m fast -w -t 60 stop >/dev/null
+  fi
+}
+
+# First resource of a given kind in the demo catalog (for printed examples).
+catalog_resource() {
+  local kind=$1 fallback=$2
+  if [[ -f $DEMO_CATALOG ]] && command -v python3 >/dev/null 2>&1; then
+    python3 - "$DEMO_CATALOG" "$kind" "$fallback" <<'PY' 2>/dev/null || echo "$fallback"
+import json, sys
+path, kind, fallback = sys.argv[1:4]
+doc = json.load(open(path))
+for r in doc.get("resources", []):
+    if r.get("kind") == kind and r.get("resource_type"):
+        print(r["resource_type"]); break
+else:
+    print(fallback)
+PY
+  else
+    echo "$fallback"
+  fi
+}

@@ -1,0 +1,149 @@
+# shellcheck shell=bash
+# `scripts/mec test`: `up`, then every suite against the real cluster.
+# All suites run even when one fails; the exit code is non-zero on any failure.
+#
+# Switches: MEC_SKIP_PGRX_TEST=1 skips `cargo pgrx test` (run only when the
+# extension has #[pg_test] functions); MEC_TEST_ONLY="cargo pgtap pytest"
+# runs a subset.
+
+SUITE_PASSED=()
+SUITE_FAILED=()
+SUITE_SKIPPED=()
+
+# run_suite NAME FUNCTION: the function runs in a subshell with `set -e`;
+# exit 0 = passed, 77 = skipped, anything else = failed.
+run_suite() {
+  local name=$1 fn=$2 rc start
+  if [[ -n ${MEC_TEST_ONLY:-} && " $MEC_TEST_ONLY " != *" $name "* ]]; then
+    return 0
+  fi
+  start=$SECONDS
+  step "test: $name"
+  set +e
+  (
+    set -e
+    "$fn"
+  )
+  rc=$?
+  set -e
+  case $rc in
+    0)
+      SUITE_PASSED+=("$name")
+      info "$name: passed ($((SECONDS - start)) s)"
+      ;;
+    77)
+      SUITE_SKIPPED+=("$name")
+      info "$name: skipped"
+      ;;
+    *)
+      SUITE_FAILED+=("$name")
+      info "$name: FAILED (exit $rc, $((SECONDS - start)) s)"
+      ;;
+  esac
+}
+
+existing_packages() {
+  # Keep the packages of `cargo test -p ...` that are workspace members.
+  local meta p
+  meta="$(cd "$MEC_ROOT" && cargo metadata --no-deps --format-version 1 2>/dev/null)" || meta=""
+  for p in "$@"; do
+    if [[ $meta == *"\"name\":\"$p\""* ]]; then echo "$p"; else warn "no package $p in the workspace, skipped"; fi
+  done
+}
+
+suite_cargo() {
+  local pkgs=() args=() p
+  mapfile -t pkgs < <(existing_packages pg_mec_core mec_gateway)
+  ((${#pkgs[@]})) || exit 77
+  for p in "${pkgs[@]}"; do args+=(-p "$p"); done
+  cd "$MEC_ROOT"
+  MEC_TEST_DATABASE_URL="$MEC_DATABASE_URL" cargo test "${args[@]}"
+}
+
+has_pg_tests() {
+  grep -rqs '#\[pg_test\]' "$MEC_ROOT/pg_mec/src"
+}
+
+suite_pgrx() {
+  flag MEC_SKIP_PGRX_TEST && exit 77
+  has_pg_tests || exit 77
+  # `cargo pgrx test` installs a debug build into the system PostgreSQL; the
+  # gateway is stopped meanwhile and `up` reinstalls the release build after.
+  stop_gateway
+  cd "$MEC_ROOT/pg_mec"
+  cargo pgrx test pg15
+}
+
+suite_pgtap() {
+  shopt -s nullglob
+  local files=("$MEC_ROOT"/sql/tests/*.sql)
+  shopt -u nullglob
+  ((${#files[@]})) || exit 77
+  "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -c 'CREATE EXTENSION IF NOT EXISTS pgtap' >/dev/null
+  cd "$MEC_ROOT"
+  pg_prove -b "$PG_BIN/psql" -h "$PGHOST" -p "$PGPORT" -U "$PGUSER" -d "$PGDATABASE" \
+    --failures --comments "${files[@]#"$MEC_ROOT/"}"
+}
+
+venv_python() {
+  if [[ -x /usr/bin/python3 ]]; then echo /usr/bin/python3; else command -v python3; fi
+}
+
+suite_pytest() {
+  local venv="$MEC_DIR/venv" req="$MEC_ROOT/tests/requirements.txt" stamp want
+  shopt -s nullglob globstar
+  local files=("$MEC_ROOT"/tests/**/test_*.py "$MEC_ROOT"/tests/**/*_test.py)
+  shopt -u nullglob globstar
+  ((${#files[@]})) || exit 77
+  if [[ ! -x $venv/bin/python ]]; then
+    info "creating $venv"
+    "$(venv_python)" -m venv "$venv"
+  fi
+  stamp="$venv/.requirements.sha256"
+  want="$(sha256sum "$req" | cut -d' ' -f1)"
+  if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
+    info "pip install -r tests/requirements.txt"
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$req"
+    echo "$want" >"$stamp"
+  fi
+  cd "$MEC_ROOT"
+  local rc=0
+  "$venv/bin/python" -m pytest -q -p no:cacheprovider --timeout="${MEC_PYTEST_TIMEOUT:-600}" tests/ || rc=$?
+  # 5 = no tests collected
+  if ((rc == 5)); then exit 77; fi
+  exit "$rc"
+}
+
+cmd_test() {
+  local self="$MEC_ROOT/scripts/mec"
+  if ! "$self" up; then
+    echo "mec test: 'scripts/mec up' failed, no suite ran" >&2
+    echo "suites: 0 passed, 1 failed"
+    exit 1
+  fi
+  load_env
+  set_pg_paths
+
+  if ! flag MEC_SKIP_PGRX_TEST && has_pg_tests &&
+    [[ -z ${MEC_TEST_ONLY:-} || " $MEC_TEST_ONLY " == *" pgrx "* ]]; then
+    run_suite pgrx suite_pgrx
+    step "test: reinstalling the release build after cargo pgrx test"
+    if ! "$self" up >"$MEC_DIR/up-after-pgrx.log" 2>&1; then
+      cat "$MEC_DIR/up-after-pgrx.log" >&2
+      SUITE_FAILED+=("up-after-pgrx")
+    fi
+    load_env
+  fi
+  run_suite cargo suite_cargo
+  run_suite pgtap suite_pgtap
+  run_suite pytest suite_pytest
+
+  echo
+  if ((${#SUITE_PASSED[@]})); then info "passed:  ${SUITE_PASSED[*]}"; fi
+  if ((${#SUITE_SKIPPED[@]})); then info "skipped: ${SUITE_SKIPPED[*]} (no tests found or switched off)"; fi
+  if ((${#SUITE_FAILED[@]})); then info "FAILED:  ${SUITE_FAILED[*]}"; fi
+  local line="${#SUITE_PASSED[@]} passed, ${#SUITE_FAILED[@]} failed"
+  if ((${#SUITE_SKIPPED[@]})); then line+=", ${#SUITE_SKIPPED[@]} skipped"; fi
+  echo "suites: $line"
+  ((${#SUITE_FAILED[@]} == 0))
+}

@@ -1,0 +1,493 @@
+# shellcheck shell=bash
+# `scripts/mec up`: from a fresh Debian 12 machine to a running pg_mec.
+# Every step checks before it acts, so running it again is cheap and safe.
+#
+# Switches (environment):
+#   MEC_SKIP_EXTENSION=1  don't build/install/create the extension, load no demo
+#                         data, don't start the gateway (cluster + database only)
+#   MEC_SKIP_GATEWAY=1    don't build or start the gateway
+#   MEC_SKIP_APT=1        don't check Debian packages
+#   MEC_RESET=1           drop and recreate the extension (loses its data), reload demo data
+#   MEC_FORCE_INSTALL=1   rebuild and reinstall the extension even if nothing changed
+
+APT_PACKAGES=(
+  postgresql-15 postgresql-server-dev-15 postgresql-15-pgtap
+  libtap-parser-sourcehandler-pgtap-perl sudo wrk python3-venv pkg-config
+  libclang-dev curl ca-certificates
+)
+
+flag() { [[ ${!1:-0} == 1 || ${!1:-0} == true ]]; }
+
+# ------------------------------------------------------------ 1. packages
+up_apt() {
+  local missing=() p
+  for p in "${APT_PACKAGES[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+      missing+=("$p")
+    fi
+  done
+  if ((${#missing[@]} == 0)); then
+    step "apt: all packages present"
+    return
+  fi
+  step "apt: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  as_root apt-get update -q
+  as_root apt-get install -y -q --no-install-recommends "${missing[@]}"
+}
+
+# ------------------------------------------------------------ 2. cargo-pgrx
+up_pgrx() {
+  ensure_cargo
+  local have
+  have="$(cargo pgrx --version 2>/dev/null || true)"
+  if [[ $have == *" $PGRX_VERSION"* ]]; then
+    step "cargo-pgrx $PGRX_VERSION present"
+  else
+    step "installing cargo-pgrx $PGRX_VERSION (a few minutes on 2 cores)"
+    cargo install cargo-pgrx --version "=$PGRX_VERSION" --locked
+  fi
+  local cfg="${PGRX_HOME:-$HOME/.pgrx}/config.toml"
+  if [[ -f $cfg ]] && grep -q '^pg15[[:space:]]*=' "$cfg"; then
+    step "cargo pgrx: pg15 registered"
+  else
+    step "cargo pgrx init --pg15 $PG_CONFIG"
+    cargo pgrx init --pg15 "$PG_CONFIG"
+  fi
+}
+
+# ------------------------------------------------------------ 3. extension build
+ext_source_hash() {
+  (
+    cd "$MEC_ROOT"
+    {
+      rustc -V
+      cargo pgrx --version
+      local f
+      for f in Cargo.toml Cargo.lock .cargo/config.toml; do
+        if [[ -f $f ]]; then sha256sum "$f"; fi
+      done
+      find pg_mec sql -type f \
+        -not -path '*/target/*' -not -path 'sql/tests/*' -not -path 'sql/demo/*' \
+        -print0 | sort -z | xargs -0 -r sha256sum
+    } | sha256_of_stdin
+  )
+}
+
+installed_so() { echo "$("$PG_CONFIG" --pkglibdir)/pg_mec.so"; }
+
+installed_so_hash() {
+  local so
+  so="$(installed_so)"
+  if [[ -f $so ]]; then sha256sum "$so" | cut -d' ' -f1; else echo none; fi
+}
+
+up_extension_build() {
+  local stamp="$MEC_DIR/extension.build" want have
+  want="$(ext_source_hash)"
+  if [[ -f $stamp ]] && ! flag MEC_FORCE_INSTALL &&
+    [[ $(sed -n 1p "$stamp") == "$want" && $(sed -n 2p "$stamp") == "$(installed_so_hash)" ]] &&
+    [[ -f "$("$PG_CONFIG" --sharedir)/extension/pg_mec.control" ]]; then
+    step "extension: unchanged since last install, skipping build"
+    return
+  fi
+  # The gateway's backends have pg_mec.so mapped; don't overwrite it under them.
+  stop_gateway
+  step "extension: cargo pgrx install --release (first time: several minutes)"
+  local sudo_flag=()
+  is_root || sudo_flag=(--sudo)
+  (cd "$MEC_ROOT/pg_mec" && cargo pgrx install --release --pg-config "$PG_CONFIG" "${sudo_flag[@]}")
+  have="$(installed_so_hash)"
+  [[ $have != none ]] || die "cargo pgrx install finished but $(installed_so) is missing"
+  printf '%s\n%s\n' "$want" "$have" >"$stamp"
+}
+
+# ------------------------------------------------------------ 4. gateway build
+up_gateway_build() {
+  step "gateway: cargo build --release -p mec_gateway"
+  (cd "$MEC_ROOT" && cargo build --release -p mec_gateway)
+  [[ -x $GATEWAY_BIN ]] || die "build finished but $GATEWAY_BIN is missing"
+}
+
+# ------------------------------------------------------------ secrets & env
+# Values that must survive re-runs are read back from .mec/env; missing ones
+# are generated once and written at once (before initdb uses them).
+up_load_state() {
+  PG_PASSWORD="$(env_get PGPASSWORD)"
+  AUTH_PASSWORD="$(env_get MEC_AUTHENTICATOR_PASSWORD)"
+  JWT_SECRET="$(env_get MEC_JWT_SECRET)"
+  DEMO_NS="$(env_get MEC_DEMO_NAMESPACE_ID)"
+  DEMO_ACCOUNT="$(env_get MEC_DEMO_ACCOUNT_ID)"
+  PG_PORT="$(env_get PGPORT)"
+  GW_ADDR="$(env_get MEC_GATEWAY_ADDR)"
+  [[ -n $PG_PASSWORD ]] || PG_PASSWORD="$(rand_hex 24)"
+  [[ -n $AUTH_PASSWORD ]] || AUTH_PASSWORD="$(rand_hex 24)"
+  ((${#JWT_SECRET} >= 32)) || JWT_SECRET="$(rand_hex 32)"
+  [[ -n $DEMO_NS ]] || DEMO_NS="$(new_uuid)"
+  [[ -n $DEMO_ACCOUNT ]] || DEMO_ACCOUNT="$(new_uuid)"
+  [[ -n $GW_ADDR ]] || GW_ADDR="127.0.0.1:8000"
+}
+
+kv() { printf 'export %s=%q\n' "$1" "$2"; }
+
+write_env() {
+  local tmp port="${PG_PORT:-5432}"
+  local su_url="postgres://postgres:$PG_PASSWORD@127.0.0.1:$port/mec"
+  local auth_url="postgres://mec_authenticator:$AUTH_PASSWORD@127.0.0.1:$port/mec"
+  tmp="$(mktemp "$MEC_DIR/env.XXXXXX")"
+  chmod 600 "$tmp"
+  {
+    echo "# pg_mec local setup, written by scripts/mec up. Load with: source .mec/env"
+    echo "# MEC_DATABASE_URL is the superuser URL; the gateway itself connects with MEC_AUTHENTICATOR_URL."
+    kv MEC_ROOT "$MEC_ROOT"
+    kv MEC_DATABASE_URL "$su_url"
+    kv MEC_TEST_DATABASE_URL "$su_url"
+    kv MEC_AUTHENTICATOR_URL "$auth_url"
+    kv MEC_AUTHENTICATOR_PASSWORD "$AUTH_PASSWORD"
+    kv MEC_GATEWAY_ADDR "$GW_ADDR"
+    kv MEC_GATEWAY_URL "http://$GW_ADDR"
+    kv MEC_JWT_SECRET "$JWT_SECRET"
+    kv MEC_DEMO_NAMESPACE_ID "$DEMO_NS"
+    kv MEC_DEMO_ACCOUNT_ID "$DEMO_ACCOUNT"
+    kv MEC_PGDATA "$PGDATA_DIR"
+    kv MEC_PG_SOCKET_DIR "$PG_SOCKET_DIR"
+    kv MEC_PG_BIN "$PG_BIN"
+    kv PGHOST 127.0.0.1
+    kv PGPORT "$port"
+    kv PGUSER postgres
+    kv PGPASSWORD "$PG_PASSWORD"
+    kv PGDATABASE mec
+  } >"$tmp"
+  mv -f "$tmp" "$MEC_ENV_FILE"
+}
+
+# ------------------------------------------------------------ 5. cluster
+pick_locale() {
+  if locale -a 2>/dev/null | grep -Eiq '^c\.utf-?8$'; then echo C.UTF-8; else echo C; fi
+}
+
+up_cluster() {
+  local user
+  user="$(pg_os_user)"
+  id "$user" >/dev/null 2>&1 || die "OS user '$user' does not exist (is postgresql-15 installed?)"
+  [[ -x $PG_BIN/initdb ]] || die "$PG_BIN/initdb not found (is postgresql-15 installed?)"
+
+  set_pg_paths
+  if [[ $PG_BASE != "$MEC_DIR" ]]; then
+    info "postgres cannot reach $MEC_DIR; cluster files live in $PG_BASE"
+    mkdir -p "$PG_BASE"
+    chown "$user:" "$PG_BASE"
+    chmod 700 "$PG_BASE"
+    ln -sfn "$PGDATA_DIR" "$MEC_DIR/pgdata"
+    ln -sfn "$PG_SOCKET_DIR" "$MEC_DIR/run"
+    ln -sfn "$PG_LOG" "$MEC_DIR/postgres.log"
+  fi
+  mkdir -p "$PG_SOCKET_DIR"
+  chmod 755 "$PG_SOCKET_DIR"
+  [[ -e $PG_LOG ]] || : >"$PG_LOG"
+  if is_root; then
+    chown "$user:" "$PG_SOCKET_DIR" "$PG_LOG"
+    if [[ -d $PGDATA_DIR ]] && [[ $(stat -c %U "$PGDATA_DIR") != "$user" ]]; then
+      info "giving $PGDATA_DIR to $user"
+      chown -R "$user:" "$PGDATA_DIR"
+    fi
+  fi
+
+  # initdb once
+  if [[ ! -f $PGDATA_DIR/PG_VERSION ]]; then
+    if [[ -d $PGDATA_DIR ]] && [[ -n "$(ls -A "$PGDATA_DIR")" ]]; then
+      die "$PGDATA_DIR exists, is not empty and holds no cluster; remove it or run 'scripts/mec down --purge'"
+    fi
+    local locale pwfile
+    locale="$(pick_locale)"
+    step "cluster: initdb $PGDATA_DIR (owner $user, locale $locale)"
+    mkdir -p "$PGDATA_DIR"
+    chmod 700 "$PGDATA_DIR"
+    pwfile="$PG_BASE/.initdb-pw"
+    (umask 077 && printf '%s\n' "$PG_PASSWORD" >"$pwfile")
+    if is_root; then chown "$user:" "$PGDATA_DIR" "$pwfile"; fi
+    if ! as_pg "$PG_BIN/initdb" -D "$PGDATA_DIR" -U postgres \
+      --auth-local=trust --auth-host=scram-sha-256 \
+      --encoding=UTF8 --locale="$locale" --pwfile="$pwfile" >"$MEC_DIR/initdb.log" 2>&1; then
+      rm -f "$pwfile"
+      cat "$MEC_DIR/initdb.log" >&2
+      die "initdb failed"
+    fi
+    rm -f "$pwfile"
+  else
+    step "cluster: reusing $PGDATA_DIR"
+  fi
+
+  # Our settings live in pg_mec.conf, included once from postgresql.conf and
+  # rewritten on every run (so a new port is picked up).
+  local conf="$PGDATA_DIR/postgresql.conf" inc="$PGDATA_DIR/pg_mec.conf"
+  if ! grep -q "^include_if_exists = 'pg_mec.conf'" "$conf"; then
+    printf "\n# added by scripts/mec up\ninclude_if_exists = 'pg_mec.conf'\n" >>"$conf"
+  fi
+
+  local running=0
+  if cluster_running; then
+    running=1
+    PG_PORT="$(running_port)"
+    [[ -n $PG_PORT ]] || die "cannot read the port of the running cluster from $PGDATA_DIR/postmaster.pid"
+  else
+    local want="${PG_PORT:-5432}"
+    if port_in_use "$want"; then
+      PG_PORT="$(next_free_port $((want + 1)))"
+      info "port $want is taken, using $PG_PORT"
+    else
+      PG_PORT="$want"
+    fi
+  fi
+
+  local new old=""
+  new="$(
+    cat <<EOF
+# written by scripts/mec up; edit postgresql.conf (after the include) to override
+listen_addresses = '127.0.0.1'
+port = $PG_PORT
+unix_socket_directories = '$PG_SOCKET_DIR'
+max_connections = 200
+shared_buffers = 256MB
+EOF
+  )"
+  [[ -f $inc ]] && old="$(cat "$inc")"
+  if [[ $new != "$old" ]]; then
+    printf '%s\n' "$new" >"$inc"
+    if is_root; then chown "$user:" "$inc"; fi
+  fi
+  write_env
+
+  if ((running)); then
+    if [[ $new != "$old" ]]; then
+      step "cluster: settings changed, restarting (port $PG_PORT)"
+      as_pg env -u RUST_BACKTRACE "$PG_BIN/pg_ctl" -D "$PGDATA_DIR" -l "$PG_LOG" -m fast -w -t 90 restart >/dev/null ||
+        {
+          tail -n 30 "$PG_LOG" >&2
+          die "PostgreSQL restart failed (log: $PG_LOG)"
+        }
+    else
+      step "cluster: already running on port $PG_PORT"
+    fi
+  else
+    step "cluster: starting on port $PG_PORT (log $PG_LOG)"
+    if ! as_pg env -u RUST_BACKTRACE "$PG_BIN/pg_ctl" -D "$PGDATA_DIR" -l "$PG_LOG" -w -t 90 start >/dev/null; then
+      tail -n 30 "$PG_LOG" >&2
+      die "PostgreSQL did not start (log: $PG_LOG)"
+    fi
+  fi
+
+  # The superuser password always matches .mec/env (also after .mec/env was lost).
+  admin_psql -d postgres -v pw="$PG_PASSWORD" <<'SQL'
+ALTER ROLE postgres PASSWORD :'pw';
+SQL
+}
+
+# ------------------------------------------------------------ 6. database + extension
+up_database() {
+  if [[ $(admin_value -d postgres "SELECT count(*) FROM pg_database WHERE datname = 'mec'") == 0 ]]; then
+    step "database: creating mec"
+    admin_psql -d postgres -c 'CREATE DATABASE mec'
+  else
+    step "database: mec exists"
+  fi
+  # Check what clients will use: TCP with the password.
+  PGPASSWORD="$PG_PASSWORD" env -u PGOPTIONS "$PG_BIN/psql" -X -q -At \
+    -h 127.0.0.1 -p "$PG_PORT" -U postgres -d mec -c 'SELECT 1' >/dev/null ||
+    die "cannot log in over TCP as postgres at 127.0.0.1:$PG_PORT"
+}
+
+ext_sql_checksum() {
+  local dir
+  dir="$("$PG_CONFIG" --sharedir)/extension"
+  shopt -s nullglob
+  local files=("$dir"/pg_mec--*.sql)
+  shopt -u nullglob
+  ((${#files[@]})) || die "no $dir/pg_mec--*.sql: the extension is not installed"
+  cat "${files[@]}" | sha256_of_stdin
+}
+
+up_extension_sql() {
+  local sum stamp="$MEC_DIR/extension.sql.sha256" installed default
+  sum="$(ext_sql_checksum)"
+  installed="$(admin_value "SELECT extversion FROM pg_extension WHERE extname = 'pg_mec'")"
+  default="$(admin_value "SELECT default_version FROM pg_available_extensions WHERE name = 'pg_mec'")"
+  if [[ -z $installed ]]; then
+    step "extension: CREATE EXTENSION pg_mec ($default)"
+    admin_psql -d mec -c 'CREATE EXTENSION IF NOT EXISTS pg_mec CASCADE'
+  elif flag MEC_RESET; then
+    step "extension: MEC_RESET=1, dropping and recreating pg_mec (its data is lost)"
+    stop_gateway
+    admin_psql -d mec -c 'DROP EXTENSION pg_mec CASCADE' -c 'CREATE EXTENSION pg_mec CASCADE'
+  elif [[ $installed != "$default" ]]; then
+    step "extension: ALTER EXTENSION pg_mec UPDATE ($installed -> $default)"
+    if ! admin_psql -d mec -c 'ALTER EXTENSION pg_mec UPDATE'; then
+      warn "no update path from $installed to $default; recreating the extension"
+      stop_gateway
+      admin_psql -d mec -c 'DROP EXTENSION pg_mec CASCADE' -c 'CREATE EXTENSION pg_mec CASCADE'
+    fi
+  elif [[ ! -f $stamp || $(cat "$stamp") != "$sum" ]]; then
+    step "extension: SQL of pg_mec $installed changed, dropping and recreating it (its data is lost)"
+    stop_gateway
+    admin_psql -d mec -c 'DROP EXTENSION pg_mec CASCADE' -c 'CREATE EXTENSION pg_mec CASCADE'
+  else
+    step "extension: pg_mec $installed up to date"
+  fi
+  printf '%s\n' "$sum" >"$stamp"
+
+  # The gateway's login role. The extension creates it (NOLOGIN) with its
+  # grants; we add LOGIN and a password. Created here only if it is missing.
+  admin_psql -d mec -v pw="$AUTH_PASSWORD" <<'SQL'
+SELECT 'CREATE ROLE mec_authenticator LOGIN NOINHERIT'
+ WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'mec_authenticator') \gexec
+SELECT format('GRANT %I TO mec_authenticator', r)
+  FROM unnest(ARRAY['mec_user', 'mec_service', 'mec_admin']) AS r
+ WHERE EXISTS (SELECT FROM pg_roles WHERE rolname = r)
+   AND NOT pg_has_role('mec_authenticator', r, 'MEMBER') \gexec
+ALTER ROLE mec_authenticator LOGIN PASSWORD :'pw';
+SQL
+}
+
+# ------------------------------------------------------------ 7. demo data
+up_demo() {
+  [[ -f $DEMO_CATALOG ]] || die "$DEMO_CATALOG not found: the demo catalog is needed to load demo data"
+  step "demo: namespace $DEMO_NS, catalog sql/demo/catalog.json, account $DEMO_ACCOUNT on 'starter'"
+  local out
+  if ! out="$(admin_psql -d mec -At -v ns="$DEMO_NS" -v acct="$DEMO_ACCOUNT" -v file="$DEMO_CATALOG" 2>&1 <<'SQL'
+\set cat `cat :'file'`
+SELECT 'namespace: ' || mec.create_namespace(p_name => 'demo', p_namespace_id => :'ns'::uuid)::text;
+SET mec.namespace_id = :'ns';
+SELECT 'catalog:   ' || mec.load_catalog(p_catalog => :'cat'::jsonb)::text;
+SELECT 'account:   ' || mec.provision_plan(p_account_id => :'acct'::uuid, p_plan_id => 'starter',
+                                           p_external_id => 'demo-user',
+                                           p_idempotency_key => 'mec-up-demo-provision')::text;
+SQL
+  )"; then
+    printf '%s\n' "$out" >&2
+    die "loading the demo data failed"
+  fi
+  printf '%s\n' "$out" | cut -c1-160 | sed 's/^/    /'
+}
+
+# ------------------------------------------------------------ 8. gateway
+up_gateway_start() {
+  stop_gateway
+  local host="${GW_ADDR%:*}" port="${GW_ADDR##*:}"
+  [[ $port =~ ^[0-9]+$ ]] || port=8000
+  if port_in_use "$port"; then
+    local free
+    free="$(next_free_port $((port + 1)))"
+    info "port $port is taken, the gateway uses $free"
+    port=$free
+  fi
+  GW_ADDR="$host:$port"
+  write_env
+  step "gateway: starting on http://$GW_ADDR (log $GATEWAY_LOG)"
+  : >>"$GATEWAY_LOG"
+  printf '\n--- %s scripts/mec up: starting gateway\n' "$(date -u +%FT%TZ)" >>"$GATEWAY_LOG"
+  local auth_url="postgres://mec_authenticator:$AUTH_PASSWORD@127.0.0.1:$PG_PORT/mec"
+  MEC_DATABASE_URL="$auth_url" MEC_AUTHENTICATOR_URL="$auth_url" \
+    MEC_JWT_SECRET="$JWT_SECRET" \
+    MEC_GATEWAY_ADDR="$GW_ADDR" \
+    setsid nohup "$GATEWAY_BIN" </dev/null >>"$GATEWAY_LOG" 2>&1 &
+  echo $! >"$GATEWAY_PID_FILE"
+  local i pid
+  pid="$(cat "$GATEWAY_PID_FILE")"
+  for ((i = 0; i < 60; i++)); do
+    if curl -fsS --max-time 2 "http://$GW_ADDR/health" >/dev/null 2>&1; then
+      info "gateway answers on http://$GW_ADDR/health (pid $pid)"
+      return 0
+    fi
+    if [[ ! -d /proc/$pid ]]; then
+      break
+    fi
+    sleep 0.5
+  done
+  echo "---- last lines of $GATEWAY_LOG ----" >&2
+  tail -n 40 "$GATEWAY_LOG" >&2
+  if [[ -d /proc/$pid ]]; then
+    die "the gateway (pid $pid) did not answer /health within 30 s"
+  fi
+  rm -f "$GATEWAY_PID_FILE"
+  die "the gateway exited at start"
+}
+
+# ------------------------------------------------------------ 10. how to call it
+up_print_usage() {
+  local metered concurrency feature gw="http://$GW_ADDR"
+  metered="$(catalog_resource metered api_calls)"
+  concurrency="$(catalog_resource concurrency concurrent_jobs)"
+  feature="$(catalog_resource feature sso)"
+  cat <<EOF
+
+pg_mec is up.
+  PostgreSQL  127.0.0.1:$PG_PORT, database mec (superuser postgres; password in .mec/env)
+  data        $PGDATA_DIR   log $PG_LOG
+  gateway     $gw   log $GATEWAY_LOG
+  settings    .mec/env  (source it: PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE, MEC_*)
+  demo        namespace $DEMO_NS, account $DEMO_ACCOUNT (plan starter)
+
+SQL (scripts/mec psql connects with mec.namespace_id set to the demo namespace):
+  scripts/mec psql -c "SELECT mec.check_entitlement(p_account_id => '$DEMO_ACCOUNT', p_resource_type => '$metered')"
+  scripts/mec psql -c "SELECT mec.meter_consumption(p_idempotency_key => 'req-1', p_account_id => '$DEMO_ACCOUNT', p_resource_type => '$metered', p_quantity => 1)"
+  scripts/mec psql -c "SELECT mec.acquire_lease(p_account_id => '$DEMO_ACCOUNT', p_resource_type => '$concurrency', p_holder => 'job-1', p_ttl_seconds => 60)"
+  scripts/mec psql -c "SELECT mec.release_lease(p_lease_id => '<lease_id from acquire_lease>')"
+  scripts/mec psql -c "SELECT mec.usage_summary(p_account_id => '$DEMO_ACCOUNT')"
+  scripts/mec psql -c "SELECT mec.provision_plan(p_account_id => '$DEMO_ACCOUNT', p_plan_id => 'growth')"
+  scripts/mec psql -c "SELECT mec.check_entitlement(p_account_id => '$DEMO_ACCOUNT', p_resource_type => '$feature')"
+
+HTTP (PostgREST-compatible, under /api):
+  TOKEN=\$(scripts/mec token --role mec_service)
+  curl -sS $gw/api/rpc/check_entitlement -H "Authorization: Bearer \$TOKEN" \\
+       -H 'Content-Type: application/json' \\
+       -d '{"p_account_id": "$DEMO_ACCOUNT", "p_resource_type": "$metered"}'
+  curl -sS $gw/api/rpc/meter_consumption -H "Authorization: Bearer \$TOKEN" \\
+       -H 'Content-Type: application/json' \\
+       -d '{"p_idempotency_key": "req-2", "p_account_id": "$DEMO_ACCOUNT", "p_resource_type": "$metered", "p_quantity": 1}'
+EOF
+}
+
+print_usage_no_extension() {
+  cat <<EOF
+
+pg_mec cluster is up (MEC_SKIP_EXTENSION=1: no extension, demo data or gateway).
+  PostgreSQL  127.0.0.1:$PG_PORT, database mec (superuser postgres; password in .mec/env)
+  data        $PGDATA_DIR   log $PG_LOG
+  settings    .mec/env
+  try         scripts/mec psql -c 'SELECT version()'
+EOF
+}
+
+# ------------------------------------------------------------ main
+cmd_up() {
+  mkdir -p "$MEC_DIR"
+  chmod 755 "$MEC_DIR"
+  if ! flag MEC_SKIP_APT; then up_apt; fi
+  set_pg_paths
+  up_load_state
+  write_env
+
+  # MEC_SKIP_EXTENSION skips steps 3, 6 (extension part), 7 and 8;
+  # MEC_SKIP_GATEWAY skips steps 4 and 8.
+  local skip_ext=0 skip_gw=0
+  if flag MEC_SKIP_EXTENSION; then skip_ext=1; fi
+  if flag MEC_SKIP_GATEWAY; then skip_gw=1; fi
+
+  up_pgrx
+  if ((!skip_ext)); then up_extension_build; fi
+  if ((!skip_gw)); then up_gateway_build; fi
+  up_cluster
+  up_database
+  if ((!skip_ext)); then
+    up_extension_sql
+    up_demo
+  fi
+  if ((!skip_ext && !skip_gw)); then
+    up_gateway_start
+  else
+    stop_gateway
+  fi
+  write_env
+  step "wrote .mec/env"
+  if ((skip_ext)); then print_usage_no_extension; else up_print_usage; fi
+}

@@ -1,0 +1,37 @@
+-- pg_mec: row-level security. Postgres, not the gateway, keeps tenants apart.
+--
+-- Every table: a RESTRICTIVE policy pins rows to mec.current_namespace() for everyone
+-- (FORCE: the table owner too, unless it is a superuser), then PERMISSIVE policies say what
+-- each role may do inside its namespace. mec_service is a member of mec_user and mec_admin of
+-- mec_service, so policies granted to a role also serve the roles above it.
+DO $rls$
+DECLARE
+    t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['namespaces', 'namespace_secrets', 'catalogs', 'resource_types', 'plans',
+                             'plan_entitlements', 'accounts', 'entitlements', 'usage_counters',
+                             'consumption', 'leases', 'idempotency_keys', 'audit_log']
+    LOOP
+        EXECUTE format('ALTER TABLE mec_data.%I ENABLE ROW LEVEL SECURITY', t);
+        EXECUTE format('ALTER TABLE mec_data.%I FORCE ROW LEVEL SECURITY', t);
+        EXECUTE format($p$CREATE POLICY tenant_isolation ON mec_data.%I AS RESTRICTIVE
+                           USING (namespace_id = mec.current_namespace())
+                           WITH CHECK (namespace_id = mec.current_namespace())$p$, t);
+        -- mec_service and mec_admin act on any row of their namespace (table grants decide which verbs).
+        EXECUTE format('CREATE POLICY namespace_staff ON mec_data.%I TO mec_service USING (true) WITH CHECK (true)', t);
+    END LOOP;
+
+    -- mec_user reads the catalog of its namespace ...
+    FOREACH t IN ARRAY ARRAY['namespaces', 'resource_types', 'plans', 'plan_entitlements']
+    LOOP
+        EXECUTE format('CREATE POLICY user_read_catalog ON mec_data.%I FOR SELECT TO mec_user USING (true)', t);
+    END LOOP;
+
+    -- ... and only the rows of its own account (the account_id claim).
+    FOREACH t IN ARRAY ARRAY['accounts', 'entitlements', 'usage_counters', 'consumption', 'leases']
+    LOOP
+        EXECUTE format($p$CREATE POLICY user_own_account ON mec_data.%I FOR SELECT TO mec_user
+                           USING (account_id = mec.current_account())$p$, t);
+    END LOOP;
+END
+$rls$;

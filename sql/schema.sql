@@ -1,0 +1,225 @@
+-- pg_mec: tables (private schema mec_data).
+--
+-- Rule: every primary key, unique key and foreign key leads with namespace_id, so the schema
+-- can be distributed by namespace later (Citus / PL/Proxy) without a redesign.
+-- sql/tests/schema_keys.sql checks this over pg_constraint.
+
+CREATE SCHEMA mec_data;
+COMMENT ON SCHEMA mec_data IS 'pg_mec private tables: reach them through schema mec (functions and views)';
+
+-- One tenant: a SaaS vendor with its own catalog, customers and Stripe account.
+CREATE TABLE mec_data.namespaces (
+    namespace_id uuid        NOT NULL,
+    name         text        NOT NULL CHECK (btrim(name) <> '' AND length(name) <= 200),
+    settings     jsonb       NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(settings) = 'object'),
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    updated_at   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (namespace_id)
+);
+
+-- The catalog document last loaded, kept whole (single source of truth) with its digest,
+-- so that loading the same file twice is recognised and changes nothing.
+CREATE TABLE mec_data.catalogs (
+    namespace_id      uuid        NOT NULL,
+    version           text,
+    currency          text,
+    document          jsonb       NOT NULL,
+    digest            text        NOT NULL,
+    billable_statuses jsonb       NOT NULL DEFAULT '["2xx", 422]',
+    loaded_at         timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (namespace_id),
+    FOREIGN KEY (namespace_id) REFERENCES mec_data.namespaces (namespace_id) ON DELETE CASCADE
+);
+
+CREATE TABLE mec_data.resource_types (
+    namespace_id      uuid NOT NULL,
+    resource_type     text NOT NULL CHECK (resource_type ~ '^[a-z][a-z0-9_]{0,62}$'),
+    kind              text NOT NULL CHECK (kind IN ('metered', 'gauge', 'concurrency', 'rate', 'feature')),
+    unit              text,
+    description       text,
+    window_seconds    integer CHECK (window_seconds BETWEEN 1 AND 86400),
+    -- statuses that count when p_http_status is given: ["2xx", 422]; NULL = the catalog's default
+    billable_statuses jsonb,
+    CHECK ((kind = 'rate') = (window_seconds IS NOT NULL)),
+    PRIMARY KEY (namespace_id, resource_type),
+    FOREIGN KEY (namespace_id) REFERENCES mec_data.namespaces (namespace_id) ON DELETE CASCADE
+);
+
+CREATE TABLE mec_data.plans (
+    namespace_id    uuid        NOT NULL,
+    plan_id         text        NOT NULL CHECK (plan_id ~ '^[a-z0-9][a-z0-9_.-]{0,62}$'),
+    name            text        NOT NULL,
+    price_amount    numeric CHECK (price_amount >= 0),
+    currency        text,
+    price_interval  text CHECK (price_interval IN ('month', 'year')),
+    stripe_price_id text,
+    is_default      boolean     NOT NULL DEFAULT false,
+    active          boolean     NOT NULL DEFAULT true,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    updated_at      timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (namespace_id, plan_id),
+    UNIQUE (namespace_id, stripe_price_id),
+    FOREIGN KEY (namespace_id) REFERENCES mec_data.namespaces (namespace_id) ON DELETE CASCADE
+);
+
+-- The limits a plan grants. Column names avoid "limit" (a reserved word and a PostgREST
+-- query parameter): quantity_limit NULL = unlimited.
+CREATE TABLE mec_data.plan_entitlements (
+    namespace_id   uuid    NOT NULL,
+    plan_id        text    NOT NULL,
+    resource_type  text    NOT NULL,
+    quantity_limit numeric CHECK (quantity_limit >= 0),
+    period         text CHECK (period IN ('month', 'day', 'hour', 'lifetime')),
+    enforcement    text    NOT NULL DEFAULT 'hard' CHECK (enforcement IN ('hard', 'soft', 'capped')),
+    overage_cap    numeric CHECK (overage_cap >= 0),
+    grace          numeric CHECK (grace >= 0),
+    enabled        boolean NOT NULL DEFAULT true,
+    PRIMARY KEY (namespace_id, plan_id, resource_type),
+    FOREIGN KEY (namespace_id, plan_id) REFERENCES mec_data.plans (namespace_id, plan_id) ON DELETE CASCADE,
+    FOREIGN KEY (namespace_id, resource_type) REFERENCES mec_data.resource_types (namespace_id, resource_type)
+);
+
+-- A customer of the vendor.
+CREATE TABLE mec_data.accounts (
+    namespace_id       uuid        NOT NULL,
+    account_id         uuid        NOT NULL,
+    external_id        text CHECK (external_id <> ''),
+    plan_id            text,
+    plan_effective_at  timestamptz,
+    stripe_customer_id text,
+    payment_overdue    boolean     NOT NULL DEFAULT false,
+    billing_anchor_day smallint CHECK (billing_anchor_day BETWEEN 1 AND 31),
+    created_at         timestamptz NOT NULL DEFAULT now(),
+    updated_at         timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (namespace_id, account_id),
+    UNIQUE (namespace_id, external_id),
+    UNIQUE (namespace_id, stripe_customer_id),
+    FOREIGN KEY (namespace_id) REFERENCES mec_data.namespaces (namespace_id) ON DELETE CASCADE,
+    FOREIGN KEY (namespace_id, plan_id) REFERENCES mec_data.plans (namespace_id, plan_id)
+);
+
+-- An account's right to a resource over a validity window. source = 'plan' rows are copied
+-- from the plan at provisioning; 'override' replaces the plan's limit; 'grant' adds quantity.
+CREATE TABLE mec_data.entitlements (
+    namespace_id    uuid        NOT NULL,
+    entitlement_id  uuid        NOT NULL DEFAULT gen_random_uuid(),
+    account_id      uuid        NOT NULL,
+    resource_type   text        NOT NULL,
+    source          text        NOT NULL CHECK (source IN ('plan', 'override', 'grant')),
+    plan_id         text,
+    quantity_limit  numeric CHECK (quantity_limit >= 0),
+    period          text CHECK (period IN ('month', 'day', 'hour', 'lifetime')),
+    enforcement     text        NOT NULL DEFAULT 'hard' CHECK (enforcement IN ('hard', 'soft', 'capped')),
+    overage_cap     numeric CHECK (overage_cap >= 0),
+    grace           numeric CHECK (grace >= 0),
+    enabled         boolean     NOT NULL DEFAULT true,
+    valid_from      timestamptz NOT NULL,
+    valid_until     timestamptz CHECK (valid_until > valid_from),
+    reason          text,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (namespace_id, entitlement_id),
+    FOREIGN KEY (namespace_id, account_id) REFERENCES mec_data.accounts (namespace_id, account_id) ON DELETE CASCADE,
+    FOREIGN KEY (namespace_id, resource_type) REFERENCES mec_data.resource_types (namespace_id, resource_type)
+);
+CREATE INDEX entitlements_lookup
+    ON mec_data.entitlements (namespace_id, account_id, resource_type, valid_from);
+
+-- Usage per account x resource x period. A period resets by moving to a new key (period_start),
+-- never by a job. slot > 0 rows are stripes of a hot counter (sum over slots = usage).
+-- fillfactor leaves room for HOT updates: no indexed column changes on the hot path.
+CREATE TABLE mec_data.usage_counters (
+    namespace_id  uuid        NOT NULL,
+    account_id    uuid        NOT NULL,
+    resource_type text        NOT NULL,
+    period_start  timestamptz NOT NULL,
+    slot          smallint    NOT NULL DEFAULT 0,
+    period_end    timestamptz,
+    used          numeric     NOT NULL DEFAULT 0,
+    updated_at    timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (namespace_id, account_id, resource_type, period_start, slot),
+    FOREIGN KEY (namespace_id, account_id) REFERENCES mec_data.accounts (namespace_id, account_id) ON DELETE CASCADE
+) WITH (fillfactor = 70);
+
+-- The append-only ledger. One row per recorded event; the idempotency key is the primary key
+-- (unique per namespace). Corrections are new rows (entry_type 'adjustment'), never edits.
+-- quantity_used / quantity_allowed record the counter after the event, so a replay returns the
+-- original result without recomputing it.
+CREATE TABLE mec_data.consumption (
+    namespace_id     uuid        NOT NULL,
+    idempotency_key  text        NOT NULL CHECK (idempotency_key <> '' AND length(idempotency_key) <= 255),
+    consumption_id   uuid        NOT NULL,
+    account_id       uuid        NOT NULL,
+    resource_type    text        NOT NULL,
+    entry_type       text        NOT NULL DEFAULT 'usage' CHECK (entry_type IN ('usage', 'adjustment')),
+    quantity         numeric     NOT NULL,
+    occurred_at      timestamptz NOT NULL,
+    recorded_at      timestamptz NOT NULL DEFAULT now(),
+    period_start     timestamptz NOT NULL,
+    period_end       timestamptz,
+    billable         boolean     NOT NULL,
+    overage          boolean     NOT NULL DEFAULT false,
+    overage_quantity numeric     NOT NULL DEFAULT 0,
+    quantity_used    numeric,
+    quantity_allowed numeric,
+    http_status      integer,
+    metadata         jsonb       NOT NULL DEFAULT '{}',
+    reason           text,
+    PRIMARY KEY (namespace_id, idempotency_key)
+);
+CREATE INDEX consumption_by_account
+    ON mec_data.consumption (namespace_id, account_id, occurred_at);
+
+-- Held slots of concurrency resources. A lease counts while released_at IS NULL and
+-- expires_at > now(); an expired lease frees its slot at once, even before expire_stale_leases.
+CREATE TABLE mec_data.leases (
+    namespace_id    uuid        NOT NULL,
+    lease_id        uuid        NOT NULL DEFAULT gen_random_uuid(),
+    account_id      uuid        NOT NULL,
+    resource_type   text        NOT NULL,
+    holder          text,
+    idempotency_key text CHECK (idempotency_key <> '' AND length(idempotency_key) <= 255),
+    acquired_at     timestamptz NOT NULL DEFAULT now(),
+    expires_at      timestamptz NOT NULL,
+    released_at     timestamptz,
+    release_reason  text CHECK (release_reason IN ('released', 'expired')),
+    PRIMARY KEY (namespace_id, lease_id),
+    UNIQUE (namespace_id, idempotency_key),
+    FOREIGN KEY (namespace_id, account_id) REFERENCES mec_data.accounts (namespace_id, account_id) ON DELETE CASCADE
+);
+CREATE INDEX leases_active
+    ON mec_data.leases (namespace_id, account_id, resource_type, expires_at)
+    WHERE released_at IS NULL;
+
+-- Results of idempotent administrative calls (provision_plan, set_override, grant_credits):
+-- the same key and payload returns the stored result; another payload is ME409.
+CREATE TABLE mec_data.idempotency_keys (
+    namespace_id    uuid        NOT NULL,
+    operation       text        NOT NULL,
+    idempotency_key text        NOT NULL CHECK (idempotency_key <> '' AND length(idempotency_key) <= 255),
+    fingerprint     text        NOT NULL,
+    result          jsonb       NOT NULL,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (namespace_id, operation, idempotency_key)
+);
+
+-- What was done, by whom, without personal data.
+CREATE TABLE mec_data.audit_log (
+    namespace_id uuid        NOT NULL,
+    audit_id     bigint      GENERATED ALWAYS AS IDENTITY,
+    action       text        NOT NULL,
+    actor        text        NOT NULL DEFAULT current_user,
+    subject      text,
+    details      jsonb       NOT NULL DEFAULT '{}',
+    at           timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (namespace_id, audit_id)
+);
+
+-- Namespace secrets live apart from settings so that only mec_admin (and the owner) can read them.
+CREATE TABLE mec_data.namespace_secrets (
+    namespace_id          uuid NOT NULL,
+    stripe_webhook_secret text,
+    auth0_secret          text,
+    updated_at            timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (namespace_id),
+    FOREIGN KEY (namespace_id) REFERENCES mec_data.namespaces (namespace_id) ON DELETE CASCADE
+);

@@ -1,0 +1,57 @@
+-- pg_mec: the public read API (schema mec). security_invoker: row-level security of the
+-- tables applies to the caller, so every view shows only the caller's namespace (and, for
+-- mec_user, only its own account).
+
+CREATE VIEW mec.plans WITH (security_invoker = true) AS
+SELECT p.namespace_id, p.plan_id, p.name, p.price_amount, p.currency, p.price_interval,
+       p.stripe_price_id, p.is_default, p.active,
+       coalesce((SELECT jsonb_object_agg(pe.resource_type, jsonb_strip_nulls(jsonb_build_object(
+                    'limit', pe.quantity_limit, 'period', pe.period, 'enforcement', pe.enforcement,
+                    'overage_cap', pe.overage_cap, 'grace', pe.grace, 'enabled', pe.enabled))
+                     || jsonb_build_object('limit', pe.quantity_limit))
+                 FROM mec_data.plan_entitlements pe
+                 WHERE pe.namespace_id = p.namespace_id AND pe.plan_id = p.plan_id), '{}') AS entitlements,
+       p.created_at, p.updated_at
+FROM mec_data.plans p;
+
+CREATE VIEW mec.resource_types WITH (security_invoker = true) AS
+SELECT namespace_id, resource_type, kind, unit, description, window_seconds, billable_statuses
+FROM mec_data.resource_types;
+
+CREATE VIEW mec.accounts WITH (security_invoker = true) AS
+SELECT namespace_id, account_id, external_id, plan_id, plan_effective_at, stripe_customer_id,
+       payment_overdue, billing_anchor_day, created_at, updated_at
+FROM mec_data.accounts;
+
+CREATE VIEW mec.entitlements WITH (security_invoker = true) AS
+SELECT e.namespace_id, e.entitlement_id, e.account_id, e.resource_type, r.kind, e.source, e.plan_id,
+       e.quantity_limit, e.period, e.enforcement, e.overage_cap, e.grace, e.enabled,
+       e.valid_from, e.valid_until, e.reason, e.created_at
+FROM mec_data.entitlements e
+JOIN mec_data.resource_types r USING (namespace_id, resource_type);
+
+-- Rows in force now. An override replaces the plan's row for its resource; grants add to it.
+CREATE VIEW mec.active_entitlements WITH (security_invoker = true) AS
+SELECT e.namespace_id, e.entitlement_id, e.account_id, e.resource_type, e.kind, e.source, e.plan_id,
+       e.quantity_limit, e.period, e.enforcement, e.overage_cap, e.grace, e.enabled,
+       e.valid_from, e.valid_until, e.reason
+FROM mec.entitlements e
+WHERE e.valid_from <= now() AND (e.valid_until IS NULL OR e.valid_until > now());
+
+CREATE VIEW mec.consumption WITH (security_invoker = true) AS
+SELECT namespace_id, consumption_id, idempotency_key, account_id, resource_type, entry_type, quantity,
+       occurred_at, recorded_at, period_start, period_end, billable, overage, overage_quantity,
+       quantity_used, quantity_allowed, http_status, metadata, reason
+FROM mec_data.consumption;
+
+-- Current usage per account, resource and period (stripes of hot counters summed).
+CREATE VIEW mec.usage WITH (security_invoker = true) AS
+SELECT namespace_id, account_id, resource_type, period_start, period_end,
+       sum(used) AS quantity_used, max(updated_at) AS updated_at
+FROM mec_data.usage_counters
+GROUP BY namespace_id, account_id, resource_type, period_start, period_end;
+
+CREATE VIEW mec.leases WITH (security_invoker = true) AS
+SELECT namespace_id, lease_id, account_id, resource_type, holder, acquired_at, expires_at, released_at,
+       release_reason, (released_at IS NULL AND expires_at > now()) AS active
+FROM mec_data.leases;
