@@ -46,3 +46,10 @@ GRANT EXECUTE ON FUNCTION
     mec.provision_plan(uuid, text, timestamptz, text, text),
     mec.expire_stale_leases()
     TO mec_admin;
+GRANT EXECUTE ON FUNCTION mec.meter_consumption_batch(jsonb) TO mec_service;
+GRANT EXECUTE ON FUNCTION
+    mec.set_override(uuid, text, numeric, text, timestamptz, timestamptz, text, text),
+    mec.grant_credits(uuid, text, numeric, timestamptz, text, text),
+    mec.adjust_consumption(text, uuid, text, numeric, text, timestamptz),
+    mec.forget_account(uuid)
+    TO mec_admin;

@@ -10,8 +10,10 @@ use pgrx::prelude::*;
 
 mod api;
 mod args;
+mod batch;
 mod catalog_load;
 mod context;
+mod corrections;
 mod entitlement;
 mod errors;
 mod leases;

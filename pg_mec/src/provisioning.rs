@@ -220,7 +220,10 @@ pub fn provision(client: &mut SpiClient<'_>, ns: Uuid, req: &Provision) -> MecRe
     if let Some(ext) = &req.external_id {
         spi::write(client, &SET_EXTERNAL_ID, &[ns.into(), req.account_id.into(), ext.as_str().into()])?;
     }
-    let changed = apply_plan(client, ns, req.account_id, &req.plan_id, req.effective_us)?;
+    // A new account's first plan also covers events that occurred before it was provisioned
+    // (late events, client clocks slightly behind): its rows are valid from the Unix epoch.
+    let rows_from = if created && req.effective_us <= crate::args::now_us() { 0 } else { req.effective_us };
+    let changed = apply_plan(client, ns, req.account_id, &req.plan_id, rows_from)?;
     let entitlements = spi::read(client, &PLAN_ENTITLEMENTS, &[ns.into(), req.plan_id.as_str().into()])?.one::<JsonB>()?
         .map(|j| j.0)
         .unwrap_or(Value::Array(vec![]));

@@ -45,3 +45,19 @@ fn meter_consumption(
     })();
     JsonB(finish(result))
 }
+
+/// Meters an array of events (`p_events`: objects with `idempotency_key, account_id,
+/// resource_type, quantity, occurred_at, metadata, http_status`), each decided on its own.
+///
+/// Returns `{accepted, duplicates, rejected, results: [...]}` with one result per event, in
+/// order: the `meter_consumption` result, or `{index, status: "rejected", error: {code, message,
+/// details, hint}}`. Raises `22023` (not an array, more than 1000 events), `42501`.
+#[pg_extern]
+fn meter_consumption_batch(p_events: Option<JsonB>) -> JsonB {
+    let result = (|| {
+        let ns = context::namespace()?;
+        let events = args::required(p_events, "p_events")?.0;
+        Spi::connect_mut(|client| crate::batch::meter_batch(client, ns, &events, args::now_us()))
+    })();
+    JsonB(finish(result))
+}

@@ -2,6 +2,7 @@
 //! arguments, calls the logic module, and raises any error at this boundary.
 
 pub mod catalog;
+pub mod corrections;
 pub mod entitlements;
 pub mod leases;
 pub mod metering;
