@@ -403,13 +403,17 @@ up_gateway_start() {
     fi
     sleep 0.5
   done
-  echo "---- last lines of $GATEWAY_LOG ----" >&2
-  tail -n 40 "$GATEWAY_LOG" >&2
+  echo "---- last lines of $GATEWAY_LOG (without /health polls) ----" >&2
+  sed -n '/scripts\/mec up: starting gateway/,$p' "$GATEWAY_LOG" | grep -v '"path":"/health"' | tail -n 40 >&2 || true
+  echo "---- last /health answers ----" >&2
+  curl -sS --max-time 2 "http://$GW_ADDR/health" >&2 || true
+  echo >&2
   if [[ -d /proc/$pid ]]; then
-    die "the gateway (pid $pid) did not answer /health within 30 s"
+    stop_gateway
+    die "the gateway did not answer /health with 2xx within 30 s (stopped it; log: $GATEWAY_LOG)"
   fi
   rm -f "$GATEWAY_PID_FILE"
-  die "the gateway exited at start"
+  die "the gateway exited at start (log: $GATEWAY_LOG)"
 }
 
 # ------------------------------------------------------------ 10. how to call it
