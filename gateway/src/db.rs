@@ -5,9 +5,11 @@
 //! settings, the call and `COMMIT` are pipelined. Postgres turns the `COMMIT` of a failed
 //! transaction into a rollback, so a failed call never commits anything.
 
+use std::pin::pin;
 use std::time::Duration;
 
 use axum::http::HeaderMap;
+use futures_util::future::{join, join3, join4, maybe_done, FutureExt};
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use serde_json::{Map, Value};
 use tokio_postgres::types::ToSql;
@@ -112,8 +114,8 @@ pub async fn run(
     if client.statement_cache.size() > STATEMENT_CACHE_MAX {
         client.statement_cache.clear();
     }
+    // No schema is named here, so it can be prepared outside the transaction.
     let settings = client.prepare_cached(SETTINGS_SQL).await?;
-    let stmt = client.prepare_cached(sql).await?;
 
     // The role comes from a closed enum; quoting is belt and braces.
     let begin = format!(
@@ -127,22 +129,48 @@ pub async fn run(
     let call_params: Vec<&(dyn ToSql + Sync)> =
         params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
 
-    // Polled in order, so sent in order, in one write.
-    let (begun, set, rows, committed) = futures_util::future::join4(
-        client.batch_execute(&begin),
-        client.query(&settings, &set_params),
-        client.query(&stmt, &call_params),
-        client.batch_execute("COMMIT"),
-    )
-    .await;
+    // Each future sends its messages when first polled, so the poll order is the wire order.
+    let mut begun = pin!(maybe_done(client.batch_execute(&begin)));
+    let mut set = pin!(maybe_done(client.query(&settings, &set_params)));
+    let _ = begun.as_mut().now_or_never();
+    let _ = set.as_mut().now_or_never();
+    // The call statement must be parsed in the caller's role (mec_authenticator itself has
+    // no USAGE on schema mec), i.e. after BEGIN; SET LOCAL ROLE. On a cache hit this is
+    // ready at once and the whole request is one round trip; on a miss the Parse goes out
+    // now, behind the BEGIN.
+    let mut prep = pin!(maybe_done(client.prepare_cached(sql)));
+    if prep.as_mut().now_or_never().is_none() {
+        join3(begun.as_mut(), set.as_mut(), prep.as_mut()).await;
+    }
+    let prepared = prep.as_mut().take_output().expect("prepare finished");
 
-    let result = (|| {
-        begun?;
-        set?;
-        let rows = rows?;
-        committed?;
-        Ok::<_, tokio_postgres::Error>(rows)
-    })();
+    let result = match prepared {
+        Err(e) => {
+            join(begun.as_mut(), set.as_mut()).await;
+            let _ = client.batch_execute("ROLLBACK").await;
+            let b = begun.as_mut().take_output().and_then(Result::err);
+            let s = set.as_mut().take_output().and_then(|r| r.err());
+            Err(b.or(s).unwrap_or(e))
+        }
+        Ok(stmt) => {
+            let (_, _, rows, committed) = join4(
+                begun.as_mut(),
+                set.as_mut(),
+                client.query(&stmt, &call_params),
+                client.batch_execute("COMMIT"),
+            )
+            .await;
+            let b = begun.as_mut().take_output().expect("BEGIN finished");
+            let s = set.as_mut().take_output().expect("settings finished");
+            (|| {
+                b?;
+                s?;
+                let rows = rows?;
+                committed?;
+                Ok::<_, tokio_postgres::Error>(rows)
+            })()
+        }
+    };
     match result {
         Ok(rows) => {
             checkout.finished = true;
@@ -152,13 +180,11 @@ pub async fn run(
             // A server-side error leaves a healthy connection (the COMMIT rolled back);
             // anything else means the connection is gone.
             checkout.finished = e.as_db_error().is_some() && !client.is_closed();
-            if e.as_db_error().is_some() {
-                // An error inside the pipeline may leave the statement cache stale
-                // (e.g. after DDL): drop it to be safe when the cause was 0A000/26000.
-                let code = e.code().map(|c| c.code()).unwrap_or("");
-                if code == "0A000" || code == "26000" {
-                    client.statement_cache.clear();
-                }
+            // After DDL a cached statement may be stale ("cached plan must not change
+            // result type", or it no longer exists): start afresh.
+            let code = e.code().map(|c| c.code()).unwrap_or("");
+            if code == "0A000" || code == "26000" || code == "42883" {
+                client.statement_cache.clear();
             }
             Err(ApiError::from(e).with_instance(ctx.path))
         }

@@ -25,21 +25,27 @@ pub fn quantity(value: Option<AnyNumeric>, name: &str) -> MecResult<Decimal> {
 }
 
 pub fn instant(value: Option<TimestampWithTimeZone>, name: &str) -> MecResult<i64> {
-    unix_us(required(value, name)?).map_err(|_| MecError::invalid(format!("{name} must be a finite timestamp")))
+    unix_us(required(value, name)?)
+        .map_err(|_| MecError::invalid(format!("{name} must be a finite timestamp")))
 }
 
 /// `now()`: the start of the current transaction, in Unix microseconds.
 pub fn now_us() -> i64 {
     // SAFETY: reads the transaction start timestamp.
     let ts = unsafe { pgrx::pg_sys::GetCurrentTransactionStartTimestamp() };
-    TimestampWithTimeZone::try_from(ts).ok().and_then(|t| unix_us(t).ok()).unwrap_or_default()
+    TimestampWithTimeZone::try_from(ts)
+        .ok()
+        .and_then(|t| unix_us(t).ok())
+        .unwrap_or_default()
 }
 
 /// A TTL in seconds, 1 s to 1 day.
 pub fn ttl_seconds(value: Option<i32>, name: &str) -> MecResult<i32> {
     let ttl = required(value, name)?;
     if !(1..=86_400).contains(&ttl) {
-        return Err(MecError::invalid(format!("{name} must be between 1 and 86400 seconds, got {ttl}")));
+        return Err(MecError::invalid(format!(
+            "{name} must be between 1 and 86400 seconds, got {ttl}"
+        )));
     }
     Ok(ttl)
 }

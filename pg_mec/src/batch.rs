@@ -14,16 +14,37 @@ use crate::errors::{MecError, MecResult};
 use crate::metering::{self, Event};
 
 pub const MAX_EVENTS: usize = 1000;
-const FIELDS: [&str; 7] = ["idempotency_key", "account_id", "resource_type", "quantity", "occurred_at", "metadata", "http_status"];
+const FIELDS: [&str; 7] = [
+    "idempotency_key",
+    "account_id",
+    "resource_type",
+    "quantity",
+    "occurred_at",
+    "metadata",
+    "http_status",
+];
 
 /// Parses an RFC 3339 timestamp (`2026-11-01T12:00:00Z`, fractions and offsets allowed) into Unix µs.
 pub fn parse_rfc3339(s: &str) -> Option<i64> {
     let b = s.as_bytes();
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !(b[10] == b'T' || b[10] == b't' || b[10] == b' ') || b[13] != b':' || b[16] != b':' {
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !(b[10] == b'T' || b[10] == b't' || b[10] == b' ')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
         return None;
     }
     let n = |r: std::ops::Range<usize>| s.get(r).and_then(|x| x.parse::<i64>().ok());
-    let (y, mo, d, h, mi, se) = (n(0..4)?, n(5..7)?, n(8..10)?, n(11..13)?, n(14..16)?, n(17..19)?);
+    let (y, mo, d, h, mi, se) = (
+        n(0..4)?,
+        n(5..7)?,
+        n(8..10)?,
+        n(11..13)?,
+        n(14..16)?,
+        n(17..19)?,
+    );
     if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 60 {
         return None;
     }
@@ -60,7 +81,9 @@ fn field_error(index: usize, message: String) -> MecError {
 
 fn decimal(v: &Value) -> Option<Decimal> {
     match v {
-        Value::Number(n) => Decimal::from_str(&n.to_string()).or_else(|_| Decimal::from_scientific(&n.to_string())).ok(),
+        Value::Number(n) => Decimal::from_str(&n.to_string())
+            .or_else(|_| Decimal::from_scientific(&n.to_string()))
+            .ok(),
         Value::String(s) => Decimal::from_str(s.trim()).ok(),
         _ => None,
     }
@@ -72,23 +95,45 @@ fn parse_event(index: usize, v: &Value, now_us: i64) -> MecResult<Event> {
         return Err(field_error(index, "must be a JSON object".into()));
     };
     if let Some(k) = o.keys().find(|k| !FIELDS.contains(&k.as_str())) {
-        return Err(field_error(index, format!("unknown field \"{k}\" (fields: {})", FIELDS.join(", "))));
+        return Err(field_error(
+            index,
+            format!("unknown field \"{k}\" (fields: {})", FIELDS.join(", ")),
+        ));
     }
     let text = |k: &str| o.get(k).and_then(Value::as_str).map(str::to_string);
-    let key = text("idempotency_key").ok_or_else(|| field_error(index, "idempotency_key must be a string".into()))?;
+    let key = text("idempotency_key")
+        .ok_or_else(|| field_error(index, "idempotency_key must be a string".into()))?;
     let account_id: Uuid = text("account_id")
         .and_then(|s| parse_uuid(&s))
         .ok_or_else(|| field_error(index, "account_id must be a uuid".into()))?;
-    let resource_type = text("resource_type").ok_or_else(|| field_error(index, "resource_type must be a string".into()))?;
-    let quantity = o.get("quantity").and_then(decimal).ok_or_else(|| field_error(index, "quantity must be a number".into()))?;
+    let resource_type = text("resource_type")
+        .ok_or_else(|| field_error(index, "resource_type must be a string".into()))?;
+    let quantity = o
+        .get("quantity")
+        .and_then(decimal)
+        .ok_or_else(|| field_error(index, "quantity must be a number".into()))?;
     let occurred_us = match o.get("occurred_at") {
         None | Some(Value::Null) => now_us,
-        Some(Value::String(s)) => parse_rfc3339(s).ok_or_else(|| field_error(index, format!("occurred_at \"{s}\" is not an RFC 3339 timestamp")))?,
-        Some(_) => return Err(field_error(index, "occurred_at must be an RFC 3339 string".into())),
+        Some(Value::String(s)) => parse_rfc3339(s).ok_or_else(|| {
+            field_error(
+                index,
+                format!("occurred_at \"{s}\" is not an RFC 3339 timestamp"),
+            )
+        })?,
+        Some(_) => {
+            return Err(field_error(
+                index,
+                "occurred_at must be an RFC 3339 string".into(),
+            ))
+        }
     };
     let http_status = match o.get("http_status") {
         None | Some(Value::Null) => None,
-        Some(v) => Some(v.as_i64().and_then(|s| i32::try_from(s).ok()).ok_or_else(|| field_error(index, "http_status must be an integer".into()))?),
+        Some(v) => Some(
+            v.as_i64()
+                .and_then(|s| i32::try_from(s).ok())
+                .ok_or_else(|| field_error(index, "http_status must be an integer".into()))?,
+        ),
     };
     Ok(Event {
         key,
@@ -108,17 +153,28 @@ fn error_json(e: &MecError) -> Value {
 }
 
 /// Meters every event of `events` (a JSON array) in order.
-pub fn meter_batch(client: &mut SpiClient<'_>, ns: Uuid, events: &Value, now_us: i64) -> MecResult<Value> {
+pub fn meter_batch(
+    client: &mut SpiClient<'_>,
+    ns: Uuid,
+    events: &Value,
+    now_us: i64,
+) -> MecResult<Value> {
     let Some(list) = events.as_array() else {
-        return Err(MecError::invalid("p_events must be a JSON array of event objects"));
+        return Err(MecError::invalid(
+            "p_events must be a JSON array of event objects",
+        ));
     };
     if list.len() > MAX_EVENTS {
-        return Err(MecError::invalid(format!("at most {MAX_EVENTS} events per batch, got {}", list.len())));
+        return Err(MecError::invalid(format!(
+            "at most {MAX_EVENTS} events per batch, got {}",
+            list.len()
+        )));
     }
     let (mut accepted, mut duplicates, mut rejected) = (0, 0, 0);
     let mut results = Vec::with_capacity(list.len());
     for (i, v) in list.iter().enumerate() {
-        let outcome = parse_event(i, v, now_us).and_then(|ev| metering::meter(client, ns, &ev, now_us));
+        let outcome =
+            parse_event(i, v, now_us).and_then(|ev| metering::meter(client, ns, &ev, now_us));
         match outcome {
             Ok(mut r) => {
                 if r.get("duplicate").and_then(Value::as_bool) == Some(true) {
@@ -138,11 +194,16 @@ pub fn meter_batch(client: &mut SpiClient<'_>, ns: Uuid, events: &Value, now_us:
                 let mut r = Map::new();
                 r.insert("index".into(), Value::from(i));
                 r.insert("status".into(), Value::from("rejected"));
-                r.insert("idempotency_key".into(), v.get("idempotency_key").cloned().unwrap_or(Value::Null));
+                r.insert(
+                    "idempotency_key".into(),
+                    v.get("idempotency_key").cloned().unwrap_or(Value::Null),
+                );
                 r.insert("error".into(), error_json(&e));
                 results.push(Value::Object(r));
             }
         }
     }
-    Ok(json!({"accepted": accepted, "duplicates": duplicates, "rejected": rejected, "results": results}))
+    Ok(
+        json!({"accepted": accepted, "duplicates": duplicates, "rejected": rejected, "results": results}),
+    )
 }

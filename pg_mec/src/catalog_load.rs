@@ -108,7 +108,9 @@ fn statuses_json(classes: &[StatusClass]) -> Value {
 }
 
 fn text_array(items: impl Iterator<Item = String>) -> String {
-    let quoted: Vec<String> = items.map(|s| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))).collect();
+    let quoted: Vec<String> = items
+        .map(|s| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\"")))
+        .collect();
     format!("{{{}}}", quoted.join(","))
 }
 
@@ -119,7 +121,10 @@ pub fn load(client: &mut SpiClient<'_>, ns: Uuid, doc: &Value) -> MecResult<Valu
         problems: serde_json::to_value(&problems).unwrap_or(Value::Null),
     })?;
     let digest = catalog::digest(doc);
-    let previous = spi::read(client, &CURRENT_DIGEST, &[ns.into()])?.one::<String>().ok().flatten();
+    let previous = spi::read(client, &CURRENT_DIGEST, &[ns.into()])?
+        .one::<String>()
+        .ok()
+        .flatten();
     if previous.as_deref() == Some(digest.as_str()) {
         return Ok(json!({
             "unchanged": true, "version": cat.version, "digest": digest,
@@ -131,9 +136,18 @@ pub fn load(client: &mut SpiClient<'_>, ns: Uuid, doc: &Value) -> MecResult<Valu
     let (resources_created, resources_updated) = apply_resources(client, ns, &cat)?;
     let (created, updated) = apply_plans(client, ns, &cat)?;
     let plan_ids = text_array(cat.plans.iter().map(|p| p.plan_id.clone()));
-    let retired = spi::write(client, &RETIRE_PLANS, &[ns.into(), plan_ids.as_str().into()])?.len();
+    let retired = spi::write(
+        client,
+        &RETIRE_PLANS,
+        &[ns.into(), plan_ids.as_str().into()],
+    )?
+    .len();
     if let Some(default) = cat.default_plan() {
-        spi::write(client, &SET_DEFAULT_PLAN, &[ns.into(), default.plan_id.as_str().into()])?;
+        spi::write(
+            client,
+            &SET_DEFAULT_PLAN,
+            &[ns.into(), default.plan_id.as_str().into()],
+        )?;
     }
     spi::write(
         client,
@@ -151,7 +165,11 @@ pub fn load(client: &mut SpiClient<'_>, ns: Uuid, doc: &Value) -> MecResult<Valu
     if cat.apply_now {
         for plan_id in created.iter().chain(updated.iter()) {
             let mut accounts = Vec::new();
-            for row in spi::read(client, &ACCOUNTS_ON_PLAN, &[ns.into(), plan_id.as_str().into()])? {
+            for row in spi::read(
+                client,
+                &ACCOUNTS_ON_PLAN,
+                &[ns.into(), plan_id.as_str().into()],
+            )? {
                 if let Some(a) = row.get::<Uuid>(1)? {
                     accounts.push(a);
                 }
@@ -171,7 +189,11 @@ pub fn load(client: &mut SpiClient<'_>, ns: Uuid, doc: &Value) -> MecResult<Valu
     }))
 }
 
-fn apply_resources(client: &mut SpiClient<'_>, ns: Uuid, cat: &Catalog) -> MecResult<(usize, usize)> {
+fn apply_resources(
+    client: &mut SpiClient<'_>,
+    ns: Uuid,
+    cat: &Catalog,
+) -> MecResult<(usize, usize)> {
     let (mut created, mut updated) = (0, 0);
     for r in &cat.resources {
         let statuses = statuses_json(cat.billable_statuses_for(&r.resource_type));
@@ -187,7 +209,8 @@ fn apply_resources(client: &mut SpiClient<'_>, ns: Uuid, cat: &Catalog) -> MecRe
                 r.window_seconds.map(|w| w as i32).into(),
                 JsonB(statuses).into(),
             ],
-        )?.one::<bool>()?;
+        )?
+        .one::<bool>()?;
         match row {
             Some(true) => created += 1,
             Some(false) => updated += 1,
@@ -198,7 +221,11 @@ fn apply_resources(client: &mut SpiClient<'_>, ns: Uuid, cat: &Catalog) -> MecRe
 }
 
 /// Returns the ids of the plans created and of those whose row or entitlements changed.
-fn apply_plans(client: &mut SpiClient<'_>, ns: Uuid, cat: &Catalog) -> MecResult<(Vec<String>, Vec<String>)> {
+fn apply_plans(
+    client: &mut SpiClient<'_>,
+    ns: Uuid,
+    cat: &Catalog,
+) -> MecResult<(Vec<String>, Vec<String>)> {
     let (mut created, mut updated) = (Vec::new(), Vec::new());
     for p in &cat.plans {
         let row = spi::write(
@@ -214,7 +241,8 @@ fn apply_plans(client: &mut SpiClient<'_>, ns: Uuid, cat: &Catalog) -> MecResult
                 p.stripe_price_id.as_deref().into(),
                 p.is_default.into(),
             ],
-        )?.one::<bool>()?;
+        )?
+        .one::<bool>()?;
         let mut changed = row.is_some();
         for e in &p.entitlements {
             let n = spi::write(
@@ -236,7 +264,12 @@ fn apply_plans(client: &mut SpiClient<'_>, ns: Uuid, cat: &Catalog) -> MecResult
             changed |= n > 0;
         }
         let keep = text_array(p.entitlements.iter().map(|e| e.resource_type.clone()));
-        changed |= !spi::write(client, &DROP_STALE_PLAN_ENTITLEMENTS, &[ns.into(), p.plan_id.as_str().into(), keep.as_str().into()])?.is_empty();
+        changed |= !spi::write(
+            client,
+            &DROP_STALE_PLAN_ENTITLEMENTS,
+            &[ns.into(), p.plan_id.as_str().into(), keep.as_str().into()],
+        )?
+        .is_empty();
         match row {
             Some(true) => created.push(p.plan_id.clone()),
             _ if changed => updated.push(p.plan_id.clone()),

@@ -40,7 +40,9 @@ fn guc(name: &CStr) -> Option<String> {
 }
 
 pub fn parse_uuid(s: &str) -> Option<Uuid> {
-    uuid::Uuid::parse_str(s.trim()).ok().map(|u| Uuid::from_bytes(*u.as_bytes()))
+    uuid::Uuid::parse_str(s.trim())
+        .ok()
+        .map(|u| Uuid::from_bytes(*u.as_bytes()))
 }
 
 fn claim_uuid(claims: &serde_json::Value, key: &str) -> (Option<Uuid>, bool) {
@@ -75,7 +77,11 @@ fn claims() -> (Option<Uuid>, Option<Uuid>, bool) {
                 bad: malformed_json || bad_ns || bad_acct,
             };
         }
-        (cached.namespace.flatten(), cached.account.flatten(), cached.bad)
+        (
+            cached.namespace.flatten(),
+            cached.account.flatten(),
+            cached.bad,
+        )
     })
 }
 

@@ -63,7 +63,17 @@ static INSERT_ENTITLEMENT: Stmt = Stmt {
                  coalesce($8, (SELECT enforcement FROM base), 'hard'),
                  (SELECT overage_cap FROM base), (SELECT grace FROM base), $6, $7, $9
           RETURNING to_jsonb(e) - 'namespace_id'",
-    types: &[spi::UUID, spi::UUID, spi::TEXT, spi::TEXT, spi::NUMERIC, spi::TIMESTAMPTZ, spi::TIMESTAMPTZ, spi::TEXT, spi::TEXT],
+    types: &[
+        spi::UUID,
+        spi::UUID,
+        spi::TEXT,
+        spi::TEXT,
+        spi::NUMERIC,
+        spi::TIMESTAMPTZ,
+        spi::TIMESTAMPTZ,
+        spi::TEXT,
+        spi::TEXT,
+    ],
     writes: true,
 };
 
@@ -91,7 +101,8 @@ static APPLY_ADJUSTMENT: Stmt = Stmt {
 };
 
 static ADJUSTMENT_BY_KEY: Stmt = Stmt {
-    sql: "SELECT to_jsonb(c) - 'namespace_id', account_id, resource_type, quantity::text, entry_type
+    sql:
+        "SELECT to_jsonb(c) - 'namespace_id', account_id, resource_type, quantity::text, entry_type
           FROM mec_data.consumption c WHERE namespace_id = $1 AND idempotency_key = $2",
     types: &[spi::UUID, spi::TEXT],
     writes: false,
@@ -105,28 +116,49 @@ static FORGET: Stmt = Stmt {
     writes: true,
 };
 
-fn require_known(client: &SpiClient<'_>, ns: Uuid, account: Uuid, resource: &str, at_us: i64) -> MecResult<()> {
+fn require_known(
+    client: &SpiClient<'_>,
+    ns: Uuid,
+    account: Uuid,
+    resource: &str,
+    at_us: i64,
+) -> MecResult<()> {
     entitlement::resolve(client, ns, account, resource, at_us).map(|_| ())
+}
+
+/// A new override or grant row; period, enforcement and caps follow the plan's row in force.
+struct NewEntitlement<'a> {
+    account: Uuid,
+    resource: &'a str,
+    source: &'a str,
+    limit: Option<Decimal>,
+    from_us: i64,
+    until_us: Option<i64>,
+    enforcement: Option<&'a str>,
+    reason: Option<&'a str>,
 }
 
 fn insert_entitlement(
     client: &mut SpiClient<'_>,
     ns: Uuid,
-    account: Uuid,
-    resource: &str,
-    source: &str,
-    limit: Option<Decimal>,
-    from_us: i64,
-    until_us: Option<i64>,
-    enforcement: Option<&str>,
-    reason: Option<&str>,
+    e: &NewEntitlement<'_>,
 ) -> MecResult<Value> {
-    let from: TimestampWithTimeZone = timestamptz(from_us);
-    let until: Option<TimestampWithTimeZone> = until_us.map(timestamptz);
+    let from: TimestampWithTimeZone = timestamptz(e.from_us);
+    let until: Option<TimestampWithTimeZone> = e.until_us.map(timestamptz);
     Ok(spi::write(
         client,
         &INSERT_ENTITLEMENT,
-        &[ns.into(), account.into(), resource.into(), source.into(), limit.map(to_numeric).into(), from.into(), until.into(), enforcement.into(), reason.into()],
+        &[
+            ns.into(),
+            e.account.into(),
+            e.resource.into(),
+            e.source.into(),
+            e.limit.map(to_numeric).into(),
+            from.into(),
+            until.into(),
+            e.enforcement.into(),
+            e.reason.into(),
+        ],
     )?
     .one::<JsonB>()?
     .map(|j| j.0)
@@ -137,30 +169,70 @@ fn insert_entitlement(
 pub fn set_override(client: &mut SpiClient<'_>, ns: Uuid, req: &Override) -> MecResult<Value> {
     if let Some(e) = &req.enforcement {
         if !["hard", "soft", "capped"].contains(&e.as_str()) {
-            return Err(MecError::invalid(format!("p_enforcement must be hard, soft or capped, got \"{e}\"")));
+            return Err(MecError::invalid(format!(
+                "p_enforcement must be hard, soft or capped, got \"{e}\""
+            )));
         }
     }
     if req.limit.is_some_and(|l| l < Decimal::ZERO) {
-        return Err(MecError::invalid("p_limit must not be negative (NULL means unlimited)"));
+        return Err(MecError::invalid(
+            "p_limit must not be negative (NULL means unlimited)",
+        ));
     }
     if req.valid_until_us.is_some_and(|u| u <= req.valid_from_us) {
-        return Err(MecError::invalid("p_valid_until must be after p_valid_from"));
+        return Err(MecError::invalid(
+            "p_valid_until must be after p_valid_from",
+        ));
     }
-    let fingerprint = format!("{}|{}|{:?}|{:?}", req.account_id, req.resource_type, req.limit, req.enforcement);
+    let fingerprint = format!(
+        "{}|{}|{:?}|{:?}",
+        req.account_id, req.resource_type, req.limit, req.enforcement
+    );
     if let Some(key) = &req.key {
         validate_key(key)?;
         if let Some(v) = stored_result(client, ns, "set_override", key, &fingerprint)? {
             return Ok(v);
         }
     }
-    require_known(client, ns, req.account_id, &req.resource_type, req.valid_from_us)?;
-    let from: TimestampWithTimeZone = timestamptz(req.valid_from_us);
-    spi::write(client, &CLOSE_OVERRIDES, &[ns.into(), req.account_id.into(), req.resource_type.as_str().into(), from.into()])?;
-    let row = insert_entitlement(
-        client, ns, req.account_id, &req.resource_type, "override", req.limit, req.valid_from_us, req.valid_until_us,
-        req.enforcement.as_deref(), req.reason.as_deref(),
+    require_known(
+        client,
+        ns,
+        req.account_id,
+        &req.resource_type,
+        req.valid_from_us,
     )?;
-    audit(client, ns, "set_override", &req.account_id.to_string(), json!({"resource_type": req.resource_type, "limit": req.limit.map(num)}))?;
+    let from: TimestampWithTimeZone = timestamptz(req.valid_from_us);
+    spi::write(
+        client,
+        &CLOSE_OVERRIDES,
+        &[
+            ns.into(),
+            req.account_id.into(),
+            req.resource_type.as_str().into(),
+            from.into(),
+        ],
+    )?;
+    let row = insert_entitlement(
+        client,
+        ns,
+        &NewEntitlement {
+            account: req.account_id,
+            resource: &req.resource_type,
+            source: "override",
+            limit: req.limit,
+            from_us: req.valid_from_us,
+            until_us: req.valid_until_us,
+            enforcement: req.enforcement.as_deref(),
+            reason: req.reason.as_deref(),
+        },
+    )?;
+    audit(
+        client,
+        ns,
+        "set_override",
+        &req.account_id.to_string(),
+        json!({"resource_type": req.resource_type, "limit": req.limit.map(num)}),
+    )?;
     if let Some(key) = &req.key {
         store_result(client, ns, "set_override", key, &fingerprint, &row)?;
     }
@@ -168,9 +240,17 @@ pub fn set_override(client: &mut SpiClient<'_>, ns: Uuid, req: &Override) -> Mec
 }
 
 /// A grant adds `quantity` to the limit while it is valid (from now until `expires_at`).
-pub fn grant_credits(client: &mut SpiClient<'_>, ns: Uuid, req: &Grant, now_us: i64) -> MecResult<Value> {
+pub fn grant_credits(
+    client: &mut SpiClient<'_>,
+    ns: Uuid,
+    req: &Grant,
+    now_us: i64,
+) -> MecResult<Value> {
     if req.quantity <= Decimal::ZERO {
-        return Err(MecError::invalid(format!("p_quantity must be positive, got {}", req.quantity)));
+        return Err(MecError::invalid(format!(
+            "p_quantity must be positive, got {}",
+            req.quantity
+        )));
     }
     if req.expires_us.is_some_and(|e| e <= now_us) {
         return Err(MecError::invalid("p_expires_at must be in the future"));
@@ -184,9 +264,26 @@ pub fn grant_credits(client: &mut SpiClient<'_>, ns: Uuid, req: &Grant, now_us: 
     }
     require_known(client, ns, req.account_id, &req.resource_type, now_us)?;
     let row = insert_entitlement(
-        client, ns, req.account_id, &req.resource_type, "grant", Some(req.quantity), now_us, req.expires_us, None, req.reason.as_deref(),
+        client,
+        ns,
+        &NewEntitlement {
+            account: req.account_id,
+            resource: &req.resource_type,
+            source: "grant",
+            limit: Some(req.quantity),
+            from_us: now_us,
+            until_us: req.expires_us,
+            enforcement: None,
+            reason: req.reason.as_deref(),
+        },
     )?;
-    audit(client, ns, "grant_credits", &req.account_id.to_string(), json!({"resource_type": req.resource_type, "quantity": num(req.quantity)}))?;
+    audit(
+        client,
+        ns,
+        "grant_credits",
+        &req.account_id.to_string(),
+        json!({"resource_type": req.resource_type, "quantity": num(req.quantity)}),
+    )?;
     if let Some(key) = &req.key {
         store_result(client, ns, "grant_credits", key, &fingerprint, &row)?;
     }
@@ -200,15 +297,31 @@ pub fn adjust(client: &mut SpiClient<'_>, ns: Uuid, req: &Adjustment) -> MecResu
         return Err(MecError::invalid("p_quantity must not be zero"));
     }
     if req.reason.trim().is_empty() {
-        return Err(MecError::invalid("p_reason must say why usage is corrected"));
+        return Err(MecError::invalid(
+            "p_reason must say why usage is corrected",
+        ));
     }
-    if let Some(row) = spi::read(client, &ADJUSTMENT_BY_KEY, &[ns.into(), req.key.as_str().into()])?.into_iter().next() {
+    if let Some(row) = spi::read(
+        client,
+        &ADJUSTMENT_BY_KEY,
+        &[ns.into(), req.key.as_str().into()],
+    )?
+    .into_iter()
+    .next()
+    {
         let same = row.get::<Uuid>(2)? == Some(req.account_id)
             && row.get::<String>(3)?.as_deref() == Some(req.resource_type.as_str())
-            && row.get::<String>(4)?.and_then(|q| q.parse::<Decimal>().ok()).map(|d| d.normalize()) == Some(req.quantity.normalize())
+            && row
+                .get::<String>(4)?
+                .and_then(|q| q.parse::<Decimal>().ok())
+                .map(|d| d.normalize())
+                == Some(req.quantity.normalize())
             && row.get::<String>(5)?.as_deref() == Some("adjustment");
         if !same {
-            return Err(MecError::IdempotencyConflict { key: req.key.clone(), detail: json!({"operation": "adjust_consumption"}).to_string() });
+            return Err(MecError::IdempotencyConflict {
+                key: req.key.clone(),
+                detail: json!({"operation": "adjust_consumption"}).to_string(),
+            });
         }
         let mut v = row.get::<JsonB>(1)?.map(|j| j.0).unwrap_or(Value::Null);
         if let Some(o) = v.as_object_mut() {
@@ -216,7 +329,13 @@ pub fn adjust(client: &mut SpiClient<'_>, ns: Uuid, req: &Adjustment) -> MecResu
         }
         return Ok(v);
     }
-    let eff = entitlement::resolve(client, ns, req.account_id, &req.resource_type, req.occurred_us)?;
+    let eff = entitlement::resolve(
+        client,
+        ns,
+        req.account_id,
+        &req.resource_type,
+        req.occurred_us,
+    )?;
     let window = eff.window(req.occurred_us);
     let occurred: TimestampWithTimeZone = timestamptz(req.occurred_us);
     let start: TimestampWithTimeZone = timestamptz(window.start_us);
@@ -224,22 +343,51 @@ pub fn adjust(client: &mut SpiClient<'_>, ns: Uuid, req: &Adjustment) -> MecResu
     let used = spi::write(
         client,
         &APPLY_ADJUSTMENT,
-        &[ns.into(), req.account_id.into(), req.resource_type.as_str().into(), start.into(), end.into(), to_numeric(req.quantity).into()],
+        &[
+            ns.into(),
+            req.account_id.into(),
+            req.resource_type.as_str().into(),
+            start.into(),
+            end.into(),
+            to_numeric(req.quantity).into(),
+        ],
     )?
     .one::<pgrx::AnyNumeric>()?;
-    if used.as_ref().map(crate::values::to_decimal).transpose()?.is_some_and(|u| u < Decimal::ZERO) {
-        return Err(MecError::invalid("the adjustment would take usage below zero"));
+    if used
+        .as_ref()
+        .map(crate::values::to_decimal)
+        .transpose()?
+        .is_some_and(|u| u < Decimal::ZERO)
+    {
+        return Err(MecError::invalid(
+            "the adjustment would take usage below zero",
+        ));
     }
     let mut row = spi::write(
         client,
         &ADJUST,
-        &[ns.into(), req.key.as_str().into(), req.account_id.into(), req.resource_type.as_str().into(), to_numeric(req.quantity).into(),
-          occurred.into(), start.into(), end.into(), req.reason.as_str().into()],
+        &[
+            ns.into(),
+            req.key.as_str().into(),
+            req.account_id.into(),
+            req.resource_type.as_str().into(),
+            to_numeric(req.quantity).into(),
+            occurred.into(),
+            start.into(),
+            end.into(),
+            req.reason.as_str().into(),
+        ],
     )?
     .one::<JsonB>()?
     .map(|j| j.0)
     .ok_or_else(|| MecError::Internal("adjustment key was taken concurrently; retry".into()))?;
-    audit(client, ns, "adjust_consumption", &req.account_id.to_string(), json!({"resource_type": req.resource_type, "quantity": num(req.quantity)}))?;
+    audit(
+        client,
+        ns,
+        "adjust_consumption",
+        &req.account_id.to_string(),
+        json!({"resource_type": req.resource_type, "quantity": num(req.quantity)}),
+    )?;
     if let Some(o) = row.as_object_mut() {
         o.insert("duplicate".into(), Value::Bool(false));
     }
@@ -248,10 +396,19 @@ pub fn adjust(client: &mut SpiClient<'_>, ns: Uuid, req: &Adjustment) -> MecResu
 
 /// Deletes the account and every row about it; leaves an audit entry without personal data.
 pub fn forget(client: &mut SpiClient<'_>, ns: Uuid, account: Uuid) -> MecResult<Value> {
-    let (accounts, events) = spi::write(client, &FORGET, &[ns.into(), account.into()])?.two::<i32, i32>()?;
+    let (accounts, events) =
+        spi::write(client, &FORGET, &[ns.into(), account.into()])?.two::<i32, i32>()?;
     let existed = accounts.unwrap_or(0) > 0;
     if existed {
-        audit(client, ns, "forget_account", &account.to_string(), json!({"ledger_rows_deleted": events.unwrap_or(0)}))?;
+        audit(
+            client,
+            ns,
+            "forget_account",
+            &account.to_string(),
+            json!({"ledger_rows_deleted": events.unwrap_or(0)}),
+        )?;
     }
-    Ok(json!({"account_id": account.to_string(), "forgotten": true, "existed": existed, "ledger_rows_deleted": events.unwrap_or(0)}))
+    Ok(
+        json!({"account_id": account.to_string(), "forgotten": true, "existed": existed, "ledger_rows_deleted": events.unwrap_or(0)}),
+    )
 }

@@ -8,8 +8,8 @@ use pg_mec_core::catalog::Kind;
 use pg_mec_core::enforcement::{Enforcement, Policy};
 use pg_mec_core::period::{period_window, rate_window, Period, Window};
 use pg_mec_core::Decimal;
-use pgrx::spi::SpiClient;
 use pgrx::datum::{AnyNumeric, TimestampWithTimeZone, Uuid};
+use pgrx::spi::SpiClient;
 
 use crate::errors::{MecError, MecResult};
 use crate::spi::{self, Stmt};
@@ -72,6 +72,9 @@ static EXISTS: Stmt = Stmt {
     writes: false,
 };
 
+/// Per resource: kind, window seconds, billable statuses (JSON text), the account's anchor day.
+type Header = (String, Option<i32>, Option<String>, Option<i32>);
+
 struct Row {
     source: String,
     limit: Option<Decimal>,
@@ -88,7 +91,11 @@ fn dec(v: Option<AnyNumeric>) -> MecResult<Option<Decimal>> {
 
 fn parse_statuses(text: Option<String>) -> Vec<StatusClass> {
     text.and_then(|t| serde_json::from_str::<Vec<serde_json::Value>>(&t).ok())
-        .map(|vals| vals.iter().filter_map(|v| StatusClass::from_json(v).ok()).collect())
+        .map(|vals| {
+            vals.iter()
+                .filter_map(|v| StatusClass::from_json(v).ok())
+                .collect()
+        })
         .unwrap_or_else(default_billable)
 }
 
@@ -102,8 +109,17 @@ pub fn resolve(
     at_us: i64,
 ) -> MecResult<Effective> {
     let at: TimestampWithTimeZone = timestamptz(at_us);
-    let table = spi::read(client, &LOOKUP, &[ns.into(), account_id.into(), resource_type.into(), at.into()])?;
-    let mut header: Option<(String, Option<i32>, Option<String>, Option<i32>)> = None;
+    let table = spi::read(
+        client,
+        &LOOKUP,
+        &[
+            ns.into(),
+            account_id.into(),
+            resource_type.into(),
+            at.into(),
+        ],
+    )?;
+    let mut header: Option<Header> = None;
     let mut rows = Vec::new();
     for row in table {
         if header.is_none() {
@@ -130,16 +146,34 @@ pub fn resolve(
         return Err(diagnose_missing(client, ns, account_id, resource_type));
     };
     let kind = Kind::from_str(&kind).map_err(|e| MecError::Internal(e.to_string()))?;
-    Ok(combine(resource_type, kind, window_seconds, parse_statuses(statuses), anchor, rows))
+    Ok(combine(
+        resource_type,
+        kind,
+        window_seconds,
+        parse_statuses(statuses),
+        anchor,
+        rows,
+    ))
 }
 
-fn diagnose_missing(client: &SpiClient<'_>, ns: Uuid, account_id: Uuid, resource_type: &str) -> MecError {
-    let found = spi::read(client, &EXISTS, &[ns.into(), account_id.into(), resource_type.into()])
-        .and_then(|t| Ok(t.two::<bool, bool>()?));
+fn diagnose_missing(
+    client: &SpiClient<'_>,
+    ns: Uuid,
+    account_id: Uuid,
+    resource_type: &str,
+) -> MecError {
+    let found = spi::read(
+        client,
+        &EXISTS,
+        &[ns.into(), account_id.into(), resource_type.into()],
+    )
+    .and_then(|t| t.two::<bool, bool>());
     match found {
         Ok((Some(false), _)) => MecError::unknown("account", account_id.to_string()),
         Ok((_, Some(false))) => MecError::unknown("resource type", resource_type),
-        Ok(_) => MecError::Internal("entitlement lookup found neither a row nor a missing key".into()),
+        Ok(_) => {
+            MecError::Internal("entitlement lookup found neither a row nor a missing key".into())
+        }
         Err(e) => e,
     }
 }
@@ -158,19 +192,39 @@ fn combine(
         .iter()
         .find(|r| r.source == "override")
         .or_else(|| rows.iter().find(|r| r.source == "plan"));
-    let grants: Decimal = rows.iter().filter(|r| r.source == "grant").filter_map(|r| r.limit).sum();
+    let grants: Decimal = rows
+        .iter()
+        .filter(|r| r.source == "grant")
+        .filter_map(|r| r.limit)
+        .sum();
     let default_period = kind.default_period().unwrap_or(Period::Month);
     let (policy, period, enabled) = match base {
         Some(b) => {
-            let enforcement = b.enforcement.as_deref().and_then(|e| Enforcement::from_str(e).ok());
-            let mut policy = Policy::new(b.limit.map(|l| l + grants), enforcement.unwrap_or(Enforcement::Hard));
+            let enforcement = b
+                .enforcement
+                .as_deref()
+                .and_then(|e| Enforcement::from_str(e).ok());
+            let mut policy = Policy::new(
+                b.limit.map(|l| l + grants),
+                enforcement.unwrap_or(Enforcement::Hard),
+            );
             // Leases are whole slots: no grace unless the catalog asks for it.
-            policy.grace = b.grace.or((kind == Kind::Concurrency).then_some(Decimal::ZERO));
+            policy.grace = b
+                .grace
+                .or((kind == Kind::Concurrency).then_some(Decimal::ZERO));
             policy.overage_cap = b.overage_cap;
-            let period = b.period.as_deref().and_then(|p| Period::from_str(p).ok()).unwrap_or(default_period);
+            let period = b
+                .period
+                .as_deref()
+                .and_then(|p| Period::from_str(p).ok())
+                .unwrap_or(default_period);
             (policy, period, b.enabled)
         }
-        None => (Policy::new(Some(grants), Enforcement::Hard), default_period, false),
+        None => (
+            Policy::new(Some(grants), Enforcement::Hard),
+            default_period,
+            false,
+        ),
     };
     Effective {
         resource_type: resource_type.to_string(),

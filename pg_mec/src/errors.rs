@@ -18,25 +18,51 @@ pub enum MecError {
     /// `42501`: no namespace in the claims or `mec.namespace_id`.
     NoNamespace,
     /// `42501`: the caller's role may not do this.
-    PermissionDenied { message: String, hint: Option<String> },
+    PermissionDenied {
+        message: String,
+        hint: Option<String>,
+    },
     /// `22023`: an argument has a value that can never be right.
-    InvalidParameter { message: String, hint: Option<String> },
+    InvalidParameter {
+        message: String,
+        hint: Option<String>,
+    },
     /// `ME400`: the request does not fit the resource or the state (e.g. metering a feature).
-    InvalidRequest { message: String, hint: Option<String> },
+    InvalidRequest {
+        message: String,
+        hint: Option<String>,
+    },
     /// `ME404`: unknown account, resource type or plan.
-    UnknownObject { what: &'static str, id: String, hint: Option<String> },
+    UnknownObject {
+        what: &'static str,
+        id: String,
+        hint: Option<String>,
+    },
     /// `P0002`: a lease or reservation id that does not exist in this namespace.
     NotFound { what: &'static str, id: String },
     /// `ME409`: the idempotency key was used before with another payload.
     IdempotencyConflict { key: String, detail: String },
     /// `ME410`: the lease or reservation expired.
-    Expired { what: &'static str, id: String, detail: Option<String> },
+    Expired {
+        what: &'static str,
+        id: String,
+        detail: Option<String>,
+    },
     /// `ME422`: the catalog is invalid; DETAIL lists every problem with its JSON path.
-    CatalogInvalid { problems: serde_json::Value, count: usize },
+    CatalogInvalid {
+        problems: serde_json::Value,
+        count: usize,
+    },
     /// `ME429`: a limit was reached; DETAIL is `{"violated_policies": [...]}`.
-    LimitReached { resource: String, violated: serde_json::Value },
+    LimitReached {
+        resource: String,
+        violated: serde_json::Value,
+    },
     /// `23505`: a unique value (external id, namespace id) belongs to something else.
-    Conflict { message: String, hint: Option<String> },
+    Conflict {
+        message: String,
+        hint: Option<String>,
+    },
     /// `XX000`: a bug or an impossible state, never a caller's mistake.
     Internal(String),
 }
@@ -45,29 +71,47 @@ pub type MecResult<T> = Result<T, MecError>;
 
 impl MecError {
     pub fn invalid(message: impl Into<String>) -> Self {
-        MecError::InvalidParameter { message: message.into(), hint: None }
+        MecError::InvalidParameter {
+            message: message.into(),
+            hint: None,
+        }
     }
 
     pub fn invalid_hint(message: impl Into<String>, hint: impl Into<String>) -> Self {
-        MecError::InvalidParameter { message: message.into(), hint: Some(hint.into()) }
+        MecError::InvalidParameter {
+            message: message.into(),
+            hint: Some(hint.into()),
+        }
     }
 
     pub fn bad_request(message: impl Into<String>, hint: impl Into<String>) -> Self {
-        MecError::InvalidRequest { message: message.into(), hint: Some(hint.into()) }
+        MecError::InvalidRequest {
+            message: message.into(),
+            hint: Some(hint.into()),
+        }
     }
 
     pub fn denied(message: impl Into<String>) -> Self {
-        MecError::PermissionDenied { message: message.into(), hint: None }
+        MecError::PermissionDenied {
+            message: message.into(),
+            hint: None,
+        }
     }
 
     pub fn unknown(what: &'static str, id: impl Into<String>) -> Self {
         let hint = match what {
             "account" => "Create the account with mec.provision_plan(p_account_id, p_plan_id).",
-            "resource type" => "Declare the resource type in the catalog and load it with mec.load_catalog.",
+            "resource type" => {
+                "Declare the resource type in the catalog and load it with mec.load_catalog."
+            }
             "plan" => "List the plans with SELECT plan_id FROM mec.plans.",
             _ => "Check the identifier.",
         };
-        MecError::UnknownObject { what, id: id.into(), hint: Some(hint.to_string()) }
+        MecError::UnknownObject {
+            what,
+            id: id.into(),
+            hint: Some(hint.to_string()),
+        }
     }
 
     /// The SQLSTATE, five characters.
@@ -148,10 +192,9 @@ pub fn finish<T>(result: MecResult<T>) -> T {
 
 /// `MAKE_SQLSTATE` from Postgres's `elog.h`: six bits per character.
 pub fn make_sqlstate(code: &str) -> c_int {
-    code.bytes()
-        .take(5)
-        .enumerate()
-        .fold(0, |acc, (i, c)| acc + ((((c as c_int) - ('0' as c_int)) & 0x3F) << (6 * i)))
+    code.bytes().take(5).enumerate().fold(0, |acc, (i, c)| {
+        acc + ((((c as c_int) - ('0' as c_int)) & 0x3F) << (6 * i))
+    })
 }
 
 /// `ERROR` from Postgres's `elog.h` (21 since PostgreSQL 14).

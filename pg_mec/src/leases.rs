@@ -6,8 +6,8 @@
 
 use pg_mec_core::catalog::Kind;
 use pg_mec_core::Decimal;
-use pgrx::spi::SpiClient;
 use pgrx::datum::{TimestampWithTimeZone, Uuid};
+use pgrx::spi::SpiClient;
 use serde_json::{json, Value};
 
 use crate::entitlement;
@@ -93,7 +93,12 @@ static EXPIRE_ALL: Stmt = Stmt {
 };
 
 /// Takes a slot of a concurrency resource, or raises ME429 when all are held.
-pub fn acquire(client: &mut SpiClient<'_>, ns: Uuid, req: &Acquire, now_us: i64) -> MecResult<Value> {
+pub fn acquire(
+    client: &mut SpiClient<'_>,
+    ns: Uuid,
+    req: &Acquire,
+    now_us: i64,
+) -> MecResult<Value> {
     if let Some(key) = &req.key {
         crate::metering::validate_key(key)?;
         if let Some(v) = replay(client, ns, req, key)? {
@@ -109,8 +114,21 @@ pub fn acquire(client: &mut SpiClient<'_>, ns: Uuid, req: &Acquire, now_us: i64)
     }
     let epoch: TimestampWithTimeZone = timestamptz(0);
     let resource = req.resource_type.as_str();
-    spi::write(client, &LOCK_COUNTER, &[ns.into(), req.account_id.into(), resource.into(), epoch.into()])?;
-    spi::write(client, &FREE_EXPIRED, &[ns.into(), req.account_id.into(), resource.into()])?;
+    spi::write(
+        client,
+        &LOCK_COUNTER,
+        &[
+            ns.into(),
+            req.account_id.into(),
+            resource.into(),
+            epoch.into(),
+        ],
+    )?;
+    spi::write(
+        client,
+        &FREE_EXPIRED,
+        &[ns.into(), req.account_id.into(), resource.into()],
+    )?;
     let held = usage::read(client, ns, req.account_id, &eff, now_us)?;
     let decision = eff.policy.decide(held.used, Decimal::ONE);
     if !decision.allowed {
@@ -130,7 +148,8 @@ pub fn acquire(client: &mut SpiClient<'_>, ns: Uuid, req: &Acquire, now_us: i64)
             req.key.as_deref().into(),
             req.ttl_seconds.into(),
         ],
-    )?.two::<Uuid, TimestampWithTimeZone>()?;
+    )?
+    .two::<Uuid, TimestampWithTimeZone>()?;
     match row {
         (Some(id), expires) => Ok(json!({
             "lease_id": id.to_string(),
@@ -144,15 +163,19 @@ pub fn acquire(client: &mut SpiClient<'_>, ns: Uuid, req: &Acquire, now_us: i64)
         })),
         // A concurrent call with the same key won: answer as it did.
         (None, _) => match req.key.as_deref() {
-            Some(key) => replay(client, ns, req, key)?
-                .ok_or_else(|| MecError::Internal("lease key conflicted but no lease is visible".into())),
+            Some(key) => replay(client, ns, req, key)?.ok_or_else(|| {
+                MecError::Internal("lease key conflicted but no lease is visible".into())
+            }),
             None => Err(MecError::Internal("lease insert returned nothing".into())),
         },
     }
 }
 
 fn replay(client: &SpiClient<'_>, ns: Uuid, req: &Acquire, key: &str) -> MecResult<Option<Value>> {
-    let Some(row) = spi::read(client, &BY_KEY, &[ns.into(), key.into()])?.into_iter().next() else {
+    let Some(row) = spi::read(client, &BY_KEY, &[ns.into(), key.into()])?
+        .into_iter()
+        .next()
+    else {
         return Ok(None);
     };
     let id = row.get::<Uuid>(1)?;
@@ -166,8 +189,14 @@ fn replay(client: &SpiClient<'_>, ns: Uuid, req: &Acquire, key: &str) -> MecResu
             .to_string(),
         });
     }
-    let expires = row.get::<TimestampWithTimeZone>(4)?.map(unix_us).transpose()?;
-    let released = row.get::<TimestampWithTimeZone>(5)?.map(unix_us).transpose()?;
+    let expires = row
+        .get::<TimestampWithTimeZone>(4)?
+        .map(unix_us)
+        .transpose()?;
+    let released = row
+        .get::<TimestampWithTimeZone>(5)?
+        .map(unix_us)
+        .transpose()?;
     Ok(Some(json!({
         "lease_id": id.map(|i| i.to_string()),
         "duplicate": true,
@@ -180,11 +209,15 @@ fn replay(client: &SpiClient<'_>, ns: Uuid, req: &Acquire, key: &str) -> MecResu
 
 /// Extends an active lease by `ttl` seconds from now. ME410 when it expired or was released.
 pub fn renew(client: &mut SpiClient<'_>, ns: Uuid, lease_id: Uuid, ttl: i32) -> MecResult<Value> {
-    let expires = spi::write(client, &RENEW, &[ns.into(), lease_id.into(), ttl.into()])?.one::<TimestampWithTimeZone>()?;
+    let expires = spi::write(client, &RENEW, &[ns.into(), lease_id.into(), ttl.into()])?
+        .one::<TimestampWithTimeZone>()?;
     if let Some(e) = expires {
-        return Ok(json!({"lease_id": lease_id.to_string(), "renewed": true, "expires_at": ts_json(Some(unix_us(e)?))}));
+        return Ok(
+            json!({"lease_id": lease_id.to_string(), "renewed": true, "expires_at": ts_json(Some(unix_us(e)?))}),
+        );
     }
-    let state = spi::read(client, &LEASE, &[ns.into(), lease_id.into()])?.three::<TimestampWithTimeZone, String, TimestampWithTimeZone>();
+    let state = spi::read(client, &LEASE, &[ns.into(), lease_id.into()])?
+        .three::<TimestampWithTimeZone, String, TimestampWithTimeZone>();
     match state {
         Ok((released, reason, Some(_))) => Err(MecError::Expired {
             what: "lease",
@@ -200,7 +233,8 @@ pub fn renew(client: &mut SpiClient<'_>, ns: Uuid, lease_id: Uuid, ttl: i32) -> 
 
 /// Releases a lease. Releasing twice is not an error; an unknown lease is P0002.
 pub fn release(client: &mut SpiClient<'_>, ns: Uuid, lease_id: Uuid) -> MecResult<Value> {
-    let row = spi::write(client, &RELEASE, &[ns.into(), lease_id.into()])?.two::<String, TimestampWithTimeZone>()?;
+    let row = spi::write(client, &RELEASE, &[ns.into(), lease_id.into()])?
+        .two::<String, TimestampWithTimeZone>()?;
     if let (Some(reason), released) = row {
         return Ok(json!({
             "lease_id": lease_id.to_string(),
@@ -210,7 +244,8 @@ pub fn release(client: &mut SpiClient<'_>, ns: Uuid, lease_id: Uuid) -> MecResul
             "released_at": ts_json(released.map(unix_us).transpose()?),
         }));
     }
-    let state = spi::read(client, &LEASE, &[ns.into(), lease_id.into()])?.three::<TimestampWithTimeZone, String, TimestampWithTimeZone>();
+    let state = spi::read(client, &LEASE, &[ns.into(), lease_id.into()])?
+        .three::<TimestampWithTimeZone, String, TimestampWithTimeZone>();
     match state {
         Ok((Some(released), reason, _)) => Ok(json!({
             "lease_id": lease_id.to_string(),
@@ -219,12 +254,17 @@ pub fn release(client: &mut SpiClient<'_>, ns: Uuid, lease_id: Uuid) -> MecResul
             "expired": reason.as_deref() == Some("expired"),
             "released_at": ts_json(Some(unix_us(released)?)),
         })),
-        _ => Err(MecError::NotFound { what: "lease", id: lease_id.to_string() }),
+        _ => Err(MecError::NotFound {
+            what: "lease",
+            id: lease_id.to_string(),
+        }),
     }
 }
 
 /// Marks every lease of the namespace that passed its expiry as expired.
 pub fn expire_stale(client: &mut SpiClient<'_>, ns: Uuid) -> MecResult<Value> {
-    let n = spi::write(client, &EXPIRE_ALL, &[ns.into()])?.one::<i32>()?.unwrap_or(0);
+    let n = spi::write(client, &EXPIRE_ALL, &[ns.into()])?
+        .one::<i32>()?
+        .unwrap_or(0);
     Ok(json!({"expired": n}))
 }

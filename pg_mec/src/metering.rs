@@ -10,8 +10,8 @@ use pg_mec_core::catalog::Kind;
 use pg_mec_core::enforcement::{Enforcement, Policy};
 use pg_mec_core::period::Window;
 use pg_mec_core::Decimal;
-use pgrx::spi::SpiClient;
 use pgrx::datum::{AnyNumeric, JsonB, TimestampWithTimeZone, Uuid};
+use pgrx::spi::SpiClient;
 use serde_json::{json, Value};
 
 use crate::entitlement::{self, Effective};
@@ -71,8 +71,18 @@ static RECORD_UNBILLED: Stmt = Stmt {
           ON CONFLICT (namespace_id, idempotency_key) DO NOTHING
           RETURNING consumption_id",
     types: &[
-        spi::UUID, spi::TEXT, spi::UUID, spi::TEXT, spi::NUMERIC, spi::TIMESTAMPTZ, spi::TIMESTAMPTZ,
-        spi::TIMESTAMPTZ, spi::NUMERIC, spi::NUMERIC, spi::INT4, spi::JSONB,
+        spi::UUID,
+        spi::TEXT,
+        spi::UUID,
+        spi::TEXT,
+        spi::NUMERIC,
+        spi::TIMESTAMPTZ,
+        spi::TIMESTAMPTZ,
+        spi::TIMESTAMPTZ,
+        spi::NUMERIC,
+        spi::NUMERIC,
+        spi::INT4,
+        spi::JSONB,
     ],
     writes: true,
 };
@@ -120,7 +130,9 @@ pub fn validate(ev: &Event) -> MecResult<()> {
     }
     if let Some(s) = ev.http_status {
         if !(100..=599).contains(&s) {
-            return Err(MecError::invalid(format!("p_http_status {s} is not an HTTP status (100-599)")));
+            return Err(MecError::invalid(format!(
+                "p_http_status {s} is not an HTTP status (100-599)"
+            )));
         }
     }
     Ok(())
@@ -134,7 +146,9 @@ pub fn validate_key(key: &str) -> MecResult<()> {
         ));
     }
     if key.len() > MAX_KEY_LEN {
-        return Err(MecError::invalid(format!("idempotency key is longer than {MAX_KEY_LEN} bytes")));
+        return Err(MecError::invalid(format!(
+            "idempotency key is longer than {MAX_KEY_LEN} bytes"
+        )));
     }
     Ok(())
 }
@@ -144,7 +158,9 @@ fn check_time(client: &SpiClient<'_>, ns: Uuid, occurred_us: i64, now_us: i64) -
         return Err(MecError::invalid("p_occurred_at is in the future"));
     }
     if occurred_us < now_us - DAY_US {
-        let days = spi::read(client, &LATE_EVENT_DAYS, &[ns.into()])?.one::<i32>()?.unwrap_or(7);
+        let days = spi::read(client, &LATE_EVENT_DAYS, &[ns.into()])?
+            .one::<i32>()?
+            .unwrap_or(7);
         if occurred_us < now_us - i64::from(days) * DAY_US {
             return Err(MecError::invalid_hint(
                 format!("p_occurred_at is more than {days} days in the past"),
@@ -158,11 +174,17 @@ fn check_time(client: &SpiClient<'_>, ns: Uuid, occurred_us: i64, now_us: i64) -
 fn check_quantity(eff: &Effective, qty: Decimal) -> MecResult<()> {
     match eff.kind {
         Kind::Feature => Err(MecError::bad_request(
-            format!("resource \"{}\" is a feature and is not metered", eff.resource_type),
+            format!(
+                "resource \"{}\" is a feature and is not metered",
+                eff.resource_type
+            ),
             "Ask mec.check_entitlement whether the feature is on.",
         )),
         Kind::Concurrency => Err(MecError::bad_request(
-            format!("resource \"{}\" limits concurrency and is not metered", eff.resource_type),
+            format!(
+                "resource \"{}\" limits concurrency and is not metered",
+                eff.resource_type
+            ),
             "Use mec.acquire_lease and mec.release_lease.",
         )),
         Kind::Gauge if qty.is_zero() => Err(MecError::invalid("p_quantity must not be zero")),
@@ -193,19 +215,43 @@ pub fn meter(client: &mut SpiClient<'_>, ns: Uuid, ev: &Event, now_us: i64) -> M
         Decimal::ZERO
     };
     let ceiling = eff.policy.ceiling().map(|c| c - carried);
-    let overage_from = if eff.kind == Kind::Rate { None } else { eff.policy.limit };
+    let overage_from = if eff.kind == Kind::Rate {
+        None
+    } else {
+        eff.policy.limit
+    };
     let floor = (eff.kind == Kind::Gauge).then_some(Decimal::ZERO);
 
     for attempt in 0..2 {
-        let (used, consumption_id) = run_meter(client, ns, ev, &window, ceiling, overage_from, floor)?;
+        let (used, consumption_id) =
+            run_meter(client, ns, ev, &window, ceiling, overage_from, floor)?;
         match (used, consumption_id) {
             (Some(used), Some(id)) => {
-                return Ok(result(id, false, true, &eff.policy, used + carried, overage_from.is_some_and(|l| used > l), &window, ev))
+                return Ok(result(
+                    id,
+                    false,
+                    true,
+                    &eff.policy,
+                    used + carried,
+                    overage_from.is_some_and(|l| used > l),
+                    &window,
+                    ev,
+                ))
             }
             (Some(_), None) => {
                 // The key was recorded before: take the increment back, answer as the first time.
                 let start: TimestampWithTimeZone = timestamptz(window.start_us);
-                spi::write(client, &UNDO_INCREMENT, &[ns.into(), ev.account_id.into(), ev.resource_type.as_str().into(), start.into(), to_numeric(ev.quantity).into()])?;
+                spi::write(
+                    client,
+                    &UNDO_INCREMENT,
+                    &[
+                        ns.into(),
+                        ev.account_id.into(),
+                        ev.resource_type.as_str().into(),
+                        start.into(),
+                        to_numeric(ev.quantity).into(),
+                    ],
+                )?;
                 return replay(client, ns, ev);
             }
             (None, _) => {
@@ -219,14 +265,35 @@ pub fn meter(client: &mut SpiClient<'_>, ns: Uuid, ev: &Event, now_us: i64) -> M
             }
         }
     }
-    Err(MecError::Internal("metering retried without an outcome".into()))
+    Err(MecError::Internal(
+        "metering retried without an outcome".into(),
+    ))
 }
 
 /// The raw count of the current rate bucket (without the previous bucket's weight).
-fn current_bucket(client: &SpiClient<'_>, ns: Uuid, ev: &Event, window: &Window) -> MecResult<Decimal> {
+fn current_bucket(
+    client: &SpiClient<'_>,
+    ns: Uuid,
+    ev: &Event,
+    window: &Window,
+) -> MecResult<Decimal> {
     let start: TimestampWithTimeZone = timestamptz(window.start_us);
-    let row = spi::read(client, &COUNTER_AT, &[ns.into(), ev.account_id.into(), ev.resource_type.as_str().into(), start.into()])?.one::<AnyNumeric>()?;
-    Ok(row.as_ref().map(to_decimal).transpose()?.unwrap_or_default())
+    let row = spi::read(
+        client,
+        &COUNTER_AT,
+        &[
+            ns.into(),
+            ev.account_id.into(),
+            ev.resource_type.as_str().into(),
+            start.into(),
+        ],
+    )?
+    .one::<AnyNumeric>()?;
+    Ok(row
+        .as_ref()
+        .map(to_decimal)
+        .transpose()?
+        .unwrap_or_default())
 }
 
 static COUNTER_AT: Stmt = Stmt {
@@ -267,18 +334,40 @@ fn run_meter(
             ev.http_status.into(),
             JsonB(ev.metadata.clone()).into(),
         ],
-    )?.two::<AnyNumeric, Uuid>()?;
+    )?
+    .two::<AnyNumeric, Uuid>()?;
     Ok((row.0.as_ref().map(to_decimal).transpose()?, row.1))
 }
 
-fn create_counter(client: &mut SpiClient<'_>, ns: Uuid, ev: &Event, window: &Window) -> MecResult<bool> {
+fn create_counter(
+    client: &mut SpiClient<'_>,
+    ns: Uuid,
+    ev: &Event,
+    window: &Window,
+) -> MecResult<bool> {
     let start: TimestampWithTimeZone = timestamptz(window.start_us);
     let end: Option<TimestampWithTimeZone> = window.end_us.map(timestamptz);
-    let created = spi::write(client, &CREATE_COUNTER, &[ns.into(), ev.account_id.into(), ev.resource_type.as_str().into(), start.into(), end.into()])?;
+    let created = spi::write(
+        client,
+        &CREATE_COUNTER,
+        &[
+            ns.into(),
+            ev.account_id.into(),
+            ev.resource_type.as_str().into(),
+            start.into(),
+            end.into(),
+        ],
+    )?;
     Ok(!created.is_empty())
 }
 
-fn record_unbilled(client: &mut SpiClient<'_>, ns: Uuid, ev: &Event, eff: &Effective, window: &Window) -> MecResult<Value> {
+fn record_unbilled(
+    client: &mut SpiClient<'_>,
+    ns: Uuid,
+    ev: &Event,
+    eff: &Effective,
+    window: &Window,
+) -> MecResult<Value> {
     let used = usage::read(client, ns, ev.account_id, eff, ev.occurred_us)?.used;
     let occurred: TimestampWithTimeZone = timestamptz(ev.occurred_us);
     let start: TimestampWithTimeZone = timestamptz(window.start_us);
@@ -300,15 +389,34 @@ fn record_unbilled(client: &mut SpiClient<'_>, ns: Uuid, ev: &Event, eff: &Effec
             ev.http_status.into(),
             JsonB(ev.metadata.clone()).into(),
         ],
-    )?.one::<Uuid>()?;
+    )?
+    .one::<Uuid>()?;
     match id {
-        Some(id) => Ok(result(id, false, false, &eff.policy, used, false, window, ev)),
+        Some(id) => Ok(result(
+            id,
+            false,
+            false,
+            &eff.policy,
+            used,
+            false,
+            window,
+            ev,
+        )),
         None => replay(client, ns, ev),
     }
 }
 
 #[allow(clippy::too_many_arguments)]
-fn result(id: Uuid, duplicate: bool, billable: bool, policy: &Policy, used: Decimal, overage: bool, window: &Window, ev: &Event) -> Value {
+fn result(
+    id: Uuid,
+    duplicate: bool,
+    billable: bool,
+    policy: &Policy,
+    used: Decimal,
+    overage: bool,
+    window: &Window,
+    ev: &Event,
+) -> Value {
     json!({
         "consumption_id": id.to_string(),
         "duplicate": duplicate,
@@ -331,31 +439,72 @@ fn replay_if_recorded(client: &SpiClient<'_>, ns: Uuid, ev: &Event) -> MecResult
     let Some(row) = table.into_iter().next() else {
         return Ok(None);
     };
-    let id = row.get::<Uuid>(1)?.ok_or_else(|| MecError::Internal("ledger row without id".into()))?;
+    let id = row
+        .get::<Uuid>(1)?
+        .ok_or_else(|| MecError::Internal("ledger row without id".into()))?;
     let account = row.get::<Uuid>(2)?;
     let resource = row.get::<String>(3)?;
-    let quantity = row.get::<AnyNumeric>(4)?.as_ref().map(to_decimal).transpose()?;
-    if account != Some(ev.account_id) || resource.as_deref() != Some(ev.resource_type.as_str()) || quantity != Some(ev.quantity) {
+    let quantity = row
+        .get::<AnyNumeric>(4)?
+        .as_ref()
+        .map(to_decimal)
+        .transpose()?;
+    if account != Some(ev.account_id)
+        || resource.as_deref() != Some(ev.resource_type.as_str())
+        || quantity != Some(ev.quantity)
+    {
         let detail = json!({
             "idempotency_key": ev.key,
             "recorded": {"account_id": account.map(|a| a.to_string()), "resource_type": resource, "quantity": opt_num(quantity)},
             "sent": {"account_id": ev.account_id.to_string(), "resource_type": ev.resource_type, "quantity": num(ev.quantity)},
         });
-        return Err(MecError::IdempotencyConflict { key: ev.key.clone(), detail: detail.to_string() });
+        return Err(MecError::IdempotencyConflict {
+            key: ev.key.clone(),
+            detail: detail.to_string(),
+        });
     }
     let billable = row.get::<bool>(5)?.unwrap_or(true);
     let overage = row.get::<bool>(6)?.unwrap_or(false);
-    let used = row.get::<AnyNumeric>(7)?.as_ref().map(to_decimal).transpose()?.unwrap_or_default();
-    let allowed = row.get::<AnyNumeric>(8)?.as_ref().map(to_decimal).transpose()?;
-    let start = row.get::<TimestampWithTimeZone>(9)?.map(unix_us).transpose()?.unwrap_or_default();
-    let end = row.get::<TimestampWithTimeZone>(10)?.map(unix_us).transpose()?;
-    let window = Window { start_us: start, end_us: end };
-    Ok(Some(result(id, true, billable, &Policy::new(allowed, Enforcement::Hard), used, overage, &window, ev)))
+    let used = row
+        .get::<AnyNumeric>(7)?
+        .as_ref()
+        .map(to_decimal)
+        .transpose()?
+        .unwrap_or_default();
+    let allowed = row
+        .get::<AnyNumeric>(8)?
+        .as_ref()
+        .map(to_decimal)
+        .transpose()?;
+    let start = row
+        .get::<TimestampWithTimeZone>(9)?
+        .map(unix_us)
+        .transpose()?
+        .unwrap_or_default();
+    let end = row
+        .get::<TimestampWithTimeZone>(10)?
+        .map(unix_us)
+        .transpose()?;
+    let window = Window {
+        start_us: start,
+        end_us: end,
+    };
+    Ok(Some(result(
+        id,
+        true,
+        billable,
+        &Policy::new(allowed, Enforcement::Hard),
+        used,
+        overage,
+        &window,
+        ev,
+    )))
 }
 
 fn replay(client: &SpiClient<'_>, ns: Uuid, ev: &Event) -> MecResult<Value> {
-    replay_if_recorded(client, ns, ev)?
-        .ok_or_else(|| MecError::Internal("idempotency key conflicted but no ledger row is visible".into()))
+    replay_if_recorded(client, ns, ev)?.ok_or_else(|| {
+        MecError::Internal("idempotency key conflicted but no ledger row is visible".into())
+    })
 }
 
 /// Why the guarded update matched nothing: over the ceiling (ME429) or, for gauges, below zero.

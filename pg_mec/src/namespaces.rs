@@ -56,7 +56,9 @@ static PLAN_EXISTS: Stmt = Stmt {
 fn int_setting(key: &str, v: &Value, min: i64, max: i64) -> MecResult<()> {
     match v.as_i64() {
         Some(n) if (min..=max).contains(&n) => Ok(()),
-        _ => Err(MecError::invalid(format!("setting {key} must be an integer from {min} to {max}, got {v}"))),
+        _ => Err(MecError::invalid(format!(
+            "setting {key} must be an integer from {min} to {max}, got {v}"
+        ))),
     }
 }
 
@@ -87,7 +89,14 @@ fn validate(settings: &Map<String, Value>) -> MecResult<()> {
 }
 
 fn mask(secret: &str) -> String {
-    let tail: String = secret.chars().rev().take(4).collect::<Vec<_>>().into_iter().rev().collect();
+    let tail: String = secret
+        .chars()
+        .rev()
+        .take(4)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
     format!("****{tail}")
 }
 
@@ -108,7 +117,11 @@ fn split_secrets(mut settings: Map<String, Value>) -> (Map<String, Value>, Map<S
     (settings, secrets)
 }
 
-fn store_secrets(client: &mut SpiClient<'_>, ns: Uuid, secrets: &Map<String, Value>) -> MecResult<Map<String, Value>> {
+fn store_secrets(
+    client: &mut SpiClient<'_>,
+    ns: Uuid,
+    secrets: &Map<String, Value>,
+) -> MecResult<Map<String, Value>> {
     let stripe = secrets.get("stripe_webhook_secret");
     let auth0 = secrets.get("auth0_secret");
     let (s, a) = spi::write(
@@ -121,7 +134,8 @@ fn store_secrets(client: &mut SpiClient<'_>, ns: Uuid, secrets: &Map<String, Val
             stripe.is_some().into(),
             auth0.is_some().into(),
         ],
-    )?.two::<String, String>()?;
+    )?
+    .two::<String, String>()?;
     let mut masked = Map::new();
     if let Some(s) = s {
         masked.insert("stripe_webhook_secret".into(), Value::String(mask(&s)));
@@ -133,7 +147,12 @@ fn store_secrets(client: &mut SpiClient<'_>, ns: Uuid, secrets: &Map<String, Val
 }
 
 /// Creates a namespace (idempotent on its id and name). Database owner only.
-pub fn create(client: &mut SpiClient<'_>, name: &str, id: Uuid, settings: Option<Value>) -> MecResult<Value> {
+pub fn create(
+    client: &mut SpiClient<'_>,
+    name: &str,
+    id: Uuid,
+    settings: Option<Value>,
+) -> MecResult<Value> {
     if name.trim().is_empty() || name.len() > 200 {
         return Err(MecError::invalid("p_name must be 1 to 200 characters"));
     }
@@ -142,8 +161,17 @@ pub fn create(client: &mut SpiClient<'_>, name: &str, id: Uuid, settings: Option
     let (plain, secrets) = split_secrets(settings);
     let plain: Map<String, Value> = plain.into_iter().filter(|(_, v)| !v.is_null()).collect();
     // So that FORCE ROW LEVEL SECURITY admits the new row for a non-superuser owner.
-    spi::write(client, &SET_NAMESPACE_GUC, &[id.to_string().as_str().into()])?;
-    let created = !spi::write(client, &INSERT_NAMESPACE, &[id.into(), name.into(), JsonB(Value::Object(plain)).into()])?.is_empty();
+    spi::write(
+        client,
+        &SET_NAMESPACE_GUC,
+        &[id.to_string().as_str().into()],
+    )?;
+    let created = !spi::write(
+        client,
+        &INSERT_NAMESPACE,
+        &[id.into(), name.into(), JsonB(Value::Object(plain)).into()],
+    )?
+    .is_empty();
     if !created {
         let existing = spi::read(client, &NAMESPACE, &[id.into()])?.one::<String>()?;
         if existing.as_deref() != Some(name) {
@@ -159,18 +187,25 @@ pub fn create(client: &mut SpiClient<'_>, name: &str, id: Uuid, settings: Option
 }
 
 /// Merges `settings` into the caller's namespace settings and returns them, secrets masked.
-pub fn update_settings(client: &mut SpiClient<'_>, ns: Uuid, settings: Option<Value>) -> MecResult<Value> {
+pub fn update_settings(
+    client: &mut SpiClient<'_>,
+    ns: Uuid,
+    settings: Option<Value>,
+) -> MecResult<Value> {
     let changes = settings_object(settings)?;
     validate(&changes)?;
     if let Some(Value::String(plan)) = changes.get("default_plan_id") {
-        let exists = spi::read(client, &PLAN_EXISTS, &[ns.into(), plan.as_str().into()])?.one::<bool>()?;
+        let exists =
+            spi::read(client, &PLAN_EXISTS, &[ns.into(), plan.as_str().into()])?.one::<bool>()?;
         if exists != Some(true) {
             return Err(MecError::unknown("plan", plan.clone()));
         }
     }
     let current = spi::read(client, &NAMESPACE, &[ns.into()])?.two::<String, JsonB>()?;
     let Some(JsonB(Value::Object(mut merged))) = current.1 else {
-        return Err(MecError::denied("the namespace of this session does not exist or is not visible to this role"));
+        return Err(MecError::denied(
+            "the namespace of this session does not exist or is not visible to this role",
+        ));
     };
     let (plain, secrets) = split_secrets(changes);
     for (k, v) in plain {
@@ -180,9 +215,14 @@ pub fn update_settings(client: &mut SpiClient<'_>, ns: Uuid, settings: Option<Va
             merged.insert(k, v);
         }
     }
-    let stored = spi::write(client, &UPDATE_SETTINGS, &[ns.into(), JsonB(Value::Object(merged)).into()])?.one::<JsonB>()?
-        .map(|j| j.0)
-        .unwrap_or(Value::Null);
+    let stored = spi::write(
+        client,
+        &UPDATE_SETTINGS,
+        &[ns.into(), JsonB(Value::Object(merged)).into()],
+    )?
+    .one::<JsonB>()?
+    .map(|j| j.0)
+    .unwrap_or(Value::Null);
     let masked = store_secrets(client, ns, &secrets)?;
     let mut out = match stored {
         Value::Object(m) => m,
@@ -192,7 +232,12 @@ pub fn update_settings(client: &mut SpiClient<'_>, ns: Uuid, settings: Option<Va
     for (k, v) in [("key_retention_days", 45), ("late_event_days", 7)] {
         out.entry(k).or_insert(Value::from(v));
     }
-    crate::provisioning::audit(client, ns, "update_namespace_settings", &ns.to_string(),
-                               json!({"keys": out.keys().collect::<Vec<_>>()}))?;
+    crate::provisioning::audit(
+        client,
+        ns,
+        "update_namespace_settings",
+        &ns.to_string(),
+        json!({"keys": out.keys().collect::<Vec<_>>()}),
+    )?;
     Ok(Value::Object(out))
 }

@@ -2,8 +2,8 @@
 //! The plan's rows close at `effective_at` and the new plan's open there; usage counters are keyed
 //! by period, not plan, so an upgrade or downgrade mid-period keeps what was already counted.
 
-use pgrx::spi::SpiClient;
 use pgrx::datum::{JsonB, TimestampWithTimeZone, Uuid};
+use pgrx::spi::SpiClient;
 use serde_json::{json, Value};
 
 use crate::errors::{MecError, MecResult};
@@ -141,15 +141,42 @@ static STORE_RESULT: Stmt = Stmt {
     writes: true,
 };
 
-pub fn audit(client: &mut SpiClient<'_>, ns: Uuid, action: &str, subject: &str, details: Value) -> MecResult<()> {
-    spi::write(client, &AUDIT, &[ns.into(), action.into(), subject.into(), JsonB(details).into()])?;
+pub fn audit(
+    client: &mut SpiClient<'_>,
+    ns: Uuid,
+    action: &str,
+    subject: &str,
+    details: Value,
+) -> MecResult<()> {
+    spi::write(
+        client,
+        &AUDIT,
+        &[
+            ns.into(),
+            action.into(),
+            subject.into(),
+            JsonB(details).into(),
+        ],
+    )?;
     Ok(())
 }
 
 /// The stored result of an earlier call with `key`, with `duplicate: true`; ME409 when the
 /// fingerprint differs.
-pub fn stored_result(client: &SpiClient<'_>, ns: Uuid, operation: &str, key: &str, fingerprint: &str) -> MecResult<Option<Value>> {
-    let Some(row) = spi::read(client, &STORED_RESULT, &[ns.into(), operation.into(), key.into()])?.into_iter().next() else {
+pub fn stored_result(
+    client: &SpiClient<'_>,
+    ns: Uuid,
+    operation: &str,
+    key: &str,
+    fingerprint: &str,
+) -> MecResult<Option<Value>> {
+    let Some(row) = spi::read(
+        client,
+        &STORED_RESULT,
+        &[ns.into(), operation.into(), key.into()],
+    )?
+    .into_iter()
+    .next() else {
         return Ok(None);
     };
     if row.get::<String>(1)?.as_deref() != Some(fingerprint) {
@@ -165,39 +192,97 @@ pub fn stored_result(client: &SpiClient<'_>, ns: Uuid, operation: &str, key: &st
     Ok(Some(result))
 }
 
-pub fn store_result(client: &mut SpiClient<'_>, ns: Uuid, operation: &str, key: &str, fingerprint: &str, result: &Value) -> MecResult<()> {
-    spi::write(client, &STORE_RESULT, &[ns.into(), operation.into(), key.into(), fingerprint.into(), JsonB(result.clone()).into()])?;
+pub fn store_result(
+    client: &mut SpiClient<'_>,
+    ns: Uuid,
+    operation: &str,
+    key: &str,
+    fingerprint: &str,
+    result: &Value,
+) -> MecResult<()> {
+    spi::write(
+        client,
+        &STORE_RESULT,
+        &[
+            ns.into(),
+            operation.into(),
+            key.into(),
+            fingerprint.into(),
+            JsonB(result.clone()).into(),
+        ],
+    )?;
     Ok(())
 }
 
 /// Replaces the account's plan entitlements by `plan_id`'s from `effective_us` on, unless they
 /// already match. Returns whether anything changed.
-pub fn apply_plan(client: &mut SpiClient<'_>, ns: Uuid, account: Uuid, plan_id: &str, effective_us: i64) -> MecResult<bool> {
+pub fn apply_plan(
+    client: &mut SpiClient<'_>,
+    ns: Uuid,
+    account: Uuid,
+    plan_id: &str,
+    effective_us: i64,
+) -> MecResult<bool> {
     let at: TimestampWithTimeZone = timestamptz(effective_us);
-    let diff = spi::read(client, &PLAN_DIFF, &[ns.into(), account.into(), plan_id.into(), at.into()])?.one::<i32>()?
-        .unwrap_or(1);
+    let diff = spi::read(
+        client,
+        &PLAN_DIFF,
+        &[ns.into(), account.into(), plan_id.into(), at.into()],
+    )?
+    .one::<i32>()?
+    .unwrap_or(1);
     if diff > 0 {
-        spi::write(client, &DROP_SCHEDULED, &[ns.into(), account.into(), at.into()])?;
-        spi::write(client, &CLOSE_CURRENT, &[ns.into(), account.into(), at.into()])?;
-        spi::write(client, &OPEN_NEW, &[ns.into(), account.into(), plan_id.into(), at.into()])?;
+        spi::write(
+            client,
+            &DROP_SCHEDULED,
+            &[ns.into(), account.into(), at.into()],
+        )?;
+        spi::write(
+            client,
+            &CLOSE_CURRENT,
+            &[ns.into(), account.into(), at.into()],
+        )?;
+        spi::write(
+            client,
+            &OPEN_NEW,
+            &[ns.into(), account.into(), plan_id.into(), at.into()],
+        )?;
     }
-    spi::write(client, &SET_PLAN, &[ns.into(), account.into(), plan_id.into(), at.into()])?;
+    spi::write(
+        client,
+        &SET_PLAN,
+        &[ns.into(), account.into(), plan_id.into(), at.into()],
+    )?;
     Ok(diff > 0)
 }
 
 pub fn provision(client: &mut SpiClient<'_>, ns: Uuid, req: &Provision) -> MecResult<Value> {
-    let fingerprint = format!("{}|{}|{}", req.account_id, req.plan_id, req.external_id.as_deref().unwrap_or(""));
+    let fingerprint = format!(
+        "{}|{}|{}",
+        req.account_id,
+        req.plan_id,
+        req.external_id.as_deref().unwrap_or("")
+    );
     if let Some(key) = &req.key {
         crate::metering::validate_key(key)?;
         if let Some(v) = stored_result(client, ns, "provision_plan", key, &fingerprint)? {
             return Ok(v);
         }
     }
-    match spi::read(client, &PLAN_ACTIVE, &[ns.into(), req.plan_id.as_str().into()])?.one::<bool>()? {
+    match spi::read(
+        client,
+        &PLAN_ACTIVE,
+        &[ns.into(), req.plan_id.as_str().into()],
+    )?
+    .one::<bool>()?
+    {
         None => return Err(MecError::unknown("plan", req.plan_id.clone())),
         Some(false) => {
             return Err(MecError::bad_request(
-                format!("plan \"{}\" is retired (no longer in the catalog)", req.plan_id),
+                format!(
+                    "plan \"{}\" is retired (no longer in the catalog)",
+                    req.plan_id
+                ),
                 "Provision a plan of the current catalog.",
             ))
         }
@@ -207,7 +292,12 @@ pub fn provision(client: &mut SpiClient<'_>, ns: Uuid, req: &Provision) -> MecRe
         if ext.trim().is_empty() {
             return Err(MecError::invalid("p_external_id must not be empty"));
         }
-        let owner = spi::read(client, &EXTERNAL_ID_OWNER, &[ns.into(), ext.as_str().into(), req.account_id.into()])?.one::<Uuid>()?;
+        let owner = spi::read(
+            client,
+            &EXTERNAL_ID_OWNER,
+            &[ns.into(), ext.as_str().into(), req.account_id.into()],
+        )?
+        .one::<Uuid>()?;
         if let Some(other) = owner {
             return Err(MecError::Conflict {
                 message: format!("external id \"{ext}\" already belongs to account {other}"),
@@ -215,21 +305,49 @@ pub fn provision(client: &mut SpiClient<'_>, ns: Uuid, req: &Provision) -> MecRe
             });
         }
     }
-    let created = !spi::write(client, &CREATE_ACCOUNT, &[ns.into(), req.account_id.into(), req.external_id.as_deref().into()])?.is_empty();
-    let (previous, _) = spi::write(client, &LOCK_ACCOUNT, &[ns.into(), req.account_id.into()])?.two::<String, String>()?;
+    let created = !spi::write(
+        client,
+        &CREATE_ACCOUNT,
+        &[
+            ns.into(),
+            req.account_id.into(),
+            req.external_id.as_deref().into(),
+        ],
+    )?
+    .is_empty();
+    let (previous, _) = spi::write(client, &LOCK_ACCOUNT, &[ns.into(), req.account_id.into()])?
+        .two::<String, String>()?;
     if let Some(ext) = &req.external_id {
-        spi::write(client, &SET_EXTERNAL_ID, &[ns.into(), req.account_id.into(), ext.as_str().into()])?;
+        spi::write(
+            client,
+            &SET_EXTERNAL_ID,
+            &[ns.into(), req.account_id.into(), ext.as_str().into()],
+        )?;
     }
     // A new account's first plan also covers events that occurred before it was provisioned
     // (late events, client clocks slightly behind): its rows are valid from the Unix epoch.
-    let rows_from = if created && req.effective_us <= crate::args::now_us() { 0 } else { req.effective_us };
+    let rows_from = if created && req.effective_us <= crate::args::now_us() {
+        0
+    } else {
+        req.effective_us
+    };
     let changed = apply_plan(client, ns, req.account_id, &req.plan_id, rows_from)?;
-    let entitlements = spi::read(client, &PLAN_ENTITLEMENTS, &[ns.into(), req.plan_id.as_str().into()])?.one::<JsonB>()?
-        .map(|j| j.0)
-        .unwrap_or(Value::Array(vec![]));
+    let entitlements = spi::read(
+        client,
+        &PLAN_ENTITLEMENTS,
+        &[ns.into(), req.plan_id.as_str().into()],
+    )?
+    .one::<JsonB>()?
+    .map(|j| j.0)
+    .unwrap_or(Value::Array(vec![]));
     if changed || created {
-        audit(client, ns, "provision_plan", &req.account_id.to_string(),
-              json!({"plan_id": req.plan_id, "previous_plan_id": previous, "created": created}))?;
+        audit(
+            client,
+            ns,
+            "provision_plan",
+            &req.account_id.to_string(),
+            json!({"plan_id": req.plan_id, "previous_plan_id": previous, "created": created}),
+        )?;
     }
     let result = json!({
         "account_id": req.account_id.to_string(),

@@ -60,7 +60,9 @@ impl<'c> Rows<'c> {
     }
 
     /// The first two columns of the first row.
-    pub fn two<A: FromDatum + IntoDatum, B: FromDatum + IntoDatum>(self) -> MecResult<(Option<A>, Option<B>)> {
+    pub fn two<A: FromDatum + IntoDatum, B: FromDatum + IntoDatum>(
+        self,
+    ) -> MecResult<(Option<A>, Option<B>)> {
         if self.0.is_empty() {
             return Ok((None, None));
         }
@@ -79,11 +81,11 @@ impl<'c> Rows<'c> {
 }
 
 impl<'c> IntoIterator for Rows<'c> {
-    type Item = <SpiTupleTable<'c> as IntoIterator>::Item;
-    type IntoIter = <SpiTupleTable<'c> as IntoIterator>::IntoIter;
+    type Item = <SpiTupleTable<'c> as Iterator>::Item;
+    type IntoIter = SpiTupleTable<'c>;
 
     fn into_iter(self) -> Self::IntoIter {
-        self.0.into_iter()
+        self.0
     }
 }
 
@@ -94,10 +96,16 @@ pub fn read<'c>(client: &SpiClient<'c>, stmt: &Stmt, args: &[DatumWithOid]) -> M
 }
 
 /// Runs a statement that writes.
-pub fn write<'c>(client: &mut SpiClient<'c>, stmt: &Stmt, args: &[DatumWithOid]) -> MecResult<Rows<'c>> {
+pub fn write<'c>(
+    client: &mut SpiClient<'c>,
+    stmt: &Stmt,
+    args: &[DatumWithOid],
+) -> MecResult<Rows<'c>> {
     let p = plan(client, stmt)?;
     Ok(Rows(client.update(&*p, None, args)?))
 }
 
-pub use pg_sys::{BOOLOID as BOOL, INT4OID as INT4, JSONBOID as JSONB, NUMERICOID as NUMERIC, TEXTOID as TEXT,
-                 TIMESTAMPTZOID as TIMESTAMPTZ, UUIDOID as UUID};
+pub use pg_sys::{
+    BOOLOID as BOOL, INT4OID as INT4, JSONBOID as JSONB, NUMERICOID as NUMERIC, TEXTOID as TEXT,
+    TIMESTAMPTZOID as TIMESTAMPTZ, UUIDOID as UUID,
+};

@@ -2,8 +2,8 @@
 
 use pg_mec_core::catalog::Kind;
 use pg_mec_core::Decimal;
-use pgrx::spi::SpiClient;
 use pgrx::datum::{TimestampWithTimeZone, Uuid};
+use pgrx::spi::SpiClient;
 use serde_json::{json, Map, Value};
 
 use crate::entitlement;
@@ -30,17 +30,34 @@ static RESOURCES_IN_FORCE: Stmt = Stmt {
     writes: false,
 };
 
-pub fn check(client: &SpiClient<'_>, ns: Uuid, account: Uuid, resource: &str, requested: Decimal, now_us: i64) -> MecResult<Value> {
+pub fn check(
+    client: &SpiClient<'_>,
+    ns: Uuid,
+    account: Uuid,
+    resource: &str,
+    requested: Decimal,
+    now_us: i64,
+) -> MecResult<Value> {
     if requested < Decimal::ZERO {
-        return Err(MecError::invalid(format!("p_requested_qty must not be negative, got {requested}")));
+        return Err(MecError::invalid(format!(
+            "p_requested_qty must not be negative, got {requested}"
+        )));
     }
     let eff = entitlement::resolve(client, ns, account, resource, now_us)?;
     let used = usage::read(client, ns, account, &eff, now_us)?;
     Ok(usage::check_result(&eff, &used, requested))
 }
 
-pub fn usage_summary(client: &SpiClient<'_>, ns: Uuid, account: Uuid, now_us: i64) -> MecResult<Value> {
-    let Some(row) = spi::read(client, &ACCOUNT, &[ns.into(), account.into()])?.into_iter().next() else {
+pub fn usage_summary(
+    client: &SpiClient<'_>,
+    ns: Uuid,
+    account: Uuid,
+    now_us: i64,
+) -> MecResult<Value> {
+    let Some(row) = spi::read(client, &ACCOUNT, &[ns.into(), account.into()])?
+        .into_iter()
+        .next()
+    else {
         return Err(MecError::unknown("account", account.to_string()));
     };
     let external_id = row.get::<String>(1)?;
@@ -50,7 +67,11 @@ pub fn usage_summary(client: &SpiClient<'_>, ns: Uuid, account: Uuid, now_us: i6
 
     let now: TimestampWithTimeZone = timestamptz(now_us);
     let mut resources = Vec::new();
-    for r in spi::read(client, &RESOURCES_IN_FORCE, &[ns.into(), account.into(), now.into()])? {
+    for r in spi::read(
+        client,
+        &RESOURCES_IN_FORCE,
+        &[ns.into(), account.into(), now.into()],
+    )? {
         if let Some(name) = r.get::<String>(1)? {
             resources.push(name);
         }

@@ -4,8 +4,8 @@
 use pg_mec_core::catalog::Kind;
 use pg_mec_core::period::{sliding_estimate, Window};
 use pg_mec_core::Decimal;
-use pgrx::spi::SpiClient;
 use pgrx::datum::{AnyNumeric, TimestampWithTimeZone, Uuid};
+use pgrx::spi::SpiClient;
 use serde_json::{json, Value};
 
 use crate::entitlement::Effective;
@@ -40,20 +40,47 @@ pub struct Usage {
     pub reset_us: Option<i64>,
 }
 
-fn counter(client: &SpiClient<'_>, ns: Uuid, account: Uuid, resource: &str, start_us: i64) -> MecResult<(Decimal, Option<i64>)> {
+fn counter(
+    client: &SpiClient<'_>,
+    ns: Uuid,
+    account: Uuid,
+    resource: &str,
+    start_us: i64,
+) -> MecResult<(Decimal, Option<i64>)> {
     let start: TimestampWithTimeZone = timestamptz(start_us);
-    let row = spi::read(client, &COUNTER_SUM, &[ns.into(), account.into(), resource.into(), start.into()])?.two::<AnyNumeric, TimestampWithTimeZone>()?;
-    let used = row.0.as_ref().map(to_decimal).transpose()?.unwrap_or_default();
+    let row = spi::read(
+        client,
+        &COUNTER_SUM,
+        &[ns.into(), account.into(), resource.into(), start.into()],
+    )?
+    .two::<AnyNumeric, TimestampWithTimeZone>()?;
+    let used = row
+        .0
+        .as_ref()
+        .map(to_decimal)
+        .transpose()?
+        .unwrap_or_default();
     let updated = row.1.and_then(|t| crate::values::unix_us(t).ok());
     Ok((used, updated))
 }
 
 /// Reads the usage that `eff` limits, for the window containing `at_us`.
-pub fn read(client: &SpiClient<'_>, ns: Uuid, account: Uuid, eff: &Effective, at_us: i64) -> MecResult<Usage> {
+pub fn read(
+    client: &SpiClient<'_>,
+    ns: Uuid,
+    account: Uuid,
+    eff: &Effective,
+    at_us: i64,
+) -> MecResult<Usage> {
     let window = eff.window(at_us);
     match eff.kind {
         Kind::Concurrency => {
-            let (count, soonest, last) = spi::read(client, &ACTIVE_LEASES, &[ns.into(), account.into(), eff.resource_type.as_str().into()])?.three::<i32, TimestampWithTimeZone, TimestampWithTimeZone>()?;
+            let (count, soonest, last) = spi::read(
+                client,
+                &ACTIVE_LEASES,
+                &[ns.into(), account.into(), eff.resource_type.as_str().into()],
+            )?
+            .three::<i32, TimestampWithTimeZone, TimestampWithTimeZone>()?;
             Ok(Usage {
                 used: Decimal::from(count.unwrap_or(0)),
                 window,
@@ -62,9 +89,16 @@ pub fn read(client: &SpiClient<'_>, ns: Uuid, account: Uuid, eff: &Effective, at
             })
         }
         Kind::Rate => {
-            let (current, updated) = counter(client, ns, account, &eff.resource_type, window.start_us)?;
+            let (current, updated) =
+                counter(client, ns, account, &eff.resource_type, window.start_us)?;
             let len = window.len_us().unwrap_or(0);
-            let (previous, _) = counter(client, ns, account, &eff.resource_type, window.start_us - len)?;
+            let (previous, _) = counter(
+                client,
+                ns,
+                account,
+                &eff.resource_type,
+                window.start_us - len,
+            )?;
             Ok(Usage {
                 used: sliding_estimate(previous, current, &window, at_us),
                 window,
@@ -73,16 +107,30 @@ pub fn read(client: &SpiClient<'_>, ns: Uuid, account: Uuid, eff: &Effective, at
             })
         }
         _ => {
-            let (used, updated) = counter(client, ns, account, &eff.resource_type, window.start_us)?;
-            Ok(Usage { used, window, updated_us: updated, reset_us: window.end_us })
+            let (used, updated) =
+                counter(client, ns, account, &eff.resource_type, window.start_us)?;
+            Ok(Usage {
+                used,
+                window,
+                updated_us: updated,
+                reset_us: window.end_us,
+            })
         }
     }
 }
 
 /// The answer of `check_entitlement` for `requested` more units.
 pub fn check_result(eff: &Effective, usage: &Usage, requested: Decimal) -> Value {
-    let period_start = if eff.kind == Kind::Concurrency { Value::Null } else { ts_json(Some(usage.window.start_us)) };
-    let period_end = if eff.kind == Kind::Concurrency { Value::Null } else { ts_json(usage.window.end_us) };
+    let period_start = if eff.kind == Kind::Concurrency {
+        Value::Null
+    } else {
+        ts_json(Some(usage.window.start_us))
+    };
+    let period_end = if eff.kind == Kind::Concurrency {
+        Value::Null
+    } else {
+        ts_json(usage.window.end_us)
+    };
     if eff.kind == Kind::Feature {
         let on = eff.enabled && eff.entitled;
         return json!({
@@ -100,7 +148,11 @@ pub fn check_result(eff: &Effective, usage: &Usage, requested: Decimal) -> Value
         });
     }
     let decision = eff.policy.decide(usage.used, requested);
-    let reason = if !eff.entitled { "not_entitled" } else { decision.reason };
+    let reason = if !eff.entitled {
+        "not_entitled"
+    } else {
+        decision.reason
+    };
     json!({
         "decision": if decision.allowed { "allow" } else { "deny" },
         "reason": reason,

@@ -18,7 +18,11 @@ pub fn to_decimal(n: &AnyNumeric) -> MecResult<Decimal> {
     Decimal::from_str(&text)
         .or_else(|_| Decimal::from_scientific(&text))
         .map(|d| d.normalize())
-        .map_err(|_| MecError::invalid(format!("quantity {text} is out of range (at most 28 significant digits)")))
+        .map_err(|_| {
+            MecError::invalid(format!(
+                "quantity {text} is out of range (at most 28 significant digits)"
+            ))
+        })
 }
 
 pub fn to_numeric(d: Decimal) -> AnyNumeric {
@@ -65,7 +69,11 @@ pub fn num(d: Decimal) -> Value {
             return Value::from(i);
         }
     }
-    f64::try_from(d).ok().and_then(serde_json::Number::from_f64).map(Value::Number).unwrap_or(Value::Null)
+    f64::try_from(d)
+        .ok()
+        .and_then(serde_json::Number::from_f64)
+        .map(Value::Number)
+        .unwrap_or(Value::Null)
 }
 
 pub fn opt_num(d: Option<Decimal>) -> Value {

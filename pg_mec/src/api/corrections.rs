@@ -27,10 +27,15 @@ fn set_override(
         let req = Override {
             account_id: args::required(p_account_id, "p_account_id")?,
             resource_type: args::text(p_resource_type, "p_resource_type")?,
-            limit: p_limit.as_ref().map(crate::values::to_decimal).transpose()?,
+            limit: p_limit
+                .as_ref()
+                .map(crate::values::to_decimal)
+                .transpose()?,
             enforcement: p_enforcement.map(str::to_string),
             valid_from_us: args::instant(p_valid_from, "p_valid_from")?,
-            valid_until_us: p_valid_until.map(|t| args::instant(Some(t), "p_valid_until")).transpose()?,
+            valid_until_us: p_valid_until
+                .map(|t| args::instant(Some(t), "p_valid_until"))
+                .transpose()?,
             reason: p_reason.map(str::to_string),
             key: p_idempotency_key.map(str::to_string),
         };
@@ -57,7 +62,9 @@ fn grant_credits(
             account_id: args::required(p_account_id, "p_account_id")?,
             resource_type: args::text(p_resource_type, "p_resource_type")?,
             quantity: args::quantity(p_quantity, "p_quantity")?,
-            expires_us: p_expires_at.map(|t| args::instant(Some(t), "p_expires_at")).transpose()?,
+            expires_us: p_expires_at
+                .map(|t| args::instant(Some(t), "p_expires_at"))
+                .transpose()?,
             reason: p_reason.map(str::to_string),
             key: p_idempotency_key.map(str::to_string),
         };

@@ -37,7 +37,9 @@ fn meter_consumption(
             resource_type: args::text(p_resource_type, "p_resource_type")?,
             quantity: args::quantity(p_quantity, "p_quantity")?,
             occurred_us: args::instant(p_occurred_at, "p_occurred_at")?,
-            metadata: p_metadata.map(|j| j.0).unwrap_or_else(|| serde_json::json!({})),
+            metadata: p_metadata
+                .map(|j| j.0)
+                .unwrap_or_else(|| serde_json::json!({})),
             http_status: p_http_status,
         };
         metering::validate(&event)?;

@@ -30,7 +30,8 @@ fn create_namespace(
 ) -> JsonB {
     let result = (|| {
         let name = args::text(p_name, "p_name")?;
-        let id = p_namespace_id.unwrap_or_else(|| Uuid::from_bytes(*uuid::Uuid::new_v4().as_bytes()));
+        let id =
+            p_namespace_id.unwrap_or_else(|| Uuid::from_bytes(*uuid::Uuid::new_v4().as_bytes()));
         let settings = p_settings.map(|j| j.0);
         Spi::connect_mut(|client| namespaces::create(client, &name, id, settings))
     })();
