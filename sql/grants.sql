@@ -11,12 +11,13 @@ GRANT USAGE ON SCHEMA mec, mec_data TO mec_user;
 GRANT SELECT ON ALL TABLES IN SCHEMA mec TO mec_user;
 GRANT SELECT (namespace_id, name, settings, created_at, updated_at) ON mec_data.namespaces TO mec_user;
 GRANT SELECT ON mec_data.resource_types, mec_data.plans, mec_data.plan_entitlements, mec_data.accounts,
-                mec_data.entitlements, mec_data.usage_counters, mec_data.consumption, mec_data.leases
+                mec_data.entitlements, mec_data.usage_counters, mec_data.consumption, mec_data.leases,
+                mec_data.reservations
       TO mec_user;
 
 -- The vendor's backend records usage and holds leases.
 GRANT SELECT ON mec_data.catalogs TO mec_service;
-GRANT INSERT, UPDATE ON mec_data.usage_counters, mec_data.leases TO mec_service;
+GRANT INSERT, UPDATE ON mec_data.usage_counters, mec_data.leases, mec_data.reservations TO mec_service;
 GRANT INSERT ON mec_data.consumption, mec_data.audit_log TO mec_service;
 
 -- The vendor's operator manages the catalog, accounts and corrections.
@@ -26,7 +27,7 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON mec_data.catalogs, mec_data.resource_typ
       TO mec_admin;
 GRANT UPDATE (settings, updated_at) ON mec_data.namespaces TO mec_admin;
 GRANT SELECT ON mec_data.audit_log TO mec_admin;
-GRANT DELETE ON mec_data.usage_counters, mec_data.consumption, mec_data.leases TO mec_admin;
+GRANT DELETE ON mec_data.usage_counters, mec_data.consumption, mec_data.leases, mec_data.reservations TO mec_admin;
 
 -- Functions. create_namespace is for the database owner only (no grant).
 GRANT EXECUTE ON FUNCTION
@@ -53,3 +54,8 @@ GRANT EXECUTE ON FUNCTION
     mec.adjust_consumption(text, uuid, text, numeric, text, timestamptz),
     mec.forget_account(uuid)
     TO mec_admin;
+GRANT EXECUTE ON FUNCTION
+    mec.reserve_consumption(text, uuid, text, numeric, integer),
+    mec.commit_reservation(uuid, numeric),
+    mec.cancel_reservation(uuid)
+    TO mec_service;

@@ -10,7 +10,7 @@ DECLARE
 BEGIN
     FOREACH t IN ARRAY ARRAY['namespaces', 'namespace_secrets', 'catalogs', 'resource_types', 'plans',
                              'plan_entitlements', 'accounts', 'entitlements', 'usage_counters',
-                             'consumption', 'leases', 'idempotency_keys', 'audit_log']
+                             'consumption', 'leases', 'reservations', 'idempotency_keys', 'audit_log']
     LOOP
         EXECUTE format('ALTER TABLE mec_data.%I ENABLE ROW LEVEL SECURITY', t);
         EXECUTE format('ALTER TABLE mec_data.%I FORCE ROW LEVEL SECURITY', t);
@@ -28,7 +28,7 @@ BEGIN
     END LOOP;
 
     -- ... and only the rows of its own account (the account_id claim).
-    FOREACH t IN ARRAY ARRAY['accounts', 'entitlements', 'usage_counters', 'consumption', 'leases']
+    FOREACH t IN ARRAY ARRAY['accounts', 'entitlements', 'usage_counters', 'consumption', 'leases', 'reservations']
     LOOP
         EXECUTE format($p$CREATE POLICY user_own_account ON mec_data.%I FOR SELECT TO mec_user
                            USING (account_id = mec.current_account())$p$, t);

@@ -223,3 +223,28 @@ CREATE TABLE mec_data.namespace_secrets (
     PRIMARY KEY (namespace_id),
     FOREIGN KEY (namespace_id) REFERENCES mec_data.namespaces (namespace_id) ON DELETE CASCADE
 );
+
+-- Quota held for work whose size is known only afterwards. A held reservation has already added
+-- its quantity to the counter of its period; commit replaces it by the actual quantity and writes
+-- the ledger row (under the reservation's idempotency key); cancel or expiry gives it back.
+CREATE TABLE mec_data.reservations (
+    namespace_id    uuid        NOT NULL,
+    reservation_id  uuid        NOT NULL DEFAULT gen_random_uuid(),
+    idempotency_key text        NOT NULL CHECK (idempotency_key <> '' AND length(idempotency_key) <= 255),
+    account_id      uuid        NOT NULL,
+    resource_type   text        NOT NULL,
+    quantity        numeric     NOT NULL CHECK (quantity > 0),
+    period_start    timestamptz NOT NULL,
+    period_end      timestamptz,
+    expires_at      timestamptz NOT NULL,
+    state           text        NOT NULL DEFAULT 'held' CHECK (state IN ('held', 'committed', 'cancelled', 'expired')),
+    actual_quantity numeric,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    settled_at      timestamptz,
+    PRIMARY KEY (namespace_id, reservation_id),
+    UNIQUE (namespace_id, idempotency_key),
+    FOREIGN KEY (namespace_id, account_id) REFERENCES mec_data.accounts (namespace_id, account_id) ON DELETE CASCADE
+);
+CREATE INDEX reservations_held
+    ON mec_data.reservations (namespace_id, account_id, resource_type, period_start, expires_at)
+    WHERE state = 'held';

@@ -55,3 +55,9 @@ CREATE VIEW mec.leases WITH (security_invoker = true) AS
 SELECT namespace_id, lease_id, account_id, resource_type, holder, acquired_at, expires_at, released_at,
        release_reason, (released_at IS NULL AND expires_at > now()) AS active
 FROM mec_data.leases;
+
+CREATE VIEW mec.reservations WITH (security_invoker = true) AS
+SELECT namespace_id, reservation_id, idempotency_key, account_id, resource_type, quantity, actual_quantity,
+       period_start, period_end, expires_at, state, created_at, settled_at,
+       (state = 'held' AND expires_at > now()) AS active
+FROM mec_data.reservations;

@@ -354,10 +354,16 @@ mod tests {
         let v = verifier(None);
         let now = chrono::Utc::now().timestamp();
         // Expired beyond the leeway.
-        let t = sign(serde_json::json!({"role": "mec_user", "exp": now - 31}), SECRET);
+        let t = sign(
+            serde_json::json!({"role": "mec_user", "exp": now - 31}),
+            SECRET,
+        );
         assert_eq!(code(v.verify(&t).unwrap_err()), "PGRST301");
         // Within the leeway.
-        let t = sign(serde_json::json!({"role": "mec_user", "exp": now - 10}), SECRET);
+        let t = sign(
+            serde_json::json!({"role": "mec_user", "exp": now - 10}),
+            SECRET,
+        );
         assert!(v.verify(&t).is_ok());
         // Wrong secret.
         let t = sign(
@@ -372,15 +378,28 @@ mod tests {
         assert_eq!(code(v.verify(&t).unwrap_err()), "PGRST302");
         // Garbage.
         assert_eq!(code(v.verify("abc.def").unwrap_err()), "PGRST301");
-        assert!(mint(SECRET, &TokenSpec { role: "root".into(), ..Default::default() }).is_err());
+        assert!(mint(
+            SECRET,
+            &TokenSpec {
+                role: "root".into(),
+                ..Default::default()
+            }
+        )
+        .is_err());
     }
 
     #[test]
     fn audience() {
         let v = verifier(Some("mec"));
-        let t = sign(serde_json::json!({"role": "mec_user", "aud": "mec"}), SECRET);
+        let t = sign(
+            serde_json::json!({"role": "mec_user", "aud": "mec"}),
+            SECRET,
+        );
         assert!(v.verify(&t).is_ok());
-        let t = sign(serde_json::json!({"role": "mec_user", "aud": "other"}), SECRET);
+        let t = sign(
+            serde_json::json!({"role": "mec_user", "aud": "other"}),
+            SECRET,
+        );
         assert!(v.verify(&t).is_err());
         let t = sign(serde_json::json!({"role": "mec_user"}), SECRET);
         assert!(v.verify(&t).is_err());

@@ -58,10 +58,7 @@ impl Config {
         let addr = match get("MEC_GATEWAY_ADDR") {
             None => SocketAddr::from(([127, 0, 0, 1], 8000)),
             Some(a) => a.parse().map_err(|e| {
-                invalid(
-                    "MEC_GATEWAY_ADDR",
-                    format!("{a:?} is not host:port ({e})"),
-                )
+                invalid("MEC_GATEWAY_ADDR", format!("{a:?} is not host:port ({e})"))
             })?,
         };
         let database_url = get("MEC_AUTHENTICATOR_URL")
@@ -182,7 +179,10 @@ mod tests {
     fn authenticator_url_wins() {
         let c = cfg(&[
             ("MEC_DATABASE_URL", "postgres://owner@localhost/mec"),
-            ("MEC_AUTHENTICATOR_URL", "postgres://mec_authenticator@localhost/mec"),
+            (
+                "MEC_AUTHENTICATOR_URL",
+                "postgres://mec_authenticator@localhost/mec",
+            ),
             ("MEC_JWT_SECRET", SECRET),
         ])
         .unwrap();
@@ -193,7 +193,11 @@ mod tests {
     fn rejects_bad_values() {
         assert!(cfg(&[("MEC_JWT_SECRET", SECRET)]).is_err());
         assert!(cfg(&[("MEC_DATABASE_URL", "postgres://u@h/d")]).is_err());
-        assert!(cfg(&[("MEC_DATABASE_URL", "postgres://u@h/d"), ("MEC_JWT_SECRET", "short")]).is_err());
+        assert!(cfg(&[
+            ("MEC_DATABASE_URL", "postgres://u@h/d"),
+            ("MEC_JWT_SECRET", "short")
+        ])
+        .is_err());
         assert!(cfg(&[
             ("MEC_DATABASE_URL", "postgres://u@h/d"),
             ("MEC_JWT_SECRET", SECRET),

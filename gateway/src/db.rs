@@ -9,8 +9,8 @@ use std::pin::pin;
 use std::time::Duration;
 
 use axum::http::HeaderMap;
-use futures_util::future::{join, join3, join4, maybe_done, FutureExt};
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use futures_util::future::{join, join3, join4, maybe_done, FutureExt};
 use serde_json::{Map, Value};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};

@@ -250,11 +250,8 @@ impl IntoResponse for ApiError {
                 message,
                 description,
             } => {
-                let mut resp = json_response(
-                    status,
-                    JSON,
-                    &pgrst_body(Some(code), &message, None, None),
-                );
+                let mut resp =
+                    json_response(status, JSON, &pgrst_body(Some(code), &message, None, None));
                 let www = match description {
                     None => "Bearer".to_string(),
                     Some(d) => format!(

@@ -58,12 +58,10 @@ impl Metrics {
 
     pub fn render(&self, g: &Gauges) -> String {
         let mut out = String::new();
-        let series = self
-            .series
-            .lock()
-            .map(|m| m.clone())
-            .unwrap_or_default();
-        out.push_str("# HELP mec_gateway_http_requests_total HTTP requests by route, method and status.\n");
+        let series = self.series.lock().map(|m| m.clone()).unwrap_or_default();
+        out.push_str(
+            "# HELP mec_gateway_http_requests_total HTTP requests by route, method and status.\n",
+        );
         out.push_str("# TYPE mec_gateway_http_requests_total counter\n");
         for ((route, method, status), s) in &series {
             let _ = writeln!(
@@ -108,13 +106,41 @@ impl Metrics {
             );
         }
         let gauges = [
-            ("mec_gateway_db_pool_max_connections", "Pool maximum size.", g.pool_max),
-            ("mec_gateway_db_pool_connections", "Connections currently open.", g.pool_size),
-            ("mec_gateway_db_pool_available", "Idle connections in the pool.", g.pool_available),
-            ("mec_gateway_db_pool_waiting", "Requests waiting for a connection.", g.pool_waiting),
-            ("mec_gateway_schema_cache_loaded", "1 once the schema cache is loaded.", usize::from(g.schema_loaded)),
-            ("mec_gateway_schema_functions", "Functions in the schema cache.", g.functions),
-            ("mec_gateway_schema_views", "Views in the schema cache.", g.views),
+            (
+                "mec_gateway_db_pool_max_connections",
+                "Pool maximum size.",
+                g.pool_max,
+            ),
+            (
+                "mec_gateway_db_pool_connections",
+                "Connections currently open.",
+                g.pool_size,
+            ),
+            (
+                "mec_gateway_db_pool_available",
+                "Idle connections in the pool.",
+                g.pool_available,
+            ),
+            (
+                "mec_gateway_db_pool_waiting",
+                "Requests waiting for a connection.",
+                g.pool_waiting,
+            ),
+            (
+                "mec_gateway_schema_cache_loaded",
+                "1 once the schema cache is loaded.",
+                usize::from(g.schema_loaded),
+            ),
+            (
+                "mec_gateway_schema_functions",
+                "Functions in the schema cache.",
+                g.functions,
+            ),
+            (
+                "mec_gateway_schema_views",
+                "Views in the schema cache.",
+                g.views,
+            ),
         ];
         for (name, help, v) in gauges {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");

@@ -77,7 +77,10 @@ mod tests {
 
     #[test]
     fn labels() {
-        assert_eq!(route_label("/api/rpc/check_entitlement"), "/api/rpc/{function}");
+        assert_eq!(
+            route_label("/api/rpc/check_entitlement"),
+            "/api/rpc/{function}"
+        );
         assert_eq!(route_label("/api/accounts"), "/api/{view}");
         assert_eq!(route_label("/api/"), "/api/");
         assert_eq!(route_label("/api/a/b"), "unmatched");

@@ -306,9 +306,7 @@ fn parse_select(text: &str) -> Result<Vec<SelectItem>, ApiError> {
 }
 
 fn parse_u64(name: &str, v: &str) -> Result<u64, ApiError> {
-    v.trim()
-        .parse()
-        .map_err(|_| parse_err(name, v))
+    v.trim().parse().map_err(|_| parse_err(name, v))
 }
 
 /// The query string of a read.
@@ -504,7 +502,11 @@ pub fn build_read(
                     .column(&s.column)
                     .ok_or_else(|| unknown_column(view, &s.column))?;
                 let name = s.alias.as_deref().unwrap_or(&col.name);
-                Ok(format!("_v.{} AS {}", quote_ident(&col.name), quote_ident(name)))
+                Ok(format!(
+                    "_v.{} AS {}",
+                    quote_ident(&col.name),
+                    quote_ident(name)
+                ))
             })
             .collect::<Result<Vec<_>, ApiError>>()?
             .join(", ")
@@ -558,7 +560,11 @@ pub fn build_read(
     } else {
         "NULL::int8".to_string()
     };
-    let select = if select == "*" { "_v.*".to_string() } else { select };
+    let select = if select == "*" {
+        "_v.*".to_string()
+    } else {
+        select
+    };
     sql.text = format!(
         "SELECT coalesce(json_agg(_r), '[]')::text AS body, count(*)::int8 AS n, {total} AS total \
          FROM (SELECT {select} FROM {from}{where_}{order}{limit_sql}{offset_sql}) _r"
@@ -638,7 +644,11 @@ mod tests {
 
     #[test]
     fn logic_trees() {
-        let e = parse_logic("or", "(qty.eq.1,and(name.like.a*,qty.is.null),name.eq.\"x,y\")").unwrap();
+        let e = parse_logic(
+            "or",
+            "(qty.eq.1,and(name.like.a*,qty.is.null),name.eq.\"x,y\")",
+        )
+        .unwrap();
         let Expr::Logic { and, items, .. } = &e else {
             panic!()
         };
@@ -666,9 +676,15 @@ mod tests {
         let sql = build_read(&view(), &r, 5, Some(10), true).unwrap();
         assert!(!sql.text.contains("drop"));
         assert!(sql.text.contains("_v.\"qty\" AS \"n\""));
-        assert!(sql.text.contains("ORDER BY _v.\"qty\" DESC NULLS LAST, _v.\"name\""));
-        assert!(sql.text.contains("\"qty\" = ANY(ARRAY[$2::text::numeric, $3::text::numeric])"));
-        assert!(sql.text.contains("(SELECT count(*) FROM \"mec\".\"accounts\" _v WHERE"));
+        assert!(sql
+            .text
+            .contains("ORDER BY _v.\"qty\" DESC NULLS LAST, _v.\"name\""));
+        assert!(sql
+            .text
+            .contains("\"qty\" = ANY(ARRAY[$2::text::numeric, $3::text::numeric])"));
+        assert!(sql
+            .text
+            .contains("(SELECT count(*) FROM \"mec\".\"accounts\" _v WHERE"));
         assert_eq!(sql.params.len(), 5);
         assert_eq!(sql.params[0].as_deref(), Some("x'; drop table y"));
     }
@@ -695,21 +711,39 @@ mod tests {
         assert_eq!(parse_range_header(&h), Some((0, Some(24))));
         h.insert(header::RANGE, "items=5-".parse().unwrap());
         assert_eq!(parse_range_header(&h), Some((5, None)));
-        assert_eq!(effective_range(None, None, Some((0, Some(24)))), (0, Some(25)));
+        assert_eq!(
+            effective_range(None, None, Some((0, Some(24)))),
+            (0, Some(25))
+        );
         assert_eq!(effective_range(Some(10), Some(5), None), (5, Some(10)));
-        assert_eq!(effective_range(Some(10), None, Some((5, Some(24)))), (5, Some(5)));
+        assert_eq!(
+            effective_range(Some(10), None, Some((5, Some(24)))),
+            (5, Some(5))
+        );
         assert_eq!(effective_range(Some(0), None, None), (0, Some(0)));
-        assert_eq!(content_range(0, 25, Some(137)), (StatusCode::PARTIAL_CONTENT, "0-24/137".into()));
-        assert_eq!(content_range(0, 3, Some(3)), (StatusCode::OK, "0-2/3".into()));
+        assert_eq!(
+            content_range(0, 25, Some(137)),
+            (StatusCode::PARTIAL_CONTENT, "0-24/137".into())
+        );
+        assert_eq!(
+            content_range(0, 3, Some(3)),
+            (StatusCode::OK, "0-2/3".into())
+        );
         assert_eq!(content_range(0, 0, Some(0)), (StatusCode::OK, "*/0".into()));
         assert_eq!(content_range(0, 0, None), (StatusCode::OK, "*/*".into()));
-        assert_eq!(content_range(10, 0, Some(3)).0, StatusCode::RANGE_NOT_SATISFIABLE);
+        assert_eq!(
+            content_range(10, 0, Some(3)).0,
+            StatusCode::RANGE_NOT_SATISFIABLE
+        );
     }
 
     #[test]
     fn prefer_count() {
         let mut h = HeaderMap::new();
-        h.append("prefer", "return=representation, count=exact".parse().unwrap());
+        h.append(
+            "prefer",
+            "return=representation, count=exact".parse().unwrap(),
+        );
         assert!(prefers_count(&h));
         let mut h = HeaderMap::new();
         h.append("prefer", "count=planned".parse().unwrap());

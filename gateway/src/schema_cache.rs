@@ -144,10 +144,7 @@ impl SchemaCache {
     /// Read the catalog. Any client will do (pool connection or the listener's).
     pub async fn load(client: &impl GenericClient) -> Result<Self, tokio_postgres::Error> {
         let mut cache = SchemaCache::default();
-        for row in client
-            .query(FUNCTIONS_SQL, &[&SCHEMA, &ROLES_SQL])
-            .await?
-        {
+        for row in client.query(FUNCTIONS_SQL, &[&SCHEMA, &ROLES_SQL]).await? {
             let name: String = row.get(0);
             let volatility = match row.get::<_, String>(1).as_str() {
                 "i" => Volatility::Immutable,
@@ -303,9 +300,7 @@ async fn listen_once(
             }
         }
     });
-    client
-        .batch_execute(&format!("LISTEN {CHANNEL}"))
-        .await?;
+    client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
     let cache = SchemaCache::load(&client).await?;
     let (f, v) = summary(&cache);
     store.set(cache);
@@ -350,7 +345,6 @@ fn distance(a: &str, b: &str) -> usize {
     }
     prev[b.len()]
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -1,9 +1,10 @@
 //! The gateway against a real Postgres with the fixture schema (`tests/fixtures/mec_fixture.sql`).
 //!
-//! Set `MEC_TEST_DATABASE_URL` to a superuser URL of a throwaway database (the fixture drops
-//! and recreates schemas `mec` and `mec_data` there). Without it every test prints why and
-//! passes without doing anything. The gateway connects as `mec_authenticator` (same host,
-//! port and database) unless `MEC_TEST_AUTHENTICATOR_URL` says otherwise.
+//! Set `MEC_TEST_DATABASE_URL` to a superuser URL of any cluster. The tests create a database
+//! of their own there (`mec_gateway_fixture`, rebuilt on every run) and never touch the
+//! database the URL names. Without the variable every test prints why and passes without
+//! doing anything. The gateway connects as a NOINHERIT login role made by the tests, or as
+//! `MEC_TEST_AUTHENTICATOR_URL` (its database replaced by the fixture's) when set.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -25,7 +26,16 @@ const BOB: &str = "aaaaaaaa-0000-0000-0000-000000000002";
 const CAROL: &str = "aaaaaaaa-0000-0000-0000-000000000003";
 const MALLORY: &str = "bbbbbbbb-0000-0000-0000-000000000001";
 
-static FIXTURE: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+/// The fixture lives in a database of its own, created next to the one named by
+/// `MEC_TEST_DATABASE_URL`: `scripts/mec test` points that variable at the real `mec`
+/// database, which these tests must never touch.
+const FIXTURE_DB: &str = "mec_gateway_fixture";
+/// A login role like `mec_authenticator` (NOINHERIT, granted the three API roles), made by
+/// the tests so they know its password.
+const TEST_LOGIN: &str = "mec_gateway_test_login";
+
+/// (superuser URL, gateway URL) of the fixture database, set up once per test process.
+static FIXTURE: tokio::sync::OnceCell<(String, String)> = tokio::sync::OnceCell::const_new();
 
 fn admin_url() -> Option<String> {
     std::env::var("MEC_TEST_DATABASE_URL")
@@ -33,19 +43,42 @@ fn admin_url() -> Option<String> {
         .filter(|v| !v.is_empty())
 }
 
-/// `postgres://user[:pw]@rest` → `postgres://mec_authenticator:mec_authenticator@rest`.
-fn authenticator_url(admin: &str) -> String {
-    if let Ok(u) = std::env::var("MEC_TEST_AUTHENTICATOR_URL") {
-        if !u.is_empty() {
-            return u;
-        }
+fn quote(v: &str) -> String {
+    format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// A key=value connection string for `base` with another database and, optionally,
+/// another user and password.
+fn conninfo(base: &str, dbname: &str, login: Option<(&str, &str)>) -> String {
+    let cfg: tokio_postgres::Config = base.parse().expect("a valid database URL");
+    let mut parts = Vec::new();
+    if let Some(h) = cfg.get_hosts().first() {
+        let host = match h {
+            tokio_postgres::config::Host::Tcp(h) => h.clone(),
+            tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+        };
+        parts.push(format!("host={}", quote(&host)));
     }
-    match (admin.split_once("://"), admin.rfind('@')) {
-        (Some((scheme, _)), Some(at)) => {
-            format!("{scheme}://mec_authenticator:mec_authenticator@{}", &admin[at + 1..])
-        }
-        _ => admin.to_string(),
+    if let Some(p) = cfg.get_ports().first() {
+        parts.push(format!("port={p}"));
     }
+    let (user, password) = match login {
+        Some((u, p)) => (Some(u.to_string()), Some(p.to_string())),
+        None => (
+            cfg.get_user().map(str::to_string),
+            cfg.get_password()
+                .map(|p| String::from_utf8_lossy(p).into_owned()),
+        ),
+    };
+    if let Some(u) = user {
+        parts.push(format!("user={}", quote(&u)));
+    }
+    if let Some(p) = password {
+        parts.push(format!("password={}", quote(&p)));
+    }
+    parts.push(format!("dbname={}", quote(dbname)));
+    parts.push("application_name='mec_gateway tests'".into());
+    parts.join(" ")
 }
 
 async fn superuser(url: &str) -> tokio_postgres::Client {
@@ -56,17 +89,49 @@ async fn superuser(url: &str) -> tokio_postgres::Client {
     client
 }
 
-/// Apply the fixture once per test process.
-async fn fixture(url: &str) {
+/// Create the fixture database and login role and apply the fixture, once per process.
+async fn fixture(url: &str) -> (String, String) {
     FIXTURE
         .get_or_init(|| async {
-            let client = superuser(url).await;
+            let admin = superuser(url).await;
+            let exists = admin
+                .query_opt(
+                    "select 1 from pg_database where datname = $1",
+                    &[&FIXTURE_DB],
+                )
+                .await
+                .expect("query pg_database");
+            if exists.is_none() {
+                admin
+                    .batch_execute(&format!("create database {FIXTURE_DB}"))
+                    .await
+                    .expect("create the fixture database");
+            }
+            let fixture_url = conninfo(url, FIXTURE_DB, None);
+            let client = superuser(&fixture_url).await;
             client
                 .batch_execute(include_str!("fixtures/mec_fixture.sql"))
                 .await
                 .expect("apply fixture");
+            client
+                .batch_execute(&format!(
+                    "do $$ begin
+                       if not exists (select 1 from pg_roles where rolname = '{TEST_LOGIN}') then
+                         create role {TEST_LOGIN} login noinherit password '{TEST_LOGIN}';
+                       end if;
+                     end $$;
+                     grant mec_user, mec_service, mec_admin to {TEST_LOGIN};"
+                ))
+                .await
+                .expect("create the test login role");
+            let gateway_url = match std::env::var("MEC_TEST_AUTHENTICATOR_URL") {
+                Ok(u) if !u.is_empty() => conninfo(&u, FIXTURE_DB, None),
+                _ => conninfo(url, FIXTURE_DB, Some((TEST_LOGIN, TEST_LOGIN))),
+            };
+            (fixture_url, gateway_url)
         })
-        .await;
+        .await
+        .clone()
 }
 
 fn config(db: &str, extra: &[(&str, &str)]) -> Config {
@@ -87,8 +152,8 @@ async fn setup_with(extra: &[(&str, &str)]) -> Option<(Router, AppState)> {
         eprintln!("skipping: MEC_TEST_DATABASE_URL is unset (see gateway/tests/api.rs)");
         return None;
     };
-    fixture(&url).await;
-    let state = AppState::new(config(&authenticator_url(&url), extra)).expect("state");
+    let (_, gateway_url) = fixture(&url).await;
+    let state = AppState::new(config(&gateway_url, extra)).expect("state");
     state.reload_schema().await.expect("load schema cache");
     Some((app(state.clone()), state))
 }
@@ -178,7 +243,11 @@ fn request(method: &str, uri: &str, token: Option<&str>, body: Option<String>) -
 }
 
 async fn post(app: &Router, path: &str, token: &str, body: Value) -> Resp {
-    send(app, request("POST", path, Some(token), Some(body.to_string()))).await
+    send(
+        app,
+        request("POST", path, Some(token), Some(body.to_string())),
+    )
+    .await
 }
 
 async fn get(app: &Router, path: &str, token: &str) -> Resp {
@@ -272,7 +341,12 @@ async fn argument_types_are_cast_in_sql() {
         "p_uuid": "aaaaaaaa-0000-0000-0000-000000000009", "p_tags": ["x", "y,z"]}"#;
     let r = send(
         &app,
-        request("POST", "/api/rpc/fixture_types", Some(&service()), Some(body.into())),
+        request(
+            "POST",
+            "/api/rpc/fixture_types",
+            Some(&service()),
+            Some(body.into()),
+        ),
     )
     .await;
     assert_eq!(r.status, 200, "{}", r.text);
@@ -321,7 +395,10 @@ async fn unknown_functions_and_arguments_are_pgrst202() {
     )
     .await;
     assert_eq!(r.status, 404);
-    assert!(r.json()["hint"].as_str().unwrap().contains("check_entitlement"));
+    assert!(r.json()["hint"]
+        .as_str()
+        .unwrap()
+        .contains("check_entitlement"));
     let r = post(
         &app,
         "/api/rpc/check_entitlement",
@@ -332,7 +409,13 @@ async fn unknown_functions_and_arguments_are_pgrst202() {
     assert_eq!(r.status, 404, "{}", r.text);
     assert_eq!(r.error_code(), "PGRST202");
     assert!(r.json()["message"].as_str().unwrap().contains("p_bogus"));
-    let r = post(&app, "/api/rpc/check_entitlement", &t, json!({"p_account_id": ALICE})).await;
+    let r = post(
+        &app,
+        "/api/rpc/check_entitlement",
+        &t,
+        json!({"p_account_id": ALICE}),
+    )
+    .await;
     assert_eq!(r.status, 404);
     assert_eq!(r.error_code(), "PGRST202");
 }
@@ -344,7 +427,12 @@ async fn malformed_and_oversized_bodies() {
     for body in ["{not json", "{\"p_account_id\": ", "[1,2]", "\"text\""] {
         let r = send(
             &app,
-            request("POST", "/api/rpc/check_entitlement", Some(&t), Some(body.into())),
+            request(
+                "POST",
+                "/api/rpc/check_entitlement",
+                Some(&t),
+                Some(body.into()),
+            ),
         )
         .await;
         assert_eq!(r.status, 400, "{body}: {}", r.text);
@@ -439,9 +527,11 @@ async fn metering_idempotency_and_limit_problem_details() {
     assert_eq!(vp[0]["limit"], 5);
     assert!(v["details"].as_str().unwrap().contains("violated_policies"));
     assert_eq!(r.header("ratelimit-policy"), "\"benchmark_runs/month\";q=5");
-    assert!(r.header("ratelimit").starts_with("\"benchmark_runs/month\";r=0;t="));
+    assert!(r
+        .header("ratelimit")
+        .starts_with("\"benchmark_runs/month\";r=0;t="));
     let retry: i64 = r.header("retry-after").parse().unwrap();
-    assert!(retry >= 1 && retry <= 32 * 86_400, "{retry}");
+    assert!((1..=32 * 86_400).contains(&retry), "{retry}");
 }
 
 #[tokio::test]
@@ -487,7 +577,13 @@ async fn roles_are_enforced_by_postgres() {
     let body = json!({"p_account_id": CAROL, "p_plan_id": "starter"});
     let r = post(&app, "/api/rpc/provision_plan", &service(), body.clone()).await;
     assert_eq!(r.status, 403, "{}", r.text);
-    let r = post(&app, "/api/rpc/provision_plan", &token("mec_admin", NS1, None), body).await;
+    let r = post(
+        &app,
+        "/api/rpc/provision_plan",
+        &token("mec_admin", NS1, None),
+        body,
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.json()["plan_id"], "starter");
     // A token without namespace: the database says 42501.
@@ -528,15 +624,30 @@ async fn tokens_are_checked() {
     };
     let cases = [
         (
-            sign(json!({"role": "mec_service", "namespace_id": NS1}), "the-wrong-secret-the-wrong-secret"),
+            sign(
+                json!({"role": "mec_service", "namespace_id": NS1}),
+                "the-wrong-secret-the-wrong-secret",
+            ),
             "invalid",
         ),
         (
-            sign(json!({"role": "mec_service", "namespace_id": NS1, "exp": now - 120}), SECRET),
+            sign(
+                json!({"role": "mec_service", "namespace_id": NS1, "exp": now - 120}),
+                SECRET,
+            ),
             "expired",
         ),
-        (sign(json!({"role": "postgres", "namespace_id": NS1}), SECRET), "role"),
-        (sign(json!({"role": "mec_authenticator", "namespace_id": NS1}), SECRET), "role"),
+        (
+            sign(json!({"role": "postgres", "namespace_id": NS1}), SECRET),
+            "role",
+        ),
+        (
+            sign(
+                json!({"role": "mec_authenticator", "namespace_id": NS1}),
+                SECRET,
+            ),
+            "role",
+        ),
         (sign(json!({"namespace_id": NS1}), SECRET), "role"),
         ("not-a-jwt".to_string(), "malformed"),
     ];
@@ -547,7 +658,10 @@ async fn tokens_are_checked() {
         assert!(code == "PGRST301" || code == "PGRST302", "{why}: {code}");
         let www = r.header("www-authenticate");
         assert!(www.starts_with("Bearer error=\"invalid_token\""), "{www}");
-        assert!(www.to_lowercase().contains(why) || why == "invalid", "{why}: {www}");
+        assert!(
+            www.to_lowercase().contains(why) || why == "invalid",
+            "{why}: {www}"
+        );
     }
     // Within the 30 s leeway.
     let t = sign(
@@ -581,14 +695,29 @@ async fn namespaces_are_isolated() {
     )
     .await;
     assert_eq!(r.status, 404, "{}", r.text);
-    let r = get(&app, &format!("/api/consumption?idempotency_key=eq.{key}"), &service()).await;
+    let r = get(
+        &app,
+        &format!("/api/consumption?idempotency_key=eq.{key}"),
+        &service(),
+    )
+    .await;
     assert_eq!(r.json(), json!([]));
     let r = get(&app, "/api/accounts?select=account_id", &other).await;
     assert_eq!(r.json(), json!([{"account_id": MALLORY}]));
-    let r = get(&app, &format!("/api/accounts?account_id=eq.{ALICE}"), &other).await;
+    let r = get(
+        &app,
+        &format!("/api/accounts?account_id=eq.{ALICE}"),
+        &other,
+    )
+    .await;
     assert_eq!(r.json(), json!([]));
     // mec_user sees its own account only.
-    let r = get(&app, "/api/accounts?select=account_id", &token("mec_user", NS1, Some(BOB))).await;
+    let r = get(
+        &app,
+        "/api/accounts?select=account_id",
+        &token("mec_user", NS1, Some(BOB)),
+    )
+    .await;
     assert_eq!(r.json(), json!([{"account_id": BOB}]));
 }
 
@@ -626,7 +755,7 @@ async fn view_filters_order_and_counts() {
     let r = count(format!("{base}&order=quantity&limit=5&offset=10")).await;
     assert_eq!(r.header("content-range"), "10-14/30");
     assert_eq!(quantities(&r), vec![11, 12, 13, 14, 15]);
-    let r = count(format!("{base}")).await;
+    let r = count(base.clone()).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.header("content-range"), "0-29/30");
     let r = get(&app, &format!("{base}&limit=2"), &t).await;
@@ -654,19 +783,43 @@ async fn view_filters_order_and_counts() {
         ("or=(quantity.eq.1,and(quantity.gt.10,quantity.lt.13))", 3),
         ("not.or=(quantity.lt.3,quantity.gt.28)", 26),
         ("and=(quantity.gt.3,quantity.lt.6)", 2),
-        ("idempotency_key=in.(seed-1,\"seed-2\")", 2),
-        ("occurred_at=gte.2026-01-01T10:00:00Z&occurred_at=lt.2026-01-01T12:00:00%2B00:00", 2),
+        ("idempotency_key=in.(seed-1,%22seed-2%22)", 2),
+        ("idempotency_key=in.(%22seed-1%22,%22a%2Cb%22)", 1),
+        (
+            "occurred_at=gte.2026-01-01T10:00:00Z&occurred_at=lt.2026-01-01T12:00:00%2B00:00",
+            2,
+        ),
     ];
     for (filter, n) in cases {
         let r = get(&app, &format!("{base}&{filter}"), &t).await;
         assert_eq!(r.status, 200, "{filter}: {}", r.text);
-        assert_eq!(r.json().as_array().unwrap().len(), n, "{filter}: {}", r.text);
+        assert_eq!(
+            r.json().as_array().unwrap().len(),
+            n,
+            "{filter}: {}",
+            r.text
+        );
     }
-    let r = get(&app, &format!("{base}&order=http_status.desc.nullsfirst,quantity.desc&limit=1"), &t).await;
+    let r = get(
+        &app,
+        &format!("{base}&order=http_status.desc.nullsfirst,quantity.desc&limit=1"),
+        &t,
+    )
+    .await;
     assert_eq!(r.json(), json!([{"quantity": 30, "http_status": null}]));
-    let r = get(&app, &format!("{base}&order=http_status.desc.nullslast,quantity.desc&limit=1"), &t).await;
+    let r = get(
+        &app,
+        &format!("{base}&order=http_status.desc.nullslast,quantity.desc&limit=1"),
+        &t,
+    )
+    .await;
     assert_eq!(r.json(), json!([{"quantity": 29, "http_status": 200}]));
-    let r = get(&app, &format!("/api/consumption?account_id=eq.{BOB}&select=q:quantity&quantity=eq.3"), &t).await;
+    let r = get(
+        &app,
+        &format!("/api/consumption?account_id=eq.{BOB}&select=q:quantity&quantity=eq.3"),
+        &t,
+    )
+    .await;
     assert_eq!(r.json(), json!([{"q": 3}]));
     // Range header, intersected with limit.
     let req = Request::builder()
@@ -680,7 +833,12 @@ async fn view_filters_order_and_counts() {
     assert_eq!(r.status, 206);
     assert_eq!(r.header("content-range"), "0-9/30");
     // Injection attempts stay values.
-    let r = get(&app, &format!("{base}&idempotency_key=eq.x%27%3B%20drop%20table%20mec_data.consumption%3B--"), &t).await;
+    let r = get(
+        &app,
+        &format!("{base}&idempotency_key=eq.x%27%3B%20drop%20table%20mec_data.consumption%3B--"),
+        &t,
+    )
+    .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.json(), json!([]));
 }
@@ -709,7 +867,11 @@ async fn view_errors_and_single_object() {
     assert!(r.json()["hint"].as_str().unwrap().contains("accounts"));
     let r = get(&app, "/api/mec_data", &t).await;
     assert_eq!(r.status, 404);
-    let r = send(&app, request("POST", "/api/accounts", Some(&t), Some("{}".into()))).await;
+    let r = send(
+        &app,
+        request("POST", "/api/accounts", Some(&t), Some("{}".into())),
+    )
+    .await;
     assert_eq!(r.status, 405);
     assert_eq!(r.error_code(), "PGRST101");
     let r = get(&app, "/nowhere", &t).await;
@@ -732,12 +894,20 @@ async fn view_errors_and_single_object() {
     let r = single(format!("/api/accounts?account_id=eq.{ALICE}")).await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.json()["external_id"], "alice");
-    assert!(r.header("content-type").starts_with("application/vnd.pgrst.object+json"));
-    for (q, n) in [("account_id=eq.aaaaaaaa-0000-0000-0000-00000000ffff", 0), ("", 3)] {
+    assert!(r
+        .header("content-type")
+        .starts_with("application/vnd.pgrst.object+json"));
+    for (q, n) in [
+        ("account_id=eq.aaaaaaaa-0000-0000-0000-00000000ffff", 0),
+        ("", 3),
+    ] {
         let r = single(format!("/api/accounts?{q}")).await;
         assert_eq!(r.status, 406, "{}", r.text);
         assert_eq!(r.error_code(), "PGRST116");
-        assert_eq!(r.json()["message"], "JSON object requested, multiple (or no) rows returned");
+        assert_eq!(
+            r.json()["message"],
+            "JSON object requested, multiple (or no) rows returned"
+        );
         assert_eq!(r.json()["details"], format!("The result contains {n} rows"));
     }
 }
@@ -815,7 +985,13 @@ async fn sets_void_and_whole_body() {
     assert_eq!(r.header("content-range"), "0-2/*");
     let r = post(&app, "/api/rpc/fixture_noop", &t, json!({})).await;
     assert_eq!(r.status, 204, "{}", r.text);
-    let r = post(&app, "/api/rpc/fixture_body", &t, json!({"anything": [1, 2]})).await;
+    let r = post(
+        &app,
+        "/api/rpc/fixture_body",
+        &t,
+        json!({"anything": [1, 2]}),
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.json(), json!({"anything": [1, 2]}));
 }
@@ -831,10 +1007,18 @@ async fn openapi_document() {
     assert!(v["paths"]["/rpc/check_entitlement"]["get"].is_object());
     assert!(v["paths"]["/rpc/meter_consumption"]["get"].is_null());
     assert!(v["paths"]["/accounts"]["get"].is_object());
-    let req = v["paths"]["/rpc/meter_consumption"]["post"]["requestBody"]["content"]["application/json"]["schema"].clone();
+    let req = v["paths"]["/rpc/meter_consumption"]["post"]["requestBody"]["content"]
+        ["application/json"]["schema"]
+        .clone();
     assert_eq!(req["properties"]["p_account_id"]["format"], "uuid");
-    assert!(req["required"].as_array().unwrap().contains(&json!("p_quantity")));
-    assert!(!req["required"].as_array().unwrap().contains(&json!("p_metadata")));
+    assert!(req["required"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("p_quantity")));
+    assert!(!req["required"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("p_metadata")));
     // Filtered by the caller's role.
     let r = get(&app, "/api/", &token("mec_user", NS1, Some(ALICE))).await;
     assert!(r.json()["paths"]["/rpc/meter_consumption"].is_null());
@@ -871,7 +1055,10 @@ async fn health_ready_metrics_request_id_cors() {
         .uri("/api/rpc/check_entitlement")
         .header(header::ORIGIN, "https://app.example")
         .header("access-control-request-method", "POST")
-        .header("access-control-request-headers", "authorization,content-type,prefer")
+        .header(
+            "access-control-request-headers",
+            "authorization,content-type,prefer",
+        )
         .body(Body::empty())
         .unwrap();
     let r = send(&app, req).await;
@@ -879,8 +1066,16 @@ async fn health_ready_metrics_request_id_cors() {
     assert!(!r.header("x-request-id").is_empty());
     let r = send(&app, request("GET", "/metrics", None, None)).await;
     assert_eq!(r.status, 200);
-    assert!(r.text.contains("mec_gateway_http_requests_total{route=\"/api/{view}\",method=\"GET\",status=\"200\"}"), "{}", r.text);
-    assert!(r.text.contains("mec_gateway_http_request_duration_seconds_bucket{route=\"/health\""));
+    assert!(
+        r.text.contains(
+            "mec_gateway_http_requests_total{route=\"/api/{view}\",method=\"GET\",status=\"200\"}"
+        ),
+        "{}",
+        r.text
+    );
+    assert!(r
+        .text
+        .contains("mec_gateway_http_request_duration_seconds_bucket{route=\"/health\""));
     assert!(r.text.contains("mec_gateway_db_pool_max_connections 4"));
 }
 
@@ -929,7 +1124,7 @@ async fn database_down_is_503_json() {
 #[tokio::test]
 async fn schema_reload_on_notify() {
     let (app, state) = setup!();
-    let url = admin_url().unwrap();
+    let (url, _) = fixture(&admin_url().unwrap()).await;
     let listener = state.spawn_schema_listener();
     // Let the listener connect and load before the function exists.
     tokio::time::sleep(Duration::from_millis(1000)).await;

@@ -14,6 +14,7 @@ use pgrx::datum::{AnyNumeric, JsonB, TimestampWithTimeZone, Uuid};
 use pgrx::spi::SpiClient;
 use serde_json::{json, Value};
 
+use crate::counters::CounterKey;
 use crate::entitlement::{self, Effective};
 use crate::errors::{MecError, MecResult};
 use crate::spi::{self, Stmt};
@@ -84,22 +85,6 @@ static RECORD_UNBILLED: Stmt = Stmt {
         spi::INT4,
         spi::JSONB,
     ],
-    writes: true,
-};
-
-static CREATE_COUNTER: Stmt = Stmt {
-    sql: "INSERT INTO mec_data.usage_counters (namespace_id, account_id, resource_type, period_start, slot, period_end)
-          VALUES ($1, $2, $3, $4, 0, $5)
-          ON CONFLICT DO NOTHING
-          RETURNING true",
-    types: &[spi::UUID, spi::UUID, spi::TEXT, spi::TIMESTAMPTZ, spi::TIMESTAMPTZ],
-    writes: true,
-};
-
-static UNDO_INCREMENT: Stmt = Stmt {
-    sql: "UPDATE mec_data.usage_counters SET used = used - $5
-          WHERE namespace_id = $1 AND account_id = $2 AND resource_type = $3 AND period_start = $4 AND slot = 0",
-    types: &[spi::UUID, spi::UUID, spi::TEXT, spi::TIMESTAMPTZ, spi::NUMERIC],
     writes: true,
 };
 
@@ -222,7 +207,12 @@ pub fn meter(client: &mut SpiClient<'_>, ns: Uuid, ev: &Event, now_us: i64) -> M
     };
     let floor = (eff.kind == Kind::Gauge).then_some(Decimal::ZERO);
 
-    for attempt in 0..2 {
+    let counter = CounterKey {
+        account_id: ev.account_id,
+        resource_type: &ev.resource_type,
+        window,
+    };
+    for attempt in 0..3 {
         let (used, consumption_id) =
             run_meter(client, ns, ev, &window, ceiling, overage_from, floor)?;
         match (used, consumption_id) {
@@ -240,25 +230,18 @@ pub fn meter(client: &mut SpiClient<'_>, ns: Uuid, ev: &Event, now_us: i64) -> M
             }
             (Some(_), None) => {
                 // The key was recorded before: take the increment back, answer as the first time.
-                let start: TimestampWithTimeZone = timestamptz(window.start_us);
-                spi::write(
-                    client,
-                    &UNDO_INCREMENT,
-                    &[
-                        ns.into(),
-                        ev.account_id.into(),
-                        ev.resource_type.as_str().into(),
-                        start.into(),
-                        to_numeric(ev.quantity).into(),
-                    ],
-                )?;
+                counter.add(client, ns, -ev.quantity)?;
                 return replay(client, ns, ev);
             }
             (None, _) => {
                 if let Some(v) = replay_if_recorded(client, ns, ev)? {
                     return Ok(v);
                 }
-                if attempt == 0 && create_counter(client, ns, ev, &window)? {
+                // A counter not created yet, or quota held by reservations that expired.
+                if attempt == 0 && counter.create(client, ns)? {
+                    continue;
+                }
+                if attempt < 2 && counter.sweep_expired_holds(client, ns)? {
                     continue;
                 }
                 return Err(refusal(client, ns, ev, &eff));
@@ -339,28 +322,6 @@ fn run_meter(
     Ok((row.0.as_ref().map(to_decimal).transpose()?, row.1))
 }
 
-fn create_counter(
-    client: &mut SpiClient<'_>,
-    ns: Uuid,
-    ev: &Event,
-    window: &Window,
-) -> MecResult<bool> {
-    let start: TimestampWithTimeZone = timestamptz(window.start_us);
-    let end: Option<TimestampWithTimeZone> = window.end_us.map(timestamptz);
-    let created = spi::write(
-        client,
-        &CREATE_COUNTER,
-        &[
-            ns.into(),
-            ev.account_id.into(),
-            ev.resource_type.as_str().into(),
-            start.into(),
-            end.into(),
-        ],
-    )?;
-    Ok(!created.is_empty())
-}
-
 fn record_unbilled(
     client: &mut SpiClient<'_>,
     ns: Uuid,
@@ -407,7 +368,7 @@ fn record_unbilled(
 }
 
 #[allow(clippy::too_many_arguments)]
-fn result(
+pub fn result(
     id: Uuid,
     duplicate: bool,
     billable: bool,
@@ -434,7 +395,11 @@ fn result(
     })
 }
 
-fn replay_if_recorded(client: &SpiClient<'_>, ns: Uuid, ev: &Event) -> MecResult<Option<Value>> {
+pub fn replay_if_recorded(
+    client: &SpiClient<'_>,
+    ns: Uuid,
+    ev: &Event,
+) -> MecResult<Option<Value>> {
     let table = spi::read(client, &RECORDED, &[ns.into(), ev.key.as_str().into()])?;
     let Some(row) = table.into_iter().next() else {
         return Ok(None);

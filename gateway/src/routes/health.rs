@@ -14,10 +14,8 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 fn json(status: StatusCode, v: serde_json::Value) -> Response {
     let mut r = (status, v.to_string()).into_response();
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(super::JSON),
-    );
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(super::JSON));
     r
 }
 

@@ -52,7 +52,12 @@ pub fn negotiate(headers: &HeaderMap) -> Result<Accept, ApiError> {
         return Ok(Accept::Json);
     }
     for item in v.split(',') {
-        let media = item.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        let media = item
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
         match media.as_str() {
             "application/vnd.pgrst.object+json" | "application/vnd.pgrst.object" => {
                 return Ok(Accept::Object)
@@ -118,7 +123,12 @@ pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
 }
 
 /// A 200/206 JSON answer with `Content-Range`.
-pub fn json_response(status: StatusCode, body: String, range: &str, content_type: &'static str) -> Response {
+pub fn json_response(
+    status: StatusCode,
+    body: String,
+    range: &str,
+    content_type: &'static str,
+) -> Response {
     let mut resp = (status, body).into_response();
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
@@ -142,7 +152,9 @@ pub async fn method_not_allowed(method: Method) -> ApiError {
         "PGRST101",
         format!("Unsupported HTTP method: {method}"),
     )
-    .with_hint("Views are read with GET or HEAD; functions are called with POST (or GET when read-only)")
+    .with_hint(
+        "Views are read with GET or HEAD; functions are called with POST (or GET when read-only)",
+    )
 }
 
 #[cfg(test)]
@@ -157,11 +169,17 @@ mod tests {
         h.insert("content-profile", "mec".parse().unwrap());
         assert!(check_profile(&h).is_ok());
         h.insert("accept-profile", "mec_data".parse().unwrap());
-        assert_eq!(check_profile(&h).unwrap_err().status(), StatusCode::NOT_ACCEPTABLE);
+        assert_eq!(
+            check_profile(&h).unwrap_err().status(),
+            StatusCode::NOT_ACCEPTABLE
+        );
 
         let mut h = HeaderMap::new();
         assert_eq!(negotiate(&h).unwrap(), Accept::Json);
-        h.insert(header::ACCEPT, "application/vnd.pgrst.object+json".parse().unwrap());
+        h.insert(
+            header::ACCEPT,
+            "application/vnd.pgrst.object+json".parse().unwrap(),
+        );
         assert_eq!(negotiate(&h).unwrap(), Accept::Object);
         h.insert(header::ACCEPT, "text/csv".parse().unwrap());
         assert!(negotiate(&h).is_err());

@@ -205,7 +205,10 @@ pub fn document(cache: &SchemaCache, role: Option<Role>) -> Value {
     })
 }
 
-pub async fn openapi(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+pub async fn openapi(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let claims = claims_from_headers(&state.jwt, &headers)?;
     check_profile(&headers)?;
     let cache = state.schema.get().ok_or_else(schema_not_loaded)?;

@@ -72,7 +72,11 @@ pub fn build_call(f: &Function, args: &HashMap<String, Given>, whole_body: Optio
             .iter()
             .filter_map(|a| {
                 args.get(&a.name).map(|g| {
-                    format!("{} => {}", quote_ident(&a.name), arg_expr(&a.type_name, g, &mut sql))
+                    format!(
+                        "{} => {}",
+                        quote_ident(&a.name),
+                        arg_expr(&a.type_name, g, &mut sql)
+                    )
                 })
             })
             .collect::<Vec<_>>()
@@ -190,7 +194,10 @@ async fn call(
         return Err(ApiError::api(
             StatusCode::METHOD_NOT_ALLOWED,
             "PGRST101",
-            format!("Cannot use the {} method on RPC to the volatile function {SCHEMA}.{name}", c.method),
+            format!(
+                "Cannot use the {} method on RPC to the volatile function {SCHEMA}.{name}",
+                c.method
+            ),
         )
         .with_hint("Use POST"));
     }
@@ -224,7 +231,12 @@ async fn call(
             }
             let v: serde_json::Value = serde_json::from_str(&body)
                 .map_err(|e| ApiError::Internal(format!("set result is not JSON: {e}")))?;
-            return Ok(json_response(StatusCode::OK, v[0].to_string(), &range, OBJECT));
+            return Ok(json_response(
+                StatusCode::OK,
+                v[0].to_string(),
+                &range,
+                OBJECT,
+            ));
         }
         return Ok(json_response(StatusCode::OK, body, &range, JSON));
     }
@@ -253,7 +265,9 @@ pub async fn rpc_post(
     let name = function_name(path)?;
     check_profile(&headers)?;
     let bytes = read_body(body, state.config.max_body_bytes).await?;
-    let text = std::str::from_utf8(&bytes).map_err(|_| invalid_json())?.trim();
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|_| invalid_json())?
+        .trim();
     let text = if text.is_empty() { "{}" } else { text };
     // Validate first, so any malformed body is PGRST102 whatever the function.
     let value: serde_json::Value = serde_json::from_str(text).map_err(|_| invalid_json())?;
@@ -371,9 +385,10 @@ mod tests {
 
     #[test]
     fn classify_values() {
-        let v: HashMap<String, Box<RawValue>> =
-            serde_json::from_str(r#"{"a": null, "b": "s\"t", "c": 12345678901234567890.123456789, "d": {"x": [1]}}"#)
-                .unwrap();
+        let v: HashMap<String, Box<RawValue>> = serde_json::from_str(
+            r#"{"a": null, "b": "s\"t", "c": 12345678901234567890.123456789, "d": {"x": [1]}}"#,
+        )
+        .unwrap();
         assert_eq!(classify(&v["a"]).unwrap(), Given::Null);
         assert_eq!(classify(&v["b"]).unwrap(), Given::Str("s\"t".into()));
         // Numbers keep their exact text (no f64 round trip).
@@ -381,6 +396,9 @@ mod tests {
             classify(&v["c"]).unwrap(),
             Given::Raw("12345678901234567890.123456789".into())
         );
-        assert_eq!(classify(&v["d"]).unwrap(), Given::Raw("{\"x\": [1]}".into()));
+        assert_eq!(
+            classify(&v["d"]).unwrap(),
+            Given::Raw("{\"x\": [1]}".into())
+        );
     }
 }

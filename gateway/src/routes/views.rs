@@ -85,7 +85,12 @@ pub async fn read(
         }
         let v: serde_json::Value = serde_json::from_str(&body)
             .map_err(|e| ApiError::Internal(format!("read result is not JSON: {e}")))?;
-        return Ok(json_response(StatusCode::OK, v[0].to_string(), &range, OBJECT));
+        return Ok(json_response(
+            StatusCode::OK,
+            v[0].to_string(),
+            &range,
+            OBJECT,
+        ));
     }
     Ok(json_response(status, body, &range, JSON))
 }

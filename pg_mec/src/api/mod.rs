@@ -8,3 +8,4 @@ pub mod leases;
 pub mod metering;
 pub mod namespaces;
 pub mod provisioning;
+pub mod reservations;

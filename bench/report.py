@@ -1,0 +1,241 @@
+#!/usr/bin/env python3
+"""Helpers of bench/run.sh (standard library only).
+
+  report.py latency PREFIX        p50 and p99 latency (ms) of pgbench's per-transaction logs
+                                  PREFIX.* (`pgbench -l --log-prefix PREFIX`); prints
+                                  "p50_ms p99_ms transactions failed"
+  report.py markdown RESULTS META  the Markdown report: RESULTS is the TSV run.sh appends to
+                                  (workload clients run tps p50_ms p99_ms transactions failed rc),
+                                  META a file of "key<TAB>value" lines about the run
+  report.py build SOFILE          "debug" or "release": whether pg_mec.so carries DWARF debug info
+"""
+
+from __future__ import annotations
+
+import glob
+import statistics
+import sys
+from collections import defaultdict
+
+# name -> (label in the report, what it runs)
+WORKLOADS: dict[str, tuple[str, str]] = {
+    "update_1stmt": ("update_1stmt", "one autocommit `UPDATE` of a random pgbench account (the floor)"),
+    "naive_meter": ("naive_meter", "hand-written PL/pgSQL meter, random account of 10 000"),
+    "mec_meter": ("**pg_mec meter**", "`mec.meter_consumption`, random account of 10 000"),
+    "simple_update": ("simple-update `-N`", "pgbench built-in, five round trips (context)"),
+    "select_only": ("select-only `-S`", "pgbench built-in, one primary-key `SELECT`"),
+    "naive_check": ("naive_check", "hand-written PL/pgSQL check, random account"),
+    "mec_check": ("**pg_mec check**", "`mec.check_entitlement`, random account"),
+    "naive_meter_hot": ("naive_meter, hot", "hand-written meter, every client on account 1"),
+    "mec_meter_hot": ("**pg_mec meter, hot**", "`mec.meter_consumption`, every client on account 1"),
+    "naive_check_hot": ("naive_check, hot", "hand-written check, every client on account 1"),
+    "mec_check_hot": ("**pg_mec check, hot**", "`mec.check_entitlement`, every client on account 1"),
+}
+
+# (label, numerator, denominator, target text, target test)
+RATIOS = [
+    ("pg_mec meter / update_1stmt", "mec_meter", "update_1stmt", "≥ 0.85", lambda r: r >= 0.85),
+    ("pg_mec meter / naive_meter", "mec_meter", "naive_meter", "> 1", lambda r: r > 1.0),
+    ("naive_meter / update_1stmt (reference)", "naive_meter", "update_1stmt", "", None),
+    ("pg_mec meter / simple-update `-N`", "mec_meter", "simple_update", "", None),
+    ("pg_mec check / select-only `-S`", "mec_check", "select_only", "≥ 0.8", lambda r: r >= 0.8),
+    ("pg_mec check / naive_check", "mec_check", "naive_check", "> 1", lambda r: r > 1.0),
+    ("naive_check / select-only `-S` (reference)", "naive_check", "select_only", "", None),
+    ("pg_mec meter: hot / spread", "mec_meter_hot", "mec_meter", "report", None),
+    ("naive_meter: hot / spread (reference)", "naive_meter_hot", "naive_meter", "", None),
+    ("pg_mec meter hot / naive_meter hot", "mec_meter_hot", "naive_meter_hot", "> 1", lambda r: r > 1.0),
+    ("pg_mec check: hot / spread", "mec_check_hot", "mec_check", "", None),
+]
+
+
+def percentile(sorted_values: list[int], p: float) -> float:
+    """Nearest-rank percentile."""
+    if not sorted_values:
+        return float("nan")
+    k = max(0, min(len(sorted_values) - 1, int(round(p / 100.0 * len(sorted_values) + 0.5)) - 1))
+    return float(sorted_values[k])
+
+
+def latency(prefix: str) -> None:
+    values: list[int] = []
+    failed = 0
+    for path in glob.glob(glob.escape(prefix) + ".*"):
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                parts = line.split()
+                # client_id transaction_no time script_no time_epoch time_us [lag] [retries]
+                if len(parts) < 3:
+                    continue
+                try:
+                    values.append(int(parts[2]))
+                except ValueError:  # "failed", "skipped", "serialization", "deadlock"
+                    failed += 1
+    values.sort()
+    p50, p99 = percentile(values, 50) / 1000.0, percentile(values, 99) / 1000.0
+    print(f"{p50:.3f} {p99:.3f} {len(values)} {failed}")
+
+
+def read_results(path: str) -> dict[tuple[str, int], list[dict]]:
+    runs: dict[tuple[str, int], list[dict]] = defaultdict(list)
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            parts = line.rstrip("\n").split("\t")
+            if len(parts) < 9 or parts[0] == "workload":
+                continue
+            w, c, r, tps, p50, p99, n, failed, rc = parts[:9]
+
+            def num(s: str) -> float:
+                try:
+                    return float(s)
+                except ValueError:
+                    return float("nan")
+
+            runs[(w, int(c))].append({
+                "run": int(r), "tps": num(tps), "p50": num(p50), "p99": num(p99),
+                "n": int(num(n)) if n.isdigit() else 0, "failed": int(failed) if failed.isdigit() else 0,
+                "rc": int(rc) if rc.lstrip("-").isdigit() else 1,
+            })
+    return runs
+
+
+def med(values: list[float]) -> float:
+    values = [v for v in values if v == v]  # drop NaN
+    return statistics.median(values) if values else float("nan")
+
+
+def summarize(runs: list[dict]) -> dict:
+    return {
+        "tps": med([r["tps"] for r in runs]),
+        "p50": med([r["p50"] for r in runs]),
+        "p99": med([r["p99"] for r in runs]),
+        "runs": len(runs),
+        "spread": (min(r["tps"] for r in runs), max(r["tps"] for r in runs)),
+        "bad": sum(1 for r in runs if r["rc"] != 0 or r["failed"] > 0),
+    }
+
+
+def fmt_tps(v: float) -> str:
+    return "–" if v != v else f"{v:,.0f}".replace(",", " ")
+
+
+def fmt_ms(v: float) -> str:
+    if v != v:
+        return "–"
+    return f"{v:.2f}" if v < 10 else f"{v:.1f}" if v < 100 else f"{v:.0f}"
+
+
+def markdown(results_path: str, meta_path: str) -> None:
+    meta: dict[str, str] = {}
+    with open(meta_path, encoding="utf-8") as f:
+        for line in f:
+            if "\t" in line:
+                k, v = line.rstrip("\n").split("\t", 1)
+                meta[k] = v
+    runs = read_results(results_path)
+    stats = {key: summarize(rs) for key, rs in runs.items()}
+    clients = sorted({c for _, c in stats})
+    order = [w for w in WORKLOADS if any((w, c) in stats for c in clients)]
+    order += sorted({w for w, _ in stats} - set(order))
+
+    out: list[str] = []
+    out.append(f"# pg_mec benchmark — {meta.get('date', '')}")
+    out.append("")
+    if meta.get("label"):
+        out.append(f"> {meta['label']}")
+        out.append("")
+    out.append(
+        f"PostgreSQL {meta.get('server_version', '?')}, {meta.get('cpus', '?')} CPU ({meta.get('cpu', '?')}), "
+        f"`synchronous_commit={meta.get('synchronous_commit', '?')}`, `shared_buffers={meta.get('shared_buffers', '?')}`; "
+        f"pg_mec {meta.get('extversion', '?')} ({meta.get('build', '?')} build, {meta.get('so', '?')}). "
+        f"pgbench `-M prepared`, scale 10, {meta.get('duration', '?')} s per run, "
+        f"median of {meta.get('runs', '?')} run(s), `-j` = min(clients, CPUs); "
+        f"pgbench runs on the same machine. Latency from per-transaction logs (`-l`)."
+    )
+    out.append("")
+    out.append(f"Command: `{meta.get('command', 'scripts/mec bench')}`")
+    out.append("")
+
+    # ---- workloads
+    head = "| workload | " + " | ".join(f"tps @{c} | p50 / p99 ms @{c}" for c in clients) + " |"
+    out.append("## Throughput and latency")
+    out.append("")
+    out.append(head)
+    out.append("|---|" + "---:|---:|" * len(clients))
+    notes: list[str] = []
+    for w in order:
+        label = WORKLOADS.get(w, (w, ""))[0]
+        cells = []
+        for c in clients:
+            s = stats.get((w, c))
+            if not s:
+                cells += ["", ""]
+                continue
+            mark = " ⚠" if s["bad"] else ""
+            if s["bad"]:
+                notes.append(f"{label} @{c}: {s['bad']} run(s) had failed transactions or aborted clients")
+            cells += [fmt_tps(s["tps"]) + mark, f"{fmt_ms(s['p50'])} / {fmt_ms(s['p99'])}"]
+        out.append(f"| {label} | " + " | ".join(cells) + " |")
+    out.append("")
+    for w in order:
+        if w in WORKLOADS:
+            out.append(f"- {WORKLOADS[w][0]}: {WORKLOADS[w][1]}")
+    out.append("")
+
+    # ---- ratios
+    out.append("## pg_mec against the baselines (tps ratio; p99 pg_mec / baseline in ms)")
+    out.append("")
+    out.append("| ratio | " + " | ".join(f"@{c}" for c in clients) + " | target |")
+    out.append("|---|" + "---:|" * len(clients) + "---|")
+    for label, num_w, den_w, target_text, target in RATIOS:
+        if not any((num_w, c) in stats and (den_w, c) in stats for c in clients):
+            continue
+        cells = []
+        for c in clients:
+            a, b = stats.get((num_w, c)), stats.get((den_w, c))
+            if not a or not b or not (b["tps"] > 0):
+                cells.append("")
+                continue
+            r = a["tps"] / b["tps"]
+            verdict = "" if target is None else (" ✓" if target(r) else " ✗")
+            cells.append(f"{r:.2f}×{verdict} ({fmt_ms(a['p99'])} / {fmt_ms(b['p99'])})")
+        out.append(f"| {label} | " + " | ".join(cells) + f" | {target_text} |")
+    out.append("")
+    spreads = []
+    for (w, c), s in sorted(stats.items()):
+        lo, hi = s["spread"]
+        if s["runs"] > 1 and s["tps"] > 0 and (hi - lo) / s["tps"] > 0.15:
+            spreads.append(f"{WORKLOADS.get(w, (w,))[0]} @{c}: {fmt_tps(lo)}–{fmt_tps(hi)}")
+    if spreads:
+        out.append("Runs that varied by more than 15% (min–max tps): " + "; ".join(spreads) + ".")
+        out.append("")
+    if notes:
+        out.append("⚠ " + "; ".join(notes) + " — see the pgbench output in the run's log.")
+        out.append("")
+    print("\n".join(out))
+
+
+def build(path: str) -> None:
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        print("unknown")
+        return
+    print("debug" if b".debug_info" in data else "release")
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) >= 2 and argv[0] == "latency":
+        latency(argv[1])
+    elif len(argv) >= 3 and argv[0] == "markdown":
+        markdown(argv[1], argv[2])
+    elif len(argv) >= 2 and argv[0] == "build":
+        build(argv[1])
+    else:
+        print(__doc__, file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,69 @@
+//! Reservations: hold quota before work of unknown size, settle it afterwards.
+
+use pgrx::prelude::*;
+use pgrx::{AnyNumeric, JsonB, Uuid};
+
+use crate::errors::finish;
+use crate::reservations::{self, Reserve};
+use crate::{args, context};
+
+/// Holds `p_quantity` of a metered or gauge resource for `p_ttl_seconds` (1–86400), deciding under
+/// the counter's row lock like `meter_consumption`. Idempotent on `p_idempotency_key`.
+/// Returns `{reservation_id, expires_at, quantity_reserved, quantity_used, quantity_remaining, ...}`.
+/// Raises `ME429`, `ME409`, `ME404`, `ME400` (other kinds), `22023`, `42501`.
+#[pg_extern]
+fn reserve_consumption(
+    p_idempotency_key: Option<&str>,
+    p_account_id: Option<Uuid>,
+    p_resource_type: Option<&str>,
+    p_quantity: Option<AnyNumeric>,
+    p_ttl_seconds: default!(Option<i32>, 300),
+) -> JsonB {
+    let result = (|| {
+        let ns = context::namespace()?;
+        let req = Reserve {
+            key: args::required(p_idempotency_key, "p_idempotency_key")?.to_string(),
+            account_id: args::required(p_account_id, "p_account_id")?,
+            resource_type: args::text(p_resource_type, "p_resource_type")?,
+            quantity: args::quantity(p_quantity, "p_quantity")?,
+            ttl_seconds: args::ttl_seconds(p_ttl_seconds, "p_ttl_seconds")?,
+        };
+        Spi::connect_mut(|client| reservations::reserve(client, ns, &req, args::now_us()))
+    })();
+    JsonB(finish(result))
+}
+
+/// Settles a held reservation at `p_actual_quantity` (default: the reserved quantity) and records
+/// it in the ledger. Committing again returns the same result with `duplicate: true`.
+/// Returns the `meter_consumption` result plus `reservation_id`, `quantity_reserved`.
+/// Raises `ME410` (expired or cancelled), `ME429` (actual above the reservation and the limit),
+/// `P0002` (unknown reservation), `22023`, `42501`.
+#[pg_extern]
+fn commit_reservation(
+    p_reservation_id: Option<Uuid>,
+    p_actual_quantity: default!(Option<AnyNumeric>, "NULL"),
+) -> JsonB {
+    let result = (|| {
+        let ns = context::namespace()?;
+        let id = args::required(p_reservation_id, "p_reservation_id")?;
+        let actual = p_actual_quantity
+            .as_ref()
+            .map(crate::values::to_decimal)
+            .transpose()?;
+        Spi::connect_mut(|client| reservations::commit(client, ns, id, actual, args::now_us()))
+    })();
+    JsonB(finish(result))
+}
+
+/// Gives a held reservation's quota back. Returns `{reservation_id, cancelled: true,
+/// already_settled, expired, quantity_released}`. Raises `ME400` (already committed), `P0002`,
+/// `42501`.
+#[pg_extern]
+fn cancel_reservation(p_reservation_id: Option<Uuid>) -> JsonB {
+    let result = (|| {
+        let ns = context::namespace()?;
+        let id = args::required(p_reservation_id, "p_reservation_id")?;
+        Spi::connect_mut(|client| reservations::cancel(client, ns, id))
+    })();
+    JsonB(finish(result))
+}

@@ -1,0 +1,144 @@
+//! Usage counters: one row per account × resource × period start (slot 0). The primitives that
+//! metering, reservations and corrections share.
+
+use pg_mec_core::period::Window;
+use pg_mec_core::Decimal;
+use pgrx::datum::{AnyNumeric, TimestampWithTimeZone, Uuid};
+use pgrx::spi::SpiClient;
+
+use crate::errors::MecResult;
+use crate::spi::{self, Stmt};
+use crate::values::{timestamptz, to_decimal, to_numeric};
+
+/// Which counter: an account's resource in one period.
+pub struct CounterKey<'a> {
+    pub account_id: Uuid,
+    pub resource_type: &'a str,
+    pub window: Window,
+}
+
+static CREATE: Stmt = Stmt {
+    sql: "INSERT INTO mec_data.usage_counters (namespace_id, account_id, resource_type, period_start, slot, period_end)
+          VALUES ($1, $2, $3, $4, 0, $5)
+          ON CONFLICT DO NOTHING
+          RETURNING true",
+    types: &[spi::UUID, spi::UUID, spi::TEXT, spi::TIMESTAMPTZ, spi::TIMESTAMPTZ],
+    writes: true,
+};
+
+static ADD: Stmt = Stmt {
+    sql: "UPDATE mec_data.usage_counters SET used = used + $5, updated_at = now()
+          WHERE namespace_id = $1 AND account_id = $2 AND resource_type = $3 AND period_start = $4 AND slot = 0
+          RETURNING used",
+    types: &[spi::UUID, spi::UUID, spi::TEXT, spi::TIMESTAMPTZ, spi::NUMERIC],
+    writes: true,
+};
+
+static HOLD: Stmt = Stmt {
+    sql: "UPDATE mec_data.usage_counters SET used = used + $5, updated_at = now()
+          WHERE namespace_id = $1 AND account_id = $2 AND resource_type = $3 AND period_start = $4 AND slot = 0
+            AND ($6::numeric IS NULL OR used + $5 <= $6)
+          RETURNING used",
+    types: &[spi::UUID, spi::UUID, spi::TEXT, spi::TIMESTAMPTZ, spi::NUMERIC, spi::NUMERIC],
+    writes: true,
+};
+
+static SWEEP_EXPIRED_HOLDS: Stmt = Stmt {
+    sql: "WITH gone AS (
+              UPDATE mec_data.reservations SET state = 'expired', settled_at = now()
+              WHERE namespace_id = $1 AND account_id = $2 AND resource_type = $3 AND period_start = $4
+                AND state = 'held' AND expires_at <= now()
+              RETURNING quantity)
+          UPDATE mec_data.usage_counters
+             SET used = used - (SELECT sum(quantity) FROM gone), updated_at = now()
+          WHERE namespace_id = $1 AND account_id = $2 AND resource_type = $3 AND period_start = $4 AND slot = 0
+            AND EXISTS (SELECT 1 FROM gone)
+          RETURNING used",
+    types: &[spi::UUID, spi::UUID, spi::TEXT, spi::TIMESTAMPTZ],
+    writes: true,
+};
+
+impl CounterKey<'_> {
+    fn start(&self) -> TimestampWithTimeZone {
+        timestamptz(self.window.start_us)
+    }
+
+    /// Creates the counter row if missing; true when this call created it.
+    pub fn create(&self, client: &mut SpiClient<'_>, ns: Uuid) -> MecResult<bool> {
+        let end: Option<TimestampWithTimeZone> = self.window.end_us.map(timestamptz);
+        let rows = spi::write(
+            client,
+            &CREATE,
+            &[
+                ns.into(),
+                self.account_id.into(),
+                self.resource_type.into(),
+                self.start().into(),
+                end.into(),
+            ],
+        )?;
+        Ok(!rows.is_empty())
+    }
+
+    /// Adds `delta` (either sign) without a limit check: undoing, cancelling, correcting.
+    pub fn add(
+        &self,
+        client: &mut SpiClient<'_>,
+        ns: Uuid,
+        delta: Decimal,
+    ) -> MecResult<Option<Decimal>> {
+        let used = spi::write(
+            client,
+            &ADD,
+            &[
+                ns.into(),
+                self.account_id.into(),
+                self.resource_type.into(),
+                self.start().into(),
+                to_numeric(delta).into(),
+            ],
+        )?
+        .one::<AnyNumeric>()?;
+        used.as_ref().map(to_decimal).transpose()
+    }
+
+    /// Adds `qty` if the total stays within `ceiling` (None = no ceiling), under the row lock.
+    /// Returns the new total, or None when refused or the row does not exist.
+    pub fn hold(
+        &self,
+        client: &mut SpiClient<'_>,
+        ns: Uuid,
+        qty: Decimal,
+        ceiling: Option<Decimal>,
+    ) -> MecResult<Option<Decimal>> {
+        let used = spi::write(
+            client,
+            &HOLD,
+            &[
+                ns.into(),
+                self.account_id.into(),
+                self.resource_type.into(),
+                self.start().into(),
+                to_numeric(qty).into(),
+                ceiling.map(to_numeric).into(),
+            ],
+        )?
+        .one::<AnyNumeric>()?;
+        used.as_ref().map(to_decimal).transpose()
+    }
+
+    /// Gives back the quota of this counter's reservations that expired; true when any did.
+    pub fn sweep_expired_holds(&self, client: &mut SpiClient<'_>, ns: Uuid) -> MecResult<bool> {
+        let rows = spi::write(
+            client,
+            &SWEEP_EXPIRED_HOLDS,
+            &[
+                ns.into(),
+                self.account_id.into(),
+                self.resource_type.into(),
+                self.start().into(),
+            ],
+        )?;
+        Ok(!rows.is_empty())
+    }
+}
