@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import glob
+import math
 import statistics
 import sys
 from collections import defaultdict
@@ -52,7 +53,7 @@ def percentile(sorted_values: list[int], p: float) -> float:
     """Nearest-rank percentile."""
     if not sorted_values:
         return float("nan")
-    k = max(0, min(len(sorted_values) - 1, int(round(p / 100.0 * len(sorted_values) + 0.5)) - 1))
+    k = max(0, min(len(sorted_values) - 1, math.ceil(p / 100.0 * len(sorted_values)) - 1))
     return float(sorted_values[k])
 
 
