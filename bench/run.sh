@@ -1,0 +1,303 @@
+#!/usr/bin/env bash
+# bench/run.sh — pg_mec's meter_consumption / check_entitlement against baselines on the same
+# cluster, in the same run, at 1, 8 and 32 clients. See bench/README.md.
+#
+# Usually called as `scripts/mec bench [args]` (after `scripts/mec up`, with .mec/env loaded);
+# works with any PG* environment whose user is a superuser and whose cluster has pg_mec installed.
+#
+#   --quick              5 s per run, 1 run (a smoke test; numbers are indicative only)
+#   --duration S         seconds per pgbench run (default 20)
+#   --runs N             runs per workload and client count; the report shows the median (default 3)
+#   --clients "1 8 32"   client counts
+#   --workloads LIST     comma-separated subset (default: all of the standard set, see below)
+#   --no-setup           reuse the existing database mec_bench (skip drop/recreate and loading)
+#   --label TEXT         a line printed at the top of the report (e.g. "release build, 2 vCPU")
+#   --keep-logs          keep pgbench's output and per-transaction logs (their folder is printed)
+#
+# Environment: PGHOST, PGPORT, PGUSER (superuser), PGPASSWORD as for psql; MEC_PG_BIN (from
+# .mec/env) picks the PostgreSQL binaries; MEC_BENCH_SHARED the baseline folder
+# (default <repo>/../shared/bench).
+set -euo pipefail
+
+BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)"
+REPO="$(cd "$BENCH_DIR/.." && pwd -P)"
+SHARED="${MEC_BENCH_SHARED:-$REPO/../shared/bench}"
+DB=mec_bench
+ROLE=mec_bench
+NS=b3e0c0de-0000-4000-8000-00000000be01 # the bench namespace
+ACCOUNTS=10000                          # the pgbench scripts draw from 1..10000
+SCALE=10
+
+DURATION=20
+RUNS=3
+CLIENTS="1 8 32"
+STANDARD="update_1stmt,naive_meter,mec_meter,simple_update,select_only,naive_check,mec_check,naive_meter_hot,mec_meter_hot"
+WORKLOADS="$STANDARD"
+SETUP=1
+LABEL=""
+KEEP=0
+COMMAND="scripts/mec bench${*:+ $*}"
+
+die() {
+  echo "bench: $*" >&2
+  exit 1
+}
+say() { printf '[%s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+
+while (($#)); do
+  case $1 in
+    --quick)
+      DURATION=5
+      RUNS=1
+      ;;
+    --duration)
+      DURATION="${2:?--duration needs seconds}"
+      shift
+      ;;
+    --duration=*) DURATION="${1#*=}" ;;
+    --runs)
+      RUNS="${2:?--runs needs a number}"
+      shift
+      ;;
+    --runs=*) RUNS="${1#*=}" ;;
+    --clients)
+      CLIENTS="${2:?--clients needs a list}"
+      shift
+      ;;
+    --clients=*) CLIENTS="${1#*=}" ;;
+    --workloads)
+      WORKLOADS="${2:?--workloads needs a list}"
+      shift
+      ;;
+    --workloads=*) WORKLOADS="${1#*=}" ;;
+    --no-setup) SETUP=0 ;;
+    --label)
+      LABEL="${2:?--label needs text}"
+      shift
+      ;;
+    --label=*) LABEL="${1#*=}" ;;
+    --keep-logs) KEEP=1 ;;
+    -h | --help)
+      sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+      exit 0
+      ;;
+    *) die "unknown argument: $1 (see --help)" ;;
+  esac
+  shift
+done
+[[ $DURATION =~ ^[0-9]+$ && $DURATION -gt 0 ]] || die "--duration must be a positive number of seconds"
+[[ $RUNS =~ ^[0-9]+$ && $RUNS -gt 0 ]] || die "--runs must be a positive number"
+CLIENTS="${CLIENTS//,/ }"
+for c in $CLIENTS; do [[ $c =~ ^[0-9]+$ && $c -gt 0 ]] || die "bad client count: $c"; done
+
+# ------------------------------------------------------------------ tools
+bin() {
+  if [[ -n ${MEC_PG_BIN:-} && -x $MEC_PG_BIN/$1 ]]; then
+    echo "$MEC_PG_BIN/$1"
+  elif command -v "$1" >/dev/null 2>&1; then
+    command -v "$1"
+  elif [[ -x /usr/lib/postgresql/15/bin/$1 ]]; then
+    echo "/usr/lib/postgresql/15/bin/$1"
+  else
+    die "$1 not found (install postgresql-client-15 / postgresql-contrib)"
+  fi
+}
+PSQL="$(bin psql)"
+PGBENCH="$(bin pgbench)"
+PYTHON="$(command -v python3 || true)"
+[[ -n $PYTHON ]] || die "python3 not found"
+unset PGOPTIONS # scripts/mec psql may set mec.namespace_id through it; the bench sets its own
+NPROC="$(nproc 2>/dev/null || echo 2)"
+
+# Superuser psql into database $1 (rest: psql arguments).
+sql() {
+  local db=$1
+  shift
+  "$PSQL" -X -q -v ON_ERROR_STOP=1 -d "$db" "$@"
+}
+sql_value() { sql "$DB" -At -c "$1"; }
+
+sql postgres -At -c 'SELECT 1' >/dev/null 2>&1 ||
+  die "cannot connect as ${PGUSER:-$USER} to ${PGHOST:-the local socket}:${PGPORT:-5432} (run scripts/mec up, or set PG*)"
+[[ $(sql postgres -At -c 'SELECT rolsuper FROM pg_roles WHERE rolname = current_user') == t ]] ||
+  die "PGUSER must be a superuser (it creates database $DB and role $ROLE)"
+[[ -n $(sql postgres -At -c "SELECT 1 FROM pg_available_extensions WHERE name = 'pg_mec'") ]] ||
+  die "extension pg_mec is not installed in this cluster (run scripts/mec up)"
+for f in update_1stmt.pgbench meter.pgbench meter_hot.pgbench check.pgbench check_hot.pgbench naive_meter.sql naive_load.sql; do
+  [[ -f $SHARED/$f ]] || die "baseline $SHARED/$f not found (set MEC_BENCH_SHARED)"
+done
+
+# Workloads: name -> who runs it and pgbench's script arguments.
+#   base: the superuser (PGUSER) — pgbench's own tables and the hand-written PL/pgSQL baseline
+#   mec:  the login role mec_bench (member of mec_service) — RLS applies as for a real caller
+workload_args() {
+  case $1 in
+    update_1stmt) echo "base -s $SCALE -f $SHARED/update_1stmt.pgbench" ;;
+    naive_meter) echo "base -s $SCALE -f $SHARED/meter.pgbench" ;;
+    naive_meter_hot) echo "base -s $SCALE -f $SHARED/meter_hot.pgbench" ;;
+    naive_check) echo "base -s $SCALE -f $SHARED/check.pgbench" ;;
+    naive_check_hot) echo "base -s $SCALE -f $SHARED/check_hot.pgbench" ;;
+    select_only) echo "base -S" ;;
+    simple_update) echo "base -N" ;;
+    mec_meter) echo "mec -s $SCALE -f $BENCH_DIR/meter.pgbench" ;;
+    mec_meter_hot) echo "mec -s $SCALE -f $BENCH_DIR/meter_hot.pgbench" ;;
+    mec_check) echo "mec -s $SCALE -f $BENCH_DIR/check.pgbench" ;;
+    mec_check_hot) echo "mec -s $SCALE -f $BENCH_DIR/check_hot.pgbench" ;;
+    *) return 1 ;;
+  esac
+}
+IFS=', ' read -r -a WL <<<"$WORKLOADS"
+for w in "${WL[@]}"; do workload_args "$w" >/dev/null || die "unknown workload: $w"; done
+
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/mec-bench.XXXXXX")"
+chmod 755 "$WORK"
+cleanup() { ((KEEP)) || rm -rf -- "$WORK"; }
+trap cleanup EXIT
+
+# ------------------------------------------------------------------ setup
+ROLE_PW="$("$PYTHON" -c 'import secrets; print(secrets.token_hex(24))')"
+
+setup_db() {
+  local t0=$SECONDS
+  say "recreating database $DB"
+  sql postgres -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)"
+  sql postgres -c "CREATE DATABASE $DB"
+
+  say "pgbench -i -s $SCALE"
+  "$PGBENCH" -i -q -s "$SCALE" "$DB" >"$WORK/pgbench-init.log" 2>&1 || {
+    cat "$WORK/pgbench-init.log" >&2
+    die "pgbench -i failed"
+  }
+
+  say "baseline: naive_meter.sql + naive_load.sql ($ACCOUNTS accounts)"
+  sql "$DB" -f "$SHARED/naive_meter.sql" >/dev/null
+  sql "$DB" -f "$SHARED/naive_load.sql" >/dev/null
+
+  say "pg_mec: extension, namespace $NS, catalog bench/catalog.json"
+  sql "$DB" -v ns="$NS" -v catalog="$(cat "$BENCH_DIR/catalog.json")" >/dev/null <<'SQL'
+CREATE EXTENSION pg_mec;
+SELECT mec.create_namespace(p_name => 'bench', p_namespace_id => :'ns'::uuid);
+SELECT set_config('mec.namespace_id', :'ns', false);
+SELECT mec.load_catalog(p_catalog => :'catalog'::jsonb);
+SQL
+
+  # One statement over generate_series per 1000 accounts, so that progress can be shown.
+  local step=1000 lo hi
+  for ((lo = 1; lo <= ACCOUNTS; lo += step)); do
+    hi=$((lo + step - 1 < ACCOUNTS ? lo + step - 1 : ACCOUNTS))
+    sql "$DB" -At -c "SELECT set_config('mec.namespace_id', '$NS', false)" \
+      -c "SELECT count(mec.provision_plan(p_account_id => md5(g::text)::uuid, p_plan_id => 'bench'))
+          FROM generate_series($lo, $hi) AS g" >/dev/null
+    say "  provisioned $hi / $ACCOUNTS accounts"
+  done
+  # Steady state, as naive_load.sql pre-creates its counters: every account has been metered
+  # once this period, so its counter row exists.
+  for ((lo = 1; lo <= ACCOUNTS; lo += step)); do
+    hi=$((lo + step - 1 < ACCOUNTS ? lo + step - 1 : ACCOUNTS))
+    sql "$DB" -At -c "SELECT set_config('mec.namespace_id', '$NS', false)" \
+      -c "SELECT count(mec.meter_consumption(p_idempotency_key => 'warm-' || g,
+                 p_account_id => md5(g::text)::uuid, p_resource_type => 'bench_units', p_quantity => 1))
+          FROM generate_series($lo, $hi) AS g" >/dev/null
+    say "  first event metered for $hi / $ACCOUNTS accounts"
+  done
+
+  say "VACUUM ANALYZE"
+  sql "$DB" -c "VACUUM ANALYZE"
+  say "setup done in $((SECONDS - t0)) s"
+}
+
+setup_role() {
+  sql "$DB" -v role="$ROLE" -v pw="$ROLE_PW" -v ns="$NS" -v db="$DB" >/dev/null <<'SQL'
+SELECT format('CREATE ROLE %I LOGIN', :'role')
+WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = :'role') \gexec
+SELECT format('ALTER ROLE %I LOGIN NOSUPERUSER INHERIT PASSWORD %L', :'role', :'pw') \gexec
+SELECT format('GRANT mec_service TO %I', :'role') \gexec
+SELECT format('ALTER ROLE %I IN DATABASE %I SET mec.namespace_id = %L', :'role', :'db', :'ns') \gexec
+SQL
+}
+
+as_role() { env PGUSER="$ROLE" PGPASSWORD="$ROLE_PW" "$@"; }
+
+if ((SETUP)); then
+  setup_db
+else
+  [[ -n $(sql postgres -At -c "SELECT 1 FROM pg_database WHERE datname = '$DB'") ]] ||
+    die "database $DB does not exist: run without --no-setup"
+  say "reusing database $DB"
+fi
+setup_role
+
+# Check that the role sees the bench namespace through RLS, as a real caller would.
+probe="$(as_role "$PSQL" -X -At -v ON_ERROR_STOP=1 -d "$DB" \
+  -c "SELECT (SELECT count(*) FROM mec.accounts) || ' ' ||
+             (mec.check_entitlement(md5('1')::uuid, 'bench_units')->>'decision')" 2>&1)" ||
+  die "role $ROLE cannot use pg_mec in $DB: $probe"
+[[ $probe == "$ACCOUNTS allow" ]] || die "role $ROLE sees '$probe', expected '$ACCOUNTS allow'"
+say "role $ROLE sees $ACCOUNTS accounts through RLS"
+
+# ------------------------------------------------------------------ runs
+META="$WORK/meta.tsv"
+RESULTS="$WORK/results.tsv"
+so="$("$(bin pg_config)" --pkglibdir 2>/dev/null)/pg_mec.so"
+{
+  printf 'date\t%s\n' "$(date -u '+%Y-%m-%d %H:%M UTC')"
+  printf 'command\t%s\n' "$COMMAND"
+  printf 'label\t%s\n' "$LABEL"
+  printf 'server_version\t%s\n' "$(sql_value 'SHOW server_version' | cut -d' ' -f1)"
+  printf 'synchronous_commit\t%s\n' "$(sql_value 'SHOW synchronous_commit')"
+  printf 'shared_buffers\t%s\n' "$(sql_value 'SHOW shared_buffers')"
+  printf 'extversion\t%s\n' "$(sql_value "SELECT extversion FROM pg_extension WHERE extname = 'pg_mec'")"
+  printf 'build\t%s\n' "$("$PYTHON" "$BENCH_DIR/report.py" build "$so")"
+  printf 'so\t%s\n' "pg_mec.so $(($(stat -c %s "$so" 2>/dev/null || echo 0) / 1048576)) MB"
+  printf 'cpus\t%s\n' "$NPROC"
+  printf 'cpu\t%s\n' "$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo 2>/dev/null | head -1 | tr -s ' ')"
+  printf 'duration\t%s\n' "$DURATION"
+  printf 'runs\t%s\n' "$RUNS"
+} >"$META"
+printf 'workload\tclients\trun\ttps\tp50_ms\tp99_ms\ttransactions\tfailed\trc\n' >"$RESULTS"
+
+run_one() {
+  local w=$1 c=$2 r=$3 who args j out prefix rc tps lat
+  read -r who args <<<"$(workload_args "$w")"
+  j=$((c < NPROC ? c : NPROC))
+  out="$WORK/$w.c$c.r$r"
+  prefix="$WORK/log/$w.c$c.r$r"
+  mkdir -p "$WORK/log"
+  sql "$DB" -c CHECKPOINT
+  rc=0
+  # shellcheck disable=SC2086 # $args is a list of pgbench arguments
+  if [[ $who == mec ]]; then
+    (cd "$WORK" && as_role "$PGBENCH" -n -M prepared -T "$DURATION" -c "$c" -j "$j" \
+      -l --log-prefix="$prefix" $args "$DB") >"$out.out" 2>"$out.err" || rc=$?
+  else
+    (cd "$WORK" && "$PGBENCH" -n -M prepared -T "$DURATION" -c "$c" -j "$j" \
+      -l --log-prefix="$prefix" $args "$DB") >"$out.out" 2>"$out.err" || rc=$?
+  fi
+  tps="$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' "$out.out" | head -1)"
+  lat="$("$PYTHON" "$BENCH_DIR/report.py" latency "$prefix")"
+  ((KEEP)) || rm -f -- "$prefix".*
+  read -r p50 p99 n failed <<<"$lat"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$w" "$c" "$r" "${tps:-nan}" "$p50" "$p99" "$n" "$failed" "$rc" >>"$RESULTS"
+  say "$(printf '%-16s %3s clients  run %s/%s  %9s tps  p50 %7s ms  p99 %7s ms%s' \
+    "$w" "$c" "$r" "$RUNS" "${tps:-?}" "$p50" "$p99" \
+    "$( ((rc == 0 && failed == 0)) || echo "  (pgbench exit $rc, $failed failed; $(grep -m1 -iE 'error|abort' "$out.err" || true))")")"
+}
+
+total=$((RUNS * $(wc -w <<<"$CLIENTS") * ${#WL[@]}))
+say "$total pgbench runs of $DURATION s (about $((total * (DURATION + 2) / 60 + 1)) min); workloads interleaved"
+for ((r = 1; r <= RUNS; r++)); do
+  for c in $CLIENTS; do
+    for w in "${WL[@]}"; do
+      run_one "$w" "$c" "$r"
+    done
+  done
+done
+
+mkdir -p "$BENCH_DIR/results"
+"$PYTHON" "$BENCH_DIR/report.py" markdown "$RESULTS" "$META" >"$BENCH_DIR/results/latest.md"
+cp "$RESULTS" "$BENCH_DIR/results/latest.tsv"
+echo
+cat "$BENCH_DIR/results/latest.md"
+say "written: bench/results/latest.md (raw runs: bench/results/latest.tsv)"
+((KEEP)) && say "pgbench output and logs kept in $WORK"
+exit 0
