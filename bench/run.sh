@@ -150,7 +150,7 @@ IFS=', ' read -r -a WL <<<"$WORKLOADS"
 for w in "${WL[@]}"; do workload_args "$w" >/dev/null || die "unknown workload: $w"; done
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/mec-bench.XXXXXX")"
-chmod 755 "$WORK"
+# shellcheck disable=SC2317 # called by the EXIT trap
 cleanup() { ((KEEP)) || rm -rf -- "$WORK"; }
 trap cleanup EXIT
 
@@ -278,9 +278,12 @@ run_one() {
   ((KEEP)) || rm -f -- "$prefix".*
   read -r p50 p99 n failed <<<"$lat"
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$w" "$c" "$r" "${tps:-nan}" "$p50" "$p99" "$n" "$failed" "$rc" >>"$RESULTS"
-  say "$(printf '%-16s %3s clients  run %s/%s  %9s tps  p50 %7s ms  p99 %7s ms%s' \
-    "$w" "$c" "$r" "$RUNS" "${tps:-?}" "$p50" "$p99" \
-    "$( ((rc == 0 && failed == 0)) || echo "  (pgbench exit $rc, $failed failed; $(grep -m1 -iE 'error|abort' "$out.err" || true))")")"
+  local problem=""
+  if ((rc != 0 || failed != 0)); then
+    problem="  (pgbench exit $rc, $failed failed: $(grep -m1 -iE 'error|abort' "$out.err" || true))"
+  fi
+  say "$(printf '%-16s %3s clients  run %s/%s  %8.0f tps  p50 %7s ms  p99 %7s ms' \
+    "$w" "$c" "$r" "$RUNS" "${tps:-0}" "$p50" "$p99")$problem"
 }
 
 total=$((RUNS * $(wc -w <<<"$CLIENTS") * ${#WL[@]}))

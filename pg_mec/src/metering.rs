@@ -238,7 +238,10 @@ pub fn meter(client: &mut SpiClient<'_>, ns: Uuid, ev: &Event, now_us: i64) -> M
                     return Ok(v);
                 }
                 // A counter not created yet, or quota held by reservations that expired.
-                if attempt == 0 && counter.create(client, ns)? {
+                // (Created here, or by a concurrent caller after this statement's snapshot:
+                // either way the next attempt sees it.)
+                if attempt == 0 {
+                    counter.create(client, ns)?;
                     continue;
                 }
                 if attempt < 2 && counter.sweep_expired_holds(client, ns)? {

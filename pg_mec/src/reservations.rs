@@ -123,10 +123,14 @@ pub fn reserve(
     let mut used = None;
     for attempt in 0..3 {
         used = counter.hold(client, ns, req.quantity, ceiling)?;
-        if used.is_some()
-            || !((attempt == 0 && counter.create(client, ns)?)
-                || counter.sweep_expired_holds(client, ns)?)
-        {
+        if used.is_some() {
+            break;
+        }
+        // Missing counter (maybe created concurrently after this statement's snapshot), or quota
+        // held by expired reservations: try again; otherwise refuse.
+        if attempt == 0 {
+            counter.create(client, ns)?;
+        } else if !counter.sweep_expired_holds(client, ns)? {
             break;
         }
     }

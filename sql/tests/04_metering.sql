@@ -2,9 +2,19 @@
 -- grace, unlimited and zero limits, periods, billability by HTTP status, ME429 (DETAIL, aborts the
 -- caller's work), and bad input (contract SQLSTATE, nothing changed).
 BEGIN;
-SELECT plan(59);
+SELECT plan(68);
 
 -- ---------------------------------------------------------------- helpers (rolled back)
+-- DETAIL as JSON when it is JSON, else as a JSON string (so a surprise never aborts the file).
+CREATE FUNCTION pg_temp.as_json(t text) RETURNS jsonb LANGUAGE plpgsql IMMUTABLE AS $f$
+BEGIN
+    RETURN t::jsonb;
+EXCEPTION WHEN OTHERS THEN
+    RETURN to_jsonb(t);
+END
+$f$;
+
+-- Runs p_sql and returns the error it raised: {sqlstate, message, detail, hint} (sqlstate null: none).
 CREATE FUNCTION pg_temp.err(p_sql text) RETURNS jsonb LANGUAGE plpgsql AS $f$
 DECLARE
     v_state text; v_msg text; v_detail text; v_hint text;
@@ -14,7 +24,7 @@ BEGIN
 EXCEPTION WHEN OTHERS THEN
     GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_msg = MESSAGE_TEXT,
                             v_detail = PG_EXCEPTION_DETAIL, v_hint = PG_EXCEPTION_HINT;
-    RETURN jsonb_build_object('sqlstate', v_state, 'message', v_msg, 'detail', v_detail, 'hint', v_hint);
+    RETURN jsonb_build_object('sqlstate', v_state, 'message', v_msg, 'detail', pg_temp.as_json(v_detail), 'hint', v_hint);
 END
 $f$;
 
@@ -57,6 +67,8 @@ DO $$ BEGIN
         {"resource_type": "m_life", "kind": "metered"},
         {"resource_type": "m_ok2xx", "kind": "metered", "billable_statuses": ["2xx"]},
         {"resource_type": "m_other", "kind": "metered"},
+        {"resource_type": "r_rpm", "kind": "rate", "window_seconds": 60},
+        {"resource_type": "g_storage", "kind": "gauge"},
         {"resource_type": "f_flag", "kind": "feature"},
         {"resource_type": "c_jobs", "kind": "concurrency"}
       ],
@@ -74,6 +86,8 @@ DO $$ BEGIN
           "m_life":      {"limit": 100, "period": "lifetime"},
           "m_ok2xx":     {"limit": 100},
           "m_other":     {"limit": 100},
+          "r_rpm":       {"limit": 60},
+          "g_storage":   {"limit": 5},
           "f_flag":      true,
           "c_jobs":      {"limit": 2}}}
       ]
@@ -137,21 +151,27 @@ SELECT throws_ok($$SELECT mec.meter_consumption('t04-h3', '7e570000-0004-4000-80
 CREATE TEMP TABLE e429 AS
 SELECT pg_temp.err($$SELECT mec.meter_consumption('t04-h3', '7e570000-0004-4000-8000-000000000101', 'm_hard', 1)$$) AS e;
 SELECT is(
-    (SELECT pg_temp.pick((e ->> 'detail')::jsonb -> 'violated_policies' -> 0, 'policy', 'limit', 'current', 'window') FROM e429),
+    (SELECT pg_temp.pick((e -> 'detail') -> 'violated_policies' -> 0, 'policy', 'limit', 'current', 'window') FROM e429),
     '{"policy": "m_hard", "limit": 10, "current": 10, "window": "month"}'::jsonb,
     'ME429 DETAIL: violated_policies names the policy, limit, current usage (before the call) and window');
 SELECT is(
-    (SELECT ((e ->> 'detail')::jsonb -> 'violated_policies' -> 0 ->> 'reset_at')::timestamptz FROM e429),
+    (SELECT ((e -> 'detail') -> 'violated_policies' -> 0 ->> 'reset_at')::timestamptz FROM e429),
     date_trunc('month', now(), 'UTC') + interval '1 month',
     'ME429 DETAIL: reset_at is the end of the period');
 SELECT is(
-    (SELECT jsonb_array_length((e ->> 'detail')::jsonb -> 'violated_policies') FROM e429), 1,
+    (SELECT jsonb_array_length((e -> 'detail') -> 'violated_policies') FROM e429), 1,
     'ME429 DETAIL lists one violated policy');
 SELECT ok((SELECT e ->> 'message' LIKE '%m_hard%' AND e ->> 'hint' IS NOT NULL FROM e429),
     'ME429 message names the resource, with a HINT');
 SELECT is(pg_temp.state(), (SELECT s FROM snap WHERE k = 'at_hard_limit'), 'a refused call records nothing');
 SELECT is(
     (SELECT count(*)::int FROM mec.consumption WHERE idempotency_key = 't04-h3'), 0, 'the refused key is not in the ledger');
+
+SELECT is(
+    (SELECT pg_temp.pick(mec.meter_consumption('t04-h2', '7e570000-0004-4000-8000-000000000101', 'm_hard', 6),
+                         'duplicate', 'consumption_id')),
+    (SELECT pg_temp.pick(r, 'consumption_id') || '{"duplicate": true}' FROM res WHERE k = 'h2'),
+    'a replay at the limit is still answered as a duplicate, not refused');
 
 -- ME429 is an ERROR: it undoes the caller's work back to its savepoint / transaction, so work
 -- whose usage was refused cannot commit. PL/pgSQL catches it by its SQLSTATE.
@@ -206,7 +226,7 @@ SELECT is(
     '{"overage": true, "overage_quantity": 5}'::jsonb,
     'the ledger row records the overage quantity');
 SELECT is(
-    (SELECT (e ->> 'sqlstate') || ' ' || ((e ->> 'detail')::jsonb -> 'violated_policies' -> 0 ->> 'current')
+    (SELECT (e ->> 'sqlstate') || ' ' || ((e -> 'detail') -> 'violated_policies' -> 0 ->> 'current')
        FROM (SELECT pg_temp.err($$SELECT mec.meter_consumption('t04-c3', '7e570000-0004-4000-8000-000000000101', 'm_capped', 1)$$) e) x),
     'ME429 15',
     'capped: past limit + overage_cap is ME429 (current 15)');
@@ -265,6 +285,41 @@ SELECT is(
     '{"used": 5, "period_end": null}'::jsonb,
     'lifetime: events of different months share one counter that never ends');
 
+-- Billing anchor: months run from the account's anchor day (namespace setting billing_anchor).
+DO $$ BEGIN
+    PERFORM mec.update_namespace_settings('{"billing_anchor": 15}');
+    PERFORM mec.provision_plan('7e570000-0004-4000-8000-000000000103', 'p', p_effective_at => now() - interval '59 days');
+    PERFORM mec.update_namespace_settings('{"billing_anchor": null}');
+END $$;
+INSERT INTO res SELECT 'anchor', mec.meter_consumption('t04-anchor', '7e570000-0004-4000-8000-000000000103', 'm_hard', 1);
+SELECT is(
+    (SELECT ARRAY[(r ->> 'period_start')::timestamptz, (r ->> 'period_end')::timestamptz] FROM res WHERE k = 'anchor'),
+    (SELECT ARRAY[a, a + interval '1 month'] FROM (
+        SELECT CASE WHEN now() >= date_trunc('month', now(), 'UTC') + interval '14 days'
+                    THEN date_trunc('month', now(), 'UTC') + interval '14 days'
+                    ELSE date_trunc('month', now(), 'UTC') - interval '1 month' + interval '14 days' END AS a) x),
+    'month with billing anchor day 15: the period runs from the latest 15th to the next');
+
+-- Rates: events per sliding window; the DETAIL names the window in seconds.
+INSERT INTO res SELECT 'rate1', mec.meter_consumption('t04-rate1', '7e570000-0004-4000-8000-000000000101', 'r_rpm', 60);
+SELECT is((SELECT pg_temp.pick(r, 'quantity_used', 'quantity_allowed') FROM res WHERE k = 'rate1'),
+    '{"quantity_used": 60, "quantity_allowed": 60}'::jsonb, 'rate: 60 of 60 per minute');
+SELECT is(
+    (SELECT (e ->> 'sqlstate') || ' ' || ((e -> 'detail') -> 'violated_policies' -> 0 ->> 'window')
+       FROM (SELECT pg_temp.err($$SELECT mec.meter_consumption('t04-rate2', '7e570000-0004-4000-8000-000000000101', 'r_rpm', 1)$$) e) x),
+    'ME429 60', 'rate: the 61st event in the window is ME429, window 60 (seconds)');
+
+-- Gauges: a level that goes up and down, never below zero.
+SELECT is(
+    (SELECT jsonb_build_array(
+        mec.meter_consumption('t04-gauge1', '7e570000-0004-4000-8000-000000000101', 'g_storage', 3) -> 'quantity_used',
+        mec.meter_consumption('t04-gauge2', '7e570000-0004-4000-8000-000000000101', 'g_storage', -1) -> 'quantity_used')),
+    '[3, 2]'::jsonb, 'gauge: +3 then -1 leaves 2');
+SELECT throws_ok($$SELECT mec.meter_consumption('t04-gauge3', '7e570000-0004-4000-8000-000000000101', 'g_storage', -5)$$,
+    '22023', NULL, 'gauge: going below zero is 22023');
+SELECT throws_ok($$SELECT mec.meter_consumption('t04-gauge4', '7e570000-0004-4000-8000-000000000101', 'g_storage', 4)$$,
+    'ME429', NULL, 'gauge: past the max (2 + 4 > 5) is ME429');
+
 -- ---------------------------------------------------------------- billability by HTTP status
 INSERT INTO snap VALUES ('before_500', pg_temp.state());
 INSERT INTO res SELECT 'st500', mec.meter_consumption('t04-st500', '7e570000-0004-4000-8000-000000000101', 'm_day', 7,
@@ -299,6 +354,24 @@ SELECT is(
 SELECT is(
     (SELECT billable FROM mec.consumption WHERE idempotency_key = 't04-st500'), false,
     'mec.consumption shows billable false for the 500');
+
+-- ---------------------------------------------------------------- fractional quantities
+SELECT is(
+    (SELECT jsonb_build_array(
+        mec.meter_consumption('t04-frac1', '7e570000-0004-4000-8000-000000000102', 'm_other', 0.1) -> 'quantity_used',
+        mec.meter_consumption('t04-frac2', '7e570000-0004-4000-8000-000000000102', 'm_other', 0.2) -> 'quantity_used')),
+    '[0.1, 0.3]'::jsonb, 'fractional quantities add up exactly (0.1 + 0.2 = 0.3)');
+-- A quantity is recorded as sent, or refused with 22023 — never silently rounded.
+CREATE TEMP TABLE digits AS
+SELECT pg_temp.err($$SELECT mec.meter_consumption('t04-digits', '7e570000-0004-4000-8000-000000000102', 'm_other',
+                                                 0.1234567890123456789012345678901)$$) AS e;
+SELECT is(
+    (SELECT CASE WHEN e ->> 'sqlstate' = '22023' OR (e ->> 'sqlstate' IS NULL AND q = 0.1234567890123456789012345678901)
+                 THEN 'recorded exactly or refused with 22023'
+                 ELSE coalesce(e ->> 'sqlstate', 'recorded as ' || q) END
+       FROM (SELECT e, (SELECT quantity FROM mec.consumption WHERE idempotency_key = 't04-digits') AS q FROM digits) x),
+    'recorded exactly or refused with 22023',
+    'a quantity with 31 significant digits (0.1234567890123456789012345678901) is not silently rounded');
 
 -- ---------------------------------------------------------------- bad input: SQLSTATE and nothing changed
 INSERT INTO snap VALUES ('before_bad', pg_temp.state());

@@ -1,7 +1,7 @@
 -- 05_check_entitlement: allow/deny with reasons, features (quantity_allowed 1/0), read-only
 -- (STABLE, changes no row), unknown account/resource, bad arguments.
 BEGIN;
-SELECT plan(24);
+SELECT plan(27);
 
 CREATE FUNCTION pg_temp.pick(j jsonb, VARIADIC k text[]) RETURNS jsonb LANGUAGE sql IMMUTABLE AS $f$
     SELECT jsonb_object_agg(x, coalesce(j -> x, 'null'::jsonb)) FROM unnest(k) AS x
@@ -143,6 +143,15 @@ SELECT throws_ok($$SELECT mec.check_entitlement('7e570000-0005-4000-8000-0000000
 SELECT throws_ok($$SELECT mec.check_entitlement(NULL, 'm_hard')$$, '22023', NULL, 'NULL account: 22023');
 SELECT throws_ok($$SELECT mec.check_entitlement('7e570000-0005-4000-8000-000000000101', NULL)$$, '22023', NULL, 'NULL resource: 22023');
 SELECT throws_ok($$SELECT mec.check_entitlement('7e570000-0005-4000-8000-000000000101', 'm_hard', NULL)$$, '22023', NULL, 'NULL quantity: 22023');
+
+-- PostgREST-style GET calls run in READ ONLY transactions: the read functions must work there.
+SET LOCAL transaction_read_only = on;
+SELECT lives_ok($$SELECT mec.check_entitlement('7e570000-0005-4000-8000-000000000101', 'm_hard')$$,
+    'check_entitlement works in a READ ONLY transaction');
+SELECT lives_ok($$SELECT mec.check_entitlement('7e570000-0005-4000-8000-000000000101', 'c_jobs')$$,
+    'check_entitlement of a concurrency resource works in a READ ONLY transaction');
+SELECT lives_ok($$SELECT mec.usage_summary('7e570000-0005-4000-8000-000000000101')$$,
+    'usage_summary works in a READ ONLY transaction');
 
 SELECT * FROM finish();
 ROLLBACK;

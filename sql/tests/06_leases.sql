@@ -7,6 +7,16 @@
 BEGIN;
 SELECT plan(31);
 
+-- DETAIL as JSON when it is JSON, else as a JSON string (so a surprise never aborts the file).
+CREATE FUNCTION pg_temp.as_json(t text) RETURNS jsonb LANGUAGE plpgsql IMMUTABLE AS $f$
+BEGIN
+    RETURN t::jsonb;
+EXCEPTION WHEN OTHERS THEN
+    RETURN to_jsonb(t);
+END
+$f$;
+
+-- Runs p_sql and returns the error it raised: {sqlstate, message, detail, hint} (sqlstate null: none).
 CREATE FUNCTION pg_temp.err(p_sql text) RETURNS jsonb LANGUAGE plpgsql AS $f$
 DECLARE
     v_state text; v_msg text; v_detail text; v_hint text;
@@ -16,7 +26,7 @@ BEGIN
 EXCEPTION WHEN OTHERS THEN
     GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_msg = MESSAGE_TEXT,
                             v_detail = PG_EXCEPTION_DETAIL, v_hint = PG_EXCEPTION_HINT;
-    RETURN jsonb_build_object('sqlstate', v_state, 'message', v_msg, 'detail', v_detail, 'hint', v_hint);
+    RETURN jsonb_build_object('sqlstate', v_state, 'message', v_msg, 'detail', pg_temp.as_json(v_detail), 'hint', v_hint);
 END
 $f$;
 
@@ -67,12 +77,12 @@ SELECT is(
 SELECT throws_ok($$SELECT mec.acquire_lease('7e570000-0006-4000-8000-000000000101', 'jobs')$$,
     'ME429', NULL, 'every slot held: ME429');
 SELECT is(
-    (SELECT pg_temp.pick((e ->> 'detail')::jsonb -> 'violated_policies' -> 0, 'policy', 'limit', 'current')
+    (SELECT pg_temp.pick((e -> 'detail') -> 'violated_policies' -> 0, 'policy', 'limit', 'current')
        FROM (SELECT pg_temp.err($$SELECT mec.acquire_lease('7e570000-0006-4000-8000-000000000101', 'jobs')$$) e) x),
     '{"policy": "jobs", "limit": 2, "current": 2}'::jsonb,
     'ME429 DETAIL names the policy, the limit and the leases held');
 SELECT is(
-    (SELECT ((e ->> 'detail')::jsonb -> 'violated_policies' -> 0 ->> 'reset_at')::timestamptz
+    (SELECT ((e -> 'detail') -> 'violated_policies' -> 0 ->> 'reset_at')::timestamptz
        FROM (SELECT pg_temp.err($$SELECT mec.acquire_lease('7e570000-0006-4000-8000-000000000101', 'jobs')$$) e) x),
     (SELECT min(expires_at) FROM mec.leases WHERE account_id = '7e570000-0006-4000-8000-000000000101' AND active),
     'ME429 DETAIL: reset_at is when the soonest lease expires');

@@ -6,7 +6,7 @@
 --     (42501), may not meter; cannot read mec_data.namespace_secrets;
 --   * no namespace → 42501; the claims win over the GUC.
 BEGIN;
-SELECT plan(45);
+SELECT plan(48);
 
 CREATE FUNCTION pg_temp.pick(j jsonb, VARIADIC k text[]) RETURNS jsonb LANGUAGE sql IMMUTABLE AS $f$
     SELECT jsonb_object_agg(x, coalesce(j -> x, 'null'::jsonb)) FROM unnest(k) AS x
@@ -65,6 +65,14 @@ BEGIN
     PERFORM mec.update_namespace_settings('{"stripe_webhook_secret": "whsec_t07_secret_value"}');
 END $$;
 
+-- Idempotency keys are per namespace: A's key is new in B.
+SELECT is(
+    (SELECT mec.meter_consumption('t07-a1', '7e570000-0007-4000-8000-0000000b0101', 'runs', 2) -> 'duplicate'
+       FROM (SELECT set_config('mec.namespace_id', '7e570000-0007-4000-8000-00000000000b', true)) x),
+    'false'::jsonb,
+    'an idempotency key used in namespace A is a new key in namespace B');
+SET LOCAL mec.namespace_id = '7e570000-0007-4000-8000-00000000000a';
+
 CREATE TEMP TABLE lease_b AS
 SELECT lease_id FROM mec_data.leases WHERE namespace_id = '7e570000-0007-4000-8000-00000000000b';
 GRANT SELECT ON lease_b TO PUBLIC;
@@ -102,6 +110,12 @@ SELECT is(pg_temp.seen('mec.leases', '7e570000-0007-4000-8000-00000000000a'), '{
     'mec_service of A: mec.leases shows only A''s rows');
 SELECT is(pg_temp.seen('mec_data.consumption', '7e570000-0007-4000-8000-00000000000a'), '{"own": true, "other": 0}'::jsonb,
     'mec_service of A: the table mec_data.consumption itself shows only A''s rows');
+SELECT is(
+    (SELECT jsonb_object_agg(v, pg_temp.seen(v, '7e570000-0007-4000-8000-00000000000a') -> 'other') FILTER (WHERE (pg_temp.seen(v, '7e570000-0007-4000-8000-00000000000a') ->> 'other')::int <> 0)
+       FROM (SELECT format('%I.%I', c.table_schema, c.table_name) AS v FROM information_schema.columns c
+              WHERE c.table_schema = 'mec' AND c.column_name = 'namespace_id') x),
+    NULL,
+    'mec_service of A: no view of schema mec (including any added later) shows a row of another namespace');
 SELECT is((SELECT count(*)::int FROM mec.accounts WHERE account_id = '7e570000-0007-4000-8000-0000000b0101'), 0,
     'mec_service of A: B''s account is not found even by its id');
 
@@ -178,6 +192,13 @@ SELECT is(
       "mec.active_entitlements": {"own": true, "other": 0}, "mec.consumption": {"own": true, "other": 0},
       "mec.usage": {"own": true, "other": 0}, "mec.leases": {"own": true, "other": 0}}'::jsonb,
     'mec_user: every per-account view shows only its own account''s rows');
+SELECT is(
+    (SELECT jsonb_object_agg(v, pg_temp.seen_account(v, '7e570000-0007-4000-8000-0000000a0101') -> 'other')
+              FILTER (WHERE (pg_temp.seen_account(v, '7e570000-0007-4000-8000-0000000a0101') ->> 'other')::int <> 0)
+       FROM (SELECT format('%I.%I', c.table_schema, c.table_name) AS v FROM information_schema.columns c
+              WHERE c.table_schema = 'mec' AND c.column_name = 'account_id') x),
+    NULL,
+    'mec_user: no view of schema mec with an account_id column (including any added later) shows another account''s row');
 SELECT is(pg_temp.seen('mec.plans', '7e570000-0007-4000-8000-00000000000a'), '{"own": true, "other": 0}'::jsonb,
     'mec_user: mec.plans shows its namespace''s catalog only');
 SELECT is(

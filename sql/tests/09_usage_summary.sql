@@ -1,7 +1,7 @@
 -- 09_usage_summary: the shape of mec.usage_summary(p_account_id):
 -- {account_id, plan, payment_overdue, features: {<resource>: {current, limit, remaining, reset_date, last_updated}}}
 BEGIN;
-SELECT plan(16);
+SELECT plan(17);
 
 CREATE FUNCTION pg_temp.pick(j jsonb, VARIADIC k text[]) RETURNS jsonb LANGUAGE sql IMMUTABLE AS $f$
     SELECT jsonb_object_agg(x, coalesce(j -> x, 'null'::jsonb)) FROM unnest(k) AS x
@@ -96,6 +96,9 @@ UPDATE mec_data.accounts SET payment_overdue = true
 SELECT is(mec.usage_summary('7e570000-0009-4000-8000-000000000102') -> 'payment_overdue', 'true'::jsonb,
     'payment_overdue reflects the account');
 
+SELECT is(
+    (SELECT provolatile FROM pg_proc WHERE oid = 'mec.usage_summary(uuid)'::regprocedure),
+    's', 'usage_summary is declared STABLE (read-only)');
 SELECT throws_ok($$SELECT mec.usage_summary('7e570000-0009-4000-8000-000000000199')$$, 'ME404', NULL, 'unknown account: ME404');
 SELECT throws_ok($$SELECT mec.usage_summary(NULL)$$, '22023', NULL, 'NULL account: 22023');
 
