@@ -77,10 +77,12 @@ impl AppState {
 
     /// Keep the schema cache fresh: LISTEN on `mec_gateway` with its own connection.
     pub fn spawn_schema_listener(&self) -> tokio::task::JoinHandle<()> {
+        let pool = self.pool.clone();
         tokio::spawn(schema_cache::listen_forever(
             self.config.database_url.clone(),
             self.config.connect_timeout,
             self.schema.clone(),
+            move || pool.manager().statement_caches.clear(),
         ))
     }
 }

@@ -257,10 +257,18 @@ fn summary(c: &SchemaCache) -> (usize, usize) {
 /// Keep a dedicated connection that LISTENs on [`CHANNEL`], loads the cache at connect and
 /// reloads it on `'reload schema'` (or an empty payload). Reconnects with backoff forever;
 /// a reconnect reloads too, since notifications may have been missed.
-pub async fn listen_forever(database_url: String, connect_timeout: Duration, store: SchemaStore) {
+///
+/// `on_reload` runs after every load (the gateway clears its prepared statements there, which
+/// may refer to what the reload replaced).
+pub async fn listen_forever(
+    database_url: String,
+    connect_timeout: Duration,
+    store: SchemaStore,
+    on_reload: impl Fn() + Send + Sync + 'static,
+) {
     let mut backoff = Duration::from_millis(250);
     loop {
-        match listen_once(&database_url, connect_timeout, &store).await {
+        match listen_once(&database_url, connect_timeout, &store, &on_reload).await {
             Ok(()) => tracing::warn!("schema listener connection closed; reconnecting"),
             Err(e) => tracing::warn!(error = %e, "schema listener failed; retrying"),
         }
@@ -277,6 +285,7 @@ async fn listen_once(
     database_url: &str,
     connect_timeout: Duration,
     store: &SchemaStore,
+    on_reload: &(impl Fn() + Send + Sync),
 ) -> Result<(), tokio_postgres::Error> {
     let mut cfg: tokio_postgres::Config = database_url.parse()?;
     cfg.application_name("mec-gateway-listener");
@@ -304,6 +313,7 @@ async fn listen_once(
     let cache = SchemaCache::load(&client).await?;
     let (f, v) = summary(&cache);
     store.set(cache);
+    on_reload();
     tracing::info!(functions = f, views = v, "schema cache loaded");
     while let Some(payload) = rx.recv().await {
         let payload = payload.trim();
@@ -311,6 +321,7 @@ async fn listen_once(
             let cache = SchemaCache::load(&client).await?;
             let (f, v) = summary(&cache);
             store.set(cache);
+            on_reload();
             tracing::info!(functions = f, views = v, "schema cache reloaded");
         }
     }

@@ -47,7 +47,7 @@ static SWEEP_EXPIRED_HOLDS: Stmt = Stmt {
     sql: "WITH gone AS (
               UPDATE mec_data.reservations SET state = 'expired', settled_at = now()
               WHERE namespace_id = $1 AND account_id = $2 AND resource_type = $3 AND period_start = $4
-                AND state = 'held' AND expires_at <= now()
+                AND state = 'held' AND expires_at <= clock_timestamp()
               RETURNING quantity)
           UPDATE mec_data.usage_counters
              SET used = used - (SELECT sum(quantity) FROM gone), updated_at = now()

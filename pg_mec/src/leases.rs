@@ -2,7 +2,8 @@
 //!
 //! `acquire` locks the account's lifetime counter row for the resource (one upsert), frees
 //! expired leases, counts the active ones and inserts the new lease, so concurrent acquirers can
-//! never hold more than the limit. An expired lease stops counting at once.
+//! never hold more than the limit. An expired lease stops counting at once: expiry is compared
+//! with `clock_timestamp()`, not the transaction's start, so it holds inside long transactions too.
 
 use pg_mec_core::catalog::Kind;
 use pg_mec_core::Decimal;
@@ -28,23 +29,23 @@ static LOCK_COUNTER: Stmt = Stmt {
     sql: "INSERT INTO mec_data.usage_counters (namespace_id, account_id, resource_type, period_start, slot, period_end)
           VALUES ($1, $2, $3, $4, 0, NULL)
           ON CONFLICT (namespace_id, account_id, resource_type, period_start, slot)
-          DO UPDATE SET updated_at = now()
+          DO UPDATE SET updated_at = clock_timestamp()
           RETURNING used",
     types: &[spi::UUID, spi::UUID, spi::TEXT, spi::TIMESTAMPTZ],
     writes: true,
 };
 
 static FREE_EXPIRED: Stmt = Stmt {
-    sql: "UPDATE mec_data.leases SET released_at = now(), release_reason = 'expired'
+    sql: "UPDATE mec_data.leases SET released_at = clock_timestamp(), release_reason = 'expired'
           WHERE namespace_id = $1 AND account_id = $2 AND resource_type = $3
-            AND released_at IS NULL AND expires_at <= now()",
+            AND released_at IS NULL AND expires_at <= clock_timestamp()",
     types: &[spi::UUID, spi::UUID, spi::TEXT],
     writes: true,
 };
 
 static INSERT_LEASE: Stmt = Stmt {
     sql: "INSERT INTO mec_data.leases (namespace_id, account_id, resource_type, holder, idempotency_key, expires_at)
-          VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6))
+          VALUES ($1, $2, $3, $4, $5, clock_timestamp() + make_interval(secs => $6))
           ON CONFLICT (namespace_id, idempotency_key) DO NOTHING
           RETURNING lease_id, expires_at",
     types: &[spi::UUID, spi::UUID, spi::TEXT, spi::TEXT, spi::TEXT, spi::INT4],
@@ -59,8 +60,8 @@ static BY_KEY: Stmt = Stmt {
 };
 
 static RENEW: Stmt = Stmt {
-    sql: "UPDATE mec_data.leases SET expires_at = now() + make_interval(secs => $3)
-          WHERE namespace_id = $1 AND lease_id = $2 AND released_at IS NULL AND expires_at > now()
+    sql: "UPDATE mec_data.leases SET expires_at = clock_timestamp() + make_interval(secs => $3)
+          WHERE namespace_id = $1 AND lease_id = $2 AND released_at IS NULL AND expires_at > clock_timestamp()
           RETURNING expires_at",
     types: &[spi::UUID, spi::UUID, spi::INT4],
     writes: true,
@@ -68,8 +69,8 @@ static RENEW: Stmt = Stmt {
 
 static RELEASE: Stmt = Stmt {
     sql: "UPDATE mec_data.leases
-             SET released_at = now(),
-                 release_reason = CASE WHEN expires_at > now() THEN 'released' ELSE 'expired' END
+             SET released_at = clock_timestamp(),
+                 release_reason = CASE WHEN expires_at > clock_timestamp() THEN 'released' ELSE 'expired' END
           WHERE namespace_id = $1 AND lease_id = $2 AND released_at IS NULL
           RETURNING release_reason, released_at",
     types: &[spi::UUID, spi::UUID],
@@ -84,8 +85,8 @@ static LEASE: Stmt = Stmt {
 
 static EXPIRE_ALL: Stmt = Stmt {
     sql: "WITH gone AS (
-              UPDATE mec_data.leases SET released_at = now(), release_reason = 'expired'
-              WHERE namespace_id = $1 AND released_at IS NULL AND expires_at <= now()
+              UPDATE mec_data.leases SET released_at = clock_timestamp(), release_reason = 'expired'
+              WHERE namespace_id = $1 AND released_at IS NULL AND expires_at <= clock_timestamp()
               RETURNING 1)
           SELECT count(*)::int4 FROM gone",
     types: &[spi::UUID],

@@ -29,7 +29,7 @@ pub struct Reserve {
 static INSERT: Stmt = Stmt {
     sql: "INSERT INTO mec_data.reservations
               (namespace_id, idempotency_key, account_id, resource_type, quantity, period_start, period_end, expires_at)
-          VALUES ($1, $2, $3, $4, $5, $6, $7, now() + make_interval(secs => $8))
+          VALUES ($1, $2, $3, $4, $5, $6, $7, clock_timestamp() + make_interval(secs => $8))
           ON CONFLICT (namespace_id, idempotency_key) DO NOTHING
           RETURNING reservation_id, expires_at",
     types: &[spi::UUID, spi::TEXT, spi::UUID, spi::TEXT, spi::NUMERIC, spi::TIMESTAMPTZ, spi::TIMESTAMPTZ, spi::INT4],
@@ -45,7 +45,7 @@ static BY_KEY: Stmt = Stmt {
 
 static LOCK: Stmt = Stmt {
     sql: "SELECT idempotency_key, account_id, resource_type, quantity, period_start, period_end, state,
-                 expires_at > now(), actual_quantity
+                 expires_at > clock_timestamp(), actual_quantity
           FROM mec_data.reservations WHERE namespace_id = $1 AND reservation_id = $2 FOR UPDATE",
     types: &[spi::UUID, spi::UUID],
     writes: true,

@@ -25,7 +25,7 @@ static ACTIVE_LEASES: Stmt = Stmt {
     sql: "SELECT count(*)::int4, min(expires_at), max(acquired_at)
           FROM mec_data.leases
           WHERE namespace_id = $1 AND account_id = $2 AND resource_type = $3
-            AND released_at IS NULL AND expires_at > now()",
+            AND released_at IS NULL AND expires_at > clock_timestamp()",
     types: &[spi::UUID, spi::UUID, spi::TEXT],
     writes: false,
 };

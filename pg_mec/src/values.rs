@@ -13,16 +13,31 @@ use crate::errors::{MecError, MecResult};
 /// Microseconds between 1970-01-01 (Unix) and 2000-01-01 (Postgres's epoch).
 const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
 
+/// The significant digits of a plain decimal literal (`-0012.3400` → `1234`).
+fn significant_digits(text: &str) -> String {
+    let t = text.trim_start_matches('-');
+    let t = if t.contains('.') {
+        t.trim_end_matches('0').trim_end_matches('.')
+    } else {
+        t
+    };
+    t.replace('.', "").trim_start_matches('0').to_string()
+}
+
+/// A numeric as a Decimal, exactly: values Decimal cannot hold exactly (more than 28 significant
+/// digits, NaN, infinities) are refused with `22023` rather than rounded.
 pub fn to_decimal(n: &AnyNumeric) -> MecResult<Decimal> {
     let text = n.to_string();
-    Decimal::from_str(&text)
-        .or_else(|_| Decimal::from_scientific(&text))
-        .map(|d| d.normalize())
-        .map_err(|_| {
-            MecError::invalid(format!(
-                "quantity {text} is out of range (at most 28 significant digits)"
-            ))
-        })
+    let refuse = || {
+        MecError::invalid(format!(
+            "quantity {text} cannot be represented exactly (at most 28 significant digits)"
+        ))
+    };
+    let d = Decimal::from_str(&text).map_err(|_| refuse())?.normalize();
+    if significant_digits(&d.to_string()) != significant_digits(&text) {
+        return Err(refuse());
+    }
+    Ok(d)
 }
 
 pub fn to_numeric(d: Decimal) -> AnyNumeric {

@@ -99,11 +99,16 @@ suite_pytest() {
     info "creating $venv"
     "$(venv_python)" -m venv "$venv"
   fi
+  # tests/requirements.txt plus any tests/<dir>/requirements.txt
+  shopt -s nullglob
+  local reqs=("$req" "$MEC_ROOT"/tests/*/requirements.txt) pip_args=() r
+  shopt -u nullglob
+  for r in "${reqs[@]}"; do pip_args+=(-r "$r"); done
   stamp="$venv/.requirements.sha256"
-  want="$(sha256sum "$req" | cut -d' ' -f1)"
+  want="$(cat "${reqs[@]}" | sha256_of_stdin)"
   if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
-    info "pip install -r tests/requirements.txt"
-    "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$req"
+    info "pip install ${pip_args[*]#"$MEC_ROOT/"}"
+    "$venv/bin/python" -m pip install -q --disable-pip-version-check "${pip_args[@]}"
     echo "$want" >"$stamp"
   fi
   cd "$MEC_ROOT"

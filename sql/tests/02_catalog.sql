@@ -172,17 +172,17 @@ SELECT is(
     2, 'mec.plans shows the 2 plans');
 
 SELECT is(
-    (SELECT entitlements -> 'runs' FROM mec.plans WHERE plan_id = 'starter'),
+    (SELECT entitlements -> 'runs' FROM mec.plans WHERE namespace_id = '7e570000-0002-4000-8000-00000000000a' AND plan_id = 'starter'),
     '{"limit": 100, "period": "month", "enforcement": "capped", "overage_cap": 50, "enabled": true}'::jsonb,
     'mec.plans shows starter''s entitlement as loaded (period defaults to month)');
 
 SELECT is(
-    (SELECT (entitlements -> 'ai') ->> 'enabled' FROM mec.plans WHERE plan_id = 'free'),
+    (SELECT (entitlements -> 'ai') ->> 'enabled' FROM mec.plans WHERE namespace_id = '7e570000-0002-4000-8000-00000000000a' AND plan_id = 'free'),
     'false', 'a feature given as false is stored disabled');
 
 SELECT is(
     (SELECT pg_temp.pick(to_jsonb(p), 'is_default', 'price_amount', 'price_interval', 'currency', 'stripe_price_id')
-       FROM mec.plans p WHERE plan_id = 'starter'),
+       FROM mec.plans p WHERE namespace_id = '7e570000-0002-4000-8000-00000000000a' AND plan_id = 'starter'),
     '{"is_default": false, "price_amount": 29.00, "price_interval": "month", "currency": "USD",
       "stripe_price_id": "price_t02_starter"}'::jsonb,
     'price, currency and stripe_price_id are stored');
@@ -225,7 +225,7 @@ SELECT is(
     'a changed catalog: 1 plan created, 1 updated, 1 unchanged');
 
 SELECT is(
-    (SELECT (entitlements -> 'runs' ->> 'limit')::numeric FROM mec.plans WHERE plan_id = 'starter'),
+    (SELECT (entitlements -> 'runs' ->> 'limit')::numeric FROM mec.plans WHERE namespace_id = '7e570000-0002-4000-8000-00000000000a' AND plan_id = 'starter'),
     200::numeric, 'mec.plans shows the new limit');
 
 SELECT is(

@@ -2,7 +2,7 @@
 -- grace, unlimited and zero limits, periods, billability by HTTP status, ME429 (DETAIL, aborts the
 -- caller's work), and bad input (contract SQLSTATE, nothing changed).
 BEGIN;
-SELECT plan(68);
+SELECT plan(70);
 
 -- ---------------------------------------------------------------- helpers (rolled back)
 -- DETAIL as JSON when it is JSON, else as a JSON string (so a surprise never aborts the file).
@@ -265,6 +265,17 @@ SELECT is(
     ARRAY[date_trunc('day', now(), 'UTC'), date_trunc('day', now(), 'UTC') + interval '1 day'],
     'day: the period is the UTC day of the event');
 
+SELECT is(
+    jsonb_build_array(
+        (mec.meter_consumption('t04-edge1', '7e570000-0004-4000-8000-000000000102', 'm_day', 1,
+                               p_occurred_at => date_trunc('day', now(), 'UTC')) ->> 'period_start')::timestamptz
+            = date_trunc('day', now(), 'UTC'),
+        (mec.meter_consumption('t04-edge2', '7e570000-0004-4000-8000-000000000102', 'm_day', 1,
+                               p_occurred_at => date_trunc('day', now(), 'UTC') - interval '1 microsecond') ->> 'period_start')::timestamptz
+            = date_trunc('day', now(), 'UTC') - interval '1 day'),
+    '[true, true]'::jsonb,
+    'day boundary: an event at 00:00:00 UTC opens the new day, one microsecond before belongs to the old one');
+
 INSERT INTO res SELECT 'hr1', mec.meter_consumption('t04-hr1', '7e570000-0004-4000-8000-000000000101', 'm_hour', 2);
 INSERT INTO res SELECT 'hr2', mec.meter_consumption('t04-hr2', '7e570000-0004-4000-8000-000000000101', 'm_hour', 5,
                                                     p_occurred_at => now() - interval '1 hour');
@@ -351,6 +362,11 @@ SELECT is(
         mec.meter_consumption('t04-ok2xx-201', '7e570000-0004-4000-8000-000000000101', 'm_ok2xx', 1, p_http_status => 201) -> 'billable')),
     '[false, true]'::jsonb,
     'a resource''s own billable_statuses ["2xx"] override the catalog''s: 422 not billable, 201 billable');
+SELECT is(
+    (SELECT pg_temp.pick(mec.meter_consumption('t04-st500', '7e570000-0004-4000-8000-000000000101', 'm_day', 7,
+                                              p_http_status => 500), 'duplicate', 'billable', 'consumption_id')),
+    (SELECT pg_temp.pick(r, 'consumption_id') || '{"duplicate": true, "billable": false}' FROM res WHERE k = 'st500'),
+    'a replay of a non-billable event is a duplicate, still billable false');
 SELECT is(
     (SELECT billable FROM mec.consumption WHERE idempotency_key = 't04-st500'), false,
     'mec.consumption shows billable false for the 500');

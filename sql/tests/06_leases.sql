@@ -71,8 +71,10 @@ SELECT is(
     'acquire up to the limit: active_leases 1 then 2 of max_concurrent 2');
 SELECT ok(pg_temp.lease('a1') IS NOT NULL AND pg_temp.lease('a2') IS NOT NULL AND pg_temp.lease('a1') <> pg_temp.lease('a2'),
     'each acquire returns its own lease_id');
-SELECT is(
-    (SELECT (r ->> 'expires_at')::timestamptz FROM res WHERE k = 'a1'), now() + interval '300 seconds',
+-- Expiry runs on the wall clock (clock_timestamp), so it lies between the transaction's start and now.
+SELECT ok(
+    (SELECT (r ->> 'expires_at')::timestamptz BETWEEN now() + interval '300 seconds' AND clock_timestamp() + interval '300 seconds'
+       FROM res WHERE k = 'a1'),
     'p_ttl_seconds defaults to 300');
 SELECT throws_ok($$SELECT mec.acquire_lease('7e570000-0006-4000-8000-000000000101', 'jobs')$$,
     'ME429', NULL, 'every slot held: ME429');
@@ -114,12 +116,13 @@ SELECT is(
 -- ---------------------------------------------------------------- renew
 INSERT INTO res SELECT 'ren2', mec.renew_lease(pg_temp.lease('a2'), 600);
 SELECT is(
-    (SELECT jsonb_build_object('renewed', r -> 'renewed', 'expires_at_ok', (r ->> 'expires_at')::timestamptz = now() + interval '600 seconds')
+    (SELECT jsonb_build_object('renewed', r -> 'renewed', 'expires_at_ok', (r ->> 'expires_at')::timestamptz BETWEEN now() + interval '600 seconds' AND clock_timestamp() + interval '600 seconds')
        FROM res WHERE k = 'ren2'),
     '{"renewed": true, "expires_at_ok": true}'::jsonb,
     'renew_lease extends the lease to now() + p_ttl_seconds');
 SELECT is(
-    (SELECT expires_at FROM mec.leases WHERE lease_id = pg_temp.lease('a2')), now() + interval '600 seconds',
+    (SELECT expires_at FROM mec.leases WHERE lease_id = pg_temp.lease('a2')),
+    (SELECT (r ->> 'expires_at')::timestamptz FROM res WHERE k = 'ren2'),
     'mec.leases shows the new expiry');
 SELECT throws_ok(format('SELECT mec.renew_lease(%L)', pg_temp.lease('a1')),
     'ME410', NULL, 'renewing a released lease: ME410');

@@ -6,7 +6,7 @@
 --     (42501), may not meter; cannot read mec_data.namespace_secrets;
 --   * no namespace → 42501; the claims win over the GUC.
 BEGIN;
-SELECT plan(48);
+SELECT plan(53);
 
 CREATE FUNCTION pg_temp.pick(j jsonb, VARIADIC k text[]) RETURNS jsonb LANGUAGE sql IMMUTABLE AS $f$
     SELECT jsonb_object_agg(x, coalesce(j -> x, 'null'::jsonb)) FROM unnest(k) AS x
@@ -174,6 +174,20 @@ RESET ROLE;
 SET LOCAL ROLE mec_admin;
 DO $$ BEGIN PERFORM set_config('request.jwt.claims', '{"role": "mec_admin", "namespace_id": "7e570000-0007-4000-8000-00000000000a"}', true); END $$;
 SELECT lives_ok($$SELECT mec.provision_plan('7e570000-0007-4000-8000-0000000a0103', 'p')$$, 'mec_admin provisions in its namespace');
+SELECT is(
+    (SELECT pg_temp.pick(mec.load_catalog($j${
+          "version": "t07-admin", "currency": "USD", "apply": "now",
+          "resources": [
+            {"resource_type": "runs", "kind": "metered"},
+            {"resource_type": "jobs", "kind": "concurrency"}
+          ],
+          "plans": [
+            {"plan_id": "p", "name": "P", "entitlements": {"runs": {"limit": 200}, "jobs": {"limit": 5}}}
+          ]
+        }$j$), 'unchanged', 'plans_updated', 'accounts_reprovisioned')),
+    '{"unchanged": false, "plans_updated": 1, "accounts_reprovisioned": 3}'::jsonb,
+    'mec_admin loads a catalog ("apply": "now" re-provisions its 3 accounts, not B''s)');
+SELECT is(mec.expire_stale_leases(), '{"expired": 0}'::jsonb, 'mec_admin calls expire_stale_leases');
 SELECT is(pg_temp.seen('mec.accounts', '7e570000-0007-4000-8000-00000000000a'), '{"own": true, "other": 0}'::jsonb,
     'mec_admin of A: mec.accounts shows only A''s rows');
 SELECT throws_ok($$SELECT mec.provision_plan('7e570000-0007-4000-8000-0000000b0101', 'nonexistent_in_a')$$,
@@ -229,6 +243,26 @@ SELECT is((SELECT count(*)::int FROM mec.accounts), 0, 'mec_user without an acco
 SELECT throws_ok($$SELECT mec.check_entitlement('7e570000-0007-4000-8000-0000000a0101', 'runs')$$,
     '42501', NULL, 'mec_user without an account_id claim: check_entitlement is 42501');
 
+-- ---------------------------------------------------------------- the authenticator and strangers
 RESET ROLE;
+SET LOCAL ROLE mec_authenticator;
+DO $$ BEGIN PERFORM set_config('request.jwt.claims',
+    '{"role": "mec_service", "namespace_id": "7e570000-0007-4000-8000-00000000000a"}', true); END $$;
+SELECT throws_ok($$SELECT mec.check_entitlement('7e570000-0007-4000-8000-0000000a0101', 'runs')$$,
+    '42501', NULL, 'mec_authenticator (NOINHERIT) cannot call the API before SET ROLE');
+SELECT throws_ok($$SELECT count(*) FROM mec.accounts$$, '42501', NULL, 'mec_authenticator cannot read the views before SET ROLE');
+RESET ROLE;
+CREATE ROLE t07_nobody NOLOGIN;
+SELECT is(
+    jsonb_build_array(
+        has_schema_privilege('t07_nobody', 'mec', 'USAGE'),
+        has_schema_privilege('t07_nobody', 'mec_data', 'USAGE'),
+        has_function_privilege('t07_nobody', 'mec.check_entitlement(uuid, text, numeric)', 'EXECUTE'),
+        has_function_privilege('t07_nobody', 'mec.meter_consumption(text, uuid, text, numeric, timestamptz, jsonb, integer)', 'EXECUTE'),
+        has_table_privilege('t07_nobody', 'mec.accounts', 'SELECT'),
+        has_table_privilege('t07_nobody', 'mec_data.consumption', 'SELECT')),
+    '[false, false, false, false, false, false]'::jsonb,
+    'a role without grants (PUBLIC) has no usage on mec / mec_data, no EXECUTE, no SELECT');
+
 SELECT * FROM finish();
 ROLLBACK;

@@ -122,6 +122,16 @@ pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     Ok(Bytes::from(buf))
 }
 
+/// The first element of a JSON array, as its exact text (no number is re-encoded).
+pub fn first_element(array: &str) -> Result<String, ApiError> {
+    let items: Vec<Box<serde_json::value::RawValue>> = serde_json::from_str(array)
+        .map_err(|e| ApiError::Internal(format!("result is not a JSON array: {e}")))?;
+    items
+        .first()
+        .map(|v| v.get().to_string())
+        .ok_or_else(|| ApiError::Internal("empty result".into()))
+}
+
 /// A 200/206 JSON answer with `Content-Range`.
 pub fn json_response(
     status: StatusCode,
@@ -185,6 +195,15 @@ mod tests {
         assert!(negotiate(&h).is_err());
         h.insert(header::ACCEPT, "text/html, */*;q=0.8".parse().unwrap());
         assert_eq!(negotiate(&h).unwrap(), Accept::Json);
+    }
+
+    #[test]
+    fn first_element_keeps_number_text() {
+        assert_eq!(
+            first_element(r#"[{"q": 12345678901234567890.123456789}, 2]"#).unwrap(),
+            r#"{"q": 12345678901234567890.123456789}"#
+        );
+        assert!(first_element("[]").is_err());
     }
 
     #[tokio::test]

@@ -10,7 +10,7 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde_json::value::RawValue;
 
-use super::{check_profile, json_response, negotiate, read_body, Accept, JSON, OBJECT};
+use super::{check_profile, first_element, json_response, negotiate, read_body, Accept, JSON, OBJECT};
 use crate::auth::Claims;
 use crate::db::{self, RequestCtx};
 use crate::error::ApiError;
@@ -229,11 +229,11 @@ async fn call(
             if n != 1 {
                 return Err(single_object_error(n));
             }
-            let v: serde_json::Value = serde_json::from_str(&body)
-                .map_err(|e| ApiError::Internal(format!("set result is not JSON: {e}")))?;
+            let first = first_element(&body)
+                ?;
             return Ok(json_response(
                 StatusCode::OK,
-                v[0].to_string(),
+                first,
                 &range,
                 OBJECT,
             ));

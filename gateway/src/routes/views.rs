@@ -6,7 +6,7 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::Response;
 
 use super::rpc::{schema_not_loaded, single_object_error};
-use super::{check_profile, json_response, negotiate, Accept, JSON, OBJECT};
+use super::{check_profile, first_element, json_response, negotiate, Accept, JSON, OBJECT};
 use crate::auth::Claims;
 use crate::db::{self, RequestCtx};
 use crate::error::ApiError;
@@ -83,11 +83,11 @@ pub async fn read(
         if n != 1 {
             return Err(single_object_error(n));
         }
-        let v: serde_json::Value = serde_json::from_str(&body)
-            .map_err(|e| ApiError::Internal(format!("read result is not JSON: {e}")))?;
+        let first = first_element(&body)
+            ?;
         return Ok(json_response(
             StatusCode::OK,
-            v[0].to_string(),
+            first,
             &range,
             OBJECT,
         ));
