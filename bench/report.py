@@ -46,6 +46,7 @@ RATIOS = [
     ("naive_meter: hot / spread (reference)", "naive_meter_hot", "naive_meter", "", None),
     ("pg_mec meter hot / naive_meter hot", "mec_meter_hot", "naive_meter_hot", "> 1", lambda r: r > 1.0),
     ("pg_mec check: hot / spread", "mec_check_hot", "mec_check", "", None),
+    ("pg_mec check hot / naive_check hot", "mec_check_hot", "naive_check_hot", "", None),
 ]
 
 
@@ -183,10 +184,7 @@ def markdown(results_path: str, meta_path: str) -> None:
     out.append("")
 
     # ---- ratios
-    out.append("## pg_mec against the baselines (tps ratio; p99 pg_mec / baseline in ms)")
-    out.append("")
-    out.append("| ratio | " + " | ".join(f"@{c}" for c in clients) + " | target |")
-    out.append("|---|" + "---:|" * len(clients) + "---|")
+    rows: list[str] = []
     for label, num_w, den_w, target_text, target in RATIOS:
         if not any((num_w, c) in stats and (den_w, c) in stats for c in clients):
             continue
@@ -199,8 +197,14 @@ def markdown(results_path: str, meta_path: str) -> None:
             r = a["tps"] / b["tps"]
             verdict = "" if target is None else (" ✓" if target(r) else " ✗")
             cells.append(f"{r:.2f}×{verdict} ({fmt_ms(a['p99'])} / {fmt_ms(b['p99'])})")
-        out.append(f"| {label} | " + " | ".join(cells) + f" | {target_text} |")
-    out.append("")
+        rows.append(f"| {label} | " + " | ".join(cells) + f" | {target_text} |")
+    if rows:
+        out.append("## pg_mec against the baselines (tps ratio; p99 pg_mec / baseline in ms)")
+        out.append("")
+        out.append("| ratio | " + " | ".join(f"@{c}" for c in clients) + " | target |")
+        out.append("|---|" + "---:|" * len(clients) + "---|")
+        out += rows
+        out.append("")
     spreads = []
     for (w, c), s in sorted(stats.items()):
         lo, hi = s["spread"]
@@ -215,14 +219,43 @@ def markdown(results_path: str, meta_path: str) -> None:
     print("\n".join(out))
 
 
+def elf_section_names(data: bytes) -> list[str]:
+    """Section names of a 64-bit little-endian ELF file (empty when it is not one)."""
+    import struct
+
+    if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
+        return []
+    shoff, = struct.unpack_from("<Q", data, 0x28)
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3A)
+    if not shoff or shstrndx >= shnum:
+        return []
+    def header(i: int) -> tuple[int, int, int]:
+        base = shoff + i * shentsize
+        name, = struct.unpack_from("<I", data, base)
+        offset, size = struct.unpack_from("<QQ", data, base + 0x18)
+        return name, offset, size
+    _, str_off, str_size = header(shstrndx)
+    table = data[str_off:str_off + str_size]
+    names = []
+    for i in range(shnum):
+        name = header(i)[0]
+        names.append(table[name:table.index(b"\0", name)].decode("ascii", "replace"))
+    return names
+
+
 def build(path: str) -> None:
+    """'debug' when pg_mec.so has DWARF sections (a cargo dev-profile build), else 'release'."""
     try:
         with open(path, "rb") as f:
             data = f.read()
     except OSError:
         print("unknown")
         return
-    print("debug" if b".debug_info" in data else "release")
+    names = elf_section_names(data)
+    if not names:
+        print("unknown")
+    else:
+        print("debug" if ".debug_info" in names else "release")
 
 
 def main(argv: list[str]) -> int:

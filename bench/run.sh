@@ -36,7 +36,10 @@ WORKLOADS="$STANDARD"
 SETUP=1
 LABEL=""
 KEEP=0
-COMMAND="scripts/mec bench${*:+ $*}"
+COMMAND="scripts/mec bench"
+for a in "$@"; do
+  if [[ $a =~ ^[A-Za-z0-9_./,=:+-]+$ ]]; then COMMAND+=" $a"; else COMMAND+=" '${a//\'/\'\\\'\'}'"; fi
+done
 
 die() {
   echo "bench: $*" >&2
@@ -208,6 +211,7 @@ SQL
 
 setup_role() {
   sql "$DB" -v role="$ROLE" -v pw="$ROLE_PW" -v ns="$NS" -v db="$DB" >/dev/null <<'SQL'
+SET client_min_messages = warning;
 SELECT format('CREATE ROLE %I LOGIN', :'role')
 WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = :'role') \gexec
 SELECT format('ALTER ROLE %I LOGIN NOSUPERUSER INHERIT PASSWORD %L', :'role', :'pw') \gexec
@@ -248,7 +252,7 @@ so="$("$(bin pg_config)" --pkglibdir 2>/dev/null)/pg_mec.so"
   printf 'shared_buffers\t%s\n' "$(sql_value 'SHOW shared_buffers')"
   printf 'extversion\t%s\n' "$(sql_value "SELECT extversion FROM pg_extension WHERE extname = 'pg_mec'")"
   printf 'build\t%s\n' "$("$PYTHON" "$BENCH_DIR/report.py" build "$so")"
-  printf 'so\t%s\n' "pg_mec.so $(($(stat -c %s "$so" 2>/dev/null || echo 0) / 1048576)) MB"
+  printf 'so\t%s\n' "pg_mec.so $(stat -c %s "$so" 2>/dev/null | awk '{printf "%.1f", $1 / 1048576}') MB"
   printf 'cpus\t%s\n' "$NPROC"
   printf 'cpu\t%s\n' "$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo 2>/dev/null | head -1 | tr -s ' ')"
   printf 'duration\t%s\n' "$DURATION"

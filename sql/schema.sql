@@ -125,16 +125,21 @@ CREATE INDEX entitlements_lookup
     ON mec_data.entitlements (namespace_id, account_id, resource_type, valid_from);
 
 -- Usage per account x resource x period. A period resets by moving to a new key (period_start),
--- never by a job. slot > 0 rows are stripes of a hot counter (sum over slots = usage).
+-- never by a job. Usage is the sum over slots. Slot 0 is the counter; slots > 0 are stripes of a
+-- hot counter, each consuming only the quota slot 0 granted it (escrow): stripe_quota on slot 0 is
+-- the sum of the stripes' quotas, and slot 0's guard counts it, so the total never passes the
+-- ceiling (see pg_mec/src/stripes.rs).
 -- fillfactor leaves room for HOT updates: no indexed column changes on the hot path.
 CREATE TABLE mec_data.usage_counters (
     namespace_id  uuid        NOT NULL,
     account_id    uuid        NOT NULL,
     resource_type text        NOT NULL,
     period_start  timestamptz NOT NULL,
-    slot          smallint    NOT NULL DEFAULT 0,
+    slot          smallint    NOT NULL DEFAULT 0 CHECK (slot >= 0),
     period_end    timestamptz,
     used          numeric     NOT NULL DEFAULT 0,
+    quota         numeric,                          -- stripes: what they may use; NULL = unbounded
+    stripe_quota  numeric     NOT NULL DEFAULT 0,   -- slot 0: sum of the stripes' quotas
     updated_at    timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (namespace_id, account_id, resource_type, period_start, slot),
     FOREIGN KEY (namespace_id, account_id) REFERENCES mec_data.accounts (namespace_id, account_id) ON DELETE CASCADE

@@ -3,8 +3,9 @@
 //! Set `MEC_TEST_DATABASE_URL` to a superuser URL of any cluster. The tests create a database
 //! of their own there (`mec_gateway_fixture`, rebuilt on every run) and never touch the
 //! database the URL names. Without the variable every test prints why and passes without
-//! doing anything. The gateway connects as a NOINHERIT login role made by the tests, or as
-//! `MEC_TEST_AUTHENTICATOR_URL` (its database replaced by the fixture's) when set.
+//! doing anything. The gateway connects with `MEC_TEST_AUTHENTICATOR_URL` or
+//! `MEC_AUTHENTICATOR_URL` (their database replaced by the fixture's), else as a NOINHERIT
+//! login role made by the tests (`mec_gateway_test_login`).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -113,20 +114,26 @@ async fn fixture(url: &str) -> (String, String) {
                 .batch_execute(include_str!("fixtures/mec_fixture.sql"))
                 .await
                 .expect("apply fixture");
-            client
-                .batch_execute(&format!(
-                    "do $$ begin
-                       if not exists (select 1 from pg_roles where rolname = '{TEST_LOGIN}') then
-                         create role {TEST_LOGIN} login noinherit password '{TEST_LOGIN}';
-                       end if;
-                     end $$;
-                     grant mec_user, mec_service, mec_admin to {TEST_LOGIN};"
-                ))
-                .await
-                .expect("create the test login role");
-            let gateway_url = match std::env::var("MEC_TEST_AUTHENTICATOR_URL") {
-                Ok(u) if !u.is_empty() => conninfo(&u, FIXTURE_DB, None),
-                _ => conninfo(url, FIXTURE_DB, Some((TEST_LOGIN, TEST_LOGIN))),
+            let authenticator = ["MEC_TEST_AUTHENTICATOR_URL", "MEC_AUTHENTICATOR_URL"]
+                .iter()
+                .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()));
+            if authenticator.is_none() {
+                // Without an authenticator URL the tests log in as a role of their own.
+                client
+                    .batch_execute(&format!(
+                        "do $$ begin
+                           if not exists (select 1 from pg_roles where rolname = '{TEST_LOGIN}') then
+                             create role {TEST_LOGIN} login noinherit password '{TEST_LOGIN}';
+                           end if;
+                         end $$;
+                         grant mec_user, mec_service, mec_admin to {TEST_LOGIN};"
+                    ))
+                    .await
+                    .expect("create the test login role");
+            }
+            let gateway_url = match authenticator {
+                Some(u) => conninfo(&u, FIXTURE_DB, None),
+                None => conninfo(url, FIXTURE_DB, Some((TEST_LOGIN, TEST_LOGIN))),
             };
             (fixture_url, gateway_url)
         })
@@ -269,6 +276,18 @@ async fn rpc_check_entitlement() {
     assert_eq!(r.json()["quantity_allowed"], 100);
     assert_eq!(r.header("content-range"), "0-0/*");
     assert!(r.header("content-type").starts_with("application/json"));
+    // With a count asked for, Content-Range carries a number.
+    let req = Request::builder()
+        .method("POST")
+        .uri("/api/rpc/check_entitlement")
+        .header(header::AUTHORIZATION, format!("Bearer {}", service()))
+        .header("prefer", "count=exact")
+        .body(Body::from(
+            json!({"p_account_id": ALICE, "p_resource_type": "benchmark_runs"}).to_string(),
+        ))
+        .unwrap();
+    let r2 = send(&app, req).await;
+    assert_eq!(r2.header("content-range"), "0-0/1");
     assert!(!r.header("x-request-id").is_empty());
 }
 

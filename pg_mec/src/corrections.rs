@@ -201,6 +201,7 @@ pub fn set_override(client: &mut SpiClient<'_>, ns: Uuid, req: &Override) -> Mec
         &req.resource_type,
         req.valid_from_us,
     )?;
+    crate::stripes::fold_account(client, ns, req.account_id)?;
     let from: TimestampWithTimeZone = timestamptz(req.valid_from_us);
     spi::write(
         client,

@@ -37,7 +37,7 @@ static ADD: Stmt = Stmt {
 static HOLD: Stmt = Stmt {
     sql: "UPDATE mec_data.usage_counters SET used = used + $5, updated_at = now()
           WHERE namespace_id = $1 AND account_id = $2 AND resource_type = $3 AND period_start = $4 AND slot = 0
-            AND ($6::numeric IS NULL OR used + $5 <= $6)
+            AND ($6::numeric IS NULL OR used + stripe_quota + $5 <= $6)
           RETURNING used",
     types: &[spi::UUID, spi::UUID, spi::TEXT, spi::TIMESTAMPTZ, spi::NUMERIC, spi::NUMERIC],
     writes: true,

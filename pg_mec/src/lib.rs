@@ -23,6 +23,7 @@ mod namespaces;
 mod provisioning;
 mod reservations;
 mod spi;
+mod stripes;
 mod summary;
 mod usage;
 mod values;

@@ -5,6 +5,8 @@
 //! ledger `INSERT … ON CONFLICT DO NOTHING` on the idempotency key. The rare cases — a replayed key,
 //! a counter row not yet created, a denial — take a second look.
 
+use std::time::Instant;
+
 use pg_mec_core::billing::is_billable;
 use pg_mec_core::catalog::Kind;
 use pg_mec_core::enforcement::{Enforcement, Policy};
@@ -18,6 +20,7 @@ use crate::counters::CounterKey;
 use crate::entitlement::{self, Effective};
 use crate::errors::{MecError, MecResult};
 use crate::spi::{self, Stmt};
+use crate::stripes;
 use crate::usage;
 use crate::values::{num, opt_num, timestamptz, to_decimal, to_numeric, ts_json, unix_us};
 
@@ -33,28 +36,39 @@ pub struct Event {
 }
 
 static METER: Stmt = Stmt {
+    // Slot 0's guard counts the quota granted to stripes (stripe_quota), and while stripes hold
+    // quota slot 0 alone may not cross the limit (the stripes are folded back first), so the
+    // overage flag is exact. The stripes are summed only when there are any.
     sql: "WITH upd AS (
               UPDATE mec_data.usage_counters
                  SET used = used + $5, updated_at = now()
                WHERE namespace_id = $1 AND account_id = $3 AND resource_type = $4
                  AND period_start = $7 AND slot = 0
-                 AND ($9::numeric IS NULL OR used + $5 <= $9)
+                 AND ($9::numeric IS NULL OR used + stripe_quota + $5 <= $9)
+                 AND (stripe_quota = 0 OR $10::numeric IS NULL OR used + stripe_quota + $5 <= $10)
                  AND ($11::numeric IS NULL OR used + $5 >= $11)
-              RETURNING used
+              RETURNING used, stripe_quota
+          ), total AS (
+              SELECT CASE WHEN upd.stripe_quota = 0 THEN upd.used
+                          ELSE upd.used + (SELECT coalesce(sum(c.used), 0) FROM mec_data.usage_counters c
+                                            WHERE c.namespace_id = $1 AND c.account_id = $3
+                                              AND c.resource_type = $4 AND c.period_start = $7 AND c.slot > 0)
+                     END AS used
+              FROM upd
           ), ins AS (
               INSERT INTO mec_data.consumption
                   (namespace_id, idempotency_key, consumption_id, account_id, resource_type, quantity,
                    occurred_at, period_start, period_end, billable, overage, overage_quantity,
                    quantity_used, quantity_allowed, http_status, metadata)
               SELECT $1, $2, gen_random_uuid(), $3, $4, $5, $6, $7, $8, true,
-                     coalesce(upd.used > $10, false),
-                     coalesce(greatest(0, least($5, upd.used - $10)), 0),
-                     upd.used, $10, $12, $13
-              FROM upd
+                     coalesce(total.used > $10, false),
+                     coalesce(greatest(0, least($5, total.used - $10)), 0),
+                     total.used, $10, $12, $13
+              FROM total
               ON CONFLICT (namespace_id, idempotency_key) DO NOTHING
               RETURNING consumption_id
           )
-          SELECT (SELECT used FROM upd), (SELECT consumption_id FROM ins)",
+          SELECT (SELECT used FROM total), (SELECT consumption_id FROM ins)",
     types: &[
         spi::UUID, spi::TEXT, spi::UUID, spi::TEXT, spi::NUMERIC, spi::TIMESTAMPTZ, spi::TIMESTAMPTZ,
         spi::TIMESTAMPTZ, spi::NUMERIC, spi::NUMERIC, spi::NUMERIC, spi::INT4, spi::JSONB,
@@ -62,7 +76,6 @@ static METER: Stmt = Stmt {
     writes: true,
 };
 
-/// Records an event that consumes no quota (a status that is not billable).
 static RECORD_UNBILLED: Stmt = Stmt {
     sql: "INSERT INTO mec_data.consumption
               (namespace_id, idempotency_key, consumption_id, account_id, resource_type, quantity,
@@ -212,9 +225,20 @@ pub fn meter(client: &mut SpiClient<'_>, ns: Uuid, ev: &Event, now_us: i64) -> M
         resource_type: &ev.resource_type,
         window,
     };
-    for attempt in 0..3 {
+    // Hot metered counters: meter on this backend's stripe (see stripes.rs).
+    let stripable = eff.kind == Kind::Metered;
+    if stripable && stripes::is_hot(ns, &counter) {
+        if let Some(v) = stripes::meter(client, ns, ev, &eff, &counter)? {
+            return Ok(v);
+        }
+    }
+    for attempt in 0..4 {
+        let started = Instant::now();
         let (used, consumption_id) =
             run_meter(client, ns, ev, &window, ceiling, overage_from, floor)?;
+        if stripable && started.elapsed() >= stripes::CONTENDED {
+            stripes::mark_hot(ns, &counter);
+        }
         match (used, consumption_id) {
             (Some(used), Some(id)) => {
                 return Ok(result(
@@ -237,14 +261,15 @@ pub fn meter(client: &mut SpiClient<'_>, ns: Uuid, ev: &Event, now_us: i64) -> M
                 if let Some(v) = replay_if_recorded(client, ns, ev)? {
                     return Ok(v);
                 }
-                // A counter not created yet, or quota held by reservations that expired.
-                // (Created here, or by a concurrent caller after this statement's snapshot:
-                // either way the next attempt sees it.)
+                // Refused by the guard, or no row to update. Before refusing: create the counter
+                // (here, or concurrently after this statement's snapshot), give back quota held by
+                // expired reservations, fold stripes back so the decision is exact.
                 if attempt == 0 {
                     counter.create(client, ns)?;
                     continue;
                 }
-                if attempt < 2 && counter.sweep_expired_holds(client, ns)? {
+                if counter.sweep_expired_holds(client, ns)? || stripes::fold(client, ns, &counter)?
+                {
                     continue;
                 }
                 return Err(refusal(client, ns, ev, &eff));

@@ -232,6 +232,8 @@ pub fn apply_plan(
     .one::<i32>()?
     .unwrap_or(1);
     if diff > 0 {
+        // Limits change: no stripe may keep quota granted under the old ones.
+        crate::stripes::fold_account(client, ns, account)?;
         spi::write(
             client,
             &DROP_SCHEDULED,

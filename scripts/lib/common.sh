@@ -8,7 +8,9 @@ PG_MAJOR=15
 PG_BIN="/usr/lib/postgresql/$PG_MAJOR/bin"
 PG_CONFIG="$PG_BIN/pg_config"
 PGRX_VERSION=0.18.1
-GATEWAY_BIN="$MEC_ROOT/target/release/mec-gateway"
+CARGO_TARGET="${CARGO_TARGET_DIR:-target}"
+[[ $CARGO_TARGET == /* ]] || CARGO_TARGET="$MEC_ROOT/$CARGO_TARGET"
+GATEWAY_BIN="$CARGO_TARGET/release/mec-gateway"
 GATEWAY_PID_FILE="$MEC_DIR/gateway.pid"
 GATEWAY_LOG="$MEC_DIR/gateway.log"
 DEMO_CATALOG="$MEC_ROOT/sql/demo/catalog.json"
@@ -143,11 +145,17 @@ running_port() {
   sed -n 4p "$PGDATA_DIR/postmaster.pid" 2>/dev/null
 }
 
-ensure_cargo() {
-  if ! command -v cargo >/dev/null 2>&1 && [[ -f $HOME/.cargo/env ]]; then
+# Put ~/.cargo/bin on PATH when cargo is not found (a login shell's PATH is not always there).
+cargo_on_path() {
+  if ! command -v cargo >/dev/null 2>&1 && [[ -n ${HOME:-} && -f $HOME/.cargo/env ]]; then
     # shellcheck disable=SC1091
     source "$HOME/.cargo/env"
   fi
+  return 0
+}
+
+ensure_cargo() {
+  cargo_on_path
   command -v cargo >/dev/null 2>&1 ||
     die "cargo not found: install a Rust toolchain (rustup, Rust >= 1.85) and put ~/.cargo/bin on PATH"
 }

@@ -70,8 +70,13 @@ suite_pgrx() {
   # `cargo pgrx test` installs a debug build into the system PostgreSQL; the
   # gateway is stopped meanwhile and `up` reinstalls the release build after.
   stop_gateway
+  set_aside_installed_so
   cd "$MEC_ROOT/pg_mec"
-  cargo pgrx test pg15
+  local rc=0
+  cargo pgrx test pg15 || rc=$?
+  restore_installed_so
+  drop_set_aside_so
+  exit "$rc"
 }
 
 suite_pgtap() {

@@ -31,9 +31,8 @@ up_apt() {
     return
   fi
   step "apt: installing ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  as_root apt-get update -q
-  as_root apt-get install -y -q --no-install-recommends "${missing[@]}"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
 }
 
 # ------------------------------------------------------------ 2. cargo-pgrx
@@ -41,7 +40,7 @@ up_pgrx() {
   ensure_cargo
   local have
   have="$(cargo pgrx --version 2>/dev/null || true)"
-  if [[ $have == *" $PGRX_VERSION"* ]]; then
+  if [[ " $have " == *" $PGRX_VERSION "* ]]; then
     step "cargo-pgrx $PGRX_VERSION present"
   else
     step "installing cargo-pgrx $PGRX_VERSION (a few minutes on 2 cores)"
@@ -76,6 +75,25 @@ ext_source_hash() {
 
 installed_so() { echo "$("$PG_CONFIG" --pkglibdir)/pg_mec.so"; }
 
+# cargo pgrx writes pg_mec.so in place (truncate + write); a backend that has
+# the old file mapped would crash. Renaming it first makes the install create a
+# new file while running backends keep the old one.
+set_aside_installed_so() {
+  local so
+  so="$(installed_so)"
+  if [[ -f $so ]]; then as_root mv -f "$so" "$so.prev"; fi
+}
+restore_installed_so() {
+  local so
+  so="$(installed_so)"
+  if [[ ! -f $so && -f $so.prev ]]; then as_root mv -f "$so.prev" "$so"; fi
+}
+drop_set_aside_so() {
+  local so
+  so="$(installed_so)"
+  if [[ -f $so.prev ]]; then as_root rm -f "$so.prev"; fi
+}
+
 installed_so_hash() {
   local so
   so="$(installed_so)"
@@ -91,12 +109,16 @@ up_extension_build() {
     step "extension: unchanged since last install, skipping build"
     return
   fi
-  # The gateway's backends have pg_mec.so mapped; don't overwrite it under them.
   stop_gateway
-  step "extension: cargo pgrx install --release (first time: several minutes)"
+  step "extension: cargo pgrx install --release (a clean build takes minutes)"
   local sudo_flag=()
   is_root || sudo_flag=(--sudo)
-  (cd "$MEC_ROOT/pg_mec" && cargo pgrx install --release --pg-config "$PG_CONFIG" "${sudo_flag[@]}")
+  set_aside_installed_so
+  if ! (cd "$MEC_ROOT/pg_mec" && cargo pgrx install --release --pg-config "$PG_CONFIG" "${sudo_flag[@]}"); then
+    restore_installed_so
+    die "cargo pgrx install failed"
+  fi
+  drop_set_aside_so
   have="$(installed_so_hash)"
   [[ $have != none ]] || die "cargo pgrx install finished but $(installed_so) is missing"
   printf '%s\n%s\n' "$want" "$have" >"$stamp"

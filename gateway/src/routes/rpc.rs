@@ -10,11 +10,13 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde_json::value::RawValue;
 
-use super::{check_profile, first_element, json_response, negotiate, read_body, Accept, JSON, OBJECT};
+use super::{
+    check_profile, first_element, json_response, negotiate, read_body, Accept, JSON, OBJECT,
+};
 use crate::auth::Claims;
 use crate::db::{self, RequestCtx};
 use crate::error::ApiError;
-use crate::query::{query_pairs, quote_ident, Sql, RESERVED};
+use crate::query::{prefers_count, query_pairs, quote_ident, Sql, RESERVED};
 use crate::schema_cache::{closest, Function, SchemaCache, SCHEMA};
 use crate::AppState;
 
@@ -219,28 +221,33 @@ async fn call(
     let body: Option<String> = row.get(0);
     let n: i64 = row.get(1);
     let body = body.unwrap_or_else(|| "null".into());
+    // When a count is asked for, Content-Range always carries a number.
+    let total = if prefers_count(c.headers) {
+        n.to_string()
+    } else {
+        "*".to_string()
+    };
     if f.returns_set {
         let range = if n == 0 {
-            "*/*".to_string()
+            format!("*/{total}")
         } else {
-            format!("0-{}/*", n - 1)
+            format!("0-{}/{total}", n - 1)
         };
         if accept == Accept::Object {
             if n != 1 {
                 return Err(single_object_error(n));
             }
-            let first = first_element(&body)
-                ?;
-            return Ok(json_response(
-                StatusCode::OK,
-                first,
-                &range,
-                OBJECT,
-            ));
+            let first = first_element(&body)?;
+            return Ok(json_response(StatusCode::OK, first, &range, OBJECT));
         }
         return Ok(json_response(StatusCode::OK, body, &range, JSON));
     }
-    Ok(json_response(StatusCode::OK, body, "0-0/*", JSON))
+    Ok(json_response(
+        StatusCode::OK,
+        body,
+        &format!("0-0/{total}"),
+        JSON,
+    ))
 }
 
 /// 406 PGRST116 for `single()` with anything but one row.

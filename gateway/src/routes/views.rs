@@ -83,14 +83,8 @@ pub async fn read(
         if n != 1 {
             return Err(single_object_error(n));
         }
-        let first = first_element(&body)
-            ?;
-        return Ok(json_response(
-            StatusCode::OK,
-            first,
-            &range,
-            OBJECT,
-        ));
+        let first = first_element(&body)?;
+        return Ok(json_response(StatusCode::OK, first, &range, OBJECT));
     }
     Ok(json_response(status, body, &range, JSON))
 }

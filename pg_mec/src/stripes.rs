@@ -1,0 +1,387 @@
+//! Striped counters for hot accounts (escrow), so that many callers metering one account do not
+//! queue on one row lock that is held through every commit's flush.
+//!
+//! A backend that waited on slot 0 of a `metered` counter (its statement took longer than
+//! [`CONTENDED`]) marks the counter hot for itself and meters on its own stripe from then on:
+//! slot `1 + pid % STRIPES`. A stripe may only consume the quota slot 0 granted it; slot 0 keeps
+//! `stripe_quota` = the sum of the stripes' quotas and counts it in its own guard. So:
+//!
+//! * total = used₀ + Σ usedᵢ ≤ used₀ + Σ quotaᵢ = used₀ + stripe_quota ≤ ceiling — never more
+//!   than the limit allows, not by one unit;
+//! * quota is granted only up to the *limit*, and slot 0 may not cross the limit while stripes
+//!   hold quota, so every event past the limit is decided on slot 0 with the exact total and the
+//!   overage flag is exact;
+//! * when a stripe runs dry and slot 0 has no headroom left to grant, the stripes are folded back
+//!   into slot 0 (their usage moved, their quota returned) and the event is decided there.
+//!
+//! Lock order is always slot 0 first, then stripes in slot order. Unlimited counters get
+//! unbounded stripes (quota NULL); a plan or override change folds the account's stripes first.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use pg_mec_core::Decimal;
+use pgrx::datum::{AnyNumeric, JsonB, TimestampWithTimeZone, Uuid};
+use pgrx::pg_sys;
+use pgrx::spi::SpiClient;
+use serde_json::Value;
+
+use crate::counters::CounterKey;
+use crate::entitlement::Effective;
+use crate::errors::MecResult;
+use crate::metering::{replay_if_recorded, result, Event};
+use crate::spi::{self, Stmt};
+use crate::values::{timestamptz, to_decimal, to_numeric};
+
+/// Stripes per hot counter.
+pub const STRIPES: i32 = 16;
+/// A slot-0 statement slower than this most likely waited for the row lock.
+pub const CONTENDED: Duration = Duration::from_millis(2);
+/// How long a backend keeps metering a counter it found hot on its stripe.
+const HOT_FOR: Duration = Duration::from_secs(300);
+const MAX_TRACKED: usize = 4096;
+
+type HotKey = ([u8; 16], [u8; 16], String, i64);
+
+thread_local! {
+    static HOT: RefCell<HashMap<HotKey, Instant>> = RefCell::new(HashMap::new());
+}
+
+fn hot_key(ns: Uuid, c: &CounterKey<'_>) -> HotKey {
+    (
+        *ns.as_bytes(),
+        *c.account_id.as_bytes(),
+        c.resource_type.to_string(),
+        c.window.start_us,
+    )
+}
+
+pub fn is_hot(ns: Uuid, c: &CounterKey<'_>) -> bool {
+    HOT.with(|h| {
+        h.borrow()
+            .get(&hot_key(ns, c))
+            .is_some_and(|since| since.elapsed() < HOT_FOR)
+    })
+}
+
+pub fn mark_hot(ns: Uuid, c: &CounterKey<'_>) {
+    HOT.with(|h| {
+        let mut h = h.borrow_mut();
+        if h.len() >= MAX_TRACKED {
+            h.retain(|_, since| since.elapsed() < HOT_FOR);
+            if h.len() >= MAX_TRACKED {
+                h.clear();
+            }
+        }
+        h.insert(hot_key(ns, c), Instant::now());
+    });
+}
+
+/// This backend's stripe.
+fn my_slot() -> i32 {
+    // SAFETY: MyProcPid is set once at backend start.
+    let pid = unsafe { pg_sys::MyProcPid };
+    1 + pid.rem_euclid(STRIPES)
+}
+
+static STRIPE_METER: Stmt = Stmt {
+    sql: "WITH upd AS (
+              UPDATE mec_data.usage_counters
+                 SET used = used + $5, updated_at = now()
+               WHERE namespace_id = $1 AND account_id = $3 AND resource_type = $4
+                 AND period_start = $7 AND slot = $9
+                 AND (quota IS NULL OR used + $5 <= quota)
+              RETURNING used
+          ), total AS (
+              SELECT upd.used + (SELECT coalesce(sum(c.used), 0) FROM mec_data.usage_counters c
+                                  WHERE c.namespace_id = $1 AND c.account_id = $3 AND c.resource_type = $4
+                                    AND c.period_start = $7 AND c.slot <> $9) AS used
+              FROM upd
+          ), ins AS (
+              INSERT INTO mec_data.consumption
+                  (namespace_id, idempotency_key, consumption_id, account_id, resource_type, quantity,
+                   occurred_at, period_start, period_end, billable, overage, overage_quantity,
+                   quantity_used, quantity_allowed, http_status, metadata)
+              SELECT $1, $2, gen_random_uuid(), $3, $4, $5, $6, $7, $8, true, false, 0,
+                     total.used, $10, $11, $12
+              FROM total
+              ON CONFLICT (namespace_id, idempotency_key) DO NOTHING
+              RETURNING consumption_id
+          )
+          SELECT (SELECT used FROM total), (SELECT consumption_id FROM ins)",
+    types: &[
+        spi::UUID, spi::TEXT, spi::UUID, spi::TEXT, spi::NUMERIC, spi::TIMESTAMPTZ, spi::TIMESTAMPTZ,
+        spi::TIMESTAMPTZ, spi::INT4, spi::NUMERIC, spi::INT4, spi::JSONB,
+    ],
+    writes: true,
+};
+
+static UNDO_STRIPE: Stmt = Stmt {
+    sql: "UPDATE mec_data.usage_counters SET used = used - $5
+          WHERE namespace_id = $1 AND account_id = $2 AND resource_type = $3 AND period_start = $4 AND slot = $6",
+    types: &[spi::UUID, spi::UUID, spi::TEXT, spi::TIMESTAMPTZ, spi::NUMERIC, spi::INT4],
+    writes: true,
+};
+
+/// Locks slot 0 (creating it if missing): its usage and the quota granted to stripes.
+static LOCK_SLOT0: Stmt = Stmt {
+    sql: "INSERT INTO mec_data.usage_counters AS u (namespace_id, account_id, resource_type, period_start, slot, period_end)
+          VALUES ($1, $2, $3, $4, 0, $5)
+          ON CONFLICT (namespace_id, account_id, resource_type, period_start, slot)
+          DO UPDATE SET updated_at = now()
+          RETURNING used, stripe_quota,
+                    EXISTS (SELECT 1 FROM mec_data.usage_counters s
+                            WHERE s.namespace_id = $1 AND s.account_id = $2 AND s.resource_type = $3
+                              AND s.period_start = $4 AND s.slot > 0 AND s.quota IS NULL)",
+    types: &[spi::UUID, spi::UUID, spi::TEXT, spi::TIMESTAMPTZ, spi::TIMESTAMPTZ],
+    writes: true,
+};
+
+/// Grants `$7` more quota to stripe `$6` (NULL: unbounded), under slot 0's lock.
+static GRANT: Stmt = Stmt {
+    sql: "WITH stripe AS (
+              INSERT INTO mec_data.usage_counters AS u
+                  (namespace_id, account_id, resource_type, period_start, slot, period_end, quota)
+              VALUES ($1, $2, $3, $4, $6, $5, $7)
+              ON CONFLICT (namespace_id, account_id, resource_type, period_start, slot)
+              DO UPDATE SET quota = CASE WHEN excluded.quota IS NULL THEN NULL ELSE coalesce(u.quota, 0) + excluded.quota END
+              RETURNING 1)
+          UPDATE mec_data.usage_counters SET stripe_quota = stripe_quota + coalesce($7, 0)
+          WHERE namespace_id = $1 AND account_id = $2 AND resource_type = $3 AND period_start = $4 AND slot = 0
+            AND EXISTS (SELECT 1 FROM stripe)",
+    types: &[spi::UUID, spi::UUID, spi::TEXT, spi::TIMESTAMPTZ, spi::TIMESTAMPTZ, spi::INT4, spi::NUMERIC],
+    writes: true,
+};
+
+/// Moves the stripes' usage into slot 0 and takes their quota back. Slot 0 must be locked first.
+static FOLD: Stmt = Stmt {
+    sql: "WITH locked AS (
+              SELECT slot, used FROM mec_data.usage_counters
+              WHERE namespace_id = $1 AND account_id = $2 AND resource_type = $3 AND period_start = $4 AND slot > 0
+              ORDER BY slot FOR UPDATE
+          ), zeroed AS (
+              UPDATE mec_data.usage_counters c SET used = 0, quota = 0, updated_at = now()
+              FROM locked
+              WHERE c.namespace_id = $1 AND c.account_id = $2 AND c.resource_type = $3 AND c.period_start = $4
+                AND c.slot = locked.slot
+              RETURNING locked.used
+          )
+          UPDATE mec_data.usage_counters
+             SET used = used + (SELECT coalesce(sum(used), 0) FROM zeroed), stripe_quota = 0, updated_at = now()
+          WHERE namespace_id = $1 AND account_id = $2 AND resource_type = $3 AND period_start = $4 AND slot = 0
+            AND (stripe_quota <> 0 OR EXISTS (SELECT 1 FROM zeroed WHERE used <> 0))
+          RETURNING true",
+    types: &[spi::UUID, spi::UUID, spi::TEXT, spi::TIMESTAMPTZ],
+    writes: true,
+};
+
+/// The slot-0 rows of an account's striped counters, locked in key order.
+static STRIPED_HEADS: Stmt = Stmt {
+    sql: "SELECT h.resource_type, h.period_start FROM mec_data.usage_counters h
+          WHERE h.namespace_id = $1 AND h.account_id = $2 AND h.slot = 0
+            AND EXISTS (SELECT 1 FROM mec_data.usage_counters s
+                        WHERE s.namespace_id = $1 AND s.account_id = $2 AND s.resource_type = h.resource_type
+                          AND s.period_start = h.period_start AND s.slot > 0)
+          ORDER BY h.resource_type, h.period_start
+          FOR UPDATE",
+    types: &[spi::UUID, spi::UUID],
+    writes: true,
+};
+
+fn start(c: &CounterKey<'_>) -> TimestampWithTimeZone {
+    timestamptz(c.window.start_us)
+}
+
+fn end(c: &CounterKey<'_>) -> Option<TimestampWithTimeZone> {
+    c.window.end_us.map(timestamptz)
+}
+
+/// Folds the stripes of one counter back into slot 0; true when there was anything to fold.
+pub fn fold(client: &mut SpiClient<'_>, ns: Uuid, c: &CounterKey<'_>) -> MecResult<bool> {
+    spi::write(
+        client,
+        &LOCK_SLOT0,
+        &[
+            ns.into(),
+            c.account_id.into(),
+            c.resource_type.into(),
+            start(c).into(),
+            end(c).into(),
+        ],
+    )?;
+    let folded = spi::write(
+        client,
+        &FOLD,
+        &[
+            ns.into(),
+            c.account_id.into(),
+            c.resource_type.into(),
+            start(c).into(),
+        ],
+    )?;
+    Ok(!folded.is_empty())
+}
+
+/// Folds every striped counter of an account: before its limits change.
+pub fn fold_account(client: &mut SpiClient<'_>, ns: Uuid, account_id: Uuid) -> MecResult<()> {
+    let mut heads = Vec::new();
+    for row in spi::write(client, &STRIPED_HEADS, &[ns.into(), account_id.into()])? {
+        if let (Some(resource), Some(start)) =
+            (row.get::<String>(1)?, row.get::<TimestampWithTimeZone>(2)?)
+        {
+            heads.push((resource, start));
+        }
+    }
+    for (resource, start) in heads {
+        spi::write(
+            client,
+            &FOLD,
+            &[
+                ns.into(),
+                account_id.into(),
+                resource.as_str().into(),
+                start.into(),
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+enum Grant {
+    Granted,
+    Exhausted,
+}
+
+/// Under slot 0's lock, grants this backend's stripe enough quota for `qty`, if the limit leaves
+/// room; otherwise the stripes must be folded.
+fn grant(
+    client: &mut SpiClient<'_>,
+    ns: Uuid,
+    c: &CounterKey<'_>,
+    slot: i32,
+    limit: Option<Decimal>,
+    qty: Decimal,
+) -> MecResult<Grant> {
+    let (used0, granted, unbounded) = spi::write(
+        client,
+        &LOCK_SLOT0,
+        &[
+            ns.into(),
+            c.account_id.into(),
+            c.resource_type.into(),
+            start(c).into(),
+            end(c).into(),
+        ],
+    )?
+    .three::<AnyNumeric, AnyNumeric, bool>()?;
+    let chunk = match limit {
+        None => None,
+        Some(_) if unbounded == Some(true) => return Ok(Grant::Exhausted),
+        Some(limit) => {
+            let used0 = used0
+                .as_ref()
+                .map(to_decimal)
+                .transpose()?
+                .unwrap_or_default();
+            let granted = granted
+                .as_ref()
+                .map(to_decimal)
+                .transpose()?
+                .unwrap_or_default();
+            let headroom = limit - used0 - granted;
+            if headroom < qty {
+                return Ok(Grant::Exhausted);
+            }
+            let share = (headroom / Decimal::from(2 * STRIPES)).floor();
+            Some(share.max(qty).min(headroom))
+        }
+    };
+    spi::write(
+        client,
+        &GRANT,
+        &[
+            ns.into(),
+            c.account_id.into(),
+            c.resource_type.into(),
+            start(c).into(),
+            end(c).into(),
+            slot.into(),
+            chunk.map(to_numeric).into(),
+        ],
+    )?;
+    Ok(Grant::Granted)
+}
+
+/// Meters `ev` on this backend's stripe. `None`: the stripes were folded; decide on slot 0.
+pub fn meter(
+    client: &mut SpiClient<'_>,
+    ns: Uuid,
+    ev: &Event,
+    eff: &Effective,
+    c: &CounterKey<'_>,
+) -> MecResult<Option<Value>> {
+    let slot = my_slot();
+    for _ in 0..3 {
+        let (total, id) = spi::write(
+            client,
+            &STRIPE_METER,
+            &[
+                ns.into(),
+                ev.key.as_str().into(),
+                ev.account_id.into(),
+                ev.resource_type.as_str().into(),
+                to_numeric(ev.quantity).into(),
+                timestamptz(ev.occurred_us).into(),
+                start(c).into(),
+                end(c).into(),
+                slot.into(),
+                eff.policy.limit.map(to_numeric).into(),
+                ev.http_status.into(),
+                JsonB(ev.metadata.clone()).into(),
+            ],
+        )?
+        .two::<AnyNumeric, Uuid>()?;
+        match (total.as_ref().map(to_decimal).transpose()?, id) {
+            (Some(total), Some(id)) => {
+                return Ok(Some(result(
+                    id,
+                    false,
+                    true,
+                    &eff.policy,
+                    total,
+                    false,
+                    &c.window,
+                    ev,
+                )))
+            }
+            (Some(_), None) => {
+                spi::write(
+                    client,
+                    &UNDO_STRIPE,
+                    &[
+                        ns.into(),
+                        ev.account_id.into(),
+                        ev.resource_type.as_str().into(),
+                        start(c).into(),
+                        to_numeric(ev.quantity).into(),
+                        slot.into(),
+                    ],
+                )?;
+                return replay_if_recorded(client, ns, ev);
+            }
+            (None, _) => {
+                if let Some(v) = replay_if_recorded(client, ns, ev)? {
+                    return Ok(Some(v));
+                }
+                if let Grant::Exhausted = grant(client, ns, c, slot, eff.policy.limit, ev.quantity)?
+                {
+                    fold(client, ns, c)?;
+                    return Ok(None);
+                }
+            }
+        }
+    }
+    fold(client, ns, c)?;
+    Ok(None)
+}
