@@ -76,7 +76,7 @@ CREATE TABLE mec_data.plan_entitlements (
     enabled        boolean NOT NULL DEFAULT true,
     PRIMARY KEY (namespace_id, plan_id, resource_type),
     FOREIGN KEY (namespace_id, plan_id) REFERENCES mec_data.plans (namespace_id, plan_id) ON DELETE CASCADE,
-    FOREIGN KEY (namespace_id, resource_type) REFERENCES mec_data.resource_types (namespace_id, resource_type)
+    FOREIGN KEY (namespace_id, resource_type) REFERENCES mec_data.resource_types (namespace_id, resource_type) ON DELETE CASCADE
 );
 
 -- A customer of the vendor.
@@ -119,7 +119,7 @@ CREATE TABLE mec_data.entitlements (
     created_at      timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (namespace_id, entitlement_id),
     FOREIGN KEY (namespace_id, account_id) REFERENCES mec_data.accounts (namespace_id, account_id) ON DELETE CASCADE,
-    FOREIGN KEY (namespace_id, resource_type) REFERENCES mec_data.resource_types (namespace_id, resource_type)
+    FOREIGN KEY (namespace_id, resource_type) REFERENCES mec_data.resource_types (namespace_id, resource_type) ON DELETE CASCADE
 );
 CREATE INDEX entitlements_lookup
     ON mec_data.entitlements (namespace_id, account_id, resource_type, valid_from);

@@ -125,6 +125,13 @@ pub fn acquire(
             epoch.into(),
         ],
     )?;
+    // A concurrent call with the same key may have taken the slot while this one waited for the
+    // counter's lock: answer as it did rather than counting that slot against this call.
+    if let Some(key) = &req.key {
+        if let Some(v) = replay(client, ns, req, key)? {
+            return Ok(v);
+        }
+    }
     spi::write(
         client,
         &FREE_EXPIRED,

@@ -135,6 +135,10 @@ pub fn reserve(
         }
     }
     let Some(used) = used else {
+        // A concurrent call with the same key may have taken the quota while this one waited.
+        if let Some(v) = replay(client, ns, req)? {
+            return Ok(v);
+        }
         return Err(refused(client, ns, req.account_id, &eff, now_us));
     };
     let start: TimestampWithTimeZone = timestamptz(counter.window.start_us);

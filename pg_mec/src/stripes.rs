@@ -78,6 +78,37 @@ pub fn mark_hot(ns: Uuid, c: &CounterKey<'_>) {
     });
 }
 
+/// Runs `f` in a subtransaction that is kept when `keep` says so and rolled back otherwise.
+///
+/// A guarded `UPDATE` that waited for a row and then failed its re-check keeps the row locked.
+/// On a stripe that would break the lock order (slot 0 first): a backend holding its stripe would
+/// then wait for slot 0 while a fold holding slot 0 waits for that stripe. Rolling the
+/// subtransaction back releases the stripe before slot 0 is asked for.
+fn in_subtransaction<T>(
+    f: impl FnOnce() -> MecResult<T>,
+    keep: impl FnOnce(&T) -> bool,
+) -> MecResult<T> {
+    // SAFETY: the pattern PL/pgSQL uses for exception blocks: begin, run, release or roll back,
+    // then restore the caller's memory context and resource owner. An ERROR inside `f` unwinds
+    // to the statement and aborts the whole transaction, subtransaction included.
+    unsafe {
+        let context = pg_sys::CurrentMemoryContext;
+        let owner = pg_sys::CurrentResourceOwner;
+        pg_sys::BeginInternalSubTransaction(std::ptr::null());
+        pg_sys::MemoryContextSwitchTo(context);
+        let outcome = f();
+        let commit = matches!(&outcome, Ok(v) if keep(v));
+        if commit {
+            pg_sys::ReleaseCurrentSubTransaction();
+        } else {
+            pg_sys::RollbackAndReleaseCurrentSubTransaction();
+        }
+        pg_sys::MemoryContextSwitchTo(context);
+        pg_sys::CurrentResourceOwner = owner;
+        outcome
+    }
+}
+
 /// This backend's stripe.
 fn my_slot() -> i32 {
     // SAFETY: MyProcPid is set once at backend start.
@@ -323,25 +354,30 @@ pub fn meter(
 ) -> MecResult<Option<Value>> {
     let slot = my_slot();
     for _ in 0..3 {
-        let (total, id) = spi::write(
-            client,
-            &STRIPE_METER,
-            &[
-                ns.into(),
-                ev.key.as_str().into(),
-                ev.account_id.into(),
-                ev.resource_type.as_str().into(),
-                to_numeric(ev.quantity).into(),
-                timestamptz(ev.occurred_us).into(),
-                start(c).into(),
-                end(c).into(),
-                slot.into(),
-                eff.policy.limit.map(to_numeric).into(),
-                ev.http_status.into(),
-                JsonB(ev.metadata.clone()).into(),
-            ],
-        )?
-        .two::<AnyNumeric, Uuid>()?;
+        let (total, id) = in_subtransaction(
+            || {
+                spi::write(
+                    client,
+                    &STRIPE_METER,
+                    &[
+                        ns.into(),
+                        ev.key.as_str().into(),
+                        ev.account_id.into(),
+                        ev.resource_type.as_str().into(),
+                        to_numeric(ev.quantity).into(),
+                        timestamptz(ev.occurred_us).into(),
+                        start(c).into(),
+                        end(c).into(),
+                        slot.into(),
+                        eff.policy.limit.map(to_numeric).into(),
+                        ev.http_status.into(),
+                        JsonB(ev.metadata.clone()).into(),
+                    ],
+                )?
+                .two::<AnyNumeric, Uuid>()
+            },
+            |(total, _)| total.is_some(),
+        )?;
         match (total.as_ref().map(to_decimal).transpose()?, id) {
             (Some(total), Some(id)) => {
                 return Ok(Some(result(

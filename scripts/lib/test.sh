@@ -9,6 +9,7 @@
 SUITE_PASSED=()
 SUITE_FAILED=()
 SUITE_SKIPPED=()
+SUITE_LINES=()
 
 # run_suite NAME FUNCTION: the function runs in a subshell with `set -e`;
 # exit 0 = passed, 77 = skipped, anything else = failed.
@@ -19,25 +20,48 @@ run_suite() {
   fi
   start=$SECONDS
   step "test: $name"
+  local log="$MEC_DIR/test-$name.log"
   set +e
   (
     set -e
     "$fn"
-  )
-  rc=$?
+  ) 2>&1 | tee "$log"
+  rc=${PIPESTATUS[0]}
   set -e
+  local counts
+  counts="$(suite_counts "$name" "$log")"
   case $rc in
     0)
       SUITE_PASSED+=("$name")
-      info "$name: passed ($((SECONDS - start)) s)"
+      SUITE_LINES+=("$name: passed${counts:+ ($counts)}, $((SECONDS - start)) s")
       ;;
     77)
       SUITE_SKIPPED+=("$name")
-      info "$name: skipped"
+      SUITE_LINES+=("$name: skipped (no tests found or switched off)")
       ;;
     *)
       SUITE_FAILED+=("$name")
-      info "$name: FAILED (exit $rc, $((SECONDS - start)) s)"
+      SUITE_LINES+=("$name: FAILED, exit $rc${counts:+ ($counts)}, $((SECONDS - start)) s; output in ${log#"$MEC_ROOT/"}")
+      ;;
+  esac
+  info "${SUITE_LINES[-1]}"
+}
+
+# One line of test counts from a suite's output, best effort.
+suite_counts() {
+  local name=$1 log=$2
+  case $name in
+    cargo | pgrx)
+      awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed;?$/) p += $i; if ($(i+1) ~ /^failed;?$/) f += $i } }
+           END { if (p + f > 0) printf "%d tests passed, %d failed", p, f }' "$log"
+      ;;
+    pgtap)
+      awk '/^Files=[0-9]+, Tests=[0-9]+/ { split($1, a, "="); split($2, b, "="); files = a[2] + 0; tests = b[2] + 0 }
+           /^Failed [0-9]+\/[0-9]+ subtests/ { split($2, c, "/"); failed += c[1] }
+           END { if (files) printf "%d files, %d tests, %d failed", files, tests, failed }' "$log"
+      ;;
+    pytest)
+      grep -E '^=*[ ]*[0-9]+ (passed|failed|error)' "$log" | tail -n 1 | sed -E 's/^=+ //; s/ =+$//' || true
       ;;
   esac
 }
@@ -141,6 +165,7 @@ cmd_test() {
     if ! "$self" up >"$MEC_DIR/up-after-pgrx.log" 2>&1; then
       cat "$MEC_DIR/up-after-pgrx.log" >&2
       SUITE_FAILED+=("up-after-pgrx")
+      SUITE_LINES+=("up-after-pgrx: FAILED (reinstalling the release build after cargo pgrx test)")
     fi
     load_env
   fi
@@ -149,9 +174,9 @@ cmd_test() {
   run_suite pytest suite_pytest
 
   echo
-  if ((${#SUITE_PASSED[@]})); then info "passed:  ${SUITE_PASSED[*]}"; fi
-  if ((${#SUITE_SKIPPED[@]})); then info "skipped: ${SUITE_SKIPPED[*]} (no tests found or switched off)"; fi
-  if ((${#SUITE_FAILED[@]})); then info "FAILED:  ${SUITE_FAILED[*]}"; fi
+  step "summary"
+  local l
+  for l in "${SUITE_LINES[@]}"; do info "$l"; done
   local line="${#SUITE_PASSED[@]} passed, ${#SUITE_FAILED[@]} failed"
   if ((${#SUITE_SKIPPED[@]})); then line+=", ${#SUITE_SKIPPED[@]} skipped"; fi
   echo "suites: $line"
