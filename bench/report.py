@@ -8,6 +8,10 @@
                                   (workload clients run tps p50_ms p99_ms transactions failed rc),
                                   META a file of "key<TAB>value" lines about the run
   report.py build SOFILE          "debug" or "release": whether pg_mec.so carries DWARF debug info
+  report.py wrk LINE              parse the "MECGW key=value ..." line of bench/gateway.lua's done();
+                                  prints "rps p50_ms p99_ms requests bad detail"
+  report.py gateway RESULTS META  the Markdown report of bench/gateway.sh: RESULTS is its TSV
+                                  (side function clients rps p50_ms p99_ms requests bad detail)
 """
 
 from __future__ import annotations
@@ -258,6 +262,146 @@ def build(path: str) -> None:
         print("debug" if ".debug_info" in names else "release")
 
 
+# ---------------------------------------------------------------- gateway (bench/gateway.sh)
+
+GATEWAY_RATIO_TARGET = 0.5   # issue 4: gateway req/s ≥ 0.5 × pgbench tps, at 32 connections
+GATEWAY_P99_TARGET_MS = 20.0  # issue 4: gateway p99 < 20 ms at 32 connections
+GATEWAY_TARGET_CLIENTS = 32
+
+
+def wrk_line(line: str) -> None:
+    """One MECGW line -> "rps p50_ms p99_ms requests bad detail" (bad = non-2xx + socket errors)."""
+    body, _, first_error = line.partition(" first_error=")
+    kv = dict(part.split("=", 1) for part in body.split()[1:] if "=" in part)
+
+    def i(k: str) -> int:
+        try:
+            return int(float(kv.get(k, "0")))
+        except ValueError:
+            return 0
+
+    n, dur = i("requests"), i("duration_us")
+    rps = n / (dur / 1e6) if dur > 0 else float("nan")
+    socket = {k: i(k) for k in ("connect_errors", "read_errors", "write_errors", "timeouts")}
+    bad = i("non2xx") + sum(socket.values())
+    detail = []
+    if i("non2xx"):
+        detail.append(f"non-2xx {i('non2xx')} ({kv.get('statuses', '?')})")
+    for k, v in socket.items():
+        if v:
+            detail.append(f"{k.replace('_', ' ')} {v}")
+    if i("non2xx") and first_error.strip() not in ("", "-"):
+        detail.append("first: " + first_error.strip()[:200])
+    text = "; ".join(detail) if detail else "-"
+    print(f"{rps:.1f} {i('p50_us') / 1000:.3f} {i('p99_us') / 1000:.3f} {n} {bad} {text}")
+
+
+def gateway(results_path: str, meta_path: str) -> None:
+    meta: dict[str, str] = {}
+    with open(meta_path, encoding="utf-8") as f:
+        for line in f:
+            if "\t" in line:
+                k, v = line.rstrip("\n").split("\t", 1)
+                meta[k] = v
+
+    def num(s: str) -> float:
+        try:
+            return float(s)
+        except ValueError:
+            return float("nan")
+
+    rows: dict[tuple[str, str, int], dict] = {}
+    with open(results_path, encoding="utf-8") as f:
+        for line in f:
+            parts = line.rstrip("\n").split("\t")
+            if len(parts) < 9 or parts[0] == "side":
+                continue
+            side, fn, c, rps, p50, p99, n, bad, detail = parts[:9]
+            rows[(side, fn, int(c))] = {
+                "rps": num(rps), "p50": num(p50), "p99": num(p99),
+                "n": int(num(n)) if n.isdigit() else 0, "bad": int(bad) if bad.isdigit() else 1,
+                "detail": detail,
+            }
+    fns = [fn for fn in ("check_entitlement", "meter_consumption") if any(k[1] == fn for k in rows)]
+    clients = sorted({k[2] for k in rows})
+
+    out: list[str] = []
+    out.append(f"# pg_mec gateway benchmark — {meta.get('date', '')}")
+    out.append("")
+    if meta.get("label"):
+        out.append(f"> {meta['label']}")
+        out.append("")
+    out.append(
+        f"PostgreSQL {meta.get('server_version', '?')}, {meta.get('cpus', '?')} CPU ({meta.get('cpu', '?')}), "
+        f"`synchronous_commit={meta.get('synchronous_commit', '?')}`, load average at start "
+        f"{meta.get('load', '?')}; pg_mec {meta.get('extversion', '?')}, mec-gateway "
+        f"{meta.get('gateway_version', '?')} with a pool of {meta.get('pool', '?')} connections "
+        f"(`MEC_POOL_SIZE`). {meta.get('duration', '?')} s per run, one run per cell. "
+        f"Gateway: {meta.get('wrk', 'wrk')} (`--latency`, `bench/gateway.lua`), `POST /api/rpc/<fn>` with a "
+        f"`mec_service` JWT, random account of 10 000, a fresh idempotency key per meter request. "
+        f"pgbench: the same function as the login role `mec_bench_gw` (member of `mec_service`), "
+        f"`-M prepared`, `-j` = min(clients, CPUs). Both in database `mec`, namespace `bench-gateway`; "
+        f"wrk / pgbench, the gateway and PostgreSQL share the machine."
+    )
+    out.append("")
+    out.append(f"Command: `{meta.get('command', 'scripts/mec bench --gateway')}`")
+    out.append("")
+    out.append("| function | conns | gateway req/s | gateway p50 / p99 ms | gateway non-2xx | pgbench tps | "
+               "pgbench p50 / p99 ms | gateway / pgbench |")
+    out.append("|---|---:|---:|---:|---:|---:|---:|---:|")
+    problems: list[str] = []
+    verdicts: list[str] = []
+    for fn in fns:
+        for c in clients:
+            g, p = rows.get(("gateway", fn, c)), rows.get(("pgbench", fn, c))
+            if not g and not p:
+                continue
+            g = g or {"rps": float("nan"), "p50": float("nan"), "p99": float("nan"), "bad": 0, "n": 0, "detail": "-"}
+            p = p or {"rps": float("nan"), "p50": float("nan"), "p99": float("nan"), "bad": 0, "n": 0, "detail": "-"}
+            ratio = g["rps"] / p["rps"] if p["rps"] > 0 and g["rps"] == g["rps"] else float("nan")
+            rtxt = "–" if ratio != ratio else f"{ratio:.2f}×"
+            if c == GATEWAY_TARGET_CLIENTS and ratio == ratio:
+                rtxt += " ✓" if ratio >= GATEWAY_RATIO_TARGET else " ✗"
+            p99txt = fmt_ms(g["p99"])
+            if c == GATEWAY_TARGET_CLIENTS and g["p99"] == g["p99"]:
+                p99txt += " ✓" if g["p99"] < GATEWAY_P99_TARGET_MS else " ✗"
+            bad_txt = "0" if not g["bad"] else f"**{g['bad']}** ⚠"
+            ptps = fmt_tps(p["rps"]) + (" ⚠" if p["bad"] else "")
+            out.append(
+                f"| `{fn}` | {c} | {fmt_tps(g['rps'])} | {fmt_ms(g['p50'])} / {p99txt} | {bad_txt} | "
+                f"{ptps} | {fmt_ms(p['p50'])} / {fmt_ms(p['p99'])} | {rtxt} |"
+            )
+            if g["bad"]:
+                problems.append(f"gateway `{fn}` @{c}: {g['bad']} of {g['n']} responses were errors — {g['detail']}")
+            if p["bad"]:
+                problems.append(f"pgbench `{fn}` @{c}: {p['detail']}")
+            if c == GATEWAY_TARGET_CLIENTS:
+                ok_r = ratio == ratio and ratio >= GATEWAY_RATIO_TARGET
+                ok_p = g["p99"] == g["p99"] and g["p99"] < GATEWAY_P99_TARGET_MS
+                ok_e = not g["bad"]
+                verdicts.append(
+                    f"- `{fn}` @{c}: ratio {rtxt.split(' ')[0]} {'✓' if ok_r else '✗'} (≥ {GATEWAY_RATIO_TARGET}), "
+                    f"p99 {fmt_ms(g['p99'])} ms {'✓' if ok_p else '✗'} (< {GATEWAY_P99_TARGET_MS:.0f} ms)"
+                    + ("" if ok_e else f", ✗ {g['bad']} error responses")
+                )
+    out.append("")
+    if verdicts:
+        out.append(f"Targets (issue 4, at {GATEWAY_TARGET_CLIENTS} connections): gateway req/s ≥ "
+                   f"{GATEWAY_RATIO_TARGET} × pgbench tps, gateway p99 < {GATEWAY_P99_TARGET_MS:.0f} ms.")
+        out.append("")
+        out += verdicts
+        out.append("")
+    if problems:
+        out.append("⚠ Errors — these runs are not clean:")
+        out.append("")
+        out += [f"- {p}" for p in problems]
+        out.append("")
+    else:
+        out.append("Every gateway response was 2xx and no pgbench transaction failed.")
+        out.append("")
+    print("\n".join(out))
+
+
 def main(argv: list[str]) -> int:
     if len(argv) >= 2 and argv[0] == "latency":
         latency(argv[1])
@@ -265,6 +409,10 @@ def main(argv: list[str]) -> int:
         markdown(argv[1], argv[2])
     elif len(argv) >= 2 and argv[0] == "build":
         build(argv[1])
+    elif len(argv) >= 2 and argv[0] == "wrk":
+        wrk_line(argv[1])
+    elif len(argv) >= 3 and argv[0] == "gateway":
+        gateway(argv[1], argv[2])
     else:
         print(__doc__, file=sys.stderr)
         return 2

@@ -13,6 +13,7 @@
 #   --no-setup           reuse the existing database mec_bench (skip drop/recreate and loading)
 #   --label TEXT         a line printed at the top of the report (e.g. "release build, 2 vCPU")
 #   --keep-logs          keep pgbench's output and per-transaction logs (their folder is printed)
+#   --gateway            the gateway benchmark instead: bench/gateway.sh (see its --help)
 #
 # Environment: PGHOST, PGPORT, PGUSER (superuser), PGPASSWORD as for psql; MEC_PG_BIN (from
 # .mec/env) picks the PostgreSQL binaries; MEC_BENCH_SHARED the baseline folder
@@ -22,6 +23,15 @@ set -euo pipefail
 BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)"
 REPO="$(cd "$BENCH_DIR/.." && pwd -P)"
 SHARED="${MEC_BENCH_SHARED:-$REPO/../shared/bench}"
+
+# --gateway: the gateway against pgbench (bench/gateway.sh), with the other arguments.
+for a in "$@"; do
+  if [[ $a == --gateway ]]; then
+    rest=()
+    for b in "$@"; do [[ $b == --gateway ]] || rest+=("$b"); done
+    exec bash "$BENCH_DIR/gateway.sh" "${rest[@]}"
+  fi
+done
 DB=mec_bench
 ROLE=mec_bench
 NS=b3e0c0de-0000-4000-8000-00000000be01 # the bench namespace
@@ -81,7 +91,7 @@ while (($#)); do
     --label=*) LABEL="${1#*=}" ;;
     --keep-logs) KEEP=1 ;;
     -h | --help)
-      sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+      sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
       exit 0
       ;;
     *) die "unknown argument: $1 (see --help)" ;;
