@@ -12,6 +12,7 @@ use pg_mec_core::catalog::Kind;
 use pg_mec_core::enforcement::{Enforcement, Policy};
 use pg_mec_core::period::Window;
 use pg_mec_core::Decimal;
+use pgrx::datum::DatumWithOid;
 use pgrx::datum::{AnyNumeric, JsonB, TimestampWithTimeZone, Uuid};
 use pgrx::spi::SpiClient;
 use serde_json::{json, Value};
@@ -33,6 +34,26 @@ pub struct Event {
     pub occurred_us: i64,
     pub metadata: Value,
     pub http_status: Option<i32>,
+}
+
+impl Event {
+    /// `$1..$8` of every statement that writes a ledger row: namespace, key, account, resource,
+    /// quantity, occurred_at, period_start, period_end.
+    pub fn ledger_args<'a>(&'a self, ns: Uuid, window: &Window) -> Vec<DatumWithOid<'a>> {
+        let occurred: TimestampWithTimeZone = timestamptz(self.occurred_us);
+        let start: TimestampWithTimeZone = timestamptz(window.start_us);
+        let end: Option<TimestampWithTimeZone> = window.end_us.map(timestamptz);
+        vec![
+            ns.into(),
+            self.key.as_str().into(),
+            self.account_id.into(),
+            self.resource_type.as_str().into(),
+            to_numeric(self.quantity).into(),
+            occurred.into(),
+            start.into(),
+            end.into(),
+        ]
+    }
 }
 
 static METER: Stmt = Stmt {
@@ -324,29 +345,15 @@ fn run_meter(
     overage_from: Option<Decimal>,
     floor: Option<Decimal>,
 ) -> MecResult<(Option<Decimal>, Option<Uuid>)> {
-    let occurred: TimestampWithTimeZone = timestamptz(ev.occurred_us);
-    let start: TimestampWithTimeZone = timestamptz(window.start_us);
-    let end: Option<TimestampWithTimeZone> = window.end_us.map(timestamptz);
-    let row = spi::write(
-        client,
-        &METER,
-        &[
-            ns.into(),
-            ev.key.as_str().into(),
-            ev.account_id.into(),
-            ev.resource_type.as_str().into(),
-            to_numeric(ev.quantity).into(),
-            occurred.into(),
-            start.into(),
-            end.into(),
-            ceiling.map(to_numeric).into(),
-            overage_from.map(to_numeric).into(),
-            floor.map(to_numeric).into(),
-            ev.http_status.into(),
-            JsonB(ev.metadata.clone()).into(),
-        ],
-    )?
-    .two::<AnyNumeric, Uuid>()?;
+    let mut args = ev.ledger_args(ns, window);
+    args.extend([
+        ceiling.map(to_numeric).into(),
+        overage_from.map(to_numeric).into(),
+        floor.map(to_numeric).into(),
+        ev.http_status.into(),
+        JsonB(ev.metadata.clone()).into(),
+    ]);
+    let row = spi::write(client, &METER, &args)?.two::<AnyNumeric, Uuid>()?;
     Ok((row.0.as_ref().map(to_decimal).transpose()?, row.1))
 }
 
@@ -358,28 +365,14 @@ fn record_unbilled(
     window: &Window,
 ) -> MecResult<Value> {
     let used = usage::read(client, ns, ev.account_id, eff, ev.occurred_us)?.used;
-    let occurred: TimestampWithTimeZone = timestamptz(ev.occurred_us);
-    let start: TimestampWithTimeZone = timestamptz(window.start_us);
-    let end: Option<TimestampWithTimeZone> = window.end_us.map(timestamptz);
-    let id = spi::write(
-        client,
-        &RECORD_UNBILLED,
-        &[
-            ns.into(),
-            ev.key.as_str().into(),
-            ev.account_id.into(),
-            ev.resource_type.as_str().into(),
-            to_numeric(ev.quantity).into(),
-            occurred.into(),
-            start.into(),
-            end.into(),
-            to_numeric(used).into(),
-            eff.policy.limit.map(to_numeric).into(),
-            ev.http_status.into(),
-            JsonB(ev.metadata.clone()).into(),
-        ],
-    )?
-    .one::<Uuid>()?;
+    let mut args = ev.ledger_args(ns, window);
+    args.extend([
+        to_numeric(used).into(),
+        eff.policy.limit.map(to_numeric).into(),
+        ev.http_status.into(),
+        JsonB(ev.metadata.clone()).into(),
+    ]);
+    let id = spi::write(client, &RECORD_UNBILLED, &args)?.one::<Uuid>()?;
     match id {
         Some(id) => Ok(result(
             id,

@@ -356,25 +356,14 @@ pub fn meter(
     for _ in 0..3 {
         let (total, id) = in_subtransaction(
             || {
-                spi::write(
-                    client,
-                    &STRIPE_METER,
-                    &[
-                        ns.into(),
-                        ev.key.as_str().into(),
-                        ev.account_id.into(),
-                        ev.resource_type.as_str().into(),
-                        to_numeric(ev.quantity).into(),
-                        timestamptz(ev.occurred_us).into(),
-                        start(c).into(),
-                        end(c).into(),
-                        slot.into(),
-                        eff.policy.limit.map(to_numeric).into(),
-                        ev.http_status.into(),
-                        JsonB(ev.metadata.clone()).into(),
-                    ],
-                )?
-                .two::<AnyNumeric, Uuid>()
+                let mut args = ev.ledger_args(ns, &c.window);
+                args.extend([
+                    slot.into(),
+                    eff.policy.limit.map(to_numeric).into(),
+                    ev.http_status.into(),
+                    JsonB(ev.metadata.clone()).into(),
+                ]);
+                spi::write(client, &STRIPE_METER, &args)?.two::<AnyNumeric, Uuid>()
             },
             |(total, _)| total.is_some(),
         )?;
