@@ -12,11 +12,15 @@
 #   --functions LIST     comma-separated subset of check_entitlement,meter_consumption
 #   --label TEXT         a line printed at the top of the report (e.g. "2 vCPU, noisy")
 #   --keep-logs          keep wrk's and pgbench's output (the folder is printed)
+#   --keep-data          keep the events the runs metered (by default they are deleted afterwards)
 #
 # Both sides work in database mec (the gateway's), in namespace b3e0c0de-…-be02 ("bench-gateway",
 # created here once: catalog bench/catalog.json, 10 000 accounts md5(n::text)::uuid, each metered
 # once). The gateway is called with a JWT of role mec_service for that namespace; pgbench logs in
 # as the role mec_bench_gw (member of mec_service, mec.namespace_id set for it in database mec).
+# Afterwards the ledger rows the runs metered are deleted (that namespace's only, except the
+# 'warm-…' events of the setup) and its counters rebuilt from the ledger, so that database mec,
+# which the tests share, does not grow and counters and ledger still agree.
 set -euo pipefail
 
 BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)"
@@ -32,6 +36,7 @@ CLIENTS="1 8 32"
 FUNCTIONS="check_entitlement,meter_consumption"
 LABEL=""
 KEEP=0
+KEEP_DATA=0
 COMMAND="scripts/mec bench --gateway"
 for a in "$@"; do
   if [[ $a =~ ^[A-Za-z0-9_./,=:+-]+$ ]]; then COMMAND+=" $a"; else COMMAND+=" '${a//\'/\'\\\'\'}'"; fi
@@ -68,8 +73,9 @@ while (($#)); do
       ;;
     --label=*) LABEL="${1#*=}" ;;
     --keep-logs) KEEP=1 ;;
+    --keep-data) KEEP_DATA=1 ;;
     -h | --help)
-      sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+      sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
       exit 0
       ;;
     *) die "unknown argument: $1 (see --help)" ;;
@@ -253,7 +259,42 @@ RESULTS="$WORK/results.tsv"
   printf 'duration\t%s\n' "$DURATION"
   printf 'wrk\t%s\n' "$("$WRK" -v 2>&1 | head -1 | cut -d' ' -f1-2)"
 } >"$META"
-printf 'side\tfunction\tclients\trps\tp50_ms\tp99_ms\trequests\tbad\tdetail\n' >"$RESULTS"
+printf 'side\tfunction\tclients\trps\tp50_ms\tp99_ms\trequests\tbad\tdetail\tcpu_client\tcpu_gateway\tcpu_machine\n' >"$RESULTS"
+
+# CPU use during a run, in cores: the load generator (wrk or pgbench, from bash's `time`), the
+# gateway process (from /proc, found by its listening port) and the whole machine (/proc/stat: the
+# other sessions on a shared machine show up here). Printed as "client<TAB>gateway<TAB>machine".
+CLK="$(getconf CLK_TCK 2>/dev/null || echo 100)"
+GW_PORT="${GW##*:}"
+GW_PORT="${GW_PORT%%/*}"
+GW_PID=""
+gateway_pid() {
+  GW_PID="$(ss -ltnpH "sport = :$GW_PORT" 2>/dev/null | sed -n 's/.*pid=\([0-9]*\).*/\1/p' | head -1)"
+}
+proc_ticks() { [[ -n $1 && -r /proc/$1/stat ]] && sed 's/^.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; }
+busy_ticks() { awk '/^cpu /{print $2 + $3 + $4 + $7 + $8}' /proc/stat 2>/dev/null; }
+cpu_begin() {
+  gateway_pid
+  CPU_T0=$EPOCHREALTIME
+  CPU_GW0="$(proc_ticks "$GW_PID" || true)"
+  CPU_ALL0="$(busy_ticks || true)"
+}
+cpu_end() {
+  local t1=$EPOCHREALTIME gw1 all1
+  gw1="$(proc_ticks "$GW_PID" || true)"
+  all1="$(busy_ticks || true)"
+  awk -v t0="$CPU_T0" -v t1="$t1" -v clk="$CLK" -v g0="${CPU_GW0:-x}" -v g1="${gw1:-x}" \
+    -v a0="${CPU_ALL0:-x}" -v a1="${all1:-x}" '
+    /^MECTIME / { client = $2 + $3 }
+    END {
+      el = t1 - t0; if (el <= 0) el = 1
+      c = (client == "") ? "nan" : sprintf("%.2f", client / el)
+      g = (g0 == "x" || g1 == "x") ? "nan" : sprintf("%.2f", (g1 - g0) / clk / el)
+      a = (a0 == "x" || a1 == "x") ? "nan" : sprintf("%.2f", (a1 - a0) / clk / el)
+      printf "%s\t%s\t%s", c, g, a
+    }' "$1"
+}
+TIMEFORMAT='MECTIME %U %S'
 
 pgbench_script() {
   case $1 in
@@ -263,36 +304,44 @@ pgbench_script() {
 }
 
 run_wrk() {
-  local f=$1 c=$2 t out line rps p50 p99 n bad detail
+  local f=$1 c=$2 t out line rps p50 p99 n bad detail cpu
   t=$((c < NPROC ? c : NPROC))
   out="$WORK/wrk.$f.c$c"
   wait_gateway
   sql -c CHECKPOINT
-  "$WRK" -t "$t" -c "$c" -d "${DURATION}s" --timeout 10s --latency -s "$BENCH_DIR/gateway.lua" \
-    "$GW/api/rpc/$f" -- "$f" "$WORK/accounts.lua" "$WORK/token" "$RUN_ID-c$c" >"$out.out" 2>"$out.err" || true
+  cpu_begin
+  {
+    time "$WRK" -t "$t" -c "$c" -d "${DURATION}s" --timeout 10s --latency -s "$BENCH_DIR/gateway.lua" \
+      "$GW/api/rpc/$f" -- "$f" "$WORK/accounts.lua" "$WORK/token" "$RUN_ID-c$c" >"$out.out" 2>"$out.err" || true
+  } 2>"$out.time"
+  cpu="$(cpu_end "$out.time")"
   line="$(grep -m1 '^MECGW ' "$out.out" || true)"
   if [[ -z $line ]]; then
-    printf 'gateway\t%s\t%s\tnan\tnan\tnan\t0\t1\twrk failed: %s\n' "$f" "$c" \
-      "$(tr '\n\t' '  ' <"$out.err" | cut -c1-200)" >>"$RESULTS"
+    printf 'gateway\t%s\t%s\tnan\tnan\tnan\t0\t1\twrk failed: %s\t%s\n' "$f" "$c" \
+      "$(tr '\n\t' '  ' <"$out.err" | cut -c1-200)" "$cpu" >>"$RESULTS"
     say "$(printf '%-18s gateway %3s conns  wrk failed: %s' "$f" "$c" "$(head -c 200 "$out.err")")"
     return
   fi
   read -r rps p50 p99 n bad detail <<<"$("$PYTHON" "$BENCH_DIR/report.py" wrk "$line")"
-  printf 'gateway\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$f" "$c" "$rps" "$p50" "$p99" "$n" "$bad" "$detail" >>"$RESULTS"
+  printf 'gateway\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$f" "$c" "$rps" "$p50" "$p99" "$n" "$bad" "$detail" "$cpu" >>"$RESULTS"
   say "$(printf '%-18s gateway %3s conns  %8.0f req/s  p50 %7s ms  p99 %7s ms' "$f" "$c" "$rps" "$p50" "$p99")$(
     ((bad > 0)) && echo "  ($bad bad: $detail)")"
 }
 
 run_pgbench() {
-  local f=$1 c=$2 j out prefix rc tps lat p50 p99 n failed detail
+  local f=$1 c=$2 j out prefix rc tps lat p50 p99 n failed detail cpu
   j=$((c < NPROC ? c : NPROC))
   out="$WORK/pgbench.$f.c$c"
   prefix="$WORK/log/$f.c$c"
   mkdir -p "$WORK/log"
   sql -c CHECKPOINT
   rc=0
-  (cd "$WORK" && as_role "$PGBENCH" -n -M prepared -T "$DURATION" -c "$c" -j "$j" -s 10 \
-    -l --log-prefix="$prefix" -f "$(pgbench_script "$f")" "$DB") >"$out.out" 2>"$out.err" || rc=$?
+  cpu_begin
+  {
+    time as_role "$PGBENCH" -n -M prepared -T "$DURATION" -c "$c" -j "$j" -s 10 \
+      -l --log-prefix="$prefix" -f "$(pgbench_script "$f")" "$DB" >"$out.out" 2>"$out.err"
+  } 2>"$out.time" || rc=$?
+  cpu="$(cpu_end "$out.time")"
   tps="$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' "$out.out" | head -1)"
   lat="$("$PYTHON" "$BENCH_DIR/report.py" latency "$prefix")"
   ((KEEP)) || rm -f -- "$prefix".*
@@ -302,7 +351,7 @@ run_pgbench() {
     detail="pgbench exit $rc, $failed failed: $(grep -m1 -iE 'error|abort' "$out.err" | tr '\t' ' ' | cut -c1-200 || true)"
     ((failed > 0)) || failed=1
   fi
-  printf 'pgbench\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$f" "$c" "${tps:-nan}" "$p50" "$p99" "$n" "$failed" "$detail" >>"$RESULTS"
+  printf 'pgbench\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$f" "$c" "${tps:-nan}" "$p50" "$p99" "$n" "$failed" "$detail" "$cpu" >>"$RESULTS"
   say "$(printf '%-18s pgbench %3s conns  %8.0f tps    p50 %7s ms  p99 %7s ms' "$f" "$c" "${tps:-0}" "$p50" "$p99")$(
     [[ $detail != - ]] && echo "  ($detail)")"
 }
@@ -315,6 +364,28 @@ for c in $CLIENTS; do
     run_pgbench "$f" "$c"
   done
 done
+
+# The metered events of the bench namespace (not the setup's 'warm-…' ones), then its counters
+# rebuilt from what is left of its ledger, so that counters and ledger keep agreeing.
+purge_events() {
+  local n
+  n="$(sql -At -v ON_ERROR_STOP=1 <<SQL
+BEGIN;
+WITH d AS (DELETE FROM mec_data.consumption
+           WHERE namespace_id = '$NS' AND idempotency_key NOT LIKE 'warm-%'
+           RETURNING 1)
+SELECT count(*) FROM d;
+DELETE FROM mec_data.usage_counters WHERE namespace_id = '$NS';
+INSERT INTO mec_data.usage_counters (namespace_id, account_id, resource_type, period_start, slot, period_end, used)
+SELECT namespace_id, account_id, resource_type, period_start, 0, max(period_end), sum(quantity)
+FROM mec_data.consumption WHERE namespace_id = '$NS' AND billable
+GROUP BY namespace_id, account_id, resource_type, period_start;
+COMMIT;
+SQL
+)"
+  say "deleted the ${n//[^0-9]/} events metered in namespace $NS_NAME and rebuilt its counters from the ledger (--keep-data keeps them)"
+}
+((KEEP_DATA)) || purge_events
 
 mkdir -p "$BENCH_DIR/results"
 "$PYTHON" "$BENCH_DIR/report.py" gateway "$RESULTS" "$META" >"$WORK/report.md"

@@ -317,10 +317,11 @@ def gateway(results_path: str, meta_path: str) -> None:
             if len(parts) < 9 or parts[0] == "side":
                 continue
             side, fn, c, rps, p50, p99, n, bad, detail = parts[:9]
+            cpu = [num(x) for x in (parts[9:12] + ["", "", ""])[:3]]
             rows[(side, fn, int(c))] = {
                 "rps": num(rps), "p50": num(p50), "p99": num(p99),
                 "n": int(num(n)) if n.isdigit() else 0, "bad": int(bad) if bad.isdigit() else 1,
-                "detail": detail,
+                "detail": detail, "cpu": cpu,
             }
     fns = [fn for fn in ("check_entitlement", "meter_consumption") if any(k[1] == fn for k in rows)]
     clients = sorted({k[2] for k in rows})
@@ -390,6 +391,26 @@ def gateway(results_path: str, meta_path: str) -> None:
                    f"{GATEWAY_RATIO_TARGET} × pgbench tps, gateway p99 < {GATEWAY_P99_TARGET_MS:.0f} ms.")
         out.append("")
         out += verdicts
+        out.append("")
+    def cores(v: float) -> str:
+        return "–" if v != v else f"{v:.2f}"
+
+    cpu_rows = []
+    for fn in fns:
+        for c in clients:
+            g, p = rows.get(("gateway", fn, c)), rows.get(("pgbench", fn, c))
+            if not g or not p or "cpu" not in g:
+                continue
+            gc, pc = g["cpu"], p["cpu"]
+            cpu_rows.append(f"| `{fn}` | {c} | {cores(gc[0])} | {cores(gc[1])} | {cores(gc[2])} | "
+                            f"{cores(pc[0])} | {cores(pc[2])} |")
+    if cpu_rows:
+        out.append(f"CPU during each run, in cores of {meta.get('cpus', '?')} (the machine's busy time includes "
+                   "PostgreSQL and anything else running on it):")
+        out.append("")
+        out.append("| function | conns | wrk | gateway | machine (gateway run) | pgbench | machine (pgbench run) |")
+        out.append("|---|---:|---:|---:|---:|---:|---:|")
+        out += cpu_rows
         out.append("")
     if problems:
         out.append("⚠ Errors — these runs are not clean:")

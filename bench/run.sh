@@ -32,6 +32,7 @@ for a in "$@"; do
     exec bash "$BENCH_DIR/gateway.sh" "${rest[@]}"
   fi
 done
+
 DB=mec_bench
 ROLE=mec_bench
 NS=b3e0c0de-0000-4000-8000-00000000be01 # the bench namespace
