@@ -51,7 +51,8 @@ impl Effective {
 
 static LOOKUP: Stmt = Stmt {
     sql: "SELECT r.kind, r.window_seconds, r.billable_statuses::text, a.billing_anchor_day::int4,
-                 e.source, e.quantity_limit, e.period, e.enforcement, e.overage_cap, e.grace, e.enabled
+                 e.source, e.quantity_limit, e.period, e.enforcement, e.overage_cap, e.grace, e.enabled,
+                 e.valid_from
           FROM mec_data.accounts a
           JOIN mec_data.resource_types r
             ON r.namespace_id = a.namespace_id AND r.resource_type = $3
@@ -59,8 +60,7 @@ static LOOKUP: Stmt = Stmt {
             ON e.namespace_id = a.namespace_id AND e.account_id = a.account_id
            AND e.resource_type = $3 AND e.valid_from <= $4
            AND (e.valid_until IS NULL OR e.valid_until > $4)
-          WHERE a.namespace_id = $1 AND a.account_id = $2
-          ORDER BY e.valid_from DESC",
+          WHERE a.namespace_id = $1 AND a.account_id = $2",
     types: &[spi::UUID, spi::UUID, spi::TEXT, spi::TIMESTAMPTZ],
     writes: false,
 };
@@ -83,6 +83,7 @@ struct Row {
     overage_cap: Option<Decimal>,
     grace: Option<Decimal>,
     enabled: bool,
+    valid_from_us: i64,
 }
 
 fn dec(v: Option<AnyNumeric>) -> MecResult<Option<Decimal>> {
@@ -139,9 +140,16 @@ pub fn resolve(
                 overage_cap: dec(row.get::<AnyNumeric>(9)?)?,
                 grace: dec(row.get::<AnyNumeric>(10)?)?,
                 enabled: row.get::<bool>(11)?.unwrap_or(true),
+                valid_from_us: row
+                    .get::<TimestampWithTimeZone>(12)?
+                    .map(crate::values::unix_us)
+                    .transpose()?
+                    .unwrap_or(0),
             });
         }
     }
+    // Newest first: the newest override wins (sorted here rather than by a Sort node per call).
+    rows.sort_by_key(|r| std::cmp::Reverse(r.valid_from_us));
     let Some((kind, window_seconds, statuses, anchor)) = header else {
         return Err(diagnose_missing(client, ns, account_id, resource_type));
     };
