@@ -258,7 +258,7 @@ pub fn meter(client: &mut SpiClient<'_>, ns: Uuid, ev: &Event, now_us: i64) -> M
         let (used, consumption_id) =
             run_meter(client, ns, ev, &window, ceiling, overage_from, floor)?;
         if stripable && started.elapsed() >= stripes::CONTENDED {
-            stripes::mark_hot(ns, &counter);
+            stripes::saw_slow(ns, &counter);
         }
         match (used, consumption_id) {
             (Some(used), Some(id)) => {

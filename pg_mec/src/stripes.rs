@@ -1,8 +1,9 @@
 //! Striped counters for hot accounts (escrow), so that many callers metering one account do not
 //! queue on one row lock that is held through every commit's flush.
 //!
-//! A backend that waited on slot 0 of a `metered` counter (its statement took longer than
-//! [`CONTENDED`]) marks the counter hot for itself and meters on its own stripe from then on:
+//! A backend that keeps waiting on slot 0 of a `metered` counter ([`SLOW_TO_HOT`] statements
+//! slower than [`CONTENDED`] within [`SLOW_WINDOW`]; one slow statement alone is as likely a busy
+//! CPU as a lock wait) marks the counter hot for itself and meters on its own stripe from then on:
 //! slot `1 + pid % STRIPES`. A stripe may only consume the quota slot 0 granted it; slot 0 keeps
 //! `stripe_quota` = the sum of the stripes' quotas and counts it in its own guard. So:
 //!
@@ -38,14 +39,25 @@ use crate::values::{timestamptz, to_decimal, to_numeric};
 pub const STRIPES: i32 = 16;
 /// A slot-0 statement slower than this most likely waited for the row lock.
 pub const CONTENDED: Duration = Duration::from_millis(2);
+/// Slow statements on one counter within [`SLOW_WINDOW`] that make it hot.
+pub const SLOW_TO_HOT: u32 = 3;
+pub const SLOW_WINDOW: Duration = Duration::from_secs(1);
 /// How long a backend keeps metering a counter it found hot on its stripe.
 const HOT_FOR: Duration = Duration::from_secs(300);
 const MAX_TRACKED: usize = 4096;
 
 type HotKey = ([u8; 16], [u8; 16], String, i64);
 
+/// What this backend saw of one counter: slow statements since `since`, hot from `hot` on.
+#[derive(Clone, Copy)]
+struct Seen {
+    since: Instant,
+    slow: u32,
+    hot: Option<Instant>,
+}
+
 thread_local! {
-    static HOT: RefCell<HashMap<HotKey, Instant>> = RefCell::new(HashMap::new());
+    static HOT: RefCell<HashMap<HotKey, Seen>> = RefCell::new(HashMap::new());
 }
 
 fn hot_key(ns: Uuid, c: &CounterKey<'_>) -> HotKey {
@@ -61,20 +73,44 @@ pub fn is_hot(ns: Uuid, c: &CounterKey<'_>) -> bool {
     HOT.with(|h| {
         h.borrow()
             .get(&hot_key(ns, c))
+            .and_then(|seen| seen.hot)
             .is_some_and(|since| since.elapsed() < HOT_FOR)
     })
 }
 
-pub fn mark_hot(ns: Uuid, c: &CounterKey<'_>) {
+/// Records a slot-0 statement on `c` that took longer than [`CONTENDED`].
+pub fn saw_slow(ns: Uuid, c: &CounterKey<'_>) {
     HOT.with(|h| {
         let mut h = h.borrow_mut();
         if h.len() >= MAX_TRACKED {
-            h.retain(|_, since| since.elapsed() < HOT_FOR);
+            h.retain(|_, seen| {
+                seen.since.elapsed() < SLOW_WINDOW
+                    || seen.hot.is_some_and(|t| t.elapsed() < HOT_FOR)
+            });
             if h.len() >= MAX_TRACKED {
                 h.clear();
             }
         }
-        h.insert(hot_key(ns, c), Instant::now());
+        let now = Instant::now();
+        let seen = h.entry(hot_key(ns, c)).or_insert(Seen {
+            since: now,
+            slow: 0,
+            hot: None,
+        });
+        if seen.hot.is_some_and(|t| now.duration_since(t) < HOT_FOR) {
+            return;
+        }
+        if now.duration_since(seen.since) > SLOW_WINDOW {
+            *seen = Seen {
+                since: now,
+                slow: 0,
+                hot: None,
+            };
+        }
+        seen.slow += 1;
+        if seen.slow >= SLOW_TO_HOT {
+            seen.hot = Some(now);
+        }
     });
 }
 
