@@ -140,6 +140,8 @@ CREATE TABLE mec_data.usage_counters (
     used          numeric     NOT NULL DEFAULT 0,
     quota         numeric,                          -- stripes: what they may use; NULL = unbounded
     stripe_quota  numeric     NOT NULL DEFAULT 0,   -- slot 0: sum of the stripes' quotas
+    striped       boolean     NOT NULL DEFAULT false, -- slot 0: stripes may hold usage or quota
+    stripe_limit  numeric,                          -- slot 0: the limit the quotas were granted under
     updated_at    timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (namespace_id, account_id, resource_type, period_start, slot),
     FOREIGN KEY (namespace_id, account_id) REFERENCES mec_data.accounts (namespace_id, account_id) ON DELETE CASCADE

@@ -65,7 +65,11 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
     }
     let offset_s = match s.get(i..)? {
         "Z" | "z" => 0,
-        tz if tz.len() == 6 && (tz.starts_with('+') || tz.starts_with('-')) && &tz[3..4] == ":" => {
+        tz if tz.len() == 6
+            && tz.is_ascii()
+            && (tz.starts_with('+') || tz.starts_with('-'))
+            && &tz[3..4] == ":" =>
+        {
             let sign = if tz.starts_with('-') { -1 } else { 1 };
             sign * (tz[1..3].parse::<i64>().ok()? * 3600 + tz[4..6].parse::<i64>().ok()? * 60)
         }

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use crate::entitlement;
 use crate::errors::{MecError, MecResult};
 use crate::metering::validate_key;
-use crate::provisioning::{audit, store_result, stored_result};
+use crate::provisioning::{audit, claim_key, store_result};
 use crate::spi::{self, Stmt};
 use crate::values::{num, timestamptz, to_numeric};
 
@@ -110,6 +110,8 @@ static ADJUSTMENT_BY_KEY: Stmt = Stmt {
 
 static FORGET: Stmt = Stmt {
     sql: "WITH c AS (DELETE FROM mec_data.consumption WHERE namespace_id = $1 AND account_id = $2 RETURNING 1),
+               k AS (DELETE FROM mec_data.idempotency_keys
+                     WHERE namespace_id = $1 AND fingerprint LIKE $2::text || '|%' RETURNING 1),
                a AS (DELETE FROM mec_data.accounts WHERE namespace_id = $1 AND account_id = $2 RETURNING 1)
           SELECT (SELECT count(*) FROM a)::int4, (SELECT count(*) FROM c)::int4",
     types: &[spi::UUID, spi::UUID],
@@ -189,8 +191,7 @@ pub fn set_override(client: &mut SpiClient<'_>, ns: Uuid, req: &Override) -> Mec
         req.account_id, req.resource_type, req.limit, req.enforcement
     );
     if let Some(key) = &req.key {
-        validate_key(key)?;
-        if let Some(v) = stored_result(client, ns, "set_override", key, &fingerprint)? {
+        if let Some(v) = claim_key(client, ns, "set_override", key, &fingerprint)? {
             return Ok(v);
         }
     }
@@ -235,7 +236,7 @@ pub fn set_override(client: &mut SpiClient<'_>, ns: Uuid, req: &Override) -> Mec
         json!({"resource_type": req.resource_type, "limit": req.limit.map(num)}),
     )?;
     if let Some(key) = &req.key {
-        store_result(client, ns, "set_override", key, &fingerprint, &row)?;
+        store_result(client, ns, "set_override", key, &row)?;
     }
     Ok(row)
 }
@@ -258,8 +259,7 @@ pub fn grant_credits(
     }
     let fingerprint = format!("{}|{}|{}", req.account_id, req.resource_type, req.quantity);
     if let Some(key) = &req.key {
-        validate_key(key)?;
-        if let Some(v) = stored_result(client, ns, "grant_credits", key, &fingerprint)? {
+        if let Some(v) = claim_key(client, ns, "grant_credits", key, &fingerprint)? {
             return Ok(v);
         }
     }
@@ -286,9 +286,46 @@ pub fn grant_credits(
         json!({"resource_type": req.resource_type, "quantity": num(req.quantity)}),
     )?;
     if let Some(key) = &req.key {
-        store_result(client, ns, "grant_credits", key, &fingerprint, &row)?;
+        store_result(client, ns, "grant_credits", key, &row)?;
     }
     Ok(row)
+}
+
+/// The earlier adjustment recorded under `req.key`, with `duplicate: true`; ME409 when it was
+/// another payload (or not an adjustment).
+fn replay_adjustment(
+    client: &SpiClient<'_>,
+    ns: Uuid,
+    req: &Adjustment,
+) -> MecResult<Option<Value>> {
+    let Some(row) = spi::read(
+        client,
+        &ADJUSTMENT_BY_KEY,
+        &[ns.into(), req.key.as_str().into()],
+    )?
+    .into_iter()
+    .next() else {
+        return Ok(None);
+    };
+    let same = row.get::<Uuid>(2)? == Some(req.account_id)
+        && row.get::<String>(3)?.as_deref() == Some(req.resource_type.as_str())
+        && row
+            .get::<String>(4)?
+            .and_then(|q| q.parse::<Decimal>().ok())
+            .map(|d| d.normalize())
+            == Some(req.quantity.normalize())
+        && row.get::<String>(5)?.as_deref() == Some("adjustment");
+    if !same {
+        return Err(MecError::IdempotencyConflict {
+            key: req.key.clone(),
+            detail: json!({"operation": "adjust_consumption"}).to_string(),
+        });
+    }
+    let mut v = row.get::<JsonB>(1)?.map(|j| j.0).unwrap_or(Value::Null);
+    if let Some(o) = v.as_object_mut() {
+        o.insert("duplicate".into(), Value::Bool(true));
+    }
+    Ok(Some(v))
 }
 
 /// Appends a signed correction to the ledger and applies it to the period's counter.
@@ -302,32 +339,7 @@ pub fn adjust(client: &mut SpiClient<'_>, ns: Uuid, req: &Adjustment) -> MecResu
             "p_reason must say why usage is corrected",
         ));
     }
-    if let Some(row) = spi::read(
-        client,
-        &ADJUSTMENT_BY_KEY,
-        &[ns.into(), req.key.as_str().into()],
-    )?
-    .into_iter()
-    .next()
-    {
-        let same = row.get::<Uuid>(2)? == Some(req.account_id)
-            && row.get::<String>(3)?.as_deref() == Some(req.resource_type.as_str())
-            && row
-                .get::<String>(4)?
-                .and_then(|q| q.parse::<Decimal>().ok())
-                .map(|d| d.normalize())
-                == Some(req.quantity.normalize())
-            && row.get::<String>(5)?.as_deref() == Some("adjustment");
-        if !same {
-            return Err(MecError::IdempotencyConflict {
-                key: req.key.clone(),
-                detail: json!({"operation": "adjust_consumption"}).to_string(),
-            });
-        }
-        let mut v = row.get::<JsonB>(1)?.map(|j| j.0).unwrap_or(Value::Null);
-        if let Some(o) = v.as_object_mut() {
-            o.insert("duplicate".into(), Value::Bool(true));
-        }
+    if let Some(v) = replay_adjustment(client, ns, req)? {
         return Ok(v);
     }
     let eff = entitlement::resolve(
@@ -338,9 +350,42 @@ pub fn adjust(client: &mut SpiClient<'_>, ns: Uuid, req: &Adjustment) -> MecResu
         req.occurred_us,
     )?;
     let window = eff.window(req.occurred_us);
+    // The below-zero check and the counter need the exact total on slot 0.
+    crate::stripes::fold(
+        client,
+        ns,
+        &crate::counters::CounterKey {
+            account_id: req.account_id,
+            resource_type: &req.resource_type,
+            window,
+        },
+    )?;
     let occurred: TimestampWithTimeZone = timestamptz(req.occurred_us);
     let start: TimestampWithTimeZone = timestamptz(window.start_us);
     let end: Option<TimestampWithTimeZone> = window.end_us.map(timestamptz);
+    let recorded = spi::write(
+        client,
+        &ADJUST,
+        &[
+            ns.into(),
+            req.key.as_str().into(),
+            req.account_id.into(),
+            req.resource_type.as_str().into(),
+            to_numeric(req.quantity).into(),
+            occurred.into(),
+            start.into(),
+            end.into(),
+            req.reason.as_str().into(),
+        ],
+    )?
+    .one::<JsonB>()?
+    .map(|j| j.0);
+    // A concurrent call with the same key committed first: answer as it did.
+    let Some(mut row) = recorded else {
+        return replay_adjustment(client, ns, req)?.ok_or_else(|| {
+            MecError::Internal("adjustment key conflicted but no ledger row is visible".into())
+        });
+    };
     let used = spi::write(
         client,
         &APPLY_ADJUSTMENT,
@@ -364,24 +409,7 @@ pub fn adjust(client: &mut SpiClient<'_>, ns: Uuid, req: &Adjustment) -> MecResu
             "the adjustment would take usage below zero",
         ));
     }
-    let mut row = spi::write(
-        client,
-        &ADJUST,
-        &[
-            ns.into(),
-            req.key.as_str().into(),
-            req.account_id.into(),
-            req.resource_type.as_str().into(),
-            to_numeric(req.quantity).into(),
-            occurred.into(),
-            start.into(),
-            end.into(),
-            req.reason.as_str().into(),
-        ],
-    )?
-    .one::<JsonB>()?
-    .map(|j| j.0)
-    .ok_or_else(|| MecError::Internal("adjustment key was taken concurrently; retry".into()))?;
+
     audit(
         client,
         ns,

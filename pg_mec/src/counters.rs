@@ -37,17 +37,21 @@ static ADD: Stmt = Stmt {
 static HOLD: Stmt = Stmt {
     sql: "UPDATE mec_data.usage_counters SET used = used + $5, updated_at = now()
           WHERE namespace_id = $1 AND account_id = $2 AND resource_type = $3 AND period_start = $4 AND slot = 0
-            AND ($6::numeric IS NULL OR used + stripe_quota + $5 <= $6)
+            AND ($6::numeric IS NULL OR used + $5 <= $6) AND NOT striped
           RETURNING used",
     types: &[spi::UUID, spi::UUID, spi::TEXT, spi::TIMESTAMPTZ, spi::NUMERIC, spi::NUMERIC],
     writes: true,
 };
 
 static SWEEP_EXPIRED_HOLDS: Stmt = Stmt {
+    // SKIP LOCKED: a hold being committed or cancelled right now is that call's to settle (and it
+    // may be waiting for slot 0, which the caller of this sweep can already hold).
     sql: "WITH gone AS (
               UPDATE mec_data.reservations SET state = 'expired', settled_at = now()
-              WHERE namespace_id = $1 AND account_id = $2 AND resource_type = $3 AND period_start = $4
-                AND state = 'held' AND expires_at <= clock_timestamp()
+              WHERE ctid IN (SELECT ctid FROM mec_data.reservations
+                             WHERE namespace_id = $1 AND account_id = $2 AND resource_type = $3
+                               AND period_start = $4 AND state = 'held' AND expires_at <= clock_timestamp()
+                             FOR UPDATE SKIP LOCKED)
               RETURNING quantity)
           UPDATE mec_data.usage_counters
              SET used = used - (SELECT sum(quantity) FROM gone), updated_at = now()
@@ -103,7 +107,8 @@ impl CounterKey<'_> {
     }
 
     /// Adds `qty` if the total stays within `ceiling` (None = no ceiling), under the row lock.
-    /// Returns the new total, or None when refused or the row does not exist.
+    /// Returns the new total, or None when refused, when the row does not exist, or while the
+    /// counter is striped (fold it first: then slot 0 holds the exact total).
     pub fn hold(
         &self,
         client: &mut SpiClient<'_>,

@@ -57,20 +57,22 @@ impl Event {
 }
 
 static METER: Stmt = Stmt {
-    // Slot 0's guard counts the quota granted to stripes (stripe_quota), and while stripes hold
-    // quota slot 0 alone may not cross the limit (the stripes are folded back first), so the
-    // overage flag is exact. The stripes are summed only when there are any.
+    // Slot 0's guard counts the quota granted to stripes (stripe_quota). While stripes hold quota,
+    // slot 0 alone may not cross the limit, nor act under a limit other than the one the quota
+    // was granted under (the stripes are folded back first), so limits and the overage flag stay
+    // exact. The stripes are summed only when there are any.
     sql: "WITH upd AS (
               UPDATE mec_data.usage_counters
                  SET used = used + $5, updated_at = now()
                WHERE namespace_id = $1 AND account_id = $3 AND resource_type = $4
                  AND period_start = $7 AND slot = 0
                  AND ($9::numeric IS NULL OR used + stripe_quota + $5 <= $9)
-                 AND (stripe_quota = 0 OR $10::numeric IS NULL OR used + stripe_quota + $5 <= $10)
+                 AND (NOT striped OR (stripe_limit IS NOT DISTINCT FROM $10::numeric
+                                      AND ($10::numeric IS NULL OR used + stripe_quota + $5 <= $10)))
                  AND ($11::numeric IS NULL OR used + $5 >= $11)
-              RETURNING used, stripe_quota
+              RETURNING used, striped
           ), total AS (
-              SELECT CASE WHEN upd.stripe_quota = 0 THEN upd.used
+              SELECT CASE WHEN NOT upd.striped THEN upd.used
                           ELSE upd.used + (SELECT coalesce(sum(c.used), 0) FROM mec_data.usage_counters c
                                             WHERE c.namespace_id = $1 AND c.account_id = $3
                                               AND c.resource_type = $4 AND c.period_start = $7 AND c.slot > 0)
@@ -124,7 +126,7 @@ static RECORD_UNBILLED: Stmt = Stmt {
 
 static RECORDED: Stmt = Stmt {
     sql: "SELECT consumption_id, account_id, resource_type, quantity, billable, overage,
-                 quantity_used, quantity_allowed, period_start, period_end
+                 quantity_used, quantity_allowed, period_start, period_end, entry_type
           FROM mec_data.consumption
           WHERE namespace_id = $1 AND idempotency_key = $2",
     types: &[spi::UUID, spi::TEXT],
@@ -297,9 +299,8 @@ pub fn meter(client: &mut SpiClient<'_>, ns: Uuid, ev: &Event, now_us: i64) -> M
             }
         }
     }
-    Err(MecError::Internal(
-        "metering retried without an outcome".into(),
-    ))
+    // Holds kept expiring or stripes kept folding between attempts: decide on what is there now.
+    Err(refusal(client, ns, ev, &eff))
 }
 
 /// The raw count of the current rate bucket (without the previous bucket's weight).
@@ -435,12 +436,15 @@ pub fn replay_if_recorded(
         .as_ref()
         .map(to_decimal)
         .transpose()?;
+    let entry_type = row.get::<String>(11)?;
     if account != Some(ev.account_id)
         || resource.as_deref() != Some(ev.resource_type.as_str())
         || quantity != Some(ev.quantity)
+        || entry_type.as_deref() != Some("usage")
     {
         let detail = json!({
             "idempotency_key": ev.key,
+            "recorded_entry_type": entry_type,
             "recorded": {"account_id": account.map(|a| a.to_string()), "resource_type": resource, "quantity": opt_num(quantity)},
             "sent": {"account_id": ev.account_id.to_string(), "resource_type": ev.resource_type, "quantity": num(ev.quantity)},
         });

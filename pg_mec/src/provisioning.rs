@@ -134,10 +134,21 @@ static STORED_RESULT: Stmt = Stmt {
     writes: false,
 };
 
-static STORE_RESULT: Stmt = Stmt {
+/// Claims a key before the work: a concurrent call with the same key waits here for the first
+/// to commit, then finds its stored result.
+static CLAIM_KEY: Stmt = Stmt {
     sql: "INSERT INTO mec_data.idempotency_keys (namespace_id, operation, idempotency_key, fingerprint, result)
-          VALUES ($1, $2, $3, $4, $5)",
-    types: &[spi::UUID, spi::TEXT, spi::TEXT, spi::TEXT, spi::JSONB],
+          VALUES ($1, $2, $3, $4, '{}')
+          ON CONFLICT (namespace_id, operation, idempotency_key) DO NOTHING
+          RETURNING true",
+    types: &[spi::UUID, spi::TEXT, spi::TEXT, spi::TEXT],
+    writes: true,
+};
+
+static STORE_RESULT: Stmt = Stmt {
+    sql: "UPDATE mec_data.idempotency_keys SET result = $4
+          WHERE namespace_id = $1 AND operation = $2 AND idempotency_key = $3",
+    types: &[spi::UUID, spi::TEXT, spi::TEXT, spi::JSONB],
     writes: true,
 };
 
@@ -192,12 +203,34 @@ pub fn stored_result(
     Ok(Some(result))
 }
 
-pub fn store_result(
+/// Claims `key` for this call: `None` to go ahead (then [`store_result`] at the end), or the
+/// stored result of an earlier call with the same key (`duplicate: true`; ME409 for another
+/// payload).
+pub fn claim_key(
     client: &mut SpiClient<'_>,
     ns: Uuid,
     operation: &str,
     key: &str,
     fingerprint: &str,
+) -> MecResult<Option<Value>> {
+    crate::metering::validate_key(key)?;
+    let claimed = spi::write(
+        client,
+        &CLAIM_KEY,
+        &[ns.into(), operation.into(), key.into(), fingerprint.into()],
+    )?;
+    if !claimed.is_empty() {
+        return Ok(None);
+    }
+    stored_result(client, ns, operation, key, fingerprint)
+}
+
+/// Records the result of the call that claimed `key`.
+pub fn store_result(
+    client: &mut SpiClient<'_>,
+    ns: Uuid,
+    operation: &str,
+    key: &str,
     result: &Value,
 ) -> MecResult<()> {
     spi::write(
@@ -207,7 +240,6 @@ pub fn store_result(
             ns.into(),
             operation.into(),
             key.into(),
-            fingerprint.into(),
             JsonB(result.clone()).into(),
         ],
     )?;
@@ -266,8 +298,7 @@ pub fn provision(client: &mut SpiClient<'_>, ns: Uuid, req: &Provision) -> MecRe
         req.external_id.as_deref().unwrap_or("")
     );
     if let Some(key) = &req.key {
-        crate::metering::validate_key(key)?;
-        if let Some(v) = stored_result(client, ns, "provision_plan", key, &fingerprint)? {
+        if let Some(v) = claim_key(client, ns, "provision_plan", key, &fingerprint)? {
             return Ok(v);
         }
     }
@@ -362,7 +393,7 @@ pub fn provision(client: &mut SpiClient<'_>, ns: Uuid, req: &Provision) -> MecRe
         "entitlements": entitlements,
     });
     if let Some(key) = &req.key {
-        store_result(client, ns, "provision_plan", key, &fingerprint, &result)?;
+        store_result(client, ns, "provision_plan", key, &result)?;
     }
     Ok(result)
 }

@@ -15,6 +15,7 @@ use crate::entitlement;
 use crate::errors::{MecError, MecResult};
 use crate::metering::{self, validate_key, Event};
 use crate::spi::{self, Stmt};
+use crate::stripes;
 use crate::usage;
 use crate::values::{num, opt_num, timestamptz, to_decimal, to_numeric, ts_json, unix_us};
 
@@ -121,16 +122,19 @@ pub fn reserve(
     };
     let ceiling = eff.policy.ceiling();
     let mut used = None;
-    for attempt in 0..3 {
+    for attempt in 0..4 {
         used = counter.hold(client, ns, req.quantity, ceiling)?;
         if used.is_some() {
             break;
         }
-        // Missing counter (maybe created concurrently after this statement's snapshot), or quota
-        // held by expired reservations: try again; otherwise refuse.
+        // Missing counter (maybe created concurrently after this statement's snapshot), quota
+        // held by expired reservations, or a striped counter (holds are decided on slot 0 with
+        // the exact total): try again; otherwise refuse.
         if attempt == 0 {
             counter.create(client, ns)?;
-        } else if !counter.sweep_expired_holds(client, ns)? {
+        } else if !(counter.sweep_expired_holds(client, ns)?
+            || stripes::fold(client, ns, &counter)?)
+        {
             break;
         }
     }
@@ -320,6 +324,8 @@ pub fn commit(
         resource_type: &h.resource_type,
         window: h.window,
     };
+    // Slot 0 must hold the exact total for the ledger row's usage and overage.
+    stripes::fold(client, ns, &counter)?;
     let delta = actual - h.quantity;
     let used = if delta > Decimal::ZERO {
         counter

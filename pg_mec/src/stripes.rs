@@ -125,15 +125,16 @@ fn in_subtransaction<T>(
     keep: impl FnOnce(&T) -> bool,
 ) -> MecResult<T> {
     // SAFETY: the pattern PL/pgSQL uses for exception blocks: begin, run, release or roll back,
-    // then restore the caller's memory context and resource owner. An ERROR inside `f` unwinds
-    // to the statement and aborts the whole transaction, subtransaction included.
+    // then restore the caller's memory context and resource owner. An ERROR inside `f` reaches us
+    // as a panic (pgrx's guard): the subtransaction is rolled back before it unwinds further, so
+    // a caller's own exception block rolls back its subtransaction, not ours.
     unsafe {
         let context = pg_sys::CurrentMemoryContext;
         let owner = pg_sys::CurrentResourceOwner;
         pg_sys::BeginInternalSubTransaction(std::ptr::null());
         pg_sys::MemoryContextSwitchTo(context);
-        let outcome = f();
-        let commit = matches!(&outcome, Ok(v) if keep(v));
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+        let commit = matches!(&outcome, Ok(Ok(v)) if keep(v));
         if commit {
             pg_sys::ReleaseCurrentSubTransaction();
         } else {
@@ -141,7 +142,10 @@ fn in_subtransaction<T>(
         }
         pg_sys::MemoryContextSwitchTo(context);
         pg_sys::CurrentResourceOwner = owner;
-        outcome
+        match outcome {
+            Ok(result) => result,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
     }
 }
 
@@ -159,6 +163,12 @@ static STRIPE_METER: Stmt = Stmt {
                WHERE namespace_id = $1 AND account_id = $3 AND resource_type = $4
                  AND period_start = $7 AND slot = $9
                  AND (quota IS NULL OR used + $5 <= quota)
+                 -- the quota was granted under the limit in force now (limits change with time:
+                 -- grants expire, scheduled plans start); otherwise fold and decide on slot 0
+                 AND EXISTS (SELECT 1 FROM mec_data.usage_counters h
+                             WHERE h.namespace_id = $1 AND h.account_id = $3 AND h.resource_type = $4
+                               AND h.period_start = $7 AND h.slot = 0 AND h.striped
+                               AND h.stripe_limit IS NOT DISTINCT FROM $10::numeric)
               RETURNING used
           ), total AS (
               SELECT upd.used + (SELECT coalesce(sum(c.used), 0) FROM mec_data.usage_counters c
@@ -192,16 +202,14 @@ static UNDO_STRIPE: Stmt = Stmt {
 };
 
 /// Locks slot 0 (creating it if missing): its usage and the quota granted to stripes.
+/// `$6` is the limit in force; the last column says the stripes hold quota granted under another.
 static LOCK_SLOT0: Stmt = Stmt {
     sql: "INSERT INTO mec_data.usage_counters AS u (namespace_id, account_id, resource_type, period_start, slot, period_end)
           VALUES ($1, $2, $3, $4, 0, $5)
           ON CONFLICT (namespace_id, account_id, resource_type, period_start, slot)
           DO UPDATE SET updated_at = now()
-          RETURNING used, stripe_quota,
-                    EXISTS (SELECT 1 FROM mec_data.usage_counters s
-                            WHERE s.namespace_id = $1 AND s.account_id = $2 AND s.resource_type = $3
-                              AND s.period_start = $4 AND s.slot > 0 AND s.quota IS NULL)",
-    types: &[spi::UUID, spi::UUID, spi::TEXT, spi::TIMESTAMPTZ, spi::TIMESTAMPTZ],
+          RETURNING used, stripe_quota, striped AND stripe_limit IS DISTINCT FROM $6::numeric",
+    types: &[spi::UUID, spi::UUID, spi::TEXT, spi::TIMESTAMPTZ, spi::TIMESTAMPTZ, spi::NUMERIC],
     writes: true,
 };
 
@@ -214,10 +222,11 @@ static GRANT: Stmt = Stmt {
               ON CONFLICT (namespace_id, account_id, resource_type, period_start, slot)
               DO UPDATE SET quota = CASE WHEN excluded.quota IS NULL THEN NULL ELSE coalesce(u.quota, 0) + excluded.quota END
               RETURNING 1)
-          UPDATE mec_data.usage_counters SET stripe_quota = stripe_quota + coalesce($7, 0)
+          UPDATE mec_data.usage_counters
+             SET stripe_quota = stripe_quota + coalesce($7, 0), striped = true, stripe_limit = $8
           WHERE namespace_id = $1 AND account_id = $2 AND resource_type = $3 AND period_start = $4 AND slot = 0
             AND EXISTS (SELECT 1 FROM stripe)",
-    types: &[spi::UUID, spi::UUID, spi::TEXT, spi::TIMESTAMPTZ, spi::TIMESTAMPTZ, spi::INT4, spi::NUMERIC],
+    types: &[spi::UUID, spi::UUID, spi::TEXT, spi::TIMESTAMPTZ, spi::TIMESTAMPTZ, spi::INT4, spi::NUMERIC, spi::NUMERIC],
     writes: true,
 };
 
@@ -235,9 +244,10 @@ static FOLD: Stmt = Stmt {
               RETURNING locked.used
           )
           UPDATE mec_data.usage_counters
-             SET used = used + (SELECT coalesce(sum(used), 0) FROM zeroed), stripe_quota = 0, updated_at = now()
+             SET used = used + (SELECT coalesce(sum(used), 0) FROM zeroed), stripe_quota = 0,
+                 striped = false, stripe_limit = NULL, updated_at = now()
           WHERE namespace_id = $1 AND account_id = $2 AND resource_type = $3 AND period_start = $4 AND slot = 0
-            AND (stripe_quota <> 0 OR EXISTS (SELECT 1 FROM zeroed WHERE used <> 0))
+            AND (striped OR EXISTS (SELECT 1 FROM zeroed WHERE used <> 0))
           RETURNING true",
     types: &[spi::UUID, spi::UUID, spi::TEXT, spi::TIMESTAMPTZ],
     writes: true,
@@ -275,6 +285,7 @@ pub fn fold(client: &mut SpiClient<'_>, ns: Uuid, c: &CounterKey<'_>) -> MecResu
             c.resource_type.into(),
             start(c).into(),
             end(c).into(),
+            Option::<AnyNumeric>::None.into(),
         ],
     )?;
     let folded = spi::write(
@@ -330,7 +341,7 @@ fn grant(
     limit: Option<Decimal>,
     qty: Decimal,
 ) -> MecResult<Grant> {
-    let (used0, granted, unbounded) = spi::write(
+    let (used0, granted, stale) = spi::write(
         client,
         &LOCK_SLOT0,
         &[
@@ -339,12 +350,16 @@ fn grant(
             c.resource_type.into(),
             start(c).into(),
             end(c).into(),
+            limit.map(to_numeric).into(),
         ],
     )?
     .three::<AnyNumeric, AnyNumeric, bool>()?;
+    if stale == Some(true) {
+        // Quota granted under another limit (or unbounded): take it all back first.
+        return Ok(Grant::Exhausted);
+    }
     let chunk = match limit {
         None => None,
-        Some(_) if unbounded == Some(true) => return Ok(Grant::Exhausted),
         Some(limit) => {
             let used0 = used0
                 .as_ref()
@@ -375,6 +390,7 @@ fn grant(
             end(c).into(),
             slot.into(),
             chunk.map(to_numeric).into(),
+            limit.map(to_numeric).into(),
         ],
     )?;
     Ok(Grant::Granted)

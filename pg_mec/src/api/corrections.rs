@@ -27,10 +27,7 @@ fn set_override(
         let req = Override {
             account_id: args::required(p_account_id, "p_account_id")?,
             resource_type: args::text(p_resource_type, "p_resource_type")?,
-            limit: p_limit
-                .as_ref()
-                .map(crate::values::to_decimal)
-                .transpose()?,
+            limit: p_limit.map(|n| crate::values::to_decimal(&n)).transpose()?,
             enforcement: p_enforcement.map(str::to_string),
             valid_from_us: args::instant(p_valid_from, "p_valid_from")?,
             valid_until_us: p_valid_until

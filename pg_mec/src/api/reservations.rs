@@ -47,8 +47,7 @@ fn commit_reservation(
         let ns = context::namespace()?;
         let id = args::required(p_reservation_id, "p_reservation_id")?;
         let actual = p_actual_quantity
-            .as_ref()
-            .map(crate::values::to_decimal)
+            .map(|n| crate::values::to_decimal(&n))
             .transpose()?;
         Spi::connect_mut(|client| reservations::commit(client, ns, id, actual, args::now_us()))
     })();
