@@ -1,7 +1,7 @@
 -- 03_provisioning: mec.provision_plan — creates the account, previous_plan_id, same plan twice,
 -- upgrade/downgrade mid-period keeps the usage counted, unknown plan, idempotency keys, external ids.
 BEGIN;
-SELECT plan(25);
+SELECT plan(28);
 
 CREATE FUNCTION pg_temp.pick(j jsonb, VARIADIC k text[]) RETURNS jsonb LANGUAGE sql IMMUTABLE AS $f$
     SELECT jsonb_object_agg(x, coalesce(j -> x, 'null'::jsonb)) FROM unnest(k) AS x
@@ -155,6 +155,23 @@ SELECT throws_ok(
 SELECT is(
     (SELECT plan_id FROM mec.accounts WHERE account_id = '7e570000-0003-4000-8000-000000000103'),
     'free', 'after ME409 the account is still on its plan');
+
+-- forget_account takes the account's idempotency keys with it: provisioning it again with the
+-- same key creates it anew instead of answering with the forgotten result.
+SELECT is(
+    (SELECT mec.forget_account('7e570000-0003-4000-8000-000000000103') -> 'existed'),
+    'true'::jsonb, 'forget_account removes the account');
+SELECT is(
+    (SELECT count(*)::int FROM mec_data.idempotency_keys
+      WHERE namespace_id = '7e570000-0003-4000-8000-00000000000a'
+        AND fingerprint LIKE '7e570000-0003-4000-8000-000000000103|%'),
+    0, 'forget_account removes the idempotency keys naming the account');
+INSERT INTO res SELECT 'k1_after_forget', mec.provision_plan('7e570000-0003-4000-8000-000000000103', 'free',
+                                                             p_idempotency_key => 't03-prov-key');
+SELECT is(
+    (SELECT jsonb_build_object('duplicate', r -> 'duplicate', 'created', r -> 'created') FROM res WHERE k = 'k1_after_forget'),
+    '{"duplicate": false, "created": true}'::jsonb,
+    'after forget_account the same key provisions the account anew');
 
 -- ---------------------------------------------------------------- external ids
 SELECT throws_ok(

@@ -2,7 +2,7 @@
 -- grace, unlimited and zero limits, periods, billability by HTTP status, ME429 (DETAIL, aborts the
 -- caller's work), and bad input (contract SQLSTATE, nothing changed).
 BEGIN;
-SELECT plan(70);
+SELECT plan(71);
 
 -- ---------------------------------------------------------------- helpers (rolled back)
 -- DETAIL as JSON when it is JSON, else as a JSON string (so a surprise never aborts the file).
@@ -430,6 +430,16 @@ SELECT throws_ok($$SELECT mec.meter_consumption('t04-bad-late', '7e570000-0004-4
 SELECT throws_ok($$SELECT mec.meter_consumption('t04-bad-meta', '7e570000-0004-4000-8000-000000000101', 'm_other', 1, p_metadata => '[1]')$$,
     '22023', NULL, 'metadata that is not an object: 22023');
 SELECT is(pg_temp.state(), (SELECT s FROM snap WHERE k = 'before_bad'), 'none of the bad calls changed anything');
+
+-- A malformed timestamp in a batch (a non-ASCII offset) rejects that event with 22023; it does
+-- not fail the whole call.
+SELECT is(
+    (SELECT jsonb_build_object('rejected', r -> 'rejected', 'code', r #> '{results,0,error,code}')
+       FROM (SELECT mec.meter_consumption_batch(jsonb_build_array(jsonb_build_object(
+                 'idempotency_key', 't04-batch-tz', 'account_id', '7e570000-0004-4000-8000-000000000101',
+                 'resource_type', 'm_hard', 'quantity', 1, 'occurred_at', '2026-01-01T00:00:00+0é00'))) AS r) b),
+    '{"rejected": 1, "code": "22023"}'::jsonb,
+    'a batch event with a malformed occurred_at is rejected with 22023, the call itself succeeds');
 
 SELECT * FROM finish();
 ROLLBACK;
