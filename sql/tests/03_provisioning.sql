@@ -3,9 +3,7 @@
 BEGIN;
 SELECT plan(28);
 
-CREATE FUNCTION pg_temp.pick(j jsonb, VARIADIC k text[]) RETURNS jsonb LANGUAGE sql IMMUTABLE AS $f$
-    SELECT jsonb_object_agg(x, coalesce(j -> x, 'null'::jsonb)) FROM unnest(k) AS x
-$f$;
+\ir helpers.psql
 
 DO $$ BEGIN
     PERFORM mec.create_namespace('t03_provisioning', '7e570000-0003-4000-8000-00000000000a');

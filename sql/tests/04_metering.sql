@@ -4,33 +4,9 @@
 BEGIN;
 SELECT plan(71);
 
--- ---------------------------------------------------------------- helpers (rolled back)
--- DETAIL as JSON when it is JSON, else as a JSON string (so a surprise never aborts the file).
-CREATE FUNCTION pg_temp.as_json(t text) RETURNS jsonb LANGUAGE plpgsql IMMUTABLE AS $f$
-BEGIN
-    RETURN t::jsonb;
-EXCEPTION WHEN OTHERS THEN
-    RETURN to_jsonb(t);
-END
-$f$;
+\ir helpers.psql
 
--- Runs p_sql and returns the error it raised: {sqlstate, message, detail, hint} (sqlstate null: none).
-CREATE FUNCTION pg_temp.err(p_sql text) RETURNS jsonb LANGUAGE plpgsql AS $f$
-DECLARE
-    v_state text; v_msg text; v_detail text; v_hint text;
-BEGIN
-    EXECUTE p_sql;
-    RETURN jsonb_build_object('sqlstate', NULL);
-EXCEPTION WHEN OTHERS THEN
-    GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_msg = MESSAGE_TEXT,
-                            v_detail = PG_EXCEPTION_DETAIL, v_hint = PG_EXCEPTION_HINT;
-    RETURN jsonb_build_object('sqlstate', v_state, 'message', v_msg, 'detail', pg_temp.as_json(v_detail), 'hint', v_hint);
-END
-$f$;
 
-CREATE FUNCTION pg_temp.pick(j jsonb, VARIADIC k text[]) RETURNS jsonb LANGUAGE sql IMMUTABLE AS $f$
-    SELECT jsonb_object_agg(x, coalesce(j -> x, 'null'::jsonb)) FROM unnest(k) AS x
-$f$;
 
 -- What a metering call changes: ledger rows and summed counters of the test namespace.
 CREATE FUNCTION pg_temp.state() RETURNS jsonb LANGUAGE sql STABLE AS $f$

@@ -3,9 +3,7 @@
 BEGIN;
 SELECT plan(27);
 
-CREATE FUNCTION pg_temp.pick(j jsonb, VARIADIC k text[]) RETURNS jsonb LANGUAGE sql IMMUTABLE AS $f$
-    SELECT jsonb_object_agg(x, coalesce(j -> x, 'null'::jsonb)) FROM unnest(k) AS x
-$f$;
+\ir helpers.psql
 
 CREATE FUNCTION pg_temp.chk(p_resource text, p_qty numeric DEFAULT 1) RETURNS jsonb LANGUAGE sql AS $f$
     SELECT pg_temp.pick(mec.check_entitlement('7e570000-0005-4000-8000-000000000101', p_resource, p_qty),

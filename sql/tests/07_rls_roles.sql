@@ -8,9 +8,7 @@
 BEGIN;
 SELECT plan(53);
 
-CREATE FUNCTION pg_temp.pick(j jsonb, VARIADIC k text[]) RETURNS jsonb LANGUAGE sql IMMUTABLE AS $f$
-    SELECT jsonb_object_agg(x, coalesce(j -> x, 'null'::jsonb)) FROM unnest(k) AS x
-$f$;
+\ir helpers.psql
 
 -- Rows of a view as the current role sees them: {"own": any row of namespace ns, "other": rows of other namespaces}.
 CREATE FUNCTION pg_temp.seen(p_view text, ns uuid) RETURNS jsonb LANGUAGE plpgsql AS $f$

@@ -4,9 +4,7 @@
 BEGIN;
 SELECT plan(23);
 
-CREATE FUNCTION pg_temp.pick(j jsonb, VARIADIC k text[]) RETURNS jsonb LANGUAGE sql IMMUTABLE AS $f$
-    SELECT jsonb_object_agg(x, coalesce(j -> x, 'null'::jsonb)) FROM unnest(k) AS x
-$f$;
+\ir helpers.psql
 
 CREATE TEMP TABLE res (k text PRIMARY KEY, r jsonb);
 GRANT ALL ON res TO PUBLIC;
