@@ -42,11 +42,9 @@ for a in "$@"; do
   if [[ $a =~ ^[A-Za-z0-9_./,=:+-]+$ ]]; then COMMAND+=" $a"; else COMMAND+=" '${a//\'/\'\\\'\'}'"; fi
 done
 
-die() {
-  echo "bench --gateway: $*" >&2
-  exit 1
-}
-say() { printf '[%s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+BENCH_NAME="bench --gateway"
+# shellcheck source=bench/lib.sh
+source "$BENCH_DIR/lib.sh"
 
 while (($#)); do
   case $1 in
@@ -91,27 +89,11 @@ for f in "${FNS[@]}"; do
 done
 
 # ------------------------------------------------------------------ tools
-bin() {
-  if [[ -n ${MEC_PG_BIN:-} && -x $MEC_PG_BIN/$1 ]]; then
-    echo "$MEC_PG_BIN/$1"
-  elif command -v "$1" >/dev/null 2>&1; then
-    command -v "$1"
-  elif [[ -x /usr/lib/postgresql/15/bin/$1 ]]; then
-    echo "/usr/lib/postgresql/15/bin/$1"
-  else
-    die "$1 not found (install postgresql-client-15 / postgresql-contrib)"
-  fi
-}
-PSQL="$(bin psql)"
-PGBENCH="$(bin pgbench)"
+find_tools
 WRK="$(command -v wrk || true)"
 [[ -n $WRK ]] || die "wrk not found (apt-get install wrk)"
 CURL="$(command -v curl || true)"
 [[ -n $CURL ]] || die "curl not found"
-PYTHON="$(command -v python3 || true)"
-[[ -n $PYTHON ]] || die "python3 not found"
-unset PGOPTIONS
-NPROC="$(nproc 2>/dev/null || echo 2)"
 GW="${MEC_GATEWAY_URL:-}"
 [[ -n $GW ]] || die "MEC_GATEWAY_URL is not set (source .mec/env, or run through scripts/mec bench --gateway)"
 GW="${GW%/}"

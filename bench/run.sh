@@ -52,11 +52,9 @@ for a in "$@"; do
   if [[ $a =~ ^[A-Za-z0-9_./,=:+-]+$ ]]; then COMMAND+=" $a"; else COMMAND+=" '${a//\'/\'\\\'\'}'"; fi
 done
 
-die() {
-  echo "bench: $*" >&2
-  exit 1
-}
-say() { printf '[%s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+BENCH_NAME="bench"
+# shellcheck source=bench/lib.sh
+source "$BENCH_DIR/lib.sh"
 
 while (($#)); do
   case $1 in
@@ -105,23 +103,7 @@ CLIENTS="${CLIENTS//,/ }"
 for c in $CLIENTS; do [[ $c =~ ^[0-9]+$ && $c -gt 0 ]] || die "bad client count: $c"; done
 
 # ------------------------------------------------------------------ tools
-bin() {
-  if [[ -n ${MEC_PG_BIN:-} && -x $MEC_PG_BIN/$1 ]]; then
-    echo "$MEC_PG_BIN/$1"
-  elif command -v "$1" >/dev/null 2>&1; then
-    command -v "$1"
-  elif [[ -x /usr/lib/postgresql/15/bin/$1 ]]; then
-    echo "/usr/lib/postgresql/15/bin/$1"
-  else
-    die "$1 not found (install postgresql-client-15 / postgresql-contrib)"
-  fi
-}
-PSQL="$(bin psql)"
-PGBENCH="$(bin pgbench)"
-PYTHON="$(command -v python3 || true)"
-[[ -n $PYTHON ]] || die "python3 not found"
-unset PGOPTIONS # scripts/mec psql may set mec.namespace_id through it; the bench sets its own
-NPROC="$(nproc 2>/dev/null || echo 2)"
+find_tools
 
 # Superuser psql into database $1 (rest: psql arguments).
 sql() {
