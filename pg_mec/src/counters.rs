@@ -3,7 +3,7 @@
 
 use pg_mec_core::period::Window;
 use pg_mec_core::Decimal;
-use pgrx::datum::{AnyNumeric, TimestampWithTimeZone, Uuid};
+use pgrx::datum::{AnyNumeric, DatumWithOid, TimestampWithTimeZone, Uuid};
 use pgrx::spi::SpiClient;
 
 use crate::errors::MecResult;
@@ -62,25 +62,27 @@ static SWEEP_EXPIRED_HOLDS: Stmt = Stmt {
     writes: true,
 };
 
-impl CounterKey<'_> {
-    fn start(&self) -> TimestampWithTimeZone {
-        timestamptz(self.window.start_us)
+impl<'a> CounterKey<'a> {
+    /// `$1..$4` of every counter statement: namespace, account, resource, period start; with
+    /// `with_end`, `$5` is the period end.
+    pub fn args(&self, ns: Uuid, with_end: bool) -> Vec<DatumWithOid<'a>> {
+        let start: TimestampWithTimeZone = timestamptz(self.window.start_us);
+        let mut args: Vec<DatumWithOid<'a>> = vec![
+            ns.into(),
+            self.account_id.into(),
+            self.resource_type.into(),
+            start.into(),
+        ];
+        if with_end {
+            let end: Option<TimestampWithTimeZone> = self.window.end_us.map(timestamptz);
+            args.push(end.into());
+        }
+        args
     }
 
     /// Creates the counter row if missing; true when this call created it.
     pub fn create(&self, client: &mut SpiClient<'_>, ns: Uuid) -> MecResult<bool> {
-        let end: Option<TimestampWithTimeZone> = self.window.end_us.map(timestamptz);
-        let rows = spi::write(
-            client,
-            &CREATE,
-            &[
-                ns.into(),
-                self.account_id.into(),
-                self.resource_type.into(),
-                self.start().into(),
-                end.into(),
-            ],
-        )?;
+        let rows = spi::write(client, &CREATE, &self.args(ns, true))?;
         Ok(!rows.is_empty())
     }
 
@@ -91,18 +93,9 @@ impl CounterKey<'_> {
         ns: Uuid,
         delta: Decimal,
     ) -> MecResult<Option<Decimal>> {
-        let used = spi::write(
-            client,
-            &ADD,
-            &[
-                ns.into(),
-                self.account_id.into(),
-                self.resource_type.into(),
-                self.start().into(),
-                to_numeric(delta).into(),
-            ],
-        )?
-        .one::<AnyNumeric>()?;
+        let mut args = self.args(ns, false);
+        args.push(to_numeric(delta).into());
+        let used = spi::write(client, &ADD, &args)?.one::<AnyNumeric>()?;
         used.as_ref().map(to_decimal).transpose()
     }
 
@@ -116,34 +109,15 @@ impl CounterKey<'_> {
         qty: Decimal,
         ceiling: Option<Decimal>,
     ) -> MecResult<Option<Decimal>> {
-        let used = spi::write(
-            client,
-            &HOLD,
-            &[
-                ns.into(),
-                self.account_id.into(),
-                self.resource_type.into(),
-                self.start().into(),
-                to_numeric(qty).into(),
-                ceiling.map(to_numeric).into(),
-            ],
-        )?
-        .one::<AnyNumeric>()?;
+        let mut args = self.args(ns, false);
+        args.extend([to_numeric(qty).into(), ceiling.map(to_numeric).into()]);
+        let used = spi::write(client, &HOLD, &args)?.one::<AnyNumeric>()?;
         used.as_ref().map(to_decimal).transpose()
     }
 
     /// Gives back the quota of this counter's reservations that expired; true when any did.
     pub fn sweep_expired_holds(&self, client: &mut SpiClient<'_>, ns: Uuid) -> MecResult<bool> {
-        let rows = spi::write(
-            client,
-            &SWEEP_EXPIRED_HOLDS,
-            &[
-                ns.into(),
-                self.account_id.into(),
-                self.resource_type.into(),
-                self.start().into(),
-            ],
-        )?;
+        let rows = spi::write(client, &SWEEP_EXPIRED_HOLDS, &self.args(ns, false))?;
         Ok(!rows.is_empty())
     }
 }

@@ -33,7 +33,7 @@ use crate::entitlement::Effective;
 use crate::errors::MecResult;
 use crate::metering::{replay_if_recorded, result, Event};
 use crate::spi::{self, Stmt};
-use crate::values::{timestamptz, to_decimal, to_numeric};
+use crate::values::{to_decimal, to_numeric};
 
 /// Stripes per hot counter.
 pub const STRIPES: i32 = 16;
@@ -266,38 +266,12 @@ static STRIPED_HEADS: Stmt = Stmt {
     writes: true,
 };
 
-fn start(c: &CounterKey<'_>) -> TimestampWithTimeZone {
-    timestamptz(c.window.start_us)
-}
-
-fn end(c: &CounterKey<'_>) -> Option<TimestampWithTimeZone> {
-    c.window.end_us.map(timestamptz)
-}
-
 /// Folds the stripes of one counter back into slot 0; true when there was anything to fold.
 pub fn fold(client: &mut SpiClient<'_>, ns: Uuid, c: &CounterKey<'_>) -> MecResult<bool> {
-    spi::write(
-        client,
-        &LOCK_SLOT0,
-        &[
-            ns.into(),
-            c.account_id.into(),
-            c.resource_type.into(),
-            start(c).into(),
-            end(c).into(),
-            Option::<AnyNumeric>::None.into(),
-        ],
-    )?;
-    let folded = spi::write(
-        client,
-        &FOLD,
-        &[
-            ns.into(),
-            c.account_id.into(),
-            c.resource_type.into(),
-            start(c).into(),
-        ],
-    )?;
+    let mut lock = c.args(ns, true);
+    lock.push(Option::<AnyNumeric>::None.into());
+    spi::write(client, &LOCK_SLOT0, &lock)?;
+    let folded = spi::write(client, &FOLD, &c.args(ns, false))?;
     Ok(!folded.is_empty())
 }
 
@@ -341,18 +315,11 @@ fn grant(
     limit: Option<Decimal>,
     qty: Decimal,
 ) -> MecResult<Grant> {
-    let (used0, granted, stale) = spi::write(
-        client,
-        &LOCK_SLOT0,
-        &[
-            ns.into(),
-            c.account_id.into(),
-            c.resource_type.into(),
-            start(c).into(),
-            end(c).into(),
-            limit.map(to_numeric).into(),
-        ],
-    )?
+    let (used0, granted, stale) = {
+        let mut args = c.args(ns, true);
+        args.push(limit.map(to_numeric).into());
+        spi::write(client, &LOCK_SLOT0, &args)?
+    }
     .three::<AnyNumeric, AnyNumeric, bool>()?;
     if stale == Some(true) {
         // Quota granted under another limit (or unbounded): take it all back first.
@@ -379,20 +346,13 @@ fn grant(
             Some(share.max(qty).min(headroom))
         }
     };
-    spi::write(
-        client,
-        &GRANT,
-        &[
-            ns.into(),
-            c.account_id.into(),
-            c.resource_type.into(),
-            start(c).into(),
-            end(c).into(),
-            slot.into(),
-            chunk.map(to_numeric).into(),
-            limit.map(to_numeric).into(),
-        ],
-    )?;
+    let mut args = c.args(ns, true);
+    args.extend([
+        slot.into(),
+        chunk.map(to_numeric).into(),
+        limit.map(to_numeric).into(),
+    ]);
+    spi::write(client, &GRANT, &args)?;
     Ok(Grant::Granted)
 }
 
@@ -433,18 +393,9 @@ pub fn meter(
                 )))
             }
             (Some(_), None) => {
-                spi::write(
-                    client,
-                    &UNDO_STRIPE,
-                    &[
-                        ns.into(),
-                        ev.account_id.into(),
-                        ev.resource_type.as_str().into(),
-                        start(c).into(),
-                        to_numeric(ev.quantity).into(),
-                        slot.into(),
-                    ],
-                )?;
+                let mut args = c.args(ns, false);
+                args.extend([to_numeric(ev.quantity).into(), slot.into()]);
+                spi::write(client, &UNDO_STRIPE, &args)?;
                 return replay_if_recorded(client, ns, ev);
             }
             (None, _) => {
