@@ -39,7 +39,8 @@ FROM mec.entitlements e
 WHERE e.valid_from <= now() AND (e.valid_until IS NULL OR e.valid_until > now());
 
 CREATE VIEW mec.consumption WITH (security_invoker = true) AS
-SELECT namespace_id, consumption_id, idempotency_key, account_id, resource_type, entry_type, quantity,
+SELECT namespace_id, consumption_id, idempotency_key::text AS idempotency_key, account_id, resource_type,
+       entry_type::text AS entry_type, quantity,
        occurred_at, recorded_at, period_start, period_end, billable, overage, overage_quantity,
        quantity_used, quantity_allowed, http_status, metadata, reason
 FROM mec_data.consumption;
@@ -57,7 +58,7 @@ SELECT namespace_id, lease_id, account_id, resource_type, holder, acquired_at, e
 FROM mec_data.leases;
 
 CREATE VIEW mec.reservations WITH (security_invoker = true) AS
-SELECT namespace_id, reservation_id, idempotency_key, account_id, resource_type, quantity, actual_quantity,
+SELECT namespace_id, reservation_id, idempotency_key::text AS idempotency_key, account_id, resource_type, quantity, actual_quantity,
        period_start, period_end, expires_at, state, created_at, settled_at,
        (state = 'held' AND expires_at > now()) AS active
 FROM mec_data.reservations;

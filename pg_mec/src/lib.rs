@@ -11,6 +11,7 @@ use pgrx::prelude::*;
 mod api;
 mod args;
 mod batch;
+mod cache;
 mod catalog_load;
 mod context;
 mod corrections;
@@ -31,6 +32,7 @@ mod values;
 extension_sql_file!("../../sql/roles.sql", bootstrap);
 extension_sql_file!("../../sql/schema.sql", requires = ["roles"]);
 extension_sql_file!("../../sql/views.sql", requires = ["schema"]);
+extension_sql_file!("../../sql/cache.sql", requires = ["schema"]);
 extension_sql_file!(
     "../../sql/rls.sql",
     requires = [

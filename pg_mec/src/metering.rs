@@ -2,8 +2,10 @@
 //!
 //! The hot path is one statement: a guarded counter `UPDATE … WHERE used + qty <= ceiling`
 //! (the row lock serialises concurrent callers, so usage never passes a hard ceiling) feeding the
-//! ledger `INSERT … ON CONFLICT DO NOTHING` on the idempotency key. The rare cases — a replayed key,
-//! a counter row not yet created, a denial — take a second look.
+//! ledger `INSERT … ON CONFLICT DO NOTHING` on the idempotency key. A striped counter (a hot one,
+//! see stripes.rs) takes two: slot 0 first, then the ledger row with the stripes summed under slot
+//! 0's lock. The rare cases — a replayed key, a counter row not yet created, a denial — take a
+//! second look.
 
 use std::time::Instant;
 
@@ -39,6 +41,13 @@ pub struct Event {
 impl Event {
     /// `$1..$8` of every statement that writes a ledger row: namespace, key, account, resource,
     /// quantity, occurred_at, period_start, period_end.
+    /// The metadata parameter: NULL for the usual empty object (the statements write `'{}'`), so
+    /// the common call converts no JSON.
+    pub fn metadata_arg(&self) -> DatumWithOid<'static> {
+        let empty = self.metadata.as_object().is_some_and(|m| m.is_empty());
+        (!empty).then(|| JsonB(self.metadata.clone())).into()
+    }
+
     pub fn ledger_args<'a>(&'a self, ns: Uuid, window: &Window) -> Vec<DatumWithOid<'a>> {
         let occurred: TimestampWithTimeZone = timestamptz(self.occurred_us);
         let start: TimestampWithTimeZone = timestamptz(window.start_us);
@@ -56,45 +65,79 @@ impl Event {
     }
 }
 
-static METER: Stmt = Stmt {
-    // Slot 0's guard counts the quota granted to stripes (stripe_quota). While stripes hold quota,
-    // slot 0 alone may not cross the limit, nor act under a limit other than the one the quota
-    // was granted under (the stripes are folded back first), so limits and the overage flag stay
-    // exact. The stripes are summed only when there are any.
+/// The common case of METER: an unstriped counter (no stripes hold usage or quota), so slot 0 is
+/// the whole count. Matches nothing on a striped counter, which then takes METER.
+static METER_PLAIN: Stmt = Stmt {
     sql: "WITH upd AS (
               UPDATE mec_data.usage_counters
                  SET used = used + $5, updated_at = now()
                WHERE namespace_id = $1 AND account_id = $3 AND resource_type = $4
-                 AND period_start = $7 AND slot = 0
-                 AND ($9::numeric IS NULL OR used + stripe_quota + $5 <= $9)
-                 AND (NOT striped OR (stripe_limit IS NOT DISTINCT FROM $10::numeric
-                                      AND ($10::numeric IS NULL OR used + stripe_quota + $5 <= $10)))
+                 AND period_start = $7 AND slot = 0 AND NOT striped
+                 AND ($9::numeric IS NULL OR used + $5 <= $9)
                  AND ($11::numeric IS NULL OR used + $5 >= $11)
-              RETURNING used, striped
-          ), total AS (
-              SELECT CASE WHEN NOT upd.striped THEN upd.used
-                          ELSE upd.used + (SELECT coalesce(sum(c.used), 0) FROM mec_data.usage_counters c
-                                            WHERE c.namespace_id = $1 AND c.account_id = $3
-                                              AND c.resource_type = $4 AND c.period_start = $7 AND c.slot > 0)
-                     END AS used
-              FROM upd
+              RETURNING used
           ), ins AS (
               INSERT INTO mec_data.consumption
                   (namespace_id, idempotency_key, consumption_id, account_id, resource_type, quantity,
                    occurred_at, period_start, period_end, billable, overage, overage_quantity,
                    quantity_used, quantity_allowed, http_status, metadata)
               SELECT $1, $2, gen_random_uuid(), $3, $4, $5, $6, $7, $8, true,
-                     coalesce(total.used > $10, false),
-                     coalesce(greatest(0, least($5, total.used - $10)), 0),
-                     total.used, $10, $12, $13
-              FROM total
+                     coalesce(upd.used > $10, false),
+                     coalesce(greatest(0, least($5, upd.used - $10)), 0),
+                     upd.used, $10, $12, coalesce($13, '{}')
+              FROM upd
               ON CONFLICT (namespace_id, idempotency_key) DO NOTHING
               RETURNING consumption_id
           )
-          SELECT (SELECT used FROM total), (SELECT consumption_id FROM ins)",
+          SELECT upd.used, (SELECT consumption_id FROM ins) FROM upd",
+    types: METER_TYPES,
+    writes: true,
+};
+
+const METER_TYPES: &[pgrx::pg_sys::Oid] = &[
+    spi::UUID, spi::TEXT, spi::UUID, spi::TEXT, spi::NUMERIC, spi::TIMESTAMPTZ, spi::TIMESTAMPTZ,
+    spi::TIMESTAMPTZ, spi::NUMERIC, spi::NUMERIC, spi::NUMERIC, spi::INT4, spi::JSONB,
+];
+
+/// The slot-0 half of metering a striped (or newly created) counter. Slot 0's guard counts the
+/// quota granted to stripes (stripe_quota): while stripes hold quota, slot 0 alone may not cross
+/// the limit, nor act under a limit other than the one the quota was granted under (the stripes
+/// are folded back first), so limits and the overage flag stay exact.
+static METER_SLOT0: Stmt = Stmt {
+    sql: "UPDATE mec_data.usage_counters
+             SET used = used + $5, updated_at = now()
+           WHERE namespace_id = $1 AND account_id = $3 AND resource_type = $4
+             AND period_start = $7 AND slot = 0
+             AND ($9::numeric IS NULL OR used + stripe_quota + $5 <= $9)
+             AND (NOT striped OR (stripe_limit IS NOT DISTINCT FROM $10::numeric
+                                  AND ($10::numeric IS NULL OR used + stripe_quota + $5 <= $10)))
+             AND ($11::numeric IS NULL OR used + $5 >= $11)
+          RETURNING used",
+    types: METER_TYPES,
+    writes: true,
+};
+
+/// The ledger half, in its own statement: its snapshot is taken while this transaction holds
+/// slot 0's lock, so no fold can move stripe usage into slot 0 between the two reads (`$14` is
+/// slot 0's usage after the update) and the total counts every unit once.
+static RECORD_STRIPED: Stmt = Stmt {
+    sql: "INSERT INTO mec_data.consumption
+              (namespace_id, idempotency_key, consumption_id, account_id, resource_type, quantity,
+               occurred_at, period_start, period_end, billable, overage, overage_quantity,
+               quantity_used, quantity_allowed, http_status, metadata)
+          SELECT $1, $2, gen_random_uuid(), $3, $4, $5, $6, $7, $8, true,
+                 coalesce(t.used > $10, false),
+                 coalesce(greatest(0, least($5, t.used - $10)), 0),
+                 t.used, $10, $12, coalesce($13, '{}')
+          FROM (SELECT $14::numeric + coalesce(sum(c.used), 0) AS used
+                FROM mec_data.usage_counters c
+                WHERE c.namespace_id = $1 AND c.account_id = $3 AND c.resource_type = $4
+                  AND c.period_start = $7 AND c.slot > 0) t
+          ON CONFLICT (namespace_id, idempotency_key) DO NOTHING
+          RETURNING quantity_used, consumption_id",
     types: &[
         spi::UUID, spi::TEXT, spi::UUID, spi::TEXT, spi::NUMERIC, spi::TIMESTAMPTZ, spi::TIMESTAMPTZ,
-        spi::TIMESTAMPTZ, spi::NUMERIC, spi::NUMERIC, spi::NUMERIC, spi::INT4, spi::JSONB,
+        spi::TIMESTAMPTZ, spi::NUMERIC, spi::NUMERIC, spi::NUMERIC, spi::INT4, spi::JSONB, spi::NUMERIC,
     ],
     writes: true,
 };
@@ -104,7 +147,7 @@ static RECORD_UNBILLED: Stmt = Stmt {
               (namespace_id, idempotency_key, consumption_id, account_id, resource_type, quantity,
                occurred_at, period_start, period_end, billable, quantity_used, quantity_allowed,
                http_status, metadata)
-          VALUES ($1, $2, gen_random_uuid(), $3, $4, $5, $6, $7, $8, false, $9, $10, $11, $12)
+          VALUES ($1, $2, gen_random_uuid(), $3, $4, $5, $6, $7, $8, false, $9, $10, $11, coalesce($12, '{}'))
           ON CONFLICT (namespace_id, idempotency_key) DO NOTHING
           RETURNING consumption_id",
     types: &[
@@ -352,10 +395,22 @@ fn run_meter(
         overage_from.map(to_numeric).into(),
         floor.map(to_numeric).into(),
         ev.http_status.into(),
-        JsonB(ev.metadata.clone()).into(),
+        ev.metadata_arg(),
     ]);
-    let row = spi::write(client, &METER, &args)?.two::<AnyNumeric, Uuid>()?;
-    Ok((row.0.as_ref().map(to_decimal).transpose()?, row.1))
+    let plain = spi::write(client, &METER_PLAIN, &args)?.two::<AnyNumeric, Uuid>()?;
+    if plain.0.is_some() {
+        return Ok((plain.0.as_ref().map(to_decimal).transpose()?, plain.1));
+    }
+    // Striped, missing or refused: slot 0 decides, then the ledger row counts the stripes.
+    let Some(slot0) = spi::write(client, &METER_SLOT0, &args)?.one::<AnyNumeric>()? else {
+        return Ok((None, None));
+    };
+    args.push(slot0.clone().into());
+    match spi::write(client, &RECORD_STRIPED, &args)?.two::<AnyNumeric, Uuid>()? {
+        (Some(total), Some(id)) => Ok((Some(to_decimal(&total)?), Some(id))),
+        // The key was recorded before: the caller takes the increment back.
+        _ => Ok((Some(to_decimal(&slot0)?), None)),
+    }
 }
 
 fn record_unbilled(
@@ -371,7 +426,7 @@ fn record_unbilled(
         to_numeric(used).into(),
         eff.policy.limit.map(to_numeric).into(),
         ev.http_status.into(),
-        JsonB(ev.metadata.clone()).into(),
+        ev.metadata_arg(),
     ]);
     let id = spi::write(client, &RECORD_UNBILLED, &args)?.one::<Uuid>()?;
     match id {

@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use pg_mec_core::Decimal;
-use pgrx::datum::{AnyNumeric, JsonB, TimestampWithTimeZone, Uuid};
+use pgrx::datum::{AnyNumeric, TimestampWithTimeZone, Uuid};
 use pgrx::pg_sys;
 use pgrx::spi::SpiClient;
 use serde_json::Value;
@@ -181,7 +181,7 @@ static STRIPE_METER: Stmt = Stmt {
                    occurred_at, period_start, period_end, billable, overage, overage_quantity,
                    quantity_used, quantity_allowed, http_status, metadata)
               SELECT $1, $2, gen_random_uuid(), $3, $4, $5, $6, $7, $8, true, false, 0,
-                     total.used, $10, $11, $12
+                     total.used, $10, $11, coalesce($12, '{}')
               FROM total
               ON CONFLICT (namespace_id, idempotency_key) DO NOTHING
               RETURNING consumption_id
@@ -373,7 +373,7 @@ pub fn meter(
                     slot.into(),
                     eff.policy.limit.map(to_numeric).into(),
                     ev.http_status.into(),
-                    JsonB(ev.metadata.clone()).into(),
+                    ev.metadata_arg(),
                 ]);
                 spi::write(client, &STRIPE_METER, &args)?.two::<AnyNumeric, Uuid>()
             },

@@ -9,12 +9,14 @@ use pgrx::spi::SpiClient;
 use serde_json::{json, Value};
 
 use crate::entitlement::Effective;
-use crate::errors::MecResult;
+use crate::errors::{MecError, MecResult};
 use crate::spi::{self, Stmt};
 use crate::values::{iso8601, num, opt_num, timestamptz, to_decimal, ts_json};
 
-static COUNTER_SUM: Stmt = Stmt {
-    sql: "SELECT coalesce(sum(used), 0), max(updated_at)
+/// The counter's slots (one row unless the counter is striped), summed in Rust: an aggregate
+/// node would cost more to start per call than the rows cost to add.
+static COUNTER_SLOTS: Stmt = Stmt {
+    sql: "SELECT used, updated_at
           FROM mec_data.usage_counters
           WHERE namespace_id = $1 AND account_id = $2 AND resource_type = $3 AND period_start = $4",
     types: &[spi::UUID, spi::UUID, spi::TEXT, spi::TIMESTAMPTZ],
@@ -48,19 +50,24 @@ fn counter(
     start_us: i64,
 ) -> MecResult<(Decimal, Option<i64>)> {
     let start: TimestampWithTimeZone = timestamptz(start_us);
-    let row = spi::read(
+    let slots = spi::read(
         client,
-        &COUNTER_SUM,
+        &COUNTER_SLOTS,
         &[ns.into(), account.into(), resource.into(), start.into()],
-    )?
-    .two::<AnyNumeric, TimestampWithTimeZone>()?;
-    let used = row
-        .0
-        .as_ref()
-        .map(to_decimal)
-        .transpose()?
-        .unwrap_or_default();
-    let updated = row.1.and_then(|t| crate::values::unix_us(t).ok());
+    )?;
+    let mut used = Decimal::ZERO;
+    let mut updated: Option<i64> = None;
+    for slot in slots {
+        if let Some(n) = slot.get::<AnyNumeric>(1)? {
+            used = used
+                .checked_add(to_decimal(&n)?)
+                .ok_or_else(|| MecError::invalid("usage exceeds the range pg_mec counts in"))?;
+        }
+        let at = slot
+            .get::<TimestampWithTimeZone>(2)?
+            .and_then(|t| crate::values::unix_us(t).ok());
+        updated = updated.max(at);
+    }
     Ok((used, updated))
 }
 

@@ -1,0 +1,20 @@
+-- pg_mec: keeping each backend's entitlement cache fresh (pg_mec/src/cache.rs).
+--
+-- meter_consumption and check_entitlement resolve an account's entitlement from a per-backend
+-- cache instead of querying three tables per call. Every statement that changes a table the cache
+-- reads queues a relcache invalidation for that table; PostgreSQL delivers it to every backend
+-- when the transaction commits (and undoes the writer's own cache when it aborts), exactly as it
+-- keeps its catalog caches fresh.
+CREATE FUNCTION mec_data.invalidate_cache() RETURNS trigger
+    LANGUAGE c AS 'MODULE_PATHNAME', 'invalidate_cache_wrapper';
+REVOKE ALL ON FUNCTION mec_data.invalidate_cache() FROM PUBLIC;
+COMMENT ON FUNCTION mec_data.invalidate_cache() IS
+    'Trigger: tells every backend that its cached entitlements of this namespace table are stale.';
+
+-- New accounts need no message: nothing can be cached for an account that did not exist.
+CREATE TRIGGER invalidate_cache AFTER UPDATE OR DELETE OR TRUNCATE ON mec_data.accounts
+    FOR EACH STATEMENT EXECUTE FUNCTION mec_data.invalidate_cache();
+CREATE TRIGGER invalidate_cache AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON mec_data.entitlements
+    FOR EACH STATEMENT EXECUTE FUNCTION mec_data.invalidate_cache();
+CREATE TRIGGER invalidate_cache AFTER UPDATE OR DELETE OR TRUNCATE ON mec_data.resource_types
+    FOR EACH STATEMENT EXECUTE FUNCTION mec_data.invalidate_cache();
