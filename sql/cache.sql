@@ -2,14 +2,21 @@
 --
 -- meter_consumption and check_entitlement resolve an account's entitlement from a per-backend
 -- cache instead of querying three tables per call. Every statement that changes a table the cache
--- reads queues a relcache invalidation for that table; PostgreSQL delivers it to every backend
--- when the transaction commits (and undoes the writer's own cache when it aborts), exactly as it
--- keeps its catalog caches fresh.
+-- reads queues a relcache invalidation of mec_data.cache_signal; PostgreSQL delivers it to every
+-- backend when the transaction commits (and undoes the writer's own cache when it aborts),
+-- exactly as it keeps its catalog caches fresh.
+
+-- Carries the messages and nothing else: no plan depends on it and VACUUM / ANALYZE never touch
+-- it, so only a real change empties the caches. Never used as a sequence.
+CREATE SEQUENCE mec_data.cache_signal;
+REVOKE ALL ON SEQUENCE mec_data.cache_signal FROM PUBLIC;
+COMMENT ON SEQUENCE mec_data.cache_signal IS
+    'pg_mec: its relcache invalidations tell every backend to drop its cached entitlements';
 CREATE FUNCTION mec_data.invalidate_cache() RETURNS trigger
     LANGUAGE c AS 'MODULE_PATHNAME', 'invalidate_cache_wrapper';
 REVOKE ALL ON FUNCTION mec_data.invalidate_cache() FROM PUBLIC;
 COMMENT ON FUNCTION mec_data.invalidate_cache() IS
-    'Trigger: tells every backend that its cached entitlements of this namespace table are stale.';
+    'Trigger: tells every backend that its cached entitlements are stale (see mec_data.cache_signal).';
 
 -- New accounts need no message: nothing can be cached for an account that did not exist.
 CREATE TRIGGER invalidate_cache AFTER UPDATE OR DELETE OR TRUNCATE ON mec_data.accounts

@@ -3,6 +3,7 @@
 //! this backend's cache until a change to the tables it read invalidates it (`cache.rs`).
 
 use std::cell::RefCell;
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::str::FromStr;
@@ -58,9 +59,9 @@ impl Effective {
 /// resource's and the account's header columns (one row with NULL entitlement columns when there
 /// is none). The moment of the call is applied in Rust, so one fetch serves any later moment.
 static LOOKUP: Stmt = Stmt {
-    sql: "SELECT r.kind, r.window_seconds, r.billable_statuses::text, a.billing_anchor_day::int4,
-                 e.source, e.quantity_limit, e.period, e.enforcement, e.overage_cap, e.grace, e.enabled,
-                 e.valid_from, e.valid_until
+    sql: "SELECT a.account_id, r.kind, r.window_seconds, r.billable_statuses::text,
+                 a.billing_anchor_day::int4, e.source, e.quantity_limit, e.period, e.enforcement,
+                 e.overage_cap, e.grace, e.enabled, e.valid_from, e.valid_until
           FROM mec_data.accounts a
           JOIN mec_data.resource_types r
             ON r.namespace_id = a.namespace_id AND r.resource_type = $3
@@ -69,6 +70,24 @@ static LOOKUP: Stmt = Stmt {
            AND e.resource_type = $3 AND (e.valid_until IS NULL OR e.valid_until > $4)
           WHERE a.namespace_id = $1 AND a.account_id = $2",
     types: &[spi::UUID, spi::UUID, spi::TEXT, spi::TIMESTAMPTZ],
+    writes: false,
+};
+
+/// LOOKUP for the next `$4` accounts of the namespace after account `$3` (in account order):
+/// one chunk of what a backend loads when it keeps missing the cache for one resource.
+static LOOKUP_CHUNK: Stmt = Stmt {
+    sql: "SELECT a.account_id, r.kind, r.window_seconds, r.billable_statuses::text,
+                 a.billing_anchor_day::int4, e.source, e.quantity_limit, e.period, e.enforcement,
+                 e.overage_cap, e.grace, e.enabled, e.valid_from, e.valid_until
+          FROM (SELECT namespace_id, account_id, billing_anchor_day FROM mec_data.accounts
+                WHERE namespace_id = $1 AND account_id > $3
+                ORDER BY account_id LIMIT $4) a
+          JOIN mec_data.resource_types r
+            ON r.namespace_id = a.namespace_id AND r.resource_type = $2
+          LEFT JOIN mec_data.entitlements e
+            ON e.namespace_id = a.namespace_id AND e.account_id = a.account_id
+           AND e.resource_type = $2 AND (e.valid_until IS NULL OR e.valid_until > $5)",
+    types: &[spi::UUID, spi::TEXT, spi::UUID, spi::INT8, spi::TIMESTAMPTZ],
     writes: false,
 };
 
@@ -119,9 +138,15 @@ const CACHE_CAPACITY: usize = 50_000;
 
 type Key = (Uuid, Uuid, String);
 
+/// Misses on one resource of a namespace before a backend starts loading its accounts in chunks.
+const BULK_AFTER: u32 = 64;
+/// Accounts per chunk: each further miss loads one chunk (a few ms) until all are loaded or the
+/// cache is half full, so no single call pays for warming the whole namespace.
+const CHUNK_ACCOUNTS: i64 = 500;
+
 thread_local! {
     /// Lookups of this backend: (namespace, account, resource) -> rows, valid for one epoch.
-    static CACHE: RefCell<(u64, HashMap<Key, Rc<Fetched>>)> = RefCell::new((0, HashMap::new()));
+    static CACHE: RefCell<Cache> = RefCell::new(Cache::default());
 }
 
 fn dec(v: Option<AnyNumeric>) -> MecResult<Option<Decimal>> {
@@ -142,6 +167,58 @@ fn parse_statuses(text: Option<String>) -> Vec<StatusClass> {
         .unwrap_or_else(default_billable)
 }
 
+/// Groups LOOKUP rows by account. One statuses text is parsed once.
+fn collect(rows: spi::Rows<'_>, since_us: i64) -> MecResult<HashMap<Uuid, Fetched>> {
+    let mut by_account: HashMap<Uuid, Fetched> = HashMap::new();
+    let mut statuses: Option<(Option<String>, Vec<StatusClass>)> = None;
+    for row in rows {
+        let Some(account) = row.get::<Uuid>(1)? else {
+            continue;
+        };
+        let f = match by_account.entry(account) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(v) => {
+                let kind = row.get::<String>(2)?.unwrap_or_default();
+                let text = row.get::<String>(4)?;
+                let billable = match &statuses {
+                    Some((t, parsed)) if *t == text => parsed.clone(),
+                    _ => {
+                        let parsed = parse_statuses(text.clone());
+                        statuses = Some((text, parsed.clone()));
+                        parsed
+                    }
+                };
+                v.insert(Fetched {
+                    kind: Kind::from_str(&kind).map_err(|e| MecError::Internal(e.to_string()))?,
+                    window_seconds: row.get::<i32>(3)?,
+                    billable,
+                    anchor: row.get::<i32>(5)?,
+                    rows: Vec::new(),
+                    since_us,
+                })
+            }
+        };
+        if let Some(source) = row.get::<String>(6)? {
+            f.rows.push(Row {
+                source,
+                limit: dec(row.get::<AnyNumeric>(7)?)?,
+                period: row.get::<String>(8)?,
+                enforcement: row.get::<String>(9)?,
+                overage_cap: dec(row.get::<AnyNumeric>(10)?)?,
+                grace: dec(row.get::<AnyNumeric>(11)?)?,
+                enabled: row.get::<bool>(12)?.unwrap_or(true),
+                valid_from_us: micros(row.get::<TimestampWithTimeZone>(13)?)?.unwrap_or(0),
+                valid_until_us: micros(row.get::<TimestampWithTimeZone>(14)?)?,
+            });
+        }
+    }
+    for f in by_account.values_mut() {
+        // Newest first, sorted here rather than by a Sort node per call.
+        f.rows.sort_by_key(|r| std::cmp::Reverse(r.valid_from_us));
+    }
+    Ok(by_account)
+}
+
 /// Runs LOOKUP: `None` when the account or the resource type does not exist.
 fn fetch(
     client: &SpiClient<'_>,
@@ -151,7 +228,7 @@ fn fetch(
     since_us: i64,
 ) -> MecResult<Option<Fetched>> {
     let since: TimestampWithTimeZone = timestamptz(since_us);
-    let table = spi::read(
+    let rows = spi::read(
         client,
         &LOOKUP,
         &[
@@ -161,46 +238,65 @@ fn fetch(
             since.into(),
         ],
     )?;
-    let mut fetched: Option<Fetched> = None;
-    for row in table {
-        let f = match fetched.as_mut() {
-            Some(f) => f,
-            None => {
-                let kind = row.get::<String>(1)?.unwrap_or_default();
-                fetched.insert(Fetched {
-                    kind: Kind::from_str(&kind).map_err(|e| MecError::Internal(e.to_string()))?,
-                    window_seconds: row.get::<i32>(2)?,
-                    billable: parse_statuses(row.get::<String>(3)?),
-                    anchor: row.get::<i32>(4)?,
-                    rows: Vec::new(),
-                    since_us,
-                })
-            }
-        };
-        if let Some(source) = row.get::<String>(5)? {
-            f.rows.push(Row {
-                source,
-                limit: dec(row.get::<AnyNumeric>(6)?)?,
-                period: row.get::<String>(7)?,
-                enforcement: row.get::<String>(8)?,
-                overage_cap: dec(row.get::<AnyNumeric>(9)?)?,
-                grace: dec(row.get::<AnyNumeric>(10)?)?,
-                enabled: row.get::<bool>(11)?.unwrap_or(true),
-                valid_from_us: micros(row.get::<TimestampWithTimeZone>(12)?)?.unwrap_or(0),
-                valid_until_us: micros(row.get::<TimestampWithTimeZone>(13)?)?,
-            });
+    Ok(collect(rows, since_us)?.remove(&account_id))
+}
+
+/// Runs LOOKUP_CHUNK: the accounts after `after` and whether the namespace has more.
+fn fetch_chunk(
+    client: &SpiClient<'_>,
+    ns: Uuid,
+    resource_type: &str,
+    after: Uuid,
+    since_us: i64,
+) -> MecResult<(HashMap<Uuid, Fetched>, bool)> {
+    let since: TimestampWithTimeZone = timestamptz(since_us);
+    let rows = spi::read(
+        client,
+        &LOOKUP_CHUNK,
+        &[
+            ns.into(),
+            resource_type.into(),
+            after.into(),
+            CHUNK_ACCOUNTS.into(),
+            since.into(),
+        ],
+    )?;
+    let chunk = collect(rows, since_us)?;
+    let more = chunk.len() as i64 >= CHUNK_ACCOUNTS;
+    Ok((chunk, more))
+}
+
+/// What this backend's cache knows about one namespace and resource in the current epoch.
+#[derive(Default)]
+struct Misses {
+    count: u32,
+    /// Accounts up to this one are loaded; `None` once all are (or the cache is full enough).
+    loaded_up_to: Option<Uuid>,
+    done: bool,
+}
+
+/// The cache of one backend: entries of one epoch, and the misses that decide a bulk load.
+#[derive(Default)]
+struct Cache {
+    epoch: u64,
+    entries: HashMap<Key, Rc<Fetched>>,
+    misses: HashMap<(Uuid, String), Misses>,
+}
+
+impl Cache {
+    fn insert(&mut self, key: Key, fetched: Rc<Fetched>) {
+        if self.entries.len() >= CACHE_CAPACITY {
+            self.entries.clear();
         }
+        self.entries.insert(key, fetched);
     }
-    if let Some(f) = fetched.as_mut() {
-        // Newest first, sorted here rather than by a Sort node per call.
-        f.rows
-            .sort_by_key(|r| std::cmp::Reverse(r.valid_from_us));
-    }
-    Ok(fetched)
 }
 
 /// LOOKUP through this backend's cache (see `cache.rs` for how it stays fresh). Events older
-/// than the cache's horizon query directly.
+/// than the cache's horizon query directly. After `BULK_AFTER` misses on one resource of a
+/// namespace in one epoch, each further miss also loads the next `CHUNK_ACCOUNTS` accounts, so a
+/// pool connection serving many accounts warms up in a few dozen calls instead of one miss per
+/// account, and no single call pays for all of it.
 fn lookup(
     client: &SpiClient<'_>,
     ns: Uuid,
@@ -210,13 +306,26 @@ fn lookup(
 ) -> MecResult<Option<Rc<Fetched>>> {
     let epoch = cache::epoch();
     let key: Key = (ns, account_id, resource_type.to_string());
-    let hit = CACHE.with(|c| {
+    let (hit, chunk_after) = CACHE.with(|c| {
         let mut c = c.borrow_mut();
-        if c.0 != epoch {
-            *c = (epoch, HashMap::new());
-            return None;
+        if c.epoch != epoch {
+            *c = Cache {
+                epoch,
+                ..Cache::default()
+            };
         }
-        c.1.get(&key).filter(|f| f.since_us <= at_us).cloned()
+        if let Some(f) = c.entries.get(&key).filter(|f| f.since_us <= at_us) {
+            return (Some(f.clone()), None);
+        }
+        let full = c.entries.len() >= CACHE_CAPACITY / 2;
+        let m = c.misses.entry((ns, key.2.clone())).or_default();
+        m.count += 1;
+        if full {
+            m.done = true;
+        }
+        let chunk_after = (!m.done && m.count >= BULK_AFTER)
+            .then(|| m.loaded_up_to.unwrap_or_else(|| Uuid::from_bytes([0; 16])));
+        (None, chunk_after)
     });
     if hit.is_some() {
         return Ok(hit);
@@ -225,22 +334,45 @@ fn lookup(
     if at_us < since_us {
         return Ok(fetch(client, ns, account_id, resource_type, at_us)?.map(Rc::new));
     }
-    let Some(fetched) = fetch(client, ns, account_id, resource_type, since_us)?.map(Rc::new) else {
-        return Ok(None);
-    };
-    // Keep it only if no invalidation arrived while it was read.
+    let mut found = None;
+    let mut loaded = Vec::new();
+    let mut progress = None;
+    if let Some(after) = chunk_after {
+        let (chunk, more) = fetch_chunk(client, ns, resource_type, after, since_us)?;
+        progress = Some((chunk.keys().max().copied(), more));
+        for (account, f) in chunk {
+            let f = Rc::new(f);
+            if account == account_id {
+                found = Some(f.clone());
+            }
+            loaded.push(((ns, account, resource_type.to_string()), f));
+        }
+    }
+    if found.is_none() {
+        if let Some(f) = fetch(client, ns, account_id, resource_type, since_us)? {
+            let f = Rc::new(f);
+            found = Some(f.clone());
+            loaded.push((key, f));
+        }
+    }
+    // Keep what was read only if no invalidation arrived meanwhile.
     if cache::epoch() == epoch {
         CACHE.with(|c| {
             let mut c = c.borrow_mut();
-            if c.0 == epoch {
-                if c.1.len() >= CACHE_CAPACITY {
-                    c.1.clear();
-                }
-                c.1.insert(key, fetched.clone());
+            if c.epoch != epoch {
+                return;
+            }
+            for (k, f) in loaded {
+                c.insert(k, f);
+            }
+            if let Some((last, more)) = progress {
+                let m = c.misses.entry((ns, resource_type.to_string())).or_default();
+                m.loaded_up_to = last.or(m.loaded_up_to);
+                m.done = m.done || !more;
             }
         });
     }
-    Ok(Some(fetched))
+    Ok(found)
 }
 
 /// Resolves the entitlement of `account_id` for `resource_type` at `at_us`.

@@ -1,0 +1,108 @@
+"""The per-backend entitlement cache never answers with a stale entitlement.
+
+meter_consumption and check_entitlement resolve entitlements from a cache in each backend
+(pg_mec/src/entitlement.rs, kept fresh by pg_mec/src/cache.rs). These tests hold one backend
+open, let it cache, change the entitlement from another backend (or in its own transaction), and
+check that the next call sees exactly the committed state: a plan change, an override, a rolled
+back override, and an account among many that the backend loaded in bulk.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+RESOURCE = "benchmark_runs"  # demo catalog: free 5, starter 100, growth 1000, enterprise unlimited
+
+
+def allowed(call, conn, account: str) -> Decimal | None:
+    got = call("check_entitlement", conn=conn, account_id=account, resource_type=RESOURCE)
+    limit = got["quantity_allowed"]
+    return None if limit is None else Decimal(str(limit))
+
+
+def test_plan_change_committed_elsewhere_is_seen_at_once(connect, call, new_account):
+    account = new_account("starter")
+    reader = connect(role="mec_service")
+    assert allowed(call, reader, account) == 100
+    assert allowed(call, reader, account) == 100  # now cached in the reader's backend
+
+    call("provision_plan", account_id=account, plan_id="growth")  # another backend commits
+    assert allowed(call, reader, account) == 1000
+    call("provision_plan", account_id=account, plan_id="enterprise")
+    assert allowed(call, reader, account) is None
+
+
+def test_override_counts_in_its_own_transaction_and_is_gone_after_rollback(connect, call, new_account):
+    account = new_account("starter")
+    other = connect(role="mec_service")
+    tx = connect(role="mec_admin", autocommit=False)
+    assert allowed(call, tx, account) == 100
+    assert allowed(call, other, account) == 100
+
+    call("set_override", conn=tx, account_id=account, resource_type=RESOURCE, limit=7)
+    assert allowed(call, tx, account) == 7  # the writer sees its own change
+    assert allowed(call, other, account) == 100  # nobody else does before the commit
+    tx.rollback()
+    assert allowed(call, tx, account) == 100  # and the writer forgets it on rollback
+    assert allowed(call, other, account) == 100
+
+
+def test_metering_enforces_a_limit_lowered_elsewhere(connect, call, new_account, expect_sqlstate):
+    account = new_account("starter")
+    meterer = connect(role="mec_service")
+    call("meter_consumption", conn=meterer, idempotency_key=f"{account}-1", account_id=account,
+         resource_type=RESOURCE, quantity=1)
+
+    call("set_override", account_id=account, resource_type=RESOURCE, limit=2, enforcement="hard")
+    call("meter_consumption", conn=meterer, idempotency_key=f"{account}-2", account_id=account,
+         resource_type=RESOURCE, quantity=1)
+    with expect_sqlstate("ME429"):
+        call("meter_consumption", conn=meterer, idempotency_key=f"{account}-3", account_id=account,
+             resource_type=RESOURCE, quantity=1)
+
+
+@pytest.mark.parametrize("accounts", [150])
+def test_accounts_loaded_in_bulk_follow_changes(connect, call, new_account, accounts):
+    """Past 64 misses a backend loads the namespace's accounts in chunks; those entries must be
+    invalidated like the others."""
+    ids = [new_account("free") for _ in range(accounts)]
+    reader = connect(role="mec_service")
+    for account in ids:
+        assert allowed(call, reader, account) == 5
+    for account in ids:  # second pass: answered from the cache
+        assert allowed(call, reader, account) == 5
+
+    changed = ids[len(ids) // 2]
+    call("provision_plan", account_id=changed, plan_id="growth")
+    assert allowed(call, reader, changed) == 1000
+    assert all(allowed(call, reader, a) == 5 for a in ids if a != changed)
+
+
+def test_resource_type_change_from_load_catalog_is_seen(connect, call, new_namespace, demo_catalog):
+    """The cache also holds the resource type (kind, billable statuses): a catalog reload that
+    makes 5xx billable must bill the next 5xx event metered by a backend that cached the old one."""
+    import copy
+    import uuid
+
+    ns = new_namespace()
+    admin = connect(namespace_id=ns)
+    account = str(uuid.uuid4())
+    call("provision_plan", conn=admin, account_id=account, plan_id="starter")
+    meterer = connect(namespace_id=ns, role="mec_service")
+
+    def meter_503(key: str) -> bool:
+        got = call("meter_consumption", conn=meterer, idempotency_key=key, account_id=account,
+                   resource_type=RESOURCE, quantity=1, http_status=503)
+        return got["billable"]
+
+    assert meter_503("before") is False  # demo catalog: only 2xx is billable
+
+    catalog = copy.deepcopy(demo_catalog)
+    catalog["version"] = "bill-5xx"
+    for r in catalog["resources"]:
+        if r["resource_type"] == RESOURCE:
+            r["billable_statuses"] = ["2xx", "5xx"]
+    call("load_catalog", conn=admin, catalog=catalog)
+    assert meter_503("after") is True
