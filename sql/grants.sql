@@ -60,16 +60,3 @@ GRANT EXECUTE ON FUNCTION
     mec.cancel_reservation(uuid)
     TO mec_service;
 
--- The functions run the same few statements on every call: plan them once per backend and keep
--- the generic plan, instead of re-planning custom plans for every set of parameters.
-DO $plans$
-DECLARE
-    f regprocedure;
-BEGIN
-    FOR f IN SELECT p.oid FROM pg_proc p WHERE p.pronamespace = 'mec'::regnamespace
-                AND p.proname NOT IN ('current_namespace', 'current_account')
-    LOOP
-        EXECUTE format('ALTER FUNCTION %s SET plan_cache_mode = force_generic_plan', f);
-    END LOOP;
-END
-$plans$;

@@ -89,9 +89,35 @@ impl<'c> IntoIterator for Rows<'c> {
     }
 }
 
+/// Keeps `plan_cache_mode = force_generic_plan` for the statements run while it lives: they are
+/// the same few statements on every call, so the generic plan is planned once per backend and
+/// never replaced by custom plans. Cheaper than a `SET` clause on every function, which would
+/// push and pop a GUC level per call. Restored on drop, also when an error unwinds.
+struct GenericPlans(std::ffi::c_int);
+
+impl GenericPlans {
+    fn force() -> Self {
+        // SAFETY: a plain int GUC variable of this backend, read by GetCachedPlan.
+        unsafe {
+            let previous = pg_sys::plan_cache_mode;
+            pg_sys::plan_cache_mode =
+                pg_sys::PlanCacheMode::PLAN_CACHE_MODE_FORCE_GENERIC_PLAN as std::ffi::c_int;
+            Self(previous)
+        }
+    }
+}
+
+impl Drop for GenericPlans {
+    fn drop(&mut self) {
+        // SAFETY: restores the value read in `force`.
+        unsafe { pg_sys::plan_cache_mode = self.0 };
+    }
+}
+
 /// Runs a statement that only reads.
 pub fn read<'c>(client: &SpiClient<'c>, stmt: &Stmt, args: &[DatumWithOid]) -> MecResult<Rows<'c>> {
     let p = plan(client, stmt)?;
+    let _generic = GenericPlans::force();
     Ok(Rows(client.select(&*p, None, args)?))
 }
 
@@ -102,6 +128,7 @@ pub fn write<'c>(
     args: &[DatumWithOid],
 ) -> MecResult<Rows<'c>> {
     let p = plan(client, stmt)?;
+    let _generic = GenericPlans::force();
     Ok(Rows(client.update(&*p, None, args)?))
 }
 
