@@ -36,6 +36,8 @@ pub struct Config {
     pub database_url: String,
     pub jwt: JwtConfig,
     pub pool_size: usize,
+    /// Tokio worker threads; `None`: one per CPU.
+    pub worker_threads: Option<usize>,
     pub pool_timeout: Duration,
     pub connect_timeout: Duration,
     /// Postgres `statement_timeout` for the gateway's connections; zero = none.
@@ -75,6 +77,13 @@ impl Config {
         if pool_size == 0 {
             return Err(invalid("MEC_POOL_SIZE", "must be at least 1"));
         }
+        let worker_threads = match get("MEC_WORKER_THREADS") {
+            None => None,
+            Some(_) => match int(&get, "MEC_WORKER_THREADS", 0)? {
+                0 => return Err(invalid("MEC_WORKER_THREADS", "must be at least 1")),
+                n => Some(n),
+            },
+        };
         let max_body_bytes = int(&get, "MEC_MAX_BODY_BYTES", 1024 * 1024)?;
         if max_body_bytes == 0 {
             return Err(invalid("MEC_MAX_BODY_BYTES", "must be at least 1"));
@@ -84,6 +93,7 @@ impl Config {
             database_url,
             jwt,
             pool_size,
+            worker_threads,
             pool_timeout: millis(&get, "MEC_POOL_TIMEOUT_MS", 5_000, false)?,
             connect_timeout: millis(&get, "MEC_CONNECT_TIMEOUT_MS", 5_000, false)?,
             statement_timeout: millis(&get, "MEC_STATEMENT_TIMEOUT_MS", 10_000, true)?,

@@ -1,9 +1,16 @@
 //! The per-request transaction.
 //!
-//! One round trip in the steady state: the statements are prepared once per connection
-//! (`prepare_cached`) and then `BEGIN; SET LOCAL ROLE`, the `set_config` of the request
-//! settings, the call and `COMMIT` are pipelined. Postgres turns the `COMMIT` of a failed
-//! transaction into a rollback, so a failed call never commits anything.
+//! One pool per mec role: every connection logs in as `mec_authenticator` and takes its role
+//! at connection start (`-c role=mec_service`), so a request runs in its token's role without a
+//! `SET ROLE` of its own, and no connection ever changes role.
+//!
+//! A function call is one statement, i.e. one transaction: the request settings are set
+//! transaction-locally (`set_config(…, true)`) in a subquery the call reads from, so they are in
+//! place before the function runs and gone when the statement ends. A view read needs the
+//! settings before the scan starts (row-level security reads them), so it runs as
+//! `BEGIN READ ONLY`, the settings, the read and `COMMIT`, pipelined in one round trip.
+//! Statements are prepared once per connection (`prepare_cached`). Postgres turns the `COMMIT`
+//! of a failed transaction into a rollback, so a failed request never commits anything.
 
 use std::pin::pin;
 use std::time::Duration;
@@ -15,28 +22,88 @@ use serde_json::{Map, Value};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
-use crate::auth::Claims;
+use crate::auth::{Claims, Role};
 use crate::config::Config;
 use crate::error::ApiError;
 
 /// Bound on cached statements per connection (view queries vary with their filters).
 const STATEMENT_CACHE_MAX: usize = 256;
 
-const SETTINGS_SQL: &str = "select set_config('request.jwt.claims', $1, true), \
-     set_config('request.method', $2, true), \
-     set_config('request.path', $3, true), \
-     set_config('request.headers', $4, true)";
+/// The connection pools, one per mec role (created lazily: a role nobody uses opens nothing).
+pub struct Pools {
+    by_role: [Pool; 3],
+}
 
-pub fn build_pool(cfg: &Config) -> Result<Pool, String> {
+/// What the pools hold, summed over the roles.
+pub struct PoolStatus {
+    pub max_size: usize,
+    pub size: usize,
+    pub available: usize,
+    pub waiting: usize,
+}
+
+impl Pools {
+    pub fn build(cfg: &Config) -> Result<Pools, String> {
+        let [user, service, admin] = Role::ALL.map(|r| build_pool(cfg, r));
+        Ok(Pools {
+            by_role: [user?, service?, admin?],
+        })
+    }
+
+    pub fn for_role(&self, role: Role) -> &Pool {
+        let i = Role::ALL.iter().position(|r| *r == role).unwrap_or(0);
+        &self.by_role[i]
+    }
+
+    /// The pool for work that is no request's (health probes, the schema cache).
+    pub fn any(&self) -> &Pool {
+        self.for_role(Role::Service)
+    }
+
+    pub fn status(&self) -> PoolStatus {
+        self.by_role.iter().map(Pool::status).fold(
+            PoolStatus {
+                max_size: 0,
+                size: 0,
+                available: 0,
+                waiting: 0,
+            },
+            |a, s| PoolStatus {
+                max_size: a.max_size + s.max_size,
+                size: a.size + s.size,
+                available: a.available + s.available,
+                waiting: a.waiting + s.waiting,
+            },
+        )
+    }
+
+    /// After a schema reload: prepared statements may name what changed.
+    pub fn clear_statement_caches(&self) {
+        for p in &self.by_role {
+            p.manager().statement_caches.clear();
+        }
+    }
+
+    pub fn close(&self) {
+        for p in &self.by_role {
+            p.close();
+        }
+    }
+}
+
+fn build_pool(cfg: &Config, role: Role) -> Result<Pool, String> {
     let mut pg: tokio_postgres::Config = cfg.database_url.parse().map_err(|e| format!("{e}"))?;
     pg.application_name("mec-gateway");
     pg.connect_timeout(cfg.connect_timeout);
+    // The role is fixed for the connection's life; the role name comes from a closed enum.
+    let mut options = format!("-c role={}", role.as_str());
     if !cfg.statement_timeout.is_zero() {
-        pg.options(format!(
-            "-c statement_timeout={}",
+        options.push_str(&format!(
+            " -c statement_timeout={}",
             cfg.statement_timeout.as_millis()
         ));
     }
+    pg.options(options);
     let mgr = Manager::from_config(
         pg,
         NoTls,
@@ -98,86 +165,164 @@ impl Drop for Checkout {
     }
 }
 
-/// Run `sql` with text parameters in the caller's role, in one transaction.
+/// Checks a connection out of the pool of the caller's role.
+async fn checkout(pools: &Pools, ctx: &RequestCtx<'_>) -> Result<Checkout, ApiError> {
+    let obj = pools.for_role(ctx.claims.role).get().await?;
+    if obj.statement_cache.size() > STATEMENT_CACHE_MAX {
+        obj.statement_cache.clear();
+    }
+    Ok(Checkout {
+        obj: Some(obj),
+        finished: false,
+    })
+}
+
+/// The request settings as text parameters, in the order of [`settings_sql`].
+fn settings_params(ctx: &RequestCtx<'_>) -> [Option<String>; 4] {
+    [
+        Some(ctx.claims.to_json()),
+        Some(ctx.method.to_string()),
+        Some(ctx.path.to_string()),
+        Some(headers_json(ctx.headers)),
+    ]
+}
+
+/// `set_config` of the request settings, parameters from `$first` on, transaction-local; read-only
+/// requests also make the transaction read-only.
+fn settings_sql(first: usize, read_only: bool) -> String {
+    format!(
+        "set_config('request.jwt.claims', ${}, true), set_config('request.method', ${}, true), \
+         set_config('request.path', ${}, true), set_config('request.headers', ${}, true){}",
+        first,
+        first + 1,
+        first + 2,
+        first + 3,
+        if read_only {
+            ", set_config('transaction_read_only', 'on', true)"
+        } else {
+            ""
+        }
+    )
+}
+
+/// Calls a function that returns one value: `select` is `SELECT <expr>, <expr>` without a FROM
+/// clause. Runs as one statement, so one transaction and one round trip: the settings come
+/// from a subquery the select list reads from, which runs before the function is called.
+pub async fn call(
+    pools: &Pools,
+    ctx: &RequestCtx<'_>,
+    select: &str,
+    params: &[Option<String>],
+) -> Result<Vec<Row>, ApiError> {
+    let mut checkout = checkout(pools, ctx).await?;
+    let sql = format!(
+        "{select} FROM (SELECT {} OFFSET 0) _request",
+        settings_sql(params.len() + 1, ctx.read_only)
+    );
+    let settings = settings_params(ctx);
+    let all: Vec<&(dyn ToSql + Sync)> = params
+        .iter()
+        .chain(settings.iter())
+        .map(|p| p as &(dyn ToSql + Sync))
+        .collect();
+    let client = checkout.obj.as_ref().expect("checked out above");
+    let result = match client.prepare_cached(&sql).await {
+        Ok(stmt) => client.query(&stmt, &all).await,
+        Err(e) => Err(e),
+    };
+    finish(&mut checkout, ctx, result)
+}
+
+/// Run `sql` with text parameters in the caller's role, in one transaction with the request
+/// settings set first (what a view read needs).
 pub async fn run(
-    pool: &Pool,
+    pools: &Pools,
     ctx: &RequestCtx<'_>,
     sql: &str,
     params: &[Option<String>],
 ) -> Result<Vec<Row>, ApiError> {
-    let mut checkout = Checkout {
-        obj: Some(pool.get().await?),
-        finished: false,
-    };
+    let mut checkout = checkout(pools, ctx).await?;
     let client = checkout.obj.as_ref().expect("checked out above");
-
-    if client.statement_cache.size() > STATEMENT_CACHE_MAX {
-        client.statement_cache.clear();
-    }
     // No schema is named here, so it can be prepared outside the transaction.
-    let settings = client.prepare_cached(SETTINGS_SQL).await?;
+    let settings = client
+        .prepare_cached(&format!("SELECT {}", settings_sql(1, false)))
+        .await;
+    let settings = match settings {
+        Ok(s) => s,
+        Err(e) => return finish(&mut checkout, ctx, Err(e)),
+    };
+    let begin = if ctx.read_only {
+        "BEGIN READ ONLY"
+    } else {
+        "BEGIN"
+    };
+    let result = {
+        let set_values = settings_params(ctx);
+        let set_params: Vec<&(dyn ToSql + Sync)> = set_values
+            .iter()
+            .map(|p| p as &(dyn ToSql + Sync))
+            .collect();
+        let call_params: Vec<&(dyn ToSql + Sync)> =
+            params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
 
-    // The role comes from a closed enum; quoting is belt and braces.
-    let begin = format!(
-        "BEGIN{}; SET LOCAL ROLE \"{}\"",
-        if ctx.read_only { " READ ONLY" } else { "" },
-        ctx.claims.role.as_str()
-    );
-    let claims = ctx.claims.to_json();
-    let headers = headers_json(ctx.headers);
-    let set_params: [&(dyn ToSql + Sync); 4] = [&claims, &ctx.method, &ctx.path, &headers];
-    let call_params: Vec<&(dyn ToSql + Sync)> =
-        params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-
-    // Each future sends its messages when first polled, so the poll order is the wire order.
-    let mut begun = pin!(maybe_done(client.batch_execute(&begin)));
-    let mut set = pin!(maybe_done(client.query(&settings, &set_params)));
-    let _ = begun.as_mut().now_or_never();
-    let _ = set.as_mut().now_or_never();
-    // The call statement must be parsed in the caller's role (mec_authenticator itself has
-    // no USAGE on schema mec), i.e. after BEGIN; SET LOCAL ROLE. On a cache hit this is
-    // ready at once and the whole request is one round trip; on a miss the Parse goes out
-    // now, behind the BEGIN.
-    let mut prep = pin!(maybe_done(client.prepare_cached(sql)));
-    if prep.as_mut().now_or_never().is_none() {
-        join3(begun.as_mut(), set.as_mut(), prep.as_mut()).await;
-    }
-    let prepared = prep.as_mut().take_output().expect("prepare finished");
-
-    let result = match prepared {
-        Err(e) => {
-            join(begun.as_mut(), set.as_mut()).await;
-            let _ = client.batch_execute("ROLLBACK").await;
-            let b = begun.as_mut().take_output().and_then(Result::err);
-            let s = set.as_mut().take_output().and_then(|r| r.err());
-            Err(b.or(s).unwrap_or(e))
+        // Each future sends its messages when first polled, so the poll order is the wire order.
+        let mut begun = pin!(maybe_done(client.batch_execute(begin)));
+        let mut set = pin!(maybe_done(client.query(&settings, &set_params)));
+        let _ = begun.as_mut().now_or_never();
+        let _ = set.as_mut().now_or_never();
+        // On a cache hit this is ready at once and the whole request is one round trip; on a miss
+        // the Parse goes out now, behind the BEGIN.
+        let mut prep = pin!(maybe_done(client.prepare_cached(sql)));
+        if prep.as_mut().now_or_never().is_none() {
+            join3(begun.as_mut(), set.as_mut(), prep.as_mut()).await;
         }
-        Ok(stmt) => {
-            let (_, _, rows, committed) = join4(
-                begun.as_mut(),
-                set.as_mut(),
-                client.query(&stmt, &call_params),
-                client.batch_execute("COMMIT"),
-            )
-            .await;
-            let b = begun.as_mut().take_output().expect("BEGIN finished");
-            let s = set.as_mut().take_output().expect("settings finished");
-            (|| {
-                b?;
-                s?;
-                let rows = rows?;
-                committed?;
-                Ok::<_, tokio_postgres::Error>(rows)
-            })()
+        let prepared = prep.as_mut().take_output().expect("prepare finished");
+
+        match prepared {
+            Err(e) => {
+                join(begun.as_mut(), set.as_mut()).await;
+                let _ = client.batch_execute("ROLLBACK").await;
+                let b = begun.as_mut().take_output().and_then(Result::err);
+                let s = set.as_mut().take_output().and_then(|r| r.err());
+                Err(b.or(s).unwrap_or(e))
+            }
+            Ok(stmt) => {
+                let (_, _, rows, committed) = join4(
+                    begun.as_mut(),
+                    set.as_mut(),
+                    client.query(&stmt, &call_params),
+                    client.batch_execute("COMMIT"),
+                )
+                .await;
+                let b = begun.as_mut().take_output().expect("BEGIN finished");
+                let s = set.as_mut().take_output().expect("settings finished");
+                (|| {
+                    b?;
+                    s?;
+                    let rows = rows?;
+                    committed?;
+                    Ok::<_, tokio_postgres::Error>(rows)
+                })()
+            }
         }
     };
+    finish(&mut checkout, ctx, result)
+}
+
+/// Returns the connection to the pool unless it is unusable; maps the error.
+fn finish(
+    checkout: &mut Checkout,
+    ctx: &RequestCtx<'_>,
+    result: Result<Vec<Row>, tokio_postgres::Error>,
+) -> Result<Vec<Row>, ApiError> {
     match result {
         Ok(rows) => {
             checkout.finished = true;
             Ok(rows)
         }
         Err(e) => {
-            // A server-side error leaves a healthy connection (the COMMIT rolled back);
+            let client = checkout.obj.as_ref().expect("checked out above");
+            // A server-side error leaves a healthy connection (the transaction rolled back);
             // anything else means the connection is gone.
             checkout.finished = e.as_db_error().is_some() && !client.is_closed();
             // After DDL a cached statement may be stale ("cached plan must not change

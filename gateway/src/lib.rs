@@ -36,7 +36,7 @@ use schema_cache::{SchemaCache, SchemaStore};
 /// Everything a handler needs, built once at startup.
 pub struct Inner {
     pub config: Config,
-    pub pool: deadpool_postgres::Pool,
+    pub pools: db::Pools,
     pub jwt: JwtVerifier,
     pub schema: SchemaStore,
     pub metrics: Metrics,
@@ -57,10 +57,10 @@ impl AppState {
     /// lazily and the schema cache is loaded by [`AppState::reload_schema`] or the listener.
     pub fn new(config: Config) -> Result<Self, String> {
         let jwt = JwtVerifier::new(&config.jwt).map_err(|e| e.to_string())?;
-        let pool = db::build_pool(&config)?;
+        let pools = db::Pools::build(&config)?;
         Ok(AppState(Arc::new(Inner {
             config,
-            pool,
+            pools,
             jwt,
             schema: SchemaStore::default(),
             metrics: Metrics::default(),
@@ -69,7 +69,7 @@ impl AppState {
 
     /// Load the schema cache once through the pool.
     pub async fn reload_schema(&self) -> Result<(), ApiError> {
-        let client = self.pool.get().await?;
+        let client = self.pools.any().get().await?;
         let cache = SchemaCache::load(&**client).await?;
         self.schema.set(cache);
         Ok(())
@@ -77,12 +77,12 @@ impl AppState {
 
     /// Keep the schema cache fresh: LISTEN on `mec_gateway` with its own connection.
     pub fn spawn_schema_listener(&self) -> tokio::task::JoinHandle<()> {
-        let pool = self.pool.clone();
+        let state = self.clone();
         tokio::spawn(schema_cache::listen_forever(
             self.config.database_url.clone(),
             self.config.connect_timeout,
             self.schema.clone(),
-            move || pool.manager().statement_caches.clear(),
+            move || state.pools.clear_statement_caches(),
         ))
     }
 }
@@ -210,7 +210,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
         _ = deadline => tracing::warn!("shutdown timeout reached; dropping remaining requests"),
     }
     listener_task.abort();
-    state.pool.close();
+    state.pools.close();
     tracing::info!("stopped");
     Ok(())
 }

@@ -2,6 +2,11 @@
 
 use std::process::ExitCode;
 
+// glibc's malloc showed as ~12% of the gateway's CPU under load (many small, short-lived
+// allocations per request, freed on other threads); mimalloc keeps them thread-local.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use mec_gateway::auth::{mint, TokenSpec};
 use mec_gateway::config::{jwt_from_lookup, Config};
 
@@ -85,10 +90,12 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.enable_all();
+            if let Some(n) = config.worker_threads {
+                builder.worker_threads(n);
+            }
+            let rt = match builder.build() {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("mec-gateway: cannot start the runtime: {e}");

@@ -1095,7 +1095,8 @@ async fn health_ready_metrics_request_id_cors() {
     assert!(r
         .text
         .contains("mec_gateway_http_request_duration_seconds_bucket{route=\"/health\""));
-    assert!(r.text.contains("mec_gateway_db_pool_max_connections 4"));
+    // MEC_POOL_SIZE is per mec role (one pool each): 3 x 4.
+    assert!(r.text.contains("mec_gateway_db_pool_max_connections 12"));
 }
 
 #[tokio::test]
@@ -1109,7 +1110,7 @@ async fn request_timeout_is_504_and_the_gateway_recovers() {
         let r = post(&app, "/api/rpc/fixture_sleep", &t, json!({"p_seconds": 0})).await;
         assert_eq!(r.status, 200, "{}", r.text);
     }
-    assert!(state.pool.status().size <= 4);
+    assert!(state.pools.status().size <= 4);
 }
 
 #[tokio::test]

@@ -17,9 +17,9 @@ use pgrx::datum::{AnyNumeric, TimestampWithTimeZone, Uuid};
 use pgrx::spi::SpiClient;
 
 use crate::errors::{MecError, MecResult};
-use crate::{args, cache};
 use crate::spi::{self, Stmt};
 use crate::values::{timestamptz, to_decimal};
+use crate::{args, cache};
 
 /// What governs one account's use of one resource at one moment.
 #[derive(Debug, Clone)]

@@ -95,8 +95,19 @@ static METER_PLAIN: Stmt = Stmt {
 };
 
 const METER_TYPES: &[pgrx::pg_sys::Oid] = &[
-    spi::UUID, spi::TEXT, spi::UUID, spi::TEXT, spi::NUMERIC, spi::TIMESTAMPTZ, spi::TIMESTAMPTZ,
-    spi::TIMESTAMPTZ, spi::NUMERIC, spi::NUMERIC, spi::NUMERIC, spi::INT4, spi::JSONB,
+    spi::UUID,
+    spi::TEXT,
+    spi::UUID,
+    spi::TEXT,
+    spi::NUMERIC,
+    spi::TIMESTAMPTZ,
+    spi::TIMESTAMPTZ,
+    spi::TIMESTAMPTZ,
+    spi::NUMERIC,
+    spi::NUMERIC,
+    spi::NUMERIC,
+    spi::INT4,
+    spi::JSONB,
 ];
 
 /// The slot-0 half of metering a striped (or newly created) counter. Slot 0's guard counts the
@@ -136,8 +147,20 @@ static RECORD_STRIPED: Stmt = Stmt {
           ON CONFLICT (namespace_id, idempotency_key) DO NOTHING
           RETURNING quantity_used, consumption_id",
     types: &[
-        spi::UUID, spi::TEXT, spi::UUID, spi::TEXT, spi::NUMERIC, spi::TIMESTAMPTZ, spi::TIMESTAMPTZ,
-        spi::TIMESTAMPTZ, spi::NUMERIC, spi::NUMERIC, spi::NUMERIC, spi::INT4, spi::JSONB, spi::NUMERIC,
+        spi::UUID,
+        spi::TEXT,
+        spi::UUID,
+        spi::TEXT,
+        spi::NUMERIC,
+        spi::TIMESTAMPTZ,
+        spi::TIMESTAMPTZ,
+        spi::TIMESTAMPTZ,
+        spi::NUMERIC,
+        spi::NUMERIC,
+        spi::NUMERIC,
+        spi::INT4,
+        spi::JSONB,
+        spi::NUMERIC,
     ],
     writes: true,
 };

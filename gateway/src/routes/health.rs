@@ -21,7 +21,7 @@ fn json(status: StatusCode, v: serde_json::Value) -> Response {
 
 /// `{status, timestamp, services: {postgres}}`: 200 when Postgres answers, else 503.
 pub async fn health(State(state): State<AppState>) -> Response {
-    let pg = crate::db::ping(&state.pool, PROBE_TIMEOUT).await;
+    let pg = crate::db::ping(state.pools.any(), PROBE_TIMEOUT).await;
     let up = pg.is_ok();
     if let Err(e) = &pg {
         tracing::warn!(error = %e, "health: postgres unreachable");
@@ -44,7 +44,9 @@ pub async fn health(State(state): State<AppState>) -> Response {
 /// Ready to serve: the schema cache is loaded and Postgres answers.
 pub async fn ready(State(state): State<AppState>) -> Response {
     let schema = state.schema.get().is_some();
-    let pg = crate::db::ping(&state.pool, PROBE_TIMEOUT).await.is_ok();
+    let pg = crate::db::ping(state.pools.any(), PROBE_TIMEOUT)
+        .await
+        .is_ok();
     let ok = schema && pg;
     json(
         if ok {
@@ -60,7 +62,7 @@ pub async fn ready(State(state): State<AppState>) -> Response {
 }
 
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    let status = state.pool.status();
+    let status = state.pools.status();
     let cache = state.schema.get();
     let text = state.metrics.render(&Gauges {
         pool_max: status.max_size,

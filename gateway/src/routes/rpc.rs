@@ -211,7 +211,13 @@ async fn call(
         headers: c.headers,
         read_only: f.volatility.read_only(),
     };
-    let rows = db::run(&state.pool, &ctx, &sql.text, &sql.params).await?;
+    // One value: one statement (see db.rs). Sets and void keep their FROM clause and run in an
+    // explicit transaction.
+    let rows = if f.returns_set || f.return_type == "void" {
+        db::run(&state.pools, &ctx, &sql.text, &sql.params).await?
+    } else {
+        db::call(&state.pools, &ctx, &sql.text, &sql.params).await?
+    };
     if f.return_type == "void" && !f.returns_set {
         return Ok(StatusCode::NO_CONTENT.into_response());
     }

@@ -54,7 +54,7 @@ pub async fn read(
         headers: &headers,
         read_only: true,
     };
-    let rows = db::run(&state.pool, &ctx, &sql.text, &sql.params).await?;
+    let rows = db::run(&state.pools, &ctx, &sql.text, &sql.params).await?;
     let row = rows
         .first()
         .ok_or_else(|| ApiError::Internal("read returned no row".into()))?;
