@@ -221,6 +221,8 @@ probe="$("$CURL" -s -m 10 -w ' %{http_code}' -H "Authorization: Bearer $(cat "$W
 say "gateway $GW answers check_entitlement for the bench namespace"
 
 POOL="$("$CURL" -s -m 5 "$GW/metrics" 2>/dev/null | sed -n 's/^mec_gateway_db_pool_max_connections \([0-9]*\).*/\1/p' | head -1)"
+# /metrics sums the three role pools (one per mec role); MEC_POOL_SIZE is per role.
+[[ -n $POOL ]] && POOL=$((POOL / 3))
 
 # ------------------------------------------------------------------ runs
 RUN_ID="gw$(date -u +%Y%m%d%H%M%S)-$$"
@@ -339,7 +341,7 @@ run_pgbench() {
 }
 
 total=$((${#FNS[@]} * $(wc -w <<<"$CLIENTS") * 2))
-say "$total runs of $DURATION s (about $((total * (DURATION + 3) / 60 + 1)) min); gateway pool size ${POOL:-?} (MEC_POOL_SIZE)"
+say "$total runs of $DURATION s (about $((total * (DURATION + 3) / 60 + 1)) min); gateway pool size ${POOL:-?} per role (MEC_POOL_SIZE)"
 for c in $CLIENTS; do
   for f in "${FNS[@]}"; do
     run_wrk "$f" "$c"

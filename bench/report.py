@@ -336,7 +336,7 @@ def gateway(results_path: str, meta_path: str) -> None:
         f"PostgreSQL {meta.get('server_version', '?')}, {meta.get('cpus', '?')} CPU ({meta.get('cpu', '?')}), "
         f"`synchronous_commit={meta.get('synchronous_commit', '?')}`, load average at start "
         f"{meta.get('load', '?')}; pg_mec {meta.get('extversion', '?')}, mec-gateway "
-        f"{meta.get('gateway_version', '?')} with a pool of {meta.get('pool', '?')} connections "
+        f"{meta.get('gateway_version', '?')} with a pool of {meta.get('pool', '?')} connections per role "
         f"(`MEC_POOL_SIZE`). {meta.get('duration', '?')} s per run, one run per cell. "
         f"Gateway: {meta.get('wrk', 'wrk')} (`--latency`, `bench/gateway.lua`), `POST /api/rpc/<fn>` with a "
         f"`mec_service` JWT, random account of 10 000, a fresh idempotency key per meter request. "

@@ -18,10 +18,23 @@ REVOKE ALL ON FUNCTION mec_data.invalidate_cache() FROM PUBLIC;
 COMMENT ON FUNCTION mec_data.invalidate_cache() IS
     'Trigger: tells every backend that its cached entitlements are stale (see mec_data.cache_signal).';
 
--- New accounts need no message: nothing can be cached for an account that did not exist.
-CREATE TRIGGER invalidate_cache AFTER UPDATE OR DELETE OR TRUNCATE ON mec_data.accounts
+-- New accounts and resource types need no message: nothing is cached for a lookup that found
+-- nothing. Updates count only for the columns the cache reads, so that e.g. renaming an account
+-- does not empty every backend's cache.
+CREATE TRIGGER invalidate_cache
+    AFTER UPDATE OF namespace_id, account_id, billing_anchor_day OR DELETE OR TRUNCATE
+    ON mec_data.accounts
     FOR EACH STATEMENT EXECUTE FUNCTION mec_data.invalidate_cache();
 CREATE TRIGGER invalidate_cache AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON mec_data.entitlements
     FOR EACH STATEMENT EXECUTE FUNCTION mec_data.invalidate_cache();
-CREATE TRIGGER invalidate_cache AFTER UPDATE OR DELETE OR TRUNCATE ON mec_data.resource_types
+CREATE TRIGGER invalidate_cache
+    AFTER UPDATE OF namespace_id, resource_type, kind, window_seconds, billable_statuses
+          OR DELETE OR TRUNCATE
+    ON mec_data.resource_types
     FOR EACH STATEMENT EXECUTE FUNCTION mec_data.invalidate_cache();
+
+-- ALWAYS: also on a logical-replication subscriber, whose apply worker runs with
+-- session_replication_role = replica (ordinary triggers do not fire there).
+ALTER TABLE mec_data.accounts ENABLE ALWAYS TRIGGER invalidate_cache;
+ALTER TABLE mec_data.entitlements ENABLE ALWAYS TRIGGER invalidate_cache;
+ALTER TABLE mec_data.resource_types ENABLE ALWAYS TRIGGER invalidate_cache;

@@ -106,3 +106,35 @@ def test_resource_type_change_from_load_catalog_is_seen(connect, call, new_names
             r["billable_statuses"] = ["2xx", "5xx"]
     call("load_catalog", conn=admin, catalog=catalog)
     assert meter_503("after") is True
+
+
+def test_long_read_committed_transaction_sees_a_commit_made_meanwhile(connect, call, new_account):
+    """Inside one READ COMMITTED transaction every statement sees what committed before it; the
+    cache must not hold on to an entry another backend's commit made stale."""
+    account = new_account("starter")
+    reader = connect(role="mec_service", autocommit=False)
+    assert allowed(call, reader, account) == 100  # cached, the transaction stays open
+    # In force since before the reader's transaction began (now() is frozen inside it).
+    call("set_override", account_id=account, resource_type=RESOURCE, limit=7, enforcement="hard",
+         valid_from="2000-01-01T00:00:00Z")
+    assert allowed(call, reader, account) == 7
+    reader.rollback()
+
+
+def test_repeatable_read_neither_uses_nor_fills_the_cache(connect, call, new_account):
+    """A REPEATABLE READ transaction answers from its snapshot, and what it read must not be
+    left in the cache for later transactions of the same backend."""
+    account = new_account("starter")
+    reader = connect(role="mec_service", autocommit=False)
+    reader.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+    reader.execute("SELECT 1")  # the snapshot is taken here
+    # Commits after that snapshot; in force since long before it.
+    call("set_override", account_id=account, resource_type=RESOURCE, limit=7, enforcement="hard",
+         valid_from="2000-01-01T00:00:00Z")
+    # Locking a table not used yet in this transaction takes in the invalidation now, before
+    # the lookup: a cache filled from the older snapshot would then look current.
+    reader.execute("SELECT count(*) FROM mec.plans")
+    assert allowed(call, reader, account) == 100  # the snapshot's answer
+    reader.commit()
+    assert allowed(call, reader, account) == 7  # a new transaction: the committed override
+    reader.commit()

@@ -96,7 +96,9 @@ fn build_pool(cfg: &Config, role: Role) -> Result<Pool, String> {
     pg.application_name("mec-gateway");
     pg.connect_timeout(cfg.connect_timeout);
     // The role is fixed for the connection's life; the role name comes from a closed enum.
-    let mut options = format!("-c role={}", role.as_str());
+    // Kept: any options= the database URL carries.
+    let mut options = pg.get_options().map(str::to_string).unwrap_or_default();
+    options.push_str(&format!(" -c role={}", role.as_str()));
     if !cfg.statement_timeout.is_zero() {
         options.push_str(&format!(
             " -c statement_timeout={}",

@@ -54,10 +54,15 @@ fn signal_oid() -> pg_sys::Oid {
     oid
 }
 
-/// The current epoch. Registers the callback on first use in this backend and looks up the
-/// signal relation when it is not known (normal transaction context: catalog access is allowed
-/// here, unlike in the callback).
+/// The current epoch, after taking in every invalidation message queued so far (PostgreSQL
+/// would otherwise take them in only at the next transaction start or new lock, and a long
+/// transaction or a batch would keep using entries another backend's commit made stale; the
+/// call costs a shared-counter read when nothing is queued). Registers the callback on first use
+/// in this backend and looks up the signal relation when it is not known (normal transaction
+/// context: catalog access is allowed here, unlike in the callback).
 pub fn epoch() -> u64 {
+    // SAFETY: processes pending invalidation messages in a transaction, as LockRelationOid does.
+    unsafe { pg_sys::AcceptInvalidationMessages() };
     if !REGISTERED.with(Cell::get) {
         // SAFETY: registering a callback with a static function; done once per backend.
         unsafe {
@@ -70,6 +75,25 @@ pub fn epoch() -> u64 {
     }
     signal_oid();
     EPOCH.with(Cell::get)
+}
+
+/// Whether this transaction reads one snapshot throughout (REPEATABLE READ, SERIALIZABLE): what
+/// it reads may be older than the epoch, so it must neither fill nor use a cache.
+pub fn snapshot_per_transaction() -> bool {
+    // SAFETY: reads the isolation level of the current transaction.
+    unsafe { pg_sys::XactIsoLevel >= pg_sys::XACT_REPEATABLE_READ as std::ffi::c_int }
+}
+
+/// Runs `load` under a snapshot taken now, after [`epoch`] was read, so that what it reads is at
+/// least as new as every invalidation that epoch reflects (a read-only SPI statement would
+/// otherwise use the calling statement's snapshot, which may be older).
+pub fn with_fresh_snapshot<T>(load: impl FnOnce() -> T) -> T {
+    // SAFETY: pushes a copy of the latest snapshot and pops it again; if `load` raises a
+    // PostgreSQL error, the (sub)transaction abort pops it as part of its cleanup.
+    unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetLatestSnapshot()) };
+    let out = load();
+    unsafe { pg_sys::PopActiveSnapshot() };
+    out
 }
 
 /// `mec_data.invalidate_cache()`: the statement-level trigger on the tables the caches read.

@@ -137,8 +137,8 @@ struct Fetched {
 
 /// How far back a cached lookup answers: events older than this (late events) query directly.
 const CACHE_HORIZON_US: i64 = 40 * 86_400 * 1_000_000;
-/// Entries per backend before the cache starts over.
-const CACHE_CAPACITY: usize = 50_000;
+/// Entries per backend before the cache starts over (a few hundred bytes each: ~10 MB at most).
+const CACHE_CAPACITY: usize = 25_000;
 
 type Key = (Uuid, Uuid, String);
 
@@ -308,6 +308,9 @@ fn lookup(
     resource_type: &str,
     at_us: i64,
 ) -> MecResult<Option<Rc<Fetched>>> {
+    if cache::snapshot_per_transaction() {
+        return Ok(fetch(client, ns, account_id, resource_type, at_us)?.map(Rc::new));
+    }
     let epoch = cache::epoch();
     let key: Key = (ns, account_id, resource_type.to_string());
     let (hit, chunk_after) = CACHE.with(|c| {
@@ -342,27 +345,9 @@ fn lookup(
     if at_us < since_us {
         return Ok(fetch(client, ns, account_id, resource_type, at_us)?.map(Rc::new));
     }
-    let mut found = None;
-    let mut loaded = Vec::new();
-    let mut progress = None;
-    if let Some(after) = chunk_after {
-        let (chunk, more) = fetch_chunk(client, ns, resource_type, after, since_us)?;
-        progress = Some((chunk.keys().max().copied(), more));
-        for (account, f) in chunk {
-            let f = Rc::new(f);
-            if account == account_id {
-                found = Some(f.clone());
-            }
-            loaded.push(((ns, account, resource_type.to_string()), f));
-        }
-    }
-    if found.is_none() {
-        if let Some(f) = fetch(client, ns, account_id, resource_type, since_us)? {
-            let f = Rc::new(f);
-            found = Some(f.clone());
-            loaded.push((key, f));
-        }
-    }
+    let (found, loaded, progress) = cache::with_fresh_snapshot(|| {
+        load(client, ns, account_id, resource_type, since_us, chunk_after)
+    })?;
     // Keep what was read only if no invalidation arrived meanwhile.
     if cache::epoch() == epoch {
         CACHE.with(|c| {
@@ -383,6 +368,48 @@ fn lookup(
     Ok(found)
 }
 
+/// What one miss reads: the account's rows (if it exists), every entry to keep (the chunk's and
+/// the account's), and how far the chunk got.
+type Loaded = (
+    Option<Rc<Fetched>>,
+    Vec<(Key, Rc<Fetched>)>,
+    Option<(Option<Uuid>, bool)>,
+);
+
+/// Reads for one miss: the next chunk when one is due, then the account itself unless the chunk
+/// held it.
+fn load(
+    client: &SpiClient<'_>,
+    ns: Uuid,
+    account_id: Uuid,
+    resource_type: &str,
+    since_us: i64,
+    chunk_after: Option<Uuid>,
+) -> MecResult<Loaded> {
+    let mut found = None;
+    let mut loaded = Vec::new();
+    let mut progress = None;
+    if let Some(after) = chunk_after {
+        let (chunk, more) = fetch_chunk(client, ns, resource_type, after, since_us)?;
+        progress = Some((chunk.keys().max().copied(), more));
+        for (account, f) in chunk {
+            let f = Rc::new(f);
+            if account == account_id {
+                found = Some(f.clone());
+            }
+            loaded.push(((ns, account, resource_type.to_string()), f));
+        }
+    }
+    if found.is_none() {
+        if let Some(f) = fetch(client, ns, account_id, resource_type, since_us)? {
+            let f = Rc::new(f);
+            found = Some(f.clone());
+            loaded.push(((ns, account_id, resource_type.to_string()), f));
+        }
+    }
+    Ok((found, loaded, progress))
+}
+
 /// Resolves the entitlement of `account_id` for `resource_type` at `at_us`.
 /// Raises `ME404` for an unknown account or resource type.
 pub fn resolve(
@@ -395,7 +422,7 @@ pub fn resolve(
     let Some(f) = lookup(client, ns, account_id, resource_type, at_us)? else {
         return Err(diagnose_missing(client, ns, account_id, resource_type));
     };
-    Ok(combine(resource_type, &f, at_us))
+    combine(resource_type, &f, at_us)
 }
 
 fn diagnose_missing(
@@ -422,16 +449,17 @@ fn diagnose_missing(
 
 /// Folds the rows in force at `at_us` (newest first) into one policy: the newest override
 /// replaces the plan row; grants add their quantity to a finite limit.
-fn combine(resource_type: &str, f: &Fetched, at_us: i64) -> Effective {
+fn combine(resource_type: &str, f: &Fetched, at_us: i64) -> MecResult<Effective> {
     let kind = f.kind;
     let in_force = || f.rows.iter().filter(|r| r.in_force(at_us));
     let base = in_force()
         .find(|r| r.source == "override")
         .or_else(|| in_force().find(|r| r.source == "plan"));
-    let grants: Decimal = in_force()
+    let grants = in_force()
         .filter(|r| r.source == "grant")
         .filter_map(|r| r.limit)
-        .sum();
+        .try_fold(Decimal::ZERO, Decimal::checked_add)
+        .ok_or_else(out_of_range)?;
     let entitled = in_force().next().is_some();
     let default_period = kind.default_period().unwrap_or(Period::Month);
     let (policy, period, enabled) = match base {
@@ -440,10 +468,11 @@ fn combine(resource_type: &str, f: &Fetched, at_us: i64) -> Effective {
                 .enforcement
                 .as_deref()
                 .and_then(|e| Enforcement::from_str(e).ok());
-            let mut policy = Policy::new(
-                b.limit.map(|l| l + grants),
-                enforcement.unwrap_or(Enforcement::Hard),
-            );
+            let limit = b
+                .limit
+                .map(|l| l.checked_add(grants).ok_or_else(out_of_range))
+                .transpose()?;
+            let mut policy = Policy::new(limit, enforcement.unwrap_or(Enforcement::Hard));
             // Leases are whole slots: no grace unless the catalog asks for it.
             policy.grace = b
                 .grace
@@ -462,7 +491,7 @@ fn combine(resource_type: &str, f: &Fetched, at_us: i64) -> Effective {
             false,
         ),
     };
-    Effective {
+    Ok(Effective {
         resource_type: resource_type.to_string(),
         kind,
         window_seconds: f.window_seconds.and_then(|w| u32::try_from(w).ok()),
@@ -472,5 +501,9 @@ fn combine(resource_type: &str, f: &Fetched, at_us: i64) -> Effective {
         entitled,
         anchor_day: f.anchor.and_then(|a| u8::try_from(a).ok()),
         billable: f.billable.clone(),
-    }
+    })
+}
+
+fn out_of_range() -> MecError {
+    MecError::invalid("the limit and grants in force add up beyond the range pg_mec counts in")
 }

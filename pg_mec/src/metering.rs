@@ -16,6 +16,7 @@ use pg_mec_core::period::Window;
 use pg_mec_core::Decimal;
 use pgrx::datum::DatumWithOid;
 use pgrx::datum::{AnyNumeric, JsonB, TimestampWithTimeZone, Uuid};
+use pgrx::pg_sys::Oid;
 use pgrx::spi::SpiClient;
 use serde_json::{json, Value};
 
@@ -65,10 +66,26 @@ impl Event {
     }
 }
 
-/// The common case of METER: an unstriped counter (no stripes hold usage or quota), so slot 0 is
-/// the whole count. Matches nothing on a striped counter, which then takes METER.
+/// The start of every statement that records a billable usage event: the ledger columns and
+/// `$1..$8` (`Event::ledger_args`); the statement goes on with overage, overage_quantity,
+/// quantity_used, quantity_allowed, http_status and metadata.
+macro_rules! ledger_usage_insert {
+    () => {
+        "INSERT INTO mec_data.consumption
+              (namespace_id, idempotency_key, consumption_id, account_id, resource_type, quantity,
+               occurred_at, period_start, period_end, billable, overage, overage_quantity,
+               quantity_used, quantity_allowed, http_status, metadata)
+          SELECT $1, $2, gen_random_uuid(), $3, $4, $5, $6, $7, $8, true, "
+    };
+}
+pub(crate) use ledger_usage_insert;
+
+/// The common case of metering: an unstriped counter (no stripes hold usage or quota), so slot 0 is
+/// the whole count. Matches nothing on a striped counter, which then takes METER_SLOT0 and
+/// RECORD_STRIPED.
 static METER_PLAIN: Stmt = Stmt {
-    sql: "WITH upd AS (
+    sql: concat!(
+        "WITH upd AS (
               UPDATE mec_data.usage_counters
                  SET used = used + $5, updated_at = now()
                WHERE namespace_id = $1 AND account_id = $3 AND resource_type = $4
@@ -76,25 +93,24 @@ static METER_PLAIN: Stmt = Stmt {
                  AND ($9::numeric IS NULL OR used + $5 <= $9)
                  AND ($11::numeric IS NULL OR used + $5 >= $11)
               RETURNING used
-          ), ins AS (
-              INSERT INTO mec_data.consumption
-                  (namespace_id, idempotency_key, consumption_id, account_id, resource_type, quantity,
-                   occurred_at, period_start, period_end, billable, overage, overage_quantity,
-                   quantity_used, quantity_allowed, http_status, metadata)
-              SELECT $1, $2, gen_random_uuid(), $3, $4, $5, $6, $7, $8, true,
-                     coalesce(upd.used > $10, false),
+          ), ins AS (",
+        ledger_usage_insert!(),
+        "coalesce(upd.used > $10, false),
                      coalesce(greatest(0, least($5, upd.used - $10)), 0),
                      upd.used, $10, $12, coalesce($13, '{}')
               FROM upd
               ON CONFLICT (namespace_id, idempotency_key) DO NOTHING
               RETURNING consumption_id
           )
-          SELECT upd.used, (SELECT consumption_id FROM ins) FROM upd",
+          SELECT upd.used, (SELECT consumption_id FROM ins) FROM upd"
+    ),
     types: METER_TYPES,
     writes: true,
 };
 
-const METER_TYPES: &[pgrx::pg_sys::Oid] = &[
+/// `$1..$13` of the metering statements: `Event::ledger_args`, then ceiling, limit (overage from),
+/// floor, HTTP status, metadata.
+const METER_TYPE_LIST: [Oid; 13] = [
     spi::UUID,
     spi::TEXT,
     spi::UUID,
@@ -109,6 +125,18 @@ const METER_TYPES: &[pgrx::pg_sys::Oid] = &[
     spi::INT4,
     spi::JSONB,
 ];
+const METER_TYPES: &[Oid] = &METER_TYPE_LIST;
+
+/// METER_TYPES and `$14`, slot 0's usage.
+static RECORD_STRIPED_TYPES: [Oid; 14] = {
+    let mut all = [spi::NUMERIC; 14];
+    let mut i = 0;
+    while i < METER_TYPE_LIST.len() {
+        all[i] = METER_TYPE_LIST[i];
+        i += 1;
+    }
+    all
+};
 
 /// The slot-0 half of metering a striped (or newly created) counter. Slot 0's guard counts the
 /// quota granted to stripes (stripe_quota): while stripes hold quota, slot 0 alone may not cross
@@ -132,12 +160,9 @@ static METER_SLOT0: Stmt = Stmt {
 /// slot 0's lock, so no fold can move stripe usage into slot 0 between the two reads (`$14` is
 /// slot 0's usage after the update) and the total counts every unit once.
 static RECORD_STRIPED: Stmt = Stmt {
-    sql: "INSERT INTO mec_data.consumption
-              (namespace_id, idempotency_key, consumption_id, account_id, resource_type, quantity,
-               occurred_at, period_start, period_end, billable, overage, overage_quantity,
-               quantity_used, quantity_allowed, http_status, metadata)
-          SELECT $1, $2, gen_random_uuid(), $3, $4, $5, $6, $7, $8, true,
-                 coalesce(t.used > $10, false),
+    sql: concat!(
+        ledger_usage_insert!(),
+        "coalesce(t.used > $10, false),
                  coalesce(greatest(0, least($5, t.used - $10)), 0),
                  t.used, $10, $12, coalesce($13, '{}')
           FROM (SELECT $14::numeric + coalesce(sum(c.used), 0) AS used
@@ -145,23 +170,9 @@ static RECORD_STRIPED: Stmt = Stmt {
                 WHERE c.namespace_id = $1 AND c.account_id = $3 AND c.resource_type = $4
                   AND c.period_start = $7 AND c.slot > 0) t
           ON CONFLICT (namespace_id, idempotency_key) DO NOTHING
-          RETURNING quantity_used, consumption_id",
-    types: &[
-        spi::UUID,
-        spi::TEXT,
-        spi::UUID,
-        spi::TEXT,
-        spi::NUMERIC,
-        spi::TIMESTAMPTZ,
-        spi::TIMESTAMPTZ,
-        spi::TIMESTAMPTZ,
-        spi::NUMERIC,
-        spi::NUMERIC,
-        spi::NUMERIC,
-        spi::INT4,
-        spi::JSONB,
-        spi::NUMERIC,
-    ],
+          RETURNING quantity_used, consumption_id"
+    ),
+    types: &RECORD_STRIPED_TYPES,
     writes: true,
 };
 
@@ -321,6 +332,7 @@ pub fn meter(client: &mut SpiClient<'_>, ns: Uuid, ev: &Event, now_us: i64) -> M
             return Ok(v);
         }
     }
+    let mut slot0_locked = false;
     for attempt in 0..4 {
         let started = Instant::now();
         let (used, consumption_id) =
@@ -352,20 +364,27 @@ pub fn meter(client: &mut SpiClient<'_>, ns: Uuid, ev: &Event, now_us: i64) -> M
                 }
                 // Refused by the guard, or no row to update. Before refusing: create the counter
                 // (here, or concurrently after this statement's snapshot), give back quota held by
-                // expired reservations, fold stripes back so the decision is exact.
+                // expired reservations, and fold the stripes back under slot 0's lock. The fold
+                // keeps that lock to the end of the transaction, so no stripe is granted quota
+                // again and the next attempt decides on the exact total. (Whether the fold moved
+                // anything does not matter: another backend may have folded since our attempt.)
                 if attempt == 0 {
                     counter.create(client, ns)?;
                     continue;
                 }
-                if counter.sweep_expired_holds(client, ns)? || stripes::fold(client, ns, &counter)?
-                {
+                if counter.sweep_expired_holds(client, ns)? {
+                    continue;
+                }
+                if !slot0_locked {
+                    stripes::fold(client, ns, &counter)?;
+                    slot0_locked = true;
                     continue;
                 }
                 return Err(refusal(client, ns, ev, &eff));
             }
         }
     }
-    // Holds kept expiring or stripes kept folding between attempts: decide on what is there now.
+    // Holds kept expiring between attempts: decide on what is there now.
     Err(refusal(client, ns, ev, &eff))
 }
 

@@ -31,7 +31,7 @@ use serde_json::Value;
 use crate::counters::CounterKey;
 use crate::entitlement::Effective;
 use crate::errors::MecResult;
-use crate::metering::{replay_if_recorded, result, Event};
+use crate::metering::{ledger_usage_insert, replay_if_recorded, result, Event};
 use crate::spi::{self, Stmt};
 use crate::values::{to_decimal, to_numeric};
 
@@ -157,7 +157,8 @@ fn my_slot() -> i32 {
 }
 
 static STRIPE_METER: Stmt = Stmt {
-    sql: "WITH upd AS (
+    sql: concat!(
+        "WITH upd AS (
               UPDATE mec_data.usage_counters
                  SET used = used + $5, updated_at = now()
                WHERE namespace_id = $1 AND account_id = $3 AND resource_type = $4
@@ -175,18 +176,15 @@ static STRIPE_METER: Stmt = Stmt {
                                   WHERE c.namespace_id = $1 AND c.account_id = $3 AND c.resource_type = $4
                                     AND c.period_start = $7 AND c.slot <> $9) AS used
               FROM upd
-          ), ins AS (
-              INSERT INTO mec_data.consumption
-                  (namespace_id, idempotency_key, consumption_id, account_id, resource_type, quantity,
-                   occurred_at, period_start, period_end, billable, overage, overage_quantity,
-                   quantity_used, quantity_allowed, http_status, metadata)
-              SELECT $1, $2, gen_random_uuid(), $3, $4, $5, $6, $7, $8, true, false, 0,
-                     total.used, $10, $11, coalesce($12, '{}')
+          ), ins AS (",
+        ledger_usage_insert!(),
+        "false, 0, total.used, $10, $11, coalesce($12, '{}')
               FROM total
               ON CONFLICT (namespace_id, idempotency_key) DO NOTHING
               RETURNING consumption_id
           )
-          SELECT (SELECT used FROM total), (SELECT consumption_id FROM ins)",
+          SELECT (SELECT used FROM total), (SELECT consumption_id FROM ins)"
+    ),
     types: &[
         spi::UUID, spi::TEXT, spi::UUID, spi::TEXT, spi::NUMERIC, spi::TIMESTAMPTZ, spi::TIMESTAMPTZ,
         spi::TIMESTAMPTZ, spi::INT4, spi::NUMERIC, spi::INT4, spi::JSONB,

@@ -213,6 +213,22 @@ def test_user_sees_only_its_own_account(http, tenant):
     assert_pgrst_error(r, 403, "42501")
 
 
+def test_claims_never_outlive_their_request(http, tenant):
+    """Each request's claims are set transaction-locally on a pooled connection: alternating
+    end users of the same role, every request sees its own account claim and no other."""
+    a = tenant.account_id
+    b = tenant.new_account(http)
+    user_a = bearer(tenant.token("mec_user", a))
+    user_b = bearer(tenant.token("mec_user", b))
+    for _ in range(20):  # enough to land on connections the other user just used
+        for me, other, headers in ((a, b, user_a), (b, a, user_b)):
+            mine = http.post("/api/rpc/usage_summary", headers=headers, json={"p_account_id": me})
+            assert mine.status_code == 200, mine.text
+            assert mine.json()["account_id"] == me
+            theirs = http.post("/api/rpc/usage_summary", headers=headers, json={"p_account_id": other})
+            assert_pgrst_error(theirs, 403, "42501")
+
+
 def test_token_without_namespace_is_refused(http, secret, demo_account):
     t = make_token(secret, "mec_service", None)
     r = http.post("/api/rpc/check_entitlement", headers=bearer(t),

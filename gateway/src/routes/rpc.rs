@@ -17,7 +17,7 @@ use crate::auth::Claims;
 use crate::db::{self, RequestCtx};
 use crate::error::ApiError;
 use crate::query::{prefers_count, query_pairs, quote_ident, Sql, RESERVED};
-use crate::schema_cache::{closest, Function, SchemaCache, SCHEMA};
+use crate::schema_cache::{closest, Function, SchemaCache, Volatility, SCHEMA};
 use crate::AppState;
 
 /// One argument value as the client sent it.
@@ -211,9 +211,11 @@ async fn call(
         headers: c.headers,
         read_only: f.volatility.read_only(),
     };
-    // One value: one statement (see db.rs). Sets and void keep their FROM clause and run in an
-    // explicit transaction.
-    let rows = if f.returns_set || f.return_type == "void" {
+    // One value: one statement (see db.rs). Sets and void keep their FROM clause, and an
+    // IMMUTABLE function with constant arguments may be evaluated while planning, before the
+    // settings are set: those run in an explicit transaction.
+    let rows = if f.returns_set || f.return_type == "void" || f.volatility == Volatility::Immutable
+    {
         db::run(&state.pools, &ctx, &sql.text, &sql.params).await?
     } else {
         db::call(&state.pools, &ctx, &sql.text, &sql.params).await?
