@@ -274,8 +274,9 @@ fn fetch_chunk(
 #[derive(Default)]
 struct Misses {
     count: u32,
-    /// Accounts up to this one are loaded; `None` once all are (or the cache is full enough).
+    /// The last account of the last chunk loaded; `None` before the first chunk.
     loaded_up_to: Option<Uuid>,
+    /// Every account is loaded, or the cache is half full: no more chunks this epoch.
     done: bool,
 }
 
@@ -308,7 +309,8 @@ fn lookup(
     resource_type: &str,
     at_us: i64,
 ) -> MecResult<Option<Rc<Fetched>>> {
-    if cache::snapshot_per_transaction() {
+    let since_us = args::now_us() - CACHE_HORIZON_US;
+    if cache::snapshot_per_transaction() || at_us < since_us {
         return Ok(fetch(client, ns, account_id, resource_type, at_us)?.map(Rc::new));
     }
     let epoch = cache::epoch();
@@ -340,10 +342,6 @@ fn lookup(
     });
     if hit.is_some() {
         return Ok(hit);
-    }
-    let since_us = args::now_us() - CACHE_HORIZON_US;
-    if at_us < since_us {
-        return Ok(fetch(client, ns, account_id, resource_type, at_us)?.map(Rc::new));
     }
     let (found, loaded, progress) = cache::with_fresh_snapshot(|| {
         load(client, ns, account_id, resource_type, since_us, chunk_after)
