@@ -2,8 +2,8 @@
 //!
 //! The gateway sets `request.jwt.claims` per transaction (all the token's claims as JSON); SQL
 //! callers set `mec.namespace_id` (and, as `mec_user`, `mec.account_id`). The claims win. The last
-//! raw claims string and what it parsed to are cached per backend, so a call costs one GUC lookup
-//! and a string comparison.
+//! raw value of each setting and what it parsed to are cached per backend, so a call costs a GUC
+//! lookup and a byte comparison per setting, and allocates nothing.
 
 use std::cell::RefCell;
 use std::ffi::CStr;
@@ -15,28 +15,55 @@ use crate::errors::{MecError, MecResult};
 
 #[derive(Clone, Default)]
 struct Parsed {
-    raw: String,
+    raw: Vec<u8>,
     namespace: Option<Option<Uuid>>,
     account: Option<Option<Uuid>>,
     /// The claim was present but not a uuid.
     bad: bool,
 }
 
+/// The last raw value of a uuid setting (`mec.namespace_id`, `mec.account_id`) and its uuid.
+#[derive(Default)]
+struct UuidSetting {
+    raw: Vec<u8>,
+    uuid: Option<Uuid>,
+}
+
 thread_local! {
     static CLAIMS: RefCell<Parsed> = RefCell::new(Parsed::default());
+    static NAMESPACE_SETTING: RefCell<UuidSetting> = RefCell::new(UuidSetting::default());
+    static ACCOUNT_SETTING: RefCell<UuidSetting> = RefCell::new(UuidSetting::default());
     static ROLES: RefCell<Option<(pg_sys::Oid, pg_sys::Oid)>> = const { RefCell::new(None) };
 }
 
-/// The value of a GUC, or `None` when unset or empty.
-fn guc(name: &CStr) -> Option<String> {
-    // SAFETY: GetConfigOption returns NULL or a NUL-terminated string owned by the GUC system.
+/// Calls `f` with the value of a GUC, ASCII whitespace trimmed; empty when unset.
+fn with_guc<R>(name: &CStr, f: impl FnOnce(&[u8]) -> R) -> R {
+    // SAFETY: GetConfigOption returns NULL or a NUL-terminated string owned by the GUC system,
+    // which stays put while `f` runs (nothing here sets GUCs).
     let p = unsafe { pg_sys::GetConfigOption(name.as_ptr(), true, false) };
     if p.is_null() {
-        return None;
+        return f(&[]);
     }
-    let s = unsafe { CStr::from_ptr(p) }.to_string_lossy();
-    let s = s.trim();
-    (!s.is_empty()).then(|| s.to_string())
+    f(unsafe { CStr::from_ptr(p) }.to_bytes().trim_ascii())
+}
+
+/// A uuid setting through its cache: (its uuid, its raw text when set but not a uuid).
+fn uuid_setting(
+    cache: &'static std::thread::LocalKey<RefCell<UuidSetting>>,
+    name: &CStr,
+) -> (Option<Uuid>, Option<String>) {
+    with_guc(name, |raw| {
+        cache.with(|cell| {
+            let mut c = cell.borrow_mut();
+            if c.raw != raw {
+                c.uuid = std::str::from_utf8(raw).ok().and_then(parse_uuid);
+                c.raw = raw.to_vec();
+            }
+            let bad = (c.uuid.is_none() && !raw.is_empty())
+                .then(|| String::from_utf8_lossy(raw).into_owned());
+            (c.uuid, bad)
+        })
+    })
 }
 
 pub fn parse_uuid(s: &str) -> Option<Uuid> {
@@ -58,30 +85,31 @@ fn claim_uuid(claims: &serde_json::Value, key: &str) -> (Option<Uuid>, bool) {
 
 /// Reads `request.jwt.claims` through the cache: (namespace claim, account claim, malformed).
 fn claims() -> (Option<Uuid>, Option<Uuid>, bool) {
-    let raw = guc(c"request.jwt.claims").unwrap_or_default();
-    CLAIMS.with(|cell| {
-        let mut cached = cell.borrow_mut();
-        if cached.namespace.is_none() || cached.raw != raw {
-            let value: serde_json::Value = if raw.is_empty() {
-                serde_json::Value::Null
-            } else {
-                serde_json::from_str(&raw).unwrap_or(serde_json::Value::Bool(false))
-            };
-            let malformed_json = matches!(value, serde_json::Value::Bool(false));
-            let (ns, bad_ns) = claim_uuid(&value, "namespace_id");
-            let (acct, bad_acct) = claim_uuid(&value, "account_id");
-            *cached = Parsed {
-                raw,
-                namespace: Some(ns),
-                account: Some(acct),
-                bad: malformed_json || bad_ns || bad_acct,
-            };
-        }
-        (
-            cached.namespace.flatten(),
-            cached.account.flatten(),
-            cached.bad,
-        )
+    with_guc(c"request.jwt.claims", |raw| {
+        CLAIMS.with(|cell| {
+            let mut cached = cell.borrow_mut();
+            if cached.namespace.is_none() || cached.raw != raw {
+                let value: serde_json::Value = if raw.is_empty() {
+                    serde_json::Value::Null
+                } else {
+                    serde_json::from_slice(raw).unwrap_or(serde_json::Value::Bool(false))
+                };
+                let malformed_json = matches!(value, serde_json::Value::Bool(false));
+                let (ns, bad_ns) = claim_uuid(&value, "namespace_id");
+                let (acct, bad_acct) = claim_uuid(&value, "account_id");
+                *cached = Parsed {
+                    raw: raw.to_vec(),
+                    namespace: Some(ns),
+                    account: Some(acct),
+                    bad: malformed_json || bad_ns || bad_acct,
+                };
+            }
+            (
+                cached.namespace.flatten(),
+                cached.account.flatten(),
+                cached.bad,
+            )
+        })
     })
 }
 
@@ -96,14 +124,13 @@ pub fn namespace() -> MecResult<Uuid> {
     if let Some(ns) = ns {
         return Ok(ns);
     }
-    match guc(c"mec.namespace_id") {
-        None => Err(MecError::NoNamespace),
-        Some(s) => parse_uuid(&s).ok_or_else(|| {
-            MecError::invalid_hint(
-                format!("mec.namespace_id \"{s}\" is not a uuid"),
-                "SET mec.namespace_id = '<namespace uuid>'",
-            )
-        }),
+    match uuid_setting(&NAMESPACE_SETTING, c"mec.namespace_id") {
+        (Some(ns), _) => Ok(ns),
+        (None, None) => Err(MecError::NoNamespace),
+        (None, Some(s)) => Err(MecError::invalid_hint(
+            format!("mec.namespace_id \"{s}\" is not a uuid"),
+            "SET mec.namespace_id = '<namespace uuid>'",
+        )),
     }
 }
 
@@ -118,7 +145,7 @@ pub fn account() -> MecResult<Option<Uuid>> {
     if acct.is_some() {
         return Ok(acct);
     }
-    Ok(guc(c"mec.account_id").and_then(|s| parse_uuid(&s)))
+    Ok(uuid_setting(&ACCOUNT_SETTING, c"mec.account_id").0)
 }
 
 fn role_oids() -> (pg_sys::Oid, pg_sys::Oid) {

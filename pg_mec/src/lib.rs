@@ -18,6 +18,7 @@ mod corrections;
 mod counters;
 mod entitlement;
 mod errors;
+mod jsonb;
 mod leases;
 mod metering;
 mod namespaces;

@@ -28,6 +28,12 @@ fn significant_digits(text: &str) -> String {
 /// digits, NaN, infinities) are refused with `22023` rather than rounded.
 pub fn to_decimal(n: &AnyNumeric) -> MecResult<Decimal> {
     let text = n.to_string();
+    // At most 28 digits always fit exactly: the common case skips the comparison below.
+    if text.bytes().filter(u8::is_ascii_digit).count() <= 28 {
+        if let Ok(d) = Decimal::from_str(&text) {
+            return Ok(d.normalize());
+        }
+    }
     let refuse = || {
         MecError::invalid(format!(
             "quantity {text} cannot be represented exactly (at most 28 significant digits)"
@@ -84,7 +90,10 @@ pub fn num(d: Decimal) -> Value {
             return Value::from(i);
         }
     }
-    f64::try_from(d)
+    // Through the decimal text: correctly rounded (Decimal's own f64 conversion is not, and
+    // printed 999999999999895.5 as 999999999999895.6).
+    d.to_string()
+        .parse::<f64>()
         .ok()
         .and_then(serde_json::Number::from_f64)
         .map(Value::Number)

@@ -2,7 +2,7 @@
 -- grace, unlimited and zero limits, periods, billability by HTTP status, ME429 (DETAIL, aborts the
 -- caller's work), and bad input (contract SQLSTATE, nothing changed).
 BEGIN;
-SELECT plan(71);
+SELECT plan(72);
 
 \ir helpers.psql
 
@@ -34,6 +34,7 @@ DO $$ BEGIN
         {"resource_type": "m_hard", "kind": "metered"},
         {"resource_type": "m_graced", "kind": "metered"},
         {"resource_type": "m_big", "kind": "metered"},
+        {"resource_type": "m_huge", "kind": "metered"},
         {"resource_type": "m_soft", "kind": "metered"},
         {"resource_type": "m_capped", "kind": "metered"},
         {"resource_type": "m_unlimited", "kind": "metered"},
@@ -53,6 +54,7 @@ DO $$ BEGIN
           "m_hard":      {"limit": 10, "grace": 0},
           "m_graced":    {"limit": 100},
           "m_big":       {"limit": 50000},
+          "m_huge":      {"limit": 1000000000000000},
           "m_soft":      {"limit": 10, "enforcement": "soft"},
           "m_capped":    {"limit": 10, "enforcement": "capped", "overage_cap": 5},
           "m_unlimited": {"limit": null},
@@ -353,6 +355,11 @@ SELECT is(
         mec.meter_consumption('t04-frac1', '7e570000-0004-4000-8000-000000000102', 'm_other', 0.1) -> 'quantity_used',
         mec.meter_consumption('t04-frac2', '7e570000-0004-4000-8000-000000000102', 'm_other', 0.2) -> 'quantity_used')),
     '[0.1, 0.3]'::jsonb, 'fractional quantities add up exactly (0.1 + 0.2 = 0.3)');
+SELECT is(
+    pg_temp.pick(mec.meter_consumption('t04-frac3', '7e570000-0004-4000-8000-000000000102', 'm_huge', 104.5),
+                 'quantity_used', 'quantity_remaining'),
+    '{"quantity_used": 104.5, "quantity_remaining": 999999999999895.5}'::jsonb,
+    'a fraction next to a 16-digit limit is shown as the nearest double, not off by 0.1');
 -- A quantity is recorded as sent, or refused with 22023 — never silently rounded.
 CREATE TEMP TABLE digits AS
 SELECT pg_temp.err($$SELECT mec.meter_consumption('t04-digits', '7e570000-0004-4000-8000-000000000102', 'm_other',

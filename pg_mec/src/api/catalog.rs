@@ -4,6 +4,7 @@ use pgrx::prelude::*;
 use pgrx::JsonB;
 
 use crate::errors::finish;
+use crate::jsonb::Jsonb;
 use crate::{args, catalog_load, context};
 
 /// Validates the catalog (`sql/catalog.schema.json` describes it) and applies it to the caller's
@@ -14,11 +15,11 @@ use crate::{args, catalog_load, context};
 /// Raises `ME422` (invalid; DETAIL `{"problems": [{"path", "message"}, ...]}` lists every
 /// problem), `22023` (NULL), `42501`.
 #[pg_extern]
-fn load_catalog(p_catalog: Option<JsonB>) -> JsonB {
+fn load_catalog(p_catalog: Option<JsonB>) -> Jsonb {
     let result = (|| {
         let ns = context::namespace()?;
         let doc = args::required(p_catalog, "p_catalog")?.0;
         Spi::connect_mut(|client| catalog_load::load(client, ns, &doc))
     })();
-    JsonB(finish(result))
+    Jsonb(finish(result))
 }

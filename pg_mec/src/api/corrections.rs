@@ -1,10 +1,11 @@
 //! Operator corrections (mec_admin): overrides, grants, ledger adjustments, forgetting accounts.
 
 use pgrx::prelude::*;
-use pgrx::{AnyNumeric, JsonB, Uuid};
+use pgrx::{AnyNumeric, Uuid};
 
 use crate::corrections::{self, Adjustment, Grant, Override};
 use crate::errors::finish;
+use crate::jsonb::Jsonb;
 use crate::{args, context};
 
 /// Replaces the plan's limit for one account and resource from `p_valid_from` (until
@@ -21,7 +22,7 @@ fn set_override(
     p_valid_until: default!(Option<TimestampWithTimeZone>, "NULL"),
     p_reason: default!(Option<&str>, "NULL"),
     p_idempotency_key: default!(Option<&str>, "NULL"),
-) -> JsonB {
+) -> Jsonb {
     let result = (|| {
         let ns = context::namespace()?;
         let req = Override {
@@ -38,7 +39,7 @@ fn set_override(
         };
         Spi::connect_mut(|client| corrections::set_override(client, ns, &req))
     })();
-    JsonB(finish(result))
+    Jsonb(finish(result))
 }
 
 /// Grants `p_quantity` extra units of a resource (added to the limit while valid), optionally
@@ -52,7 +53,7 @@ fn grant_credits(
     p_expires_at: default!(Option<TimestampWithTimeZone>, "NULL"),
     p_reason: default!(Option<&str>, "NULL"),
     p_idempotency_key: default!(Option<&str>, "NULL"),
-) -> JsonB {
+) -> Jsonb {
     let result = (|| {
         let ns = context::namespace()?;
         let req = Grant {
@@ -67,7 +68,7 @@ fn grant_credits(
         };
         Spi::connect_mut(|client| corrections::grant_credits(client, ns, &req, args::now_us()))
     })();
-    JsonB(finish(result))
+    Jsonb(finish(result))
 }
 
 /// Appends a signed correction to the ledger (never edits it) and applies it to the counter of
@@ -81,7 +82,7 @@ fn adjust_consumption(
     p_quantity: Option<AnyNumeric>,
     p_reason: Option<&str>,
     p_occurred_at: default!(Option<TimestampWithTimeZone>, "now()"),
-) -> JsonB {
+) -> Jsonb {
     let result = (|| {
         let ns = context::namespace()?;
         let req = Adjustment {
@@ -94,18 +95,18 @@ fn adjust_consumption(
         };
         Spi::connect_mut(|client| corrections::adjust(client, ns, &req))
     })();
-    JsonB(finish(result))
+    Jsonb(finish(result))
 }
 
 /// Removes the account and every row about it (entitlements, usage, leases, ledger), leaving an
 /// audit entry without personal data. Safe to call again. Returns `{account_id, forgotten,
 /// existed, ledger_rows_deleted}`. Raises `22023`, `42501`.
 #[pg_extern]
-fn forget_account(p_account_id: Option<Uuid>) -> JsonB {
+fn forget_account(p_account_id: Option<Uuid>) -> Jsonb {
     let result = (|| {
         let ns = context::namespace()?;
         let account = args::required(p_account_id, "p_account_id")?;
         Spi::connect_mut(|client| corrections::forget(client, ns, account))
     })();
-    JsonB(finish(result))
+    Jsonb(finish(result))
 }

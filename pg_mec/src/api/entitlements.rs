@@ -1,9 +1,10 @@
 //! `check_entitlement` and `usage_summary`: read-only answers about an account.
 
 use pgrx::prelude::*;
-use pgrx::{AnyNumeric, JsonB, Uuid};
+use pgrx::{AnyNumeric, Uuid};
 
 use crate::errors::finish;
+use crate::jsonb::Jsonb;
 use crate::{args, context, summary};
 
 /// May `p_account_id` use `p_requested_qty` more of `p_resource_type` now? Read-only.
@@ -19,7 +20,7 @@ fn check_entitlement(
     p_account_id: Option<Uuid>,
     p_resource_type: Option<&str>,
     p_requested_qty: default!(Option<AnyNumeric>, 1),
-) -> JsonB {
+) -> Jsonb {
     let result = (|| {
         let ns = context::namespace()?;
         let account = args::required(p_account_id, "p_account_id")?;
@@ -28,7 +29,7 @@ fn check_entitlement(
         context::require_account_access(account)?;
         Spi::connect(|client| summary::check(client, ns, account, &resource, qty, args::now_us()))
     })();
-    JsonB(finish(result))
+    Jsonb(finish(result))
 }
 
 /// Everything an account may use and has used: `{account_id, external_id, plan, plan_name,
@@ -38,12 +39,12 @@ fn check_entitlement(
 /// Raises `22023` (NULL account), `42501` (no namespace; a `mec_user` asking about another
 /// account), `ME404` (unknown account).
 #[pg_extern(stable, parallel_safe)]
-fn usage_summary(p_account_id: Option<Uuid>) -> JsonB {
+fn usage_summary(p_account_id: Option<Uuid>) -> Jsonb {
     let result = (|| {
         let ns = context::namespace()?;
         let account = args::required(p_account_id, "p_account_id")?;
         context::require_account_access(account)?;
         Spi::connect(|client| summary::usage_summary(client, ns, account, args::now_us()))
     })();
-    JsonB(finish(result))
+    Jsonb(finish(result))
 }

@@ -1,9 +1,10 @@
 //! Leases of concurrency resources: acquire, renew, release, expire.
 
 use pgrx::prelude::*;
-use pgrx::{JsonB, Uuid};
+use pgrx::Uuid;
 
 use crate::errors::finish;
+use crate::jsonb::Jsonb;
 use crate::leases::{self, Acquire};
 use crate::{args, context};
 
@@ -21,7 +22,7 @@ fn acquire_lease(
     p_holder: default!(Option<&str>, "NULL"),
     p_ttl_seconds: default!(Option<i32>, 300),
     p_idempotency_key: default!(Option<&str>, "NULL"),
-) -> JsonB {
+) -> Jsonb {
     let result = (|| {
         let ns = context::namespace()?;
         let req = Acquire {
@@ -33,41 +34,41 @@ fn acquire_lease(
         };
         Spi::connect_mut(|client| leases::acquire(client, ns, &req, args::now_us()))
     })();
-    JsonB(finish(result))
+    Jsonb(finish(result))
 }
 
 /// Extends an active lease to `now() + p_ttl_seconds`. Returns `{lease_id, renewed, expires_at}`.
 /// Raises `ME410` (the lease expired or was released), `P0002` (unknown lease), `22023`, `42501`.
 #[pg_extern]
-fn renew_lease(p_lease_id: Option<Uuid>, p_ttl_seconds: default!(Option<i32>, 300)) -> JsonB {
+fn renew_lease(p_lease_id: Option<Uuid>, p_ttl_seconds: default!(Option<i32>, 300)) -> Jsonb {
     let result = (|| {
         let ns = context::namespace()?;
         let id = args::required(p_lease_id, "p_lease_id")?;
         let ttl = args::ttl_seconds(p_ttl_seconds, "p_ttl_seconds")?;
         Spi::connect_mut(|client| leases::renew(client, ns, id, ttl))
     })();
-    JsonB(finish(result))
+    Jsonb(finish(result))
 }
 
 /// Frees a lease's slot. Returns `{lease_id, released: true, already_released, expired,
 /// released_at}`; releasing twice is not an error. Raises `P0002` (unknown lease), `22023`, `42501`.
 #[pg_extern]
-fn release_lease(p_lease_id: Option<Uuid>) -> JsonB {
+fn release_lease(p_lease_id: Option<Uuid>) -> Jsonb {
     let result = (|| {
         let ns = context::namespace()?;
         let id = args::required(p_lease_id, "p_lease_id")?;
         Spi::connect_mut(|client| leases::release(client, ns, id))
     })();
-    JsonB(finish(result))
+    Jsonb(finish(result))
 }
 
 /// Marks every lease of the caller's namespace past its expiry as expired (they already stopped
 /// counting). Returns `{expired: n}`. Raises `42501`.
 #[pg_extern]
-fn expire_stale_leases() -> JsonB {
+fn expire_stale_leases() -> Jsonb {
     let result = (|| {
         let ns = context::namespace()?;
         Spi::connect_mut(|client| leases::expire_stale(client, ns))
     })();
-    JsonB(finish(result))
+    Jsonb(finish(result))
 }

@@ -4,6 +4,7 @@ use pgrx::prelude::*;
 use pgrx::{AnyNumeric, JsonB, Uuid};
 
 use crate::errors::finish;
+use crate::jsonb::Jsonb;
 use crate::metering::{self, Event};
 use crate::{args, context};
 
@@ -28,7 +29,7 @@ fn meter_consumption(
     p_occurred_at: default!(Option<TimestampWithTimeZone>, "now()"),
     p_metadata: default!(Option<JsonB>, "'{}'"),
     p_http_status: default!(Option<i32>, "NULL"),
-) -> JsonB {
+) -> Jsonb {
     let result = (|| {
         let ns = context::namespace()?;
         let event = Event {
@@ -45,7 +46,7 @@ fn meter_consumption(
         metering::validate(&event)?;
         Spi::connect_mut(|client| metering::meter(client, ns, &event, args::now_us()))
     })();
-    JsonB(finish(result))
+    Jsonb(finish(result))
 }
 
 /// Meters an array of events (`p_events`: objects with `idempotency_key, account_id,
@@ -55,11 +56,11 @@ fn meter_consumption(
 /// order: the `meter_consumption` result, or `{index, status: "rejected", error: {code, message,
 /// details, hint}}`. Raises `22023` (not an array, more than 1000 events), `42501`.
 #[pg_extern]
-fn meter_consumption_batch(p_events: Option<JsonB>) -> JsonB {
+fn meter_consumption_batch(p_events: Option<JsonB>) -> Jsonb {
     let result = (|| {
         let ns = context::namespace()?;
         let events = args::required(p_events, "p_events")?.0;
         Spi::connect_mut(|client| crate::batch::meter_batch(client, ns, &events, args::now_us()))
     })();
-    JsonB(finish(result))
+    Jsonb(finish(result))
 }

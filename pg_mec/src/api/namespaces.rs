@@ -4,6 +4,7 @@ use pgrx::prelude::*;
 use pgrx::{JsonB, Uuid};
 
 use crate::errors::finish;
+use crate::jsonb::Jsonb;
 use crate::{args, context, namespaces};
 
 /// The caller's namespace: the `namespace_id` claim of `request.jwt.claims`, else the GUC
@@ -27,7 +28,7 @@ fn create_namespace(
     p_name: Option<&str>,
     p_namespace_id: default!(Option<Uuid>, "NULL"),
     p_settings: default!(Option<JsonB>, "'{}'"),
-) -> JsonB {
+) -> Jsonb {
     let result = (|| {
         let name = args::text(p_name, "p_name")?;
         let id =
@@ -35,7 +36,7 @@ fn create_namespace(
         let settings = p_settings.map(|j| j.0);
         Spi::connect_mut(|client| namespaces::create(client, &name, id, settings))
     })();
-    JsonB(finish(result))
+    Jsonb(finish(result))
 }
 
 /// Merges `p_settings` into the caller's namespace settings (`null` removes a key):
@@ -43,11 +44,11 @@ fn create_namespace(
 /// `late_event_days`, `billing_anchor` (1–31). Returns the settings with secrets masked.
 /// Raises `22023` (unknown key or bad value), `ME404` (unknown default plan), `42501`.
 #[pg_extern]
-fn update_namespace_settings(p_settings: Option<JsonB>) -> JsonB {
+fn update_namespace_settings(p_settings: Option<JsonB>) -> Jsonb {
     let result = (|| {
         let ns = context::namespace()?;
         let settings = Some(args::required(p_settings, "p_settings")?.0);
         Spi::connect_mut(|client| namespaces::update_settings(client, ns, settings))
     })();
-    JsonB(finish(result))
+    Jsonb(finish(result))
 }

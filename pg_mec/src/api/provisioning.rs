@@ -1,9 +1,10 @@
 //! `provision_plan`: accounts and their plans.
 
 use pgrx::prelude::*;
-use pgrx::{JsonB, Uuid};
+use pgrx::Uuid;
 
 use crate::errors::finish;
+use crate::jsonb::Jsonb;
 use crate::provisioning::{self, Provision};
 use crate::{args, context};
 
@@ -21,7 +22,7 @@ fn provision_plan(
     p_effective_at: default!(Option<TimestampWithTimeZone>, "now()"),
     p_external_id: default!(Option<&str>, "NULL"),
     p_idempotency_key: default!(Option<&str>, "NULL"),
-) -> JsonB {
+) -> Jsonb {
     let result = (|| {
         let ns = context::namespace()?;
         let req = Provision {
@@ -33,5 +34,5 @@ fn provision_plan(
         };
         Spi::connect_mut(|client| provisioning::provision(client, ns, &req))
     })();
-    JsonB(finish(result))
+    Jsonb(finish(result))
 }

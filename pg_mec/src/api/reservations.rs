@@ -1,9 +1,10 @@
 //! Reservations: hold quota before work of unknown size, settle it afterwards.
 
 use pgrx::prelude::*;
-use pgrx::{AnyNumeric, JsonB, Uuid};
+use pgrx::{AnyNumeric, Uuid};
 
 use crate::errors::finish;
+use crate::jsonb::Jsonb;
 use crate::reservations::{self, Reserve};
 use crate::{args, context};
 
@@ -18,7 +19,7 @@ fn reserve_consumption(
     p_resource_type: Option<&str>,
     p_quantity: Option<AnyNumeric>,
     p_ttl_seconds: default!(Option<i32>, 300),
-) -> JsonB {
+) -> Jsonb {
     let result = (|| {
         let ns = context::namespace()?;
         let req = Reserve {
@@ -30,7 +31,7 @@ fn reserve_consumption(
         };
         Spi::connect_mut(|client| reservations::reserve(client, ns, &req, args::now_us()))
     })();
-    JsonB(finish(result))
+    Jsonb(finish(result))
 }
 
 /// Settles a held reservation at `p_actual_quantity` (default: the reserved quantity) and records
@@ -42,7 +43,7 @@ fn reserve_consumption(
 fn commit_reservation(
     p_reservation_id: Option<Uuid>,
     p_actual_quantity: default!(Option<AnyNumeric>, "NULL"),
-) -> JsonB {
+) -> Jsonb {
     let result = (|| {
         let ns = context::namespace()?;
         let id = args::required(p_reservation_id, "p_reservation_id")?;
@@ -51,18 +52,18 @@ fn commit_reservation(
             .transpose()?;
         Spi::connect_mut(|client| reservations::commit(client, ns, id, actual, args::now_us()))
     })();
-    JsonB(finish(result))
+    Jsonb(finish(result))
 }
 
 /// Gives a held reservation's quota back. Returns `{reservation_id, cancelled: true,
 /// already_settled, expired, quantity_released}`. Raises `ME400` (already committed), `P0002`,
 /// `42501`.
 #[pg_extern]
-fn cancel_reservation(p_reservation_id: Option<Uuid>) -> JsonB {
+fn cancel_reservation(p_reservation_id: Option<Uuid>) -> Jsonb {
     let result = (|| {
         let ns = context::namespace()?;
         let id = args::required(p_reservation_id, "p_reservation_id")?;
         Spi::connect_mut(|client| reservations::cancel(client, ns, id))
     })();
-    JsonB(finish(result))
+    Jsonb(finish(result))
 }
