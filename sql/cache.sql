@@ -38,3 +38,10 @@ CREATE TRIGGER invalidate_cache
 ALTER TABLE mec_data.accounts ENABLE ALWAYS TRIGGER invalidate_cache;
 ALTER TABLE mec_data.entitlements ENABLE ALWAYS TRIGGER invalidate_cache;
 ALTER TABLE mec_data.resource_types ENABLE ALWAYS TRIGGER invalidate_cache;
+
+-- The shared entitlement cache (pg_mec/src/shared_cache.rs), present when pg_mec is in
+-- shared_preload_libraries: its state, for operators (granted to mec_admin in grants.sql).
+CREATE FUNCTION mec_data.shared_cache_stats() RETURNS jsonb
+    LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'shared_cache_stats_wrapper';
+COMMENT ON FUNCTION mec_data.shared_cache_stats() IS
+    'pg_mec shared entitlement cache: {enabled, slots, generation, entries, hits, misses, stores}';

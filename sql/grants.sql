@@ -3,7 +3,7 @@
 
 REVOKE ALL ON SCHEMA mec, mec_data FROM PUBLIC;
 REVOKE ALL ON ALL TABLES IN SCHEMA mec, mec_data FROM PUBLIC;
-REVOKE ALL ON ALL FUNCTIONS IN SCHEMA mec FROM PUBLIC;
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA mec, mec_data FROM PUBLIC;
 
 GRANT USAGE ON SCHEMA mec, mec_data TO mec_user;
 
@@ -60,3 +60,6 @@ GRANT EXECUTE ON FUNCTION
     mec.cancel_reservation(uuid)
     TO mec_service;
 
+
+-- Operators: the shared entitlement cache's state (pg_mec/src/shared_cache.rs).
+GRANT EXECUTE ON FUNCTION mec_data.shared_cache_stats() TO mec_admin;

@@ -138,3 +138,46 @@ def test_repeatable_read_neither_uses_nor_fills_the_cache(connect, call, new_acc
     reader.commit()
     assert allowed(call, reader, account) == 7  # a new transaction: the committed override
     reader.commit()
+
+
+# ---------------------------------------------------------------- the shared cache
+# With pg_mec in shared_preload_libraries (scripts/mec up sets it), a lookup one backend made is
+# kept in shared memory for every other backend (pg_mec/src/shared_cache.rs).
+
+
+def shared_stats(connect) -> dict:
+    return connect().execute("SELECT mec_data.shared_cache_stats()").fetchone()[0]
+
+
+def test_a_new_backend_is_answered_from_the_shared_cache(connect, call, new_account):
+    account = new_account("starter")
+    assert allowed(call, connect(role="mec_service"), account) == 100  # loads and shares it
+    before = shared_stats(connect)
+    assert before["enabled"] is True
+    fresh = connect(role="mec_service")  # a new backend: its own cache is empty
+    assert allowed(call, fresh, account) == 100
+    after = shared_stats(connect)
+    assert after["hits"] == before["hits"] + 1
+    assert after["stores"] == before["stores"]  # nothing was read from the tables
+
+
+def test_a_committed_change_is_never_answered_from_an_older_shared_entry(connect, call, new_account):
+    account = new_account("starter")
+    assert allowed(call, connect(role="mec_service"), account) == 100  # shared under this generation
+    generation = shared_stats(connect)["generation"]
+    call("provision_plan", account_id=account, plan_id="growth")  # another backend commits
+    assert shared_stats(connect)["generation"] > generation
+    assert allowed(call, connect(role="mec_service"), account) == 1000  # a new backend
+    assert allowed(call, connect(role="mec_service"), account) == 1000  # and one after it
+
+
+def test_an_uncommitted_change_never_reaches_the_shared_cache(connect, call, new_account):
+    """The writer sees its own override; it must not share what it read, or other backends
+    would use a limit that may never commit."""
+    account = new_account("starter")
+    tx = connect(role="mec_admin", autocommit=False)
+    call("set_override", conn=tx, account_id=account, resource_type=RESOURCE, limit=7)
+    assert allowed(call, tx, account) == 7
+    assert allowed(call, connect(role="mec_service"), account) == 100
+    tx.rollback()
+    assert allowed(call, connect(role="mec_service"), account) == 100

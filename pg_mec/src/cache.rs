@@ -97,11 +97,14 @@ pub fn with_fresh_snapshot<T>(load: impl FnOnce() -> T) -> T {
 }
 
 /// `mec_data.invalidate_cache()`: the statement-level trigger on the tables the caches read.
-/// Queues a relcache invalidation of the signal relation; the SQL is in `sql/cache.sql`.
+/// Queues a relcache invalidation of the signal relation (this backend's and every other
+/// backend's cache) and marks the transaction for the shared cache, whose generation its commit
+/// bumps (`shared_cache.rs`); the SQL is in `sql/cache.sql`.
 #[pg_trigger(sql = false)]
 fn invalidate_cache<'a>(
     _trigger: &'a pgrx::PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, pgrx::PgTriggerError> {
+    crate::shared_cache::mark_written();
     let oid = signal_oid();
     if oid != pg_sys::InvalidOid {
         // SAFETY: queues an invalidation message for an existing relation in this transaction.

@@ -10,6 +10,7 @@ use std::str::FromStr;
 
 use pg_mec_core::billing::{default_billable, StatusClass};
 use pg_mec_core::catalog::Kind;
+use pg_mec_core::codec::{Reader, Writer};
 use pg_mec_core::enforcement::{Enforcement, Policy};
 use pg_mec_core::period::{period_window, rate_window, Period, Window};
 use pg_mec_core::Decimal;
@@ -19,7 +20,7 @@ use pgrx::spi::SpiClient;
 use crate::errors::{MecError, MecResult};
 use crate::spi::{self, Stmt};
 use crate::values::{timestamptz, to_decimal};
-use crate::{args, cache};
+use crate::{args, cache, shared_cache};
 
 /// What governs one account's use of one resource at one moment.
 #[derive(Debug, Clone)]
@@ -133,6 +134,103 @@ struct Fetched {
     /// Newest first (the newest override wins).
     rows: Vec<Row>,
     since_us: i64,
+}
+
+impl Row {
+    fn encode(&self, w: &mut Writer) -> bool {
+        let dec = |w: &mut Writer, d: Decimal| {
+            w.decimal(d);
+            true
+        };
+        let text = |w: &mut Writer, s: &String| w.str(s);
+        w.str(&self.source)
+            && w.opt(self.limit, dec)
+            && w.opt(self.period.as_ref(), text)
+            && w.opt(self.enforcement.as_ref(), text)
+            && w.opt(self.overage_cap, dec)
+            && w.opt(self.grace, dec)
+            && {
+                w.bool(self.enabled);
+                w.i64(self.valid_from_us);
+                w.opt(self.valid_until_us, |w, u| {
+                    w.i64(u);
+                    true
+                })
+            }
+    }
+
+    fn decode(r: &mut Reader<'_>) -> Option<Row> {
+        Some(Row {
+            source: r.string()?,
+            limit: r.opt(Reader::decimal)?,
+            period: r.opt(Reader::string)?,
+            enforcement: r.opt(Reader::string)?,
+            overage_cap: r.opt(Reader::decimal)?,
+            grace: r.opt(Reader::decimal)?,
+            enabled: r.bool()?,
+            valid_from_us: r.i64()?,
+            valid_until_us: r.opt(Reader::i64)?,
+        })
+    }
+}
+
+impl Fetched {
+    /// The bytes kept in the shared cache; `None` when a string does not fit the encoding.
+    fn encode(&self) -> Option<Vec<u8>> {
+        let mut w = Writer::default();
+        let int = |w: &mut Writer, v: i32| {
+            w.i32(v);
+            true
+        };
+        let ok = w.str(self.kind.as_str())
+            && w.opt(self.window_seconds, int)
+            && w.opt(self.anchor, int)
+            && {
+                w.i64(self.since_us);
+                w.u8(u8::try_from(self.billable.len()).ok()?);
+                for b in &self.billable {
+                    match *b {
+                        StatusClass::Exact(code) => {
+                            w.u8(0);
+                            w.i32(i32::from(code));
+                        }
+                        StatusClass::Class(digit) => {
+                            w.u8(1);
+                            w.i32(i32::from(digit));
+                        }
+                    }
+                }
+                w.u8(u8::try_from(self.rows.len()).ok()?);
+                self.rows.iter().all(|row| row.encode(&mut w))
+            };
+        ok.then_some(w.0)
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Fetched> {
+        let mut r = Reader(bytes);
+        let kind = Kind::from_str(&r.string()?).ok()?;
+        let window_seconds = r.opt(Reader::i32)?;
+        let anchor = r.opt(Reader::i32)?;
+        let since_us = r.i64()?;
+        let billable = (0..r.u8()?)
+            .map(|_| match (r.u8()?, r.i32()?) {
+                (0, code) => u16::try_from(code).ok().map(StatusClass::Exact),
+                (1, digit) => u8::try_from(digit).ok().map(StatusClass::Class),
+                _ => None,
+            })
+            .collect::<Option<Vec<_>>>()?;
+        let rows = (0..r.u8()?)
+            .map(|_| Row::decode(&mut r))
+            .collect::<Option<Vec<_>>>()?;
+        r.is_empty().then_some(Fetched {
+            kind,
+            window_seconds,
+            billable,
+            anchor,
+            rows,
+            since_us,
+        })
+    }
 }
 
 /// How far back a cached lookup answers: events older than this (late events) query directly.
@@ -343,11 +441,37 @@ fn lookup(
     if hit.is_some() {
         return Ok(hit);
     }
+    // Read before the load's snapshot is taken: what the load reads is at least this new.
+    let generation = shared_cache::generation();
+    if let Some(f) = generation.and_then(|g| shared_get(g, &key, at_us)) {
+        let f = Rc::new(f);
+        if cache::epoch() == epoch {
+            CACHE.with(|c| {
+                let mut c = c.borrow_mut();
+                if c.epoch == epoch {
+                    c.insert(key, f.clone());
+                }
+            });
+        }
+        return Ok(Some(f));
+    }
     let (found, loaded, progress) = cache::with_fresh_snapshot(|| {
         load(client, ns, account_id, resource_type, since_us, chunk_after)
     })?;
     // Keep what was read only if no invalidation arrived meanwhile.
     if cache::epoch() == epoch {
+        if let Some(g) = generation {
+            for ((ns, account, resource), f) in &loaded {
+                if let Some(bytes) = f.encode() {
+                    let key = shared_cache::Key {
+                        namespace: ns.as_bytes(),
+                        account: account.as_bytes(),
+                        resource,
+                    };
+                    shared_cache::put(g, &key, &bytes);
+                }
+            }
+        }
         CACHE.with(|c| {
             let mut c = c.borrow_mut();
             if c.epoch != epoch {
@@ -364,6 +488,20 @@ fn lookup(
         });
     }
     Ok(found)
+}
+
+/// The shared cache's entry for `key` under `generation`, if it answers for `at_us`.
+fn shared_get(generation: u64, key: &Key, at_us: i64) -> Option<Fetched> {
+    let (ns, account, resource) = key;
+    let bytes = shared_cache::get(
+        generation,
+        &shared_cache::Key {
+            namespace: ns.as_bytes(),
+            account: account.as_bytes(),
+            resource,
+        },
+    )?;
+    Fetched::decode(&bytes).filter(|f| f.since_us <= at_us)
 }
 
 /// What one miss reads: the account's rows (if it exists), every entry to keep (the chunk's and

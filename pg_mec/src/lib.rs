@@ -24,11 +24,19 @@ mod metering;
 mod namespaces;
 mod provisioning;
 mod reservations;
+mod shared_cache;
 mod spi;
 mod stripes;
 mod summary;
 mod usage;
 mod values;
+
+/// Loaded from `shared_preload_libraries`, pg_mec sets up its shared entitlement cache
+/// (`shared_cache.rs`); loaded on first use, it keeps a per-backend cache only.
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    shared_cache::init();
+}
 
 extension_sql_file!("../../sql/roles.sql", bootstrap);
 extension_sql_file!("../../sql/schema.sql", requires = ["roles"]);

@@ -262,6 +262,13 @@ up_cluster() {
     fi
   fi
 
+  # pg_mec preloaded: its shared entitlement cache lives in shared memory set up at server start
+  # (only once the library is installed: a server cannot start preloading a missing one).
+  local preload=""
+  if [[ -f "$(installed_so)" ]]; then
+    preload="shared_preload_libraries = 'pg_mec'
+pg_mec.shared_cache_entries = 32768"
+  fi
   local new old=""
   new="$(
     cat <<EOF
@@ -271,6 +278,7 @@ port = $PG_PORT
 unix_socket_directories = '$PG_SOCKET_DIR'
 max_connections = 200
 shared_buffers = 256MB
+$preload
 EOF
   )"
   [[ -f $inc ]] && old="$(cat "$inc")"
@@ -280,9 +288,17 @@ EOF
   fi
   write_env
 
+  # A preloaded library is mapped by the postmaster: a newly installed pg_mec.so takes effect
+  # only after a restart. .mec/cluster.so records the build the server started with.
+  local loaded="$MEC_DIR/cluster.so" reason=""
+  if [[ $new != "$old" ]]; then
+    reason="settings changed"
+  elif [[ -n $preload && $(cat "$loaded" 2>/dev/null) != "$(installed_so_hash)" ]]; then
+    reason="pg_mec.so changed"
+  fi
   if ((running)); then
-    if [[ $new != "$old" ]]; then
-      step "cluster: settings changed, restarting (port $PG_PORT)"
+    if [[ -n $reason ]]; then
+      step "cluster: $reason, restarting (port $PG_PORT)"
       as_pg env -u RUST_BACKTRACE "$PG_BIN/pg_ctl" -D "$PGDATA_DIR" -l "$PG_LOG" -m fast -w -t 90 restart >/dev/null ||
         {
           tail -n 30 "$PG_LOG" >&2
@@ -298,6 +314,7 @@ EOF
       die "PostgreSQL did not start (log: $PG_LOG)"
     fi
   fi
+  installed_so_hash >"$loaded"
 
   # The superuser password always matches .mec/env (also after .mec/env was lost).
   admin_psql -d postgres -v pw="$PG_PASSWORD" <<'SQL'

@@ -6,6 +6,7 @@
 //! * [`billing`] — which HTTP statuses make an event billable.
 //! * [`catalog`] — validating a catalog document into a typed [`Catalog`], or every [`Problem`].
 //! * [`civil`] — the calendar arithmetic behind [`period`].
+//! * [`codec`] — the byte encoding of values kept in shared memory.
 //!
 //! ```
 //! use pg_mec_core::{catalog, period_window, Decimal};
@@ -32,6 +33,7 @@
 pub mod billing;
 pub mod catalog;
 pub mod civil;
+pub mod codec;
 pub mod enforcement;
 pub mod parse;
 pub mod period;
