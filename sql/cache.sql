@@ -33,11 +33,29 @@ CREATE TRIGGER invalidate_cache
     ON mec_data.resource_types
     FOR EACH STATEMENT EXECUTE FUNCTION mec_data.invalidate_cache();
 
+-- The same before each such statement: it marks the transaction as a writer from the start, so
+-- that a lookup made during the statement itself (a function called from a data-modifying CTE)
+-- neither uses nor fills the shared cache (pg_mec/src/shared_cache.rs).
+CREATE TRIGGER invalidate_cache_before
+    BEFORE UPDATE OF namespace_id, account_id, billing_anchor_day OR DELETE OR TRUNCATE
+    ON mec_data.accounts
+    FOR EACH STATEMENT EXECUTE FUNCTION mec_data.invalidate_cache();
+CREATE TRIGGER invalidate_cache_before BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON mec_data.entitlements
+    FOR EACH STATEMENT EXECUTE FUNCTION mec_data.invalidate_cache();
+CREATE TRIGGER invalidate_cache_before
+    BEFORE UPDATE OF namespace_id, resource_type, kind, window_seconds, billable_statuses
+           OR DELETE OR TRUNCATE
+    ON mec_data.resource_types
+    FOR EACH STATEMENT EXECUTE FUNCTION mec_data.invalidate_cache();
+
 -- ALWAYS: also on a logical-replication subscriber, whose apply worker runs with
 -- session_replication_role = replica (ordinary triggers do not fire there).
 ALTER TABLE mec_data.accounts ENABLE ALWAYS TRIGGER invalidate_cache;
 ALTER TABLE mec_data.entitlements ENABLE ALWAYS TRIGGER invalidate_cache;
 ALTER TABLE mec_data.resource_types ENABLE ALWAYS TRIGGER invalidate_cache;
+ALTER TABLE mec_data.accounts ENABLE ALWAYS TRIGGER invalidate_cache_before;
+ALTER TABLE mec_data.entitlements ENABLE ALWAYS TRIGGER invalidate_cache_before;
+ALTER TABLE mec_data.resource_types ENABLE ALWAYS TRIGGER invalidate_cache_before;
 
 -- The shared entitlement cache (pg_mec/src/shared_cache.rs), present when pg_mec is in
 -- shared_preload_libraries: its state, for operators (granted to mec_admin in grants.sql).

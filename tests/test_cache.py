@@ -157,7 +157,7 @@ def test_a_new_backend_is_answered_from_the_shared_cache(connect, call, new_acco
     fresh = connect(role="mec_service")  # a new backend: its own cache is empty
     assert allowed(call, fresh, account) == 100
     after = shared_stats(connect)
-    assert after["hits"] == before["hits"] + 1
+    assert after["hits"] >= before["hits"] + 1
     assert after["stores"] == before["stores"]  # nothing was read from the tables
 
 
@@ -172,9 +172,10 @@ def test_a_committed_change_is_never_answered_from_an_older_shared_entry(connect
 
 
 def test_an_uncommitted_change_never_reaches_the_shared_cache(connect, call, new_account):
-    """The writer sees its own override; it must not share what it read, or other backends
-    would use a limit that may never commit."""
+    """The writer sees its own override (not the shared entry from before it), and must not
+    share what it read, or other backends would use a limit that may never commit."""
     account = new_account("starter")
+    assert allowed(call, connect(role="mec_service"), account) == 100  # shared before the change
     tx = connect(role="mec_admin", autocommit=False)
     call("set_override", conn=tx, account_id=account, resource_type=RESOURCE, limit=7)
     assert allowed(call, tx, account) == 7

@@ -395,11 +395,13 @@ impl Cache {
     }
 }
 
-/// LOOKUP through this backend's cache (see `cache.rs` for how it stays fresh). Events older
-/// than the cache's horizon query directly. Every `BULK_AFTER` misses on one resource of a
-/// namespace in one epoch, a miss also loads the next `CHUNK_ACCOUNTS` accounts: a pool
-/// connection serving many accounts warms up in chunks instead of one miss per account, while
-/// one serving a few never loads more than its misses would have cost.
+/// LOOKUP through this backend's cache (see `cache.rs` for how it stays fresh), then the
+/// cluster's shared cache (`shared_cache.rs`), then the tables; what the tables gave is kept in
+/// both. Events older than the cache's horizon query directly. Every `BULK_AFTER` misses that
+/// read the tables, on one resource of a namespace in one epoch, a miss also loads the next
+/// `CHUNK_ACCOUNTS` accounts: a pool connection serving many accounts warms up in chunks instead
+/// of one miss per account, while one serving a few never loads more than its misses would have
+/// cost.
 fn lookup(
     client: &SpiClient<'_>,
     ns: Uuid,
@@ -413,7 +415,7 @@ fn lookup(
     }
     let epoch = cache::epoch();
     let key: Key = (ns, account_id, resource_type.to_string());
-    let (hit, chunk_after) = CACHE.with(|c| {
+    let hit = CACHE.with(|c| {
         let mut c = c.borrow_mut();
         if c.epoch != epoch {
             *c = Cache {
@@ -421,22 +423,7 @@ fn lookup(
                 ..Cache::default()
             };
         }
-        if let Some(f) = c.entries.get(&key).filter(|f| f.since_us <= at_us) {
-            return (Some(f.clone()), None);
-        }
-        let full = c.entries.len() >= CACHE_CAPACITY / 2;
-        let m = c.misses.entry((ns, key.2.clone())).or_default();
-        m.count += 1;
-        if full {
-            m.done = true;
-        }
-        // Ski rental: one chunk per BULK_AFTER misses, so warming up never costs more than
-        // the misses it is meant to save (a chunk of 500 accounts costs about 64 lookups).
-        let chunk_after = (!m.done && m.count >= BULK_AFTER).then(|| {
-            m.count = 0;
-            m.loaded_up_to.unwrap_or_else(|| Uuid::from_bytes([0; 16]))
-        });
-        (None, chunk_after)
+        c.entries.get(&key).filter(|f| f.since_us <= at_us).cloned()
     });
     if hit.is_some() {
         return Ok(hit);
@@ -455,6 +442,25 @@ fn lookup(
         }
         return Ok(Some(f));
     }
+    // A miss that reads the tables.
+    let chunk_after = CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.epoch != epoch {
+            return None;
+        }
+        let full = c.entries.len() >= CACHE_CAPACITY / 2;
+        let m = c.misses.entry((ns, key.2.clone())).or_default();
+        m.count += 1;
+        if full {
+            m.done = true;
+        }
+        // Ski rental: one chunk per BULK_AFTER misses, so warming up never costs more than
+        // the misses it is meant to save (a chunk of 500 accounts costs about 64 lookups).
+        (!m.done && m.count >= BULK_AFTER).then(|| {
+            m.count = 0;
+            m.loaded_up_to.unwrap_or_else(|| Uuid::from_bytes([0; 16]))
+        })
+    });
     let (found, loaded, progress) = cache::with_fresh_snapshot(|| {
         load(client, ns, account_id, resource_type, since_us, chunk_after)
     })?;

@@ -92,10 +92,8 @@ fn scalar_value(value: &Value) -> pg_sys::JsonbValue {
             jv.val.boolean = *b;
         }
         Value::Number(n) => {
-            if let Some(numeric) = numeric(n) {
-                jv.type_ = jbvType::jbvNumeric;
-                jv.val.numeric = numeric;
-            }
+            jv.type_ = jbvType::jbvNumeric;
+            jv.val.numeric = numeric(n);
         }
         Value::String(s) => string(&mut jv, s),
         Value::Null | Value::Array(_) | Value::Object(_) => jv.type_ = jbvType::jbvNull,
@@ -106,7 +104,7 @@ fn scalar_value(value: &Value) -> pg_sys::JsonbValue {
 fn string(jv: &mut pg_sys::JsonbValue, s: &str) {
     jv.type_ = jbvType::jbvString;
     jv.val.string = pg_sys::JsonbValue__bindgen_ty_1__bindgen_ty_1 {
-        // pushJsonbValue refuses strings longer than jsonb allows with an ERROR.
+        // A document too big for jsonb is refused with an ERROR by JsonbValueToJsonb.
         len: i32::try_from(s.len()).unwrap_or(i32::MAX),
         val: s.as_ptr() as *mut std::ffi::c_char,
     };
@@ -114,10 +112,10 @@ fn string(jv: &mut pg_sys::JsonbValue, s: &str) {
 
 /// A JSON number as a Postgres numeric: integers directly, others through `numeric_in` on the
 /// text serde prints (the same text `jsonb_in` would have read).
-fn numeric(n: &serde_json::Number) -> Option<pg_sys::Numeric> {
+fn numeric(n: &serde_json::Number) -> pg_sys::Numeric {
     if let Some(i) = n.as_i64() {
         // SAFETY: int64_to_numeric allocates a numeric in the current memory context.
-        return Some(unsafe { pg_sys::int64_to_numeric(i) });
+        return unsafe { pg_sys::int64_to_numeric(i) };
     }
     // A serde number prints as a JSON number literal: digits, '.', 'e', '-', '+'; never a NUL.
     let text = CString::new(n.to_string()).unwrap_or_default();
@@ -132,7 +130,10 @@ fn numeric(n: &serde_json::Number) -> Option<pg_sys::Numeric> {
             ],
         )
     };
-    datum.map(|d| d.cast_mut_ptr())
+    match datum {
+        Some(d) => d.cast_mut_ptr(),
+        None => pgrx::error!("numeric_in returned NULL for the JSON number {n}"),
+    }
 }
 
 impl IntoDatum for Jsonb {

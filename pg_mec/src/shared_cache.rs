@@ -11,19 +11,20 @@
 //! reads the generation *before* it takes its snapshot and tags what it read with it, so a load
 //! that raced a commit is tagged with the old generation and never served. A transaction that
 //! changed those tables itself neither reads nor fills the shared table until it ends (it sees
-//! rows no one else may see yet). A hot standby (no triggers run in recovery) and PREPARE
-//! TRANSACTION (committed later, by another backend) turn the shared table off: a standby never
-//! uses it, and a prepared change disables it until the next restart, with a WARNING.
+//! rows no one else may see yet; the trigger marks it before its statement too). A hot standby
+//! (no triggers run in recovery) never uses the table, and neither does a server that allows
+//! prepared transactions (`max_prepared_transactions > 0`): a prepared change commits later, in
+//! a backend where no trigger fires, possibly after a restart or a promotion.
 //!
-//! **Layout.** A header (the generation first, at a fixed offset, so any build of pg_mec loaded
-//! later in a backend can still bump it), then `PARTITIONS` regions of slots, one LWLock each. A
+//! **Layout.** A header — the generation first, on a cache line of its own and at a fixed
+//! offset (so any build of pg_mec loaded later in a backend can still bump it), then the layout
+//! signature and per-partition counters — then `PARTITIONS` regions of slots, one LWLock each. A
 //! key probes `PROBES` slots of its region; a full window evicts one of them. Values are opaque
 //! bytes (`entitlement.rs` encodes them); a value too big for a slot is simply not shared.
 
 use std::cell::Cell;
 use std::ffi::CStr;
-use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -37,10 +38,15 @@ const RESOURCE_BYTES: usize = 64;
 const PARTITIONS: usize = 16;
 /// Slots a key may occupy in its region.
 const PROBES: usize = 8;
-/// Changes whenever `Slot` or the value encoding changes: a backend running another build of
-/// pg_mec then leaves the table alone (but still bumps the generation).
-const LAYOUT: u64 =
-    0x6d65_635f_0001_0000 | (std::mem::size_of::<Slot>() as u64) << 16 | (VALUE_BYTES as u64);
+/// Bumped whenever the header, the slots, the key hash or the value encoding change.
+const FORMAT_VERSION: u64 = 1;
+/// The header's layout signature: a backend running a build with another layout (possible only
+/// if a different `pg_mec.so` is loaded beside the preloaded one) leaves the table alone, but
+/// still bumps the generation.
+const LAYOUT: u64 = (0x006d_6563 << 40)
+    | (FORMAT_VERSION << 32)
+    | ((std::mem::size_of::<Header>() as u64) << 16)
+    | (std::mem::size_of::<Slot>() as u64);
 
 const SHMEM_NAME: &CStr = c"pg_mec shared entitlement cache";
 const TRANCHE: &CStr = c"pg_mec_shared_cache";
@@ -49,18 +55,27 @@ const RENDEZVOUS: &CStr = c"pg_mec.shared_cache";
 /// `pg_mec.shared_cache_entries`: slots in the shared table (0 turns it off).
 static ENTRIES: GucSetting<i32> = GucSetting::<i32>::new(32768);
 
-#[repr(C)]
-struct Header {
-    /// Must stay the first field (see the module docs). 0 is never a valid generation.
-    generation: AtomicU64,
-    layout: u64,
-    disabled: AtomicBool,
-    slots_per_partition: u64,
-    locks: *mut pg_sys::LWLockPadded,
+/// Hits, misses and stores of one partition, on a cache line of their own.
+#[repr(C, align(64))]
+struct Counters {
     hits: AtomicU64,
     misses: AtomicU64,
     stores: AtomicU64,
 }
+
+#[repr(C)]
+struct Header {
+    /// Must stay the first field (see the module docs). 0 is never a valid generation.
+    generation: Generation,
+    layout: u64,
+    slots_per_partition: u64,
+    locks: *mut pg_sys::LWLockPadded,
+    counters: [Counters; PARTITIONS],
+}
+
+/// The generation, alone on its cache line: read by every lookup, written only by commits.
+#[repr(C, align(64))]
+struct Generation(AtomicU64);
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -85,14 +100,19 @@ pub struct Key<'a> {
 }
 
 impl Key<'_> {
+    /// FNV-1a over the key's bytes: the same in every backend and every build.
     fn hash(&self, database: u32) -> u64 {
-        // SipHash with fixed keys: the same in every backend.
-        let mut h = std::hash::DefaultHasher::new();
-        database.hash(&mut h);
-        self.namespace.hash(&mut h);
-        self.account.hash(&mut h);
-        self.resource.hash(&mut h);
-        h.finish()
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let bytes = database
+            .to_le_bytes()
+            .into_iter()
+            .chain(self.namespace.iter().copied())
+            .chain(self.account.iter().copied())
+            .chain(self.resource.bytes());
+        for b in bytes {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        h
     }
 
     fn matches(&self, slot: &Slot, hash: u64, database: u32) -> bool {
@@ -113,6 +133,8 @@ thread_local! {
     /// This transaction changed a table the cache reads.
     static WROTE: Cell<bool> = const { Cell::new(false) };
     static XACT_CALLBACK: Cell<bool> = const { Cell::new(false) };
+    /// `max_prepared_transactions > 0`, read once (it is fixed at server start).
+    static PREPARED_ALLOWED: Cell<Option<bool>> = const { Cell::new(None) };
 }
 
 fn slots_total() -> usize {
@@ -193,17 +215,23 @@ unsafe extern "C-unwind" fn startup_shmem() {
         let mut found = false;
         let base = pg_sys::ShmemInitStruct(SHMEM_NAME.as_ptr(), shmem_size(slots), &mut found);
         let header = base.cast::<Header>();
+        if !header.is_aligned() {
+            // PostgreSQL aligns shared allocations to cache lines; if not, go without the table.
+            pg_sys::LWLockRelease(init_lock);
+            return;
+        }
         if !found {
             std::ptr::write_bytes(base.cast::<u8>(), 0, shmem_size(slots));
             header.write(Header {
-                generation: AtomicU64::new(1),
+                generation: Generation(AtomicU64::new(1)),
                 layout: LAYOUT,
-                disabled: AtomicBool::new(false),
                 slots_per_partition: (slots / PARTITIONS) as u64,
                 locks: pg_sys::GetNamedLWLockTranche(TRANCHE.as_ptr()),
-                hits: AtomicU64::new(0),
-                misses: AtomicU64::new(0),
-                stores: AtomicU64::new(0),
+                counters: std::array::from_fn(|_| Counters {
+                    hits: AtomicU64::new(0),
+                    misses: AtomicU64::new(0),
+                    stores: AtomicU64::new(0),
+                }),
             });
         }
         // Backends forked from here inherit the pointer, also ones that load another build.
@@ -227,11 +255,33 @@ fn header() -> Option<&'static Header> {
     unsafe { ptr.as_ref() }
 }
 
-/// The header when the table may be read and filled now: present, of this build's layout, not
-/// disabled, not on a standby, and this transaction has not changed what the cache reads.
+/// Whether the server allows prepared transactions (read once per backend).
+fn prepared_transactions_allowed() -> bool {
+    PREPARED_ALLOWED.with(|c| {
+        if let Some(known) = c.get() {
+            return known;
+        }
+        // SAFETY: reads a GUC's current value; NULL when unknown.
+        let p =
+            unsafe { pg_sys::GetConfigOption(c"max_prepared_transactions".as_ptr(), true, false) };
+        // Unknown or unreadable: assume allowed (the table stays off).
+        let allowed = p.is_null()
+            || unsafe { CStr::from_ptr(p) }
+                .to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<i64>().ok())
+                .is_none_or(|n| n > 0);
+        c.set(Some(allowed));
+        allowed
+    })
+}
+
+/// The header when the table may be read and filled now: present, of this build's layout, no
+/// prepared transactions possible, not on a standby, and this transaction has not changed what
+/// the cache reads.
 fn usable() -> Option<&'static Header> {
     let h = header()?;
-    if h.layout != LAYOUT || h.disabled.load(Ordering::Relaxed) || WROTE.with(Cell::get) {
+    if h.layout != LAYOUT || WROTE.with(Cell::get) || prepared_transactions_allowed() {
         return None;
     }
     // SAFETY: a plain check of the recovery state.
@@ -244,7 +294,11 @@ fn usable() -> Option<&'static Header> {
 /// The generation a load should be tagged with, read before the load takes its snapshot; `None`
 /// when the shared table may not be used now.
 pub fn generation() -> Option<u64> {
-    usable().map(|h| h.generation.load(Ordering::Acquire))
+    usable().map(|h| h.generation.0.load(Ordering::Acquire))
+}
+
+fn partition(hash: u64) -> usize {
+    (hash % PARTITIONS as u64) as usize
 }
 
 /// The slots of `key`'s region to probe, and the region's lock.
@@ -253,7 +307,7 @@ pub fn generation() -> Option<u64> {
 /// `h` is the live header of this layout.
 unsafe fn window(h: &Header, hash: u64) -> (*mut Slot, usize, *mut pg_sys::LWLock) {
     let per = h.slots_per_partition as usize;
-    let partition = (hash % PARTITIONS as u64) as usize;
+    let partition = partition(hash);
     let start = ((hash >> 8) % per as u64) as usize;
     // SAFETY: slots follow the header; the region and lock indexes are in range.
     unsafe {
@@ -288,7 +342,12 @@ pub fn get(generation: u64, key: &Key<'_>) -> Option<Vec<u8>> {
         }
         pg_sys::LWLockRelease(lock);
     }
-    let counter = if out.is_some() { &h.hits } else { &h.misses };
+    let counters = &h.counters[partition(hash)];
+    let counter = if out.is_some() {
+        &counters.hits
+    } else {
+        &counters.misses
+    };
     counter.fetch_add(1, Ordering::Relaxed);
     out
 }
@@ -310,7 +369,7 @@ pub fn put(generation: u64, key: &Key<'_>, value: &[u8]) {
     unsafe {
         let (slots, start, lock) = window(h, hash);
         pg_sys::LWLockAcquire(lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
-        let current = h.generation.load(Ordering::Acquire);
+        let current = h.generation.0.load(Ordering::Acquire);
         if current == generation {
             let at = |i: usize| slots.add((start + i) % per);
             // The key's own slot, else a free or outdated one, else one evicted by the hash.
@@ -328,7 +387,9 @@ pub fn put(generation: u64, key: &Key<'_>, value: &[u8]) {
             slot.resource[..key.resource.len()].copy_from_slice(key.resource.as_bytes());
             slot.value_len = value.len() as u16;
             slot.value[..value.len()].copy_from_slice(value);
-            h.stores.fetch_add(1, Ordering::Relaxed);
+            h.counters[partition(hash)]
+                .stores
+                .fetch_add(1, Ordering::Relaxed);
         }
         pg_sys::LWLockRelease(lock);
     }
@@ -358,21 +419,11 @@ unsafe extern "C-unwind" fn on_xact_event(
         return;
     }
     match event {
-        XACT_EVENT_COMMIT => {
+        // After the commit is visible, before its invalidation messages go out. (A PREPARE can
+        // only happen where prepared transactions are allowed, and there the table is off.)
+        XACT_EVENT_COMMIT | XACT_EVENT_PREPARE => {
             if let Some(h) = header() {
-                h.generation.fetch_add(1, Ordering::AcqRel);
-            }
-            WROTE.with(|w| w.set(false));
-        }
-        XACT_EVENT_PREPARE => {
-            if let Some(h) = header() {
-                h.generation.fetch_add(1, Ordering::AcqRel);
-                if !h.disabled.swap(true, Ordering::AcqRel) {
-                    warning!(
-                        "pg_mec: a prepared transaction changed entitlements; the shared \
-                         entitlement cache is off until the server restarts"
-                    );
-                }
+                h.generation.0.fetch_add(1, Ordering::AcqRel);
             }
             WROTE.with(|w| w.set(false));
         }
@@ -381,36 +432,44 @@ unsafe extern "C-unwind" fn on_xact_event(
     }
 }
 
-/// `mec_data.shared_cache_stats()` (declared in `sql/cache.sql`): whether the shared cache is on, its generation, slots in
-/// use under that generation, and hits / misses / stores since the server started.
+/// `mec_data.shared_cache_stats()` (declared in `sql/cache.sql`): whether the shared cache is
+/// in use, its generation, slots in use under that generation, and hits / misses / stores since
+/// the server started.
 #[pg_extern(sql = false)]
 fn shared_cache_stats() -> crate::jsonb::Jsonb {
-    let Some(h) = header() else {
+    let Some(h) = header().filter(|h| h.layout == LAYOUT) else {
         return crate::jsonb::Jsonb(serde_json::json!({"enabled": false}));
     };
-    let generation = h.generation.load(Ordering::Acquire);
+    let generation = h.generation.0.load(Ordering::Acquire);
     let per = h.slots_per_partition as usize;
     let mut live = 0u64;
-    if h.layout == LAYOUT {
-        for p in 0..PARTITIONS {
-            // SAFETY: each region is read under its lock in shared mode.
-            unsafe {
-                let (slots, _, lock) = window(h, p as u64);
-                pg_sys::LWLockAcquire(lock, pg_sys::LWLockMode::LW_SHARED);
-                live += (0..per)
-                    .filter(|&i| (*slots.add(i)).generation == generation)
-                    .count() as u64;
-                pg_sys::LWLockRelease(lock);
-            }
+    for p in 0..PARTITIONS {
+        // SAFETY: each region is read under its lock in shared mode (`window` of hash `p` is
+        // partition `p`).
+        unsafe {
+            let (slots, _, lock) = window(h, p as u64);
+            pg_sys::LWLockAcquire(lock, pg_sys::LWLockMode::LW_SHARED);
+            live += (0..per)
+                .filter(|&i| (*slots.add(i)).generation == generation)
+                .count() as u64;
+            pg_sys::LWLockRelease(lock);
         }
     }
+    let sum = |f: fn(&Counters) -> &AtomicU64| -> u64 {
+        h.counters
+            .iter()
+            .map(|c| f(c).load(Ordering::Relaxed))
+            .sum()
+    };
+    // SAFETY: a plain check of the recovery state.
+    let standby = unsafe { pg_sys::RecoveryInProgress() };
     crate::jsonb::Jsonb(serde_json::json!({
-        "enabled": h.layout == LAYOUT && !h.disabled.load(Ordering::Relaxed),
+        "enabled": !standby && !prepared_transactions_allowed(),
         "slots": per * PARTITIONS,
         "generation": generation,
         "entries": live,
-        "hits": h.hits.load(Ordering::Relaxed),
-        "misses": h.misses.load(Ordering::Relaxed),
-        "stores": h.stores.load(Ordering::Relaxed),
+        "hits": sum(|c| &c.hits),
+        "misses": sum(|c| &c.misses),
+        "stores": sum(|c| &c.stores),
     }))
 }
