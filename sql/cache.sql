@@ -21,41 +21,39 @@ COMMENT ON FUNCTION mec_data.invalidate_cache() IS
 -- New accounts and resource types need no message: nothing is cached for a lookup that found
 -- nothing. Updates count only for the columns the cache reads, so that e.g. renaming an account
 -- does not empty every backend's cache.
-CREATE TRIGGER invalidate_cache
-    AFTER UPDATE OF namespace_id, account_id, billing_anchor_day OR DELETE OR TRUNCATE
-    ON mec_data.accounts
-    FOR EACH STATEMENT EXECUTE FUNCTION mec_data.invalidate_cache();
-CREATE TRIGGER invalidate_cache AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON mec_data.entitlements
-    FOR EACH STATEMENT EXECUTE FUNCTION mec_data.invalidate_cache();
-CREATE TRIGGER invalidate_cache
-    AFTER UPDATE OF namespace_id, resource_type, kind, window_seconds, billable_statuses
-          OR DELETE OR TRUNCATE
-    ON mec_data.resource_types
-    FOR EACH STATEMENT EXECUTE FUNCTION mec_data.invalidate_cache();
-
--- The same before each such statement: it marks the transaction as a writer from the start, so
--- that a lookup made during the statement itself (a function called from a data-modifying CTE)
--- neither uses nor fills the shared cache (pg_mec/src/shared_cache.rs).
-CREATE TRIGGER invalidate_cache_before
-    BEFORE UPDATE OF namespace_id, account_id, billing_anchor_day OR DELETE OR TRUNCATE
-    ON mec_data.accounts
-    FOR EACH STATEMENT EXECUTE FUNCTION mec_data.invalidate_cache();
-CREATE TRIGGER invalidate_cache_before BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON mec_data.entitlements
-    FOR EACH STATEMENT EXECUTE FUNCTION mec_data.invalidate_cache();
-CREATE TRIGGER invalidate_cache_before
-    BEFORE UPDATE OF namespace_id, resource_type, kind, window_seconds, billable_statuses
-           OR DELETE OR TRUNCATE
-    ON mec_data.resource_types
-    FOR EACH STATEMENT EXECUTE FUNCTION mec_data.invalidate_cache();
-
--- ALWAYS: also on a logical-replication subscriber, whose apply worker runs with
+--
+-- Each table gets the trigger twice, with the same events: AFTER each such statement (the
+-- message, and the shared cache's generation bumped when the transaction commits), and BEFORE it,
+-- which marks the transaction as a writer from the start, so that a lookup made during the
+-- statement itself (a function called from a data-modifying CTE) neither uses nor fills the
+-- shared cache (pg_mec/src/shared_cache.rs).
+--
+-- ENABLE ALWAYS: they also fire on a logical-replication subscriber, whose apply worker runs with
 -- session_replication_role = replica (ordinary triggers do not fire there).
-ALTER TABLE mec_data.accounts ENABLE ALWAYS TRIGGER invalidate_cache;
-ALTER TABLE mec_data.entitlements ENABLE ALWAYS TRIGGER invalidate_cache;
-ALTER TABLE mec_data.resource_types ENABLE ALWAYS TRIGGER invalidate_cache;
-ALTER TABLE mec_data.accounts ENABLE ALWAYS TRIGGER invalidate_cache_before;
-ALTER TABLE mec_data.entitlements ENABLE ALWAYS TRIGGER invalidate_cache_before;
-ALTER TABLE mec_data.resource_types ENABLE ALWAYS TRIGGER invalidate_cache_before;
+DO $$
+DECLARE
+    t record;
+    timing text;
+BEGIN
+    FOR t IN
+        SELECT * FROM (VALUES
+            ('accounts',       'UPDATE OF namespace_id, account_id, billing_anchor_day OR DELETE OR TRUNCATE'),
+            ('entitlements',   'INSERT OR UPDATE OR DELETE OR TRUNCATE'),
+            ('resource_types', 'UPDATE OF namespace_id, resource_type, kind, window_seconds, billable_statuses'
+                               ' OR DELETE OR TRUNCATE')
+        ) AS v(tab, events)
+    LOOP
+        FOREACH timing IN ARRAY ARRAY['AFTER', 'BEFORE'] LOOP
+            EXECUTE format(
+                'CREATE TRIGGER %I %s %s ON mec_data.%I
+                     FOR EACH STATEMENT EXECUTE FUNCTION mec_data.invalidate_cache()',
+                CASE timing WHEN 'AFTER' THEN 'invalidate_cache' ELSE 'invalidate_cache_before' END,
+                timing, t.events, t.tab);
+            EXECUTE format('ALTER TABLE mec_data.%I ENABLE ALWAYS TRIGGER %I', t.tab,
+                CASE timing WHEN 'AFTER' THEN 'invalidate_cache' ELSE 'invalidate_cache_before' END);
+        END LOOP;
+    END LOOP;
+END $$;
 
 -- The shared entitlement cache (pg_mec/src/shared_cache.rs), present when pg_mec is in
 -- shared_preload_libraries: its state, for operators (granted to mec_admin in grants.sql).
