@@ -6,7 +6,7 @@
 --     (42501), may not meter; cannot read mec_data.namespace_secrets;
 --   * no namespace → 42501; the claims win over the GUC.
 BEGIN;
-SELECT plan(53);
+SELECT plan(54);
 
 \ir helpers.psql
 
@@ -261,6 +261,15 @@ SELECT is(
         has_table_privilege('t07_nobody', 'mec_data.consumption', 'SELECT')),
     '[false, false, false, false, false, false]'::jsonb,
     'a role without grants (PUBLIC) has no usage on mec / mec_data, no EXECUTE, no SELECT');
+
+SELECT is(
+    jsonb_build_array(
+        has_function_privilege('t07_nobody', 'mec_data.shared_cache_stats()', 'EXECUTE'),
+        has_function_privilege('mec_user', 'mec_data.shared_cache_stats()', 'EXECUTE'),
+        has_function_privilege('mec_service', 'mec_data.shared_cache_stats()', 'EXECUTE'),
+        has_function_privilege('mec_admin', 'mec_data.shared_cache_stats()', 'EXECUTE')),
+    '[false, false, false, true]'::jsonb,
+    'the shared cache statistics are for mec_admin (and superusers) only');
 
 SELECT * FROM finish();
 ROLLBACK;
