@@ -664,3 +664,64 @@ def test_reservations_and_metering_share_the_hard_limit(ns):
     assert ns.ledger(account, "units") == (consumed, consumed)
     assert ns.counter(account, "units") == consumed
     assert Decimal(str(ns.check(account, "units")["quantity_used"])) == consumed
+
+
+# ---------------------------------------------------------------- 7. stripes after the burst
+STRIPE_STATE = (
+    "SELECT jsonb_build_object('striped', bool_or(striped) FILTER (WHERE slot = 0),"
+    " 'slot0', sum(used) FILTER (WHERE slot = 0), 'stripes', coalesce(sum(used) FILTER (WHERE slot > 0), 0))"
+    " FROM mec_data.usage_counters WHERE namespace_id = %s::uuid AND account_id = %s::uuid"
+    " AND resource_type = 'free_units'"
+)
+
+
+def stripe_as_after_a_burst(ns: Namespace, account: str, idle: str) -> None:
+    """Two stripes of the account's free_units counter holding 5 units each, last touched `idle`
+    ago, slot 0 marked striped: the state a burst of contention leaves behind."""
+    ns.admin.execute(
+        "INSERT INTO mec_data.usage_counters (namespace_id, account_id, resource_type, period_start,"
+        " period_end, slot, used, quota, updated_at)"
+        " SELECT namespace_id, account_id, resource_type, period_start, period_end, s, 5, NULL,"
+        "        now() - %s::interval"
+        " FROM mec_data.usage_counters, generate_series(1, 2) s"
+        " WHERE namespace_id = %s::uuid AND account_id = %s::uuid AND resource_type = 'free_units' AND slot = 0"
+        " ON CONFLICT (namespace_id, account_id, resource_type, period_start, slot)"
+        " DO UPDATE SET used = excluded.used, updated_at = excluded.updated_at",
+        (idle, ns.id, account),
+    )
+    ns.admin.execute(
+        "UPDATE mec_data.usage_counters SET striped = true WHERE namespace_id = %s::uuid"
+        " AND account_id = %s::uuid AND resource_type = 'free_units' AND slot = 0",
+        (ns.id, account),
+    )
+
+
+def meter_fresh(ns: Namespace, key: str, account: str) -> Outcome:
+    conn = ns.service_conn()  # a backend that is not hot on this counter
+    try:
+        return meter(conn, key, account, "free_units", 1)
+    finally:
+        conn.close()
+
+
+def test_idle_stripes_are_folded_back_into_slot_0(ns):
+    """Once the stripes of a counter sit idle, the next event metered through slot 0 folds them
+    back: the counter returns to one row (the one-statement path), the total unchanged. Stripes
+    still in use are left alone."""
+    account = ns.new_account()
+    run = uuid.uuid4().hex[:8]
+    assert meter_fresh(ns, f"{run}-0", account).ok  # slot 0: 1
+
+    stripe_as_after_a_burst(ns, account, "0 seconds")  # busy stripes
+    first = meter_fresh(ns, f"{run}-1", account)
+    assert first.ok and first.result["quantity_used"] == 12
+    assert ns.scalar(STRIPE_STATE, (ns.id, account)) == {"striped": True, "slot0": 2, "stripes": 10}
+
+    stripe_as_after_a_burst(ns, account, "1 minute")  # idle for longer than IDLE_AFTER_SECS
+    second = meter_fresh(ns, f"{run}-2", account)
+    assert second.ok and second.result["quantity_used"] == 13
+    assert ns.scalar(STRIPE_STATE, (ns.id, account)) == {"striped": False, "slot0": 13, "stripes": 0}
+    third = meter_fresh(ns, f"{run}-3", account)  # now on slot 0 alone
+    assert third.ok and third.result["quantity_used"] == 14
+    assert ns.ledger(account, "free_units") == (4, 4)
+    assert ns.counter(account, "free_units") == 14
