@@ -17,11 +17,6 @@
 //!
 //! Lock order is always slot 0 first, then stripes in slot order. Unlimited counters get
 //! unbounded stripes (quota NULL); a plan or override change folds the account's stripes first.
-//!
-//! When the contention is over, the stripes are folded back: a backend that meters a striped
-//! counter through slot 0 (it is not hot itself) and finds that no stripe was touched for
-//! [`IDLE_AFTER_SECS`] folds them ([`fold_if_idle`]), so the counter returns to the one-statement
-//! path instead of staying striped to the end of its period.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -51,11 +46,6 @@ pub const SLOW_WINDOW: Duration = Duration::from_secs(1);
 const HOT_FOR: Duration = Duration::from_secs(300);
 const MAX_TRACKED: usize = 4096;
 
-/// Stripes untouched for this long are folded back by a backend metering through slot 0.
-pub const IDLE_AFTER_SECS: i32 = 5;
-/// How often one backend looks for idle stripes on one counter.
-const IDLE_CHECK_EVERY: Duration = Duration::from_secs(1);
-
 type HotKey = ([u8; 16], [u8; 16], String, i64);
 
 /// What this backend saw of one counter: slow statements since `since`, hot from `hot` on.
@@ -68,8 +58,6 @@ struct Seen {
 
 thread_local! {
     static HOT: RefCell<HashMap<HotKey, Seen>> = RefCell::new(HashMap::new());
-    /// When this backend last looked for idle stripes on a counter.
-    static IDLE_CHECKED: RefCell<HashMap<HotKey, Instant>> = RefCell::new(HashMap::new());
 }
 
 fn hot_key(ns: Uuid, c: &CounterKey<'_>) -> HotKey {
@@ -262,46 +250,6 @@ static FOLD: Stmt = Stmt {
     types: &[spi::UUID, spi::UUID, spi::TEXT, spi::TIMESTAMPTZ],
     writes: true,
 };
-
-/// Whether the counter has stripes and none was touched for `$5` seconds.
-static STRIPES_IDLE: Stmt = Stmt {
-    sql: "SELECT max(updated_at) < now() - $5 * interval '1 second'
-          FROM mec_data.usage_counters
-          WHERE namespace_id = $1 AND account_id = $2 AND resource_type = $3 AND period_start = $4
-            AND slot > 0",
-    types: &[spi::UUID, spi::UUID, spi::TEXT, spi::TIMESTAMPTZ, spi::INT4],
-    writes: false,
-};
-
-/// Called by a backend that just metered `c` through slot 0 (it holds slot 0's lock): folds the
-/// stripes back when none was touched for [`IDLE_AFTER_SECS`]. Looks at most once per
-/// [`IDLE_CHECK_EVERY`] per counter, so a counter that stays striped costs one extra read a second.
-pub fn fold_if_idle(client: &mut SpiClient<'_>, ns: Uuid, c: &CounterKey<'_>) -> MecResult<()> {
-    let key = hot_key(ns, c);
-    let due = IDLE_CHECKED.with(|m| {
-        let mut m = m.borrow_mut();
-        let now = Instant::now();
-        if m.get(&key)
-            .is_some_and(|t| now.duration_since(*t) < IDLE_CHECK_EVERY)
-        {
-            return false;
-        }
-        if m.len() >= MAX_TRACKED {
-            m.clear();
-        }
-        m.insert(key, now);
-        true
-    });
-    if !due {
-        return Ok(());
-    }
-    let mut args = c.args(ns, false);
-    args.push(IDLE_AFTER_SECS.into());
-    if spi::read(client, &STRIPES_IDLE, &args)?.one::<bool>()? == Some(true) {
-        fold(client, ns, c)?;
-    }
-    Ok(())
-}
 
 /// The slot-0 rows of an account's striped counters, locked in key order.
 static STRIPED_HEADS: Stmt = Stmt {
