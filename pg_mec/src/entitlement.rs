@@ -469,12 +469,7 @@ fn lookup(
         if let Some(g) = generation {
             for ((ns, account, resource), f) in &loaded {
                 if let Some(bytes) = f.encode() {
-                    let key = shared_cache::Key {
-                        namespace: ns.as_bytes(),
-                        account: account.as_bytes(),
-                        resource,
-                    };
-                    shared_cache::put(g, &key, &bytes);
+                    shared_cache::put(g, &shared_key(ns, account, resource), &bytes);
                 }
             }
         }
@@ -499,15 +494,17 @@ fn lookup(
 /// The shared cache's entry for `key` under `generation`, if it answers for `at_us`.
 fn shared_get(generation: u64, key: &Key, at_us: i64) -> Option<Fetched> {
     let (ns, account, resource) = key;
-    let bytes = shared_cache::get(
-        generation,
-        &shared_cache::Key {
-            namespace: ns.as_bytes(),
-            account: account.as_bytes(),
-            resource,
-        },
-    )?;
+    let bytes = shared_cache::get(generation, &shared_key(ns, account, resource))?;
     Fetched::decode(&bytes).filter(|f| f.since_us <= at_us)
+}
+
+/// This cache's key as the shared cache's.
+fn shared_key<'a>(ns: &'a Uuid, account: &'a Uuid, resource: &'a str) -> shared_cache::Key<'a> {
+    shared_cache::Key {
+        namespace: ns.as_bytes(),
+        account: account.as_bytes(),
+        resource,
+    }
 }
 
 /// What one miss reads: the account's rows (if it exists), every entry to keep (the chunk's and
