@@ -35,6 +35,9 @@ WORKLOADS: dict[str, tuple[str, str]] = {
     "mec_meter_hot": ("**pg_mec meter, hot**", "`mec.meter_consumption`, every client on account 1"),
     "naive_check_hot": ("naive_check, hot", "hand-written check, every client on account 1"),
     "mec_check_hot": ("**pg_mec check, hot**", "`mec.check_entitlement`, every client on account 1"),
+    "mec_check_churn": ("**pg_mec check, sign-ups**",
+                        "`mec.check_entitlement`, random account, while new accounts are provisioned "
+                        "(`--churn` per second)"),
 }
 
 # (label, numerator, denominator, target text, target test)
@@ -51,6 +54,7 @@ RATIOS = [
     ("pg_mec meter hot / naive_meter hot", "mec_meter_hot", "naive_meter_hot", "> 1", lambda r: r > 1.0),
     ("pg_mec check: hot / spread", "mec_check_hot", "mec_check", "", None),
     ("pg_mec check hot / naive_check hot", "mec_check_hot", "naive_check_hot", "", None),
+    ("pg_mec check: during sign-ups / quiet", "mec_check_churn", "mec_check", "report", None),
 ]
 
 

@@ -13,6 +13,7 @@
 #   --no-setup           reuse the existing database mec_bench (skip drop/recreate and loading)
 #   --label TEXT         a line printed at the top of the report (e.g. "release build, 2 vCPU")
 #   --keep-logs          keep pgbench's output and per-transaction logs (their folder is printed)
+#   --churn N            sign-ups per second beside the `*_churn` workloads (default 100)
 #   --gateway            the gateway benchmark instead: bench/gateway.sh (see its --help)
 #
 # Environment: PGHOST, PGPORT, PGUSER (superuser), PGPASSWORD as for psql; MEC_PG_BIN (from
@@ -47,6 +48,7 @@ WORKLOADS="$STANDARD"
 SETUP=1
 LABEL=""
 KEEP=0
+CHURN=100
 COMMAND="scripts/mec bench"
 for a in "$@"; do
   if [[ $a =~ ^[A-Za-z0-9_./,=:+-]+$ ]]; then COMMAND+=" $a"; else COMMAND+=" '${a//\'/\'\\\'\'}'"; fi
@@ -89,8 +91,13 @@ while (($#)); do
       ;;
     --label=*) LABEL="${1#*=}" ;;
     --keep-logs) KEEP=1 ;;
+    --churn)
+      CHURN="${2:?--churn needs a rate}"
+      shift
+      ;;
+    --churn=*) CHURN="${1#*=}" ;;
     -h | --help)
-      sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+      sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
       exit 0
       ;;
     *) die "unknown argument: $1 (see --help)" ;;
@@ -101,6 +108,7 @@ done
 [[ $RUNS =~ ^[0-9]+$ && $RUNS -gt 0 ]] || die "--runs must be a positive number"
 CLIENTS="${CLIENTS//,/ }"
 for c in $CLIENTS; do [[ $c =~ ^[0-9]+$ && $c -gt 0 ]] || die "bad client count: $c"; done
+[[ $CHURN =~ ^[0-9]+$ && $CHURN -gt 0 ]] || die "--churn must be a positive number of sign-ups per second"
 
 # ------------------------------------------------------------------ tools
 find_tools
@@ -139,6 +147,8 @@ workload_args() {
     mec_meter_hot) echo "mec -s $SCALE -f $BENCH_DIR/meter_hot.pgbench" ;;
     mec_check) echo "mec -s $SCALE -f $BENCH_DIR/check.pgbench" ;;
     mec_check_hot) echo "mec -s $SCALE -f $BENCH_DIR/check_hot.pgbench" ;;
+    # mec_check while a second pgbench provisions new accounts at --churn per second
+    mec_check_churn) echo "mec -s $SCALE -f $BENCH_DIR/check.pgbench" ;;
     *) return 1 ;;
   esac
 }
@@ -226,11 +236,12 @@ setup_role
 
 # Check that the role sees the bench namespace through RLS, as a real caller would.
 probe="$(as_role "$PSQL" -X -At -v ON_ERROR_STOP=1 -d "$DB" \
-  -c "SELECT (SELECT count(*) FROM mec.accounts) || ' ' ||
+  -c "SELECT (SELECT count(*) FROM mec.accounts
+              WHERE account_id IN (SELECT md5(g::text)::uuid FROM generate_series(1, $ACCOUNTS) g)) || ' ' ||
              (mec.check_entitlement(md5('1')::uuid, 'bench_units')->>'decision')" 2>&1)" ||
   die "role $ROLE cannot use pg_mec in $DB: $probe"
 [[ $probe == "$ACCOUNTS allow" ]] || die "role $ROLE sees '$probe', expected '$ACCOUNTS allow'"
-say "role $ROLE sees $ACCOUNTS accounts through RLS"
+say "role $ROLE sees the $ACCOUNTS bench accounts through RLS"
 
 # ------------------------------------------------------------------ runs
 META="$WORK/meta.tsv"
@@ -262,6 +273,12 @@ run_one() {
   mkdir -p "$WORK/log"
   sql "$DB" -c CHECKPOINT
   rc=0
+  local churn=""
+  if [[ $w == *_churn ]]; then
+    PGOPTIONS="-c mec.namespace_id=$NS" "$PGBENCH" -n -T "$DURATION" -c 1 -R "$CHURN" \
+      -f "$BENCH_DIR/provision.pgbench" "$DB" >"$out.churn" 2>&1 &
+    churn=$!
+  fi
   # shellcheck disable=SC2086 # $args is a list of pgbench arguments
   if [[ $who == mec ]]; then
     (cd "$WORK" && as_role "$PGBENCH" -n -M prepared -T "$DURATION" -c "$c" -j "$j" \
@@ -269,6 +286,10 @@ run_one() {
   else
     (cd "$WORK" && "$PGBENCH" -n -M prepared -T "$DURATION" -c "$c" -j "$j" \
       -l --log-prefix="$prefix" $args "$DB") >"$out.out" 2>"$out.err" || rc=$?
+  fi
+  if [[ -n $churn ]]; then
+    wait "$churn" || rc=$?
+    say "  beside it: $(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$out.churn") sign-ups"
   fi
   tps="$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' "$out.out" | head -1)"
   lat="$("$PYTHON" "$BENCH_DIR/report.py" latency "$prefix")"

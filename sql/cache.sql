@@ -18,15 +18,24 @@ REVOKE ALL ON FUNCTION mec_data.invalidate_cache() FROM PUBLIC;
 COMMENT ON FUNCTION mec_data.invalidate_cache() IS
     'Trigger: tells every backend that its cached entitlements are stale (see mec_data.cache_signal).';
 
+CREATE FUNCTION mec_data.invalidate_cache_rows() RETURNS trigger
+    LANGUAGE c AS 'MODULE_PATHNAME', 'invalidate_cache_rows_wrapper';
+REVOKE ALL ON FUNCTION mec_data.invalidate_cache_rows() FROM PUBLIC;
+COMMENT ON FUNCTION mec_data.invalidate_cache_rows() IS
+    'Trigger: notes which accounts a transaction changed, whose shared cache entries its commit makes stale.';
+
 -- New accounts and resource types need no message: nothing is cached for a lookup that found
 -- nothing. Updates count only for the columns the cache reads, so that e.g. renaming an account
 -- does not empty every backend's cache.
 --
--- Each table gets the trigger twice, with the same events: AFTER each such statement (the
--- message, and the shared cache's generation bumped when the transaction commits), and BEFORE it,
--- which marks the transaction as a writer from the start, so that a lookup made during the
+-- Each table gets the statement trigger twice, with the same events: AFTER each such statement
+-- (the message, and the shared cache's invalidation when the transaction commits), and BEFORE
+-- it, which marks the transaction as a writer from the start, so that a lookup made during the
 -- statement itself (a function called from a data-modifying CTE) neither uses nor fills the
--- shared cache (pg_mec/src/shared_cache.rs).
+-- shared cache (pg_mec/src/shared_cache.rs). On accounts and entitlements (scope 'rows') an AFTER
+-- row trigger also notes each changed row's account: the commit makes only those accounts'
+-- shared entries stale, so a sign-up or a plan change does not send the whole cluster back to
+-- the tables. A change of a resource type, or a TRUNCATE, makes every entry stale.
 --
 -- ENABLE ALWAYS: they also fire on a logical-replication subscriber, whose apply worker runs with
 -- session_replication_role = replica (ordinary triggers do not fire there).
@@ -37,21 +46,28 @@ DECLARE
 BEGIN
     FOR t IN
         SELECT * FROM (VALUES
-            ('accounts',       'UPDATE OF namespace_id, account_id, billing_anchor_day OR DELETE OR TRUNCATE'),
-            ('entitlements',   'INSERT OR UPDATE OR DELETE OR TRUNCATE'),
+            ('accounts',       'UPDATE OF namespace_id, account_id, billing_anchor_day OR DELETE', 'rows'),
+            ('entitlements',   'INSERT OR UPDATE OR DELETE', 'rows'),
             ('resource_types', 'UPDATE OF namespace_id, resource_type, kind, window_seconds, billable_statuses'
-                               ' OR DELETE OR TRUNCATE')
-        ) AS v(tab, events)
+                               ' OR DELETE', 'all')
+        ) AS v(tab, events, scope)
     LOOP
         FOREACH timing IN ARRAY ARRAY['AFTER', 'BEFORE'] LOOP
             EXECUTE format(
-                'CREATE TRIGGER %I %s %s ON mec_data.%I
-                     FOR EACH STATEMENT EXECUTE FUNCTION mec_data.invalidate_cache()',
+                'CREATE TRIGGER %I %s %s OR TRUNCATE ON mec_data.%I
+                     FOR EACH STATEMENT EXECUTE FUNCTION mec_data.invalidate_cache(%L)',
                 CASE timing WHEN 'AFTER' THEN 'invalidate_cache' ELSE 'invalidate_cache_before' END,
-                timing, t.events, t.tab);
+                timing, t.events, t.tab, t.scope);
             EXECUTE format('ALTER TABLE mec_data.%I ENABLE ALWAYS TRIGGER %I', t.tab,
                 CASE timing WHEN 'AFTER' THEN 'invalidate_cache' ELSE 'invalidate_cache_before' END);
         END LOOP;
+        IF t.scope = 'rows' THEN
+            EXECUTE format(
+                'CREATE TRIGGER invalidate_cache_rows AFTER %s ON mec_data.%I
+                     FOR EACH ROW EXECUTE FUNCTION mec_data.invalidate_cache_rows()',
+                t.events, t.tab);
+            EXECUTE format('ALTER TABLE mec_data.%I ENABLE ALWAYS TRIGGER invalidate_cache_rows', t.tab);
+        END IF;
     END LOOP;
 END $$;
 
@@ -60,4 +76,4 @@ END $$;
 CREATE FUNCTION mec_data.shared_cache_stats() RETURNS jsonb
     LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'shared_cache_stats_wrapper';
 COMMENT ON FUNCTION mec_data.shared_cache_stats() IS
-    'pg_mec shared entitlement cache: {enabled, slots, generation, entries, hits, misses, stores}';
+    'pg_mec shared entitlement cache: {enabled, slots, generation, sequence, entries, hits, misses, stores}';

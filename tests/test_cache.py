@@ -106,6 +106,32 @@ def test_resource_type_change_from_load_catalog_is_seen(connect, call, new_names
             r["billable_statuses"] = ["2xx", "5xx"]
     call("load_catalog", conn=admin, catalog=catalog)
     assert meter_503("after") is True
+    meterer = connect(namespace_id=ns, role="mec_service")
+    assert meter_503("after, from a new backend") is True
+
+
+def test_a_resource_type_change_makes_every_shared_entry_stale(connect, call, new_namespace):
+    """A resource type is not one account's: changing it must reach every account's shared entry,
+    also in a backend that never cached the old one (here no entitlement row changes with it)."""
+    import uuid
+
+    ns = new_namespace()
+    account = str(uuid.uuid4())
+    call("provision_plan", conn=connect(namespace_id=ns), account_id=account, plan_id="starter")
+
+    def billable_503(key: str) -> bool:
+        got = call("meter_consumption", conn=connect(namespace_id=ns, role="mec_service"),
+                   idempotency_key=key, account_id=account, resource_type=RESOURCE, quantity=1,
+                   http_status=503)
+        return got["billable"]
+
+    assert billable_503("before") is False  # shared now: only 2xx is billable
+    generation = shared_stats(connect)["generation"]
+    connect(namespace_id=ns).execute(
+        "UPDATE mec_data.resource_types SET billable_statuses = '[\"2xx\", \"5xx\"]'"
+        " WHERE namespace_id = %s AND resource_type = %s", (ns, RESOURCE))
+    assert shared_stats(connect)["generation"] > generation
+    assert billable_503("after") is True
 
 
 def test_long_read_committed_transaction_sees_a_commit_made_meanwhile(connect, call, new_account):
@@ -163,12 +189,35 @@ def test_a_new_backend_is_answered_from_the_shared_cache(connect, call, new_acco
 
 def test_a_committed_change_is_never_answered_from_an_older_shared_entry(connect, call, new_account):
     account = new_account("starter")
-    assert allowed(call, connect(role="mec_service"), account) == 100  # shared under this generation
-    generation = shared_stats(connect)["generation"]
+    assert allowed(call, connect(role="mec_service"), account) == 100  # shared under this sequence
+    sequence = shared_stats(connect)["sequence"]
     call("provision_plan", account_id=account, plan_id="growth")  # another backend commits
-    assert shared_stats(connect)["generation"] > generation
+    assert shared_stats(connect)["sequence"] > sequence  # the account's mark moved past it
     assert allowed(call, connect(role="mec_service"), account) == 1000  # a new backend
     assert allowed(call, connect(role="mec_service"), account) == 1000  # and one after it
+
+
+def test_a_change_to_one_account_leaves_the_others_shared(connect, call, new_account):
+    """A plan change or a sign-up makes only that account's shared entries stale: a new backend
+    still finds every other account in the shared cache instead of reading the tables."""
+    kept, changed = new_account("starter"), new_account("starter")
+    loader = connect(role="mec_service")
+    assert allowed(call, loader, kept) == 100
+    assert allowed(call, loader, changed) == 100
+    generation = shared_stats(connect)["generation"]
+    call("provision_plan", account_id=changed, plan_id="growth")
+    new_account("free")  # a sign-up in the same namespace
+    before = shared_stats(connect)
+    assert before["generation"] == generation
+
+    fresh = connect(role="mec_service")
+    assert allowed(call, fresh, kept) == 100
+    middle = shared_stats(connect)
+    assert middle["hits"] == before["hits"] + 1
+    assert middle["stores"] == before["stores"]  # answered from the shared cache
+    assert allowed(call, fresh, changed) == 1000
+    after = shared_stats(connect)
+    assert after["stores"] == middle["stores"] + 1  # read from the tables again, and shared
 
 
 def test_an_uncommitted_change_never_reaches_the_shared_cache(connect, call, new_account):

@@ -96,19 +96,49 @@ pub fn with_fresh_snapshot<T>(load: impl FnOnce() -> T) -> T {
     out
 }
 
-/// `mec_data.invalidate_cache()`: the statement-level trigger on the tables the caches read.
+/// `mec_data.invalidate_cache(scope)`: the statement-level trigger on the tables the caches read.
 /// Queues a relcache invalidation of the signal relation (this backend's and every other
-/// backend's cache) and marks the transaction for the shared cache, whose generation its commit
-/// bumps (`shared_cache.rs`); the SQL is in `sql/cache.sql`.
+/// backend's cache) and marks the transaction for the shared cache (`shared_cache.rs`): with the
+/// argument `rows` (tables whose row trigger [`invalidate_cache_rows`] names the accounts
+/// changed) only as a writer, otherwise — and for a `TRUNCATE` — as a change to everything, which
+/// its commit turns into a new generation. The SQL is in `sql/cache.sql`.
 #[pg_trigger(sql = false)]
 fn invalidate_cache<'a>(
-    _trigger: &'a pgrx::PgTrigger<'a>,
+    trigger: &'a pgrx::PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, pgrx::PgTriggerError> {
-    crate::shared_cache::mark_written();
+    let by_rows = trigger.extra_args()?.first().map(String::as_str) == Some("rows");
+    if by_rows && !matches!(trigger.op()?, pgrx::PgTriggerOperation::Truncate) {
+        crate::shared_cache::mark_written();
+    } else {
+        crate::shared_cache::mark_all_changed();
+    }
     let oid = signal_oid();
     if oid != pg_sys::InvalidOid {
         // SAFETY: queues an invalidation message for an existing relation in this transaction.
         unsafe { pg_sys::CacheInvalidateRelcacheByRelid(oid) };
+    }
+    Ok(None)
+}
+
+/// `mec_data.invalidate_cache_rows()`: the row-level trigger on `accounts` and `entitlements`.
+/// Notes the account of the old and the new row, whose shared-cache entries the transaction's
+/// commit makes stale (`shared_cache.rs`); the per-backend caches follow the statement trigger.
+#[pg_trigger(sql = false)]
+fn invalidate_cache_rows<'a>(
+    trigger: &'a pgrx::PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, pgrx::PgTriggerError> {
+    for row in [trigger.old(), trigger.new()].into_iter().flatten() {
+        let ids = (
+            row.get_by_name::<pgrx::Uuid>("namespace_id"),
+            row.get_by_name::<pgrx::Uuid>("account_id"),
+        );
+        match ids {
+            (Ok(Some(ns)), Ok(Some(account))) => {
+                crate::shared_cache::mark_account_changed(ns.as_bytes(), account.as_bytes())
+            }
+            // Not a table this trigger knows: treat the change as everyone's.
+            _ => crate::shared_cache::mark_all_changed(),
+        }
     }
     Ok(None)
 }

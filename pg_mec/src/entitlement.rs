@@ -429,8 +429,8 @@ fn lookup(
         return Ok(hit);
     }
     // Read before the load's snapshot is taken: what the load reads is at least this new.
-    let generation = shared_cache::generation();
-    if let Some(f) = generation.and_then(|g| shared_get(g, &key, at_us)) {
+    let stamp = shared_cache::stamp();
+    if let Some(f) = stamp.and_then(|_| shared_get(&key, at_us)) {
         let f = Rc::new(f);
         if cache::epoch() == epoch {
             CACHE.with(|c| {
@@ -466,10 +466,10 @@ fn lookup(
     })?;
     // Keep what was read only if no invalidation arrived meanwhile.
     if cache::epoch() == epoch {
-        if let Some(g) = generation {
+        if let Some(stamp) = stamp {
             for ((ns, account, resource), f) in &loaded {
                 if let Some(bytes) = f.encode() {
-                    shared_cache::put(g, &shared_key(ns, account, resource), &bytes);
+                    shared_cache::put(stamp, &shared_key(ns, account, resource), &bytes);
                 }
             }
         }
@@ -491,10 +491,10 @@ fn lookup(
     Ok(found)
 }
 
-/// The shared cache's entry for `key` under `generation`, if it answers for `at_us`.
-fn shared_get(generation: u64, key: &Key, at_us: i64) -> Option<Fetched> {
+/// The shared cache's current entry for `key`, if it answers for `at_us`.
+fn shared_get(key: &Key, at_us: i64) -> Option<Fetched> {
     let (ns, account, resource) = key;
-    let bytes = shared_cache::get(generation, &shared_key(ns, account, resource))?;
+    let bytes = shared_cache::get(&shared_key(ns, account, resource))?;
     Fetched::decode(&bytes).filter(|f| f.since_us <= at_us)
 }
 

@@ -4,12 +4,18 @@
 //! accounts). Present only when pg_mec is in `shared_preload_libraries`; without it every
 //! function here answers "no shared cache" and each backend keeps its own cache (`entitlement.rs`).
 //!
-//! **Freshness.** Every entry carries the generation it was read under. The statement trigger on
-//! the tables the cache reads (`cache.rs`) marks the writing transaction; when that transaction
-//! commits — after its changes are visible, before its invalidation messages go out — it bumps
-//! the shared generation, and from then on no entry of an older generation is served. A loader
-//! reads the generation *before* it takes its snapshot and tags what it read with it, so a load
-//! that raced a commit is tagged with the old generation and never served. A transaction that
+//! **Freshness.** Every entry carries the stamp it was read under: the generation and the
+//! sequence. The triggers on the tables the cache reads (`cache.rs`, `sql/cache.sql`) mark the
+//! writing transaction and note which accounts its rows belong to. When that transaction commits
+//! — after its changes are visible, before its invalidation messages go out — it takes the next
+//! sequence number and raises the *mark* of each account it changed to it (a mark is one of
+//! `MARKS` counters an account hashes to), so that entries of those accounts read under an older
+//! sequence are never served again, while every other account's entries stay valid: a sign-up or
+//! a plan change costs one reload of that account, not of the whole cluster. A change that is
+//! not one account's (a resource type, a `TRUNCATE`, a very large statement) bumps the
+//! generation instead, and no entry of an older generation is served. A loader reads the stamp
+//! *before* it takes its snapshot and tags what it read with it, so a load that raced a commit is
+//! tagged as older than that commit and never served. A transaction that
 //! changed those tables itself neither reads nor fills the shared table until it ends (it sees
 //! rows no one else may see yet; the trigger marks it before its statement too). A hot standby
 //! (no triggers run in recovery) never uses the table, and neither does a server that allows
@@ -17,12 +23,13 @@
 //! a backend where no trigger fires, possibly after a restart or a promotion.
 //!
 //! **Layout.** A header — the generation first, on a cache line of its own and at a fixed
-//! offset (so any build of pg_mec loaded later in a backend can still bump it), then the layout
-//! signature and per-partition counters — then `PARTITIONS` regions of slots, one LWLock each. A
+//! offset (so any build of pg_mec loaded later in a backend can still bump it), then the
+//! sequence, the layout signature and per-partition counters — then the `MARKS` account marks,
+//! then `PARTITIONS` regions of slots, one LWLock each. A
 //! key probes `PROBES` slots of its region; a full window evicts one of them. Values are opaque
 //! bytes (`entitlement.rs` encodes them); a value too big for a slot is simply not shared.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::ffi::CStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -38,8 +45,13 @@ const RESOURCE_BYTES: usize = 64;
 const PARTITIONS: usize = 16;
 /// Slots a key may occupy in its region.
 const PROBES: usize = 8;
+/// Account marks: an account's entries are stale once its mark passes their sequence. More
+/// marks, fewer accounts sharing one (512 KiB).
+const MARKS: usize = 1 << 16;
+/// Accounts one transaction notes before it invalidates everything instead (a bulk change).
+const MAX_PENDING: usize = 8192;
 /// Bumped whenever the header, the slots, the key hash or the value encoding change.
-const FORMAT_VERSION: u64 = 1;
+const FORMAT_VERSION: u64 = 2;
 /// The header's layout signature: a backend running a build with another layout (possible only
 /// if a different `pg_mec.so` is loaded beside the preloaded one) leaves the table alone, but
 /// still bumps the generation.
@@ -67,23 +79,36 @@ struct Counters {
 struct Header {
     /// Must stay the first field (see the module docs). 0 is never a valid generation.
     generation: Generation,
+    /// The last sequence number a commit took; account marks hold such numbers.
+    sequence: Generation,
     layout: u64,
     slots_per_partition: u64,
     locks: *mut pg_sys::LWLockPadded,
     counters: [Counters; PARTITIONS],
 }
 
-/// The generation, alone on its cache line: read by every lookup, written only by commits.
+/// A counter alone on its cache line: read by every lookup, written only by commits.
 #[repr(C, align(64))]
 struct Generation(AtomicU64);
+
+/// When a value was read: the generation and the sequence just before its snapshot was taken.
+#[derive(Clone, Copy, Debug)]
+pub struct Stamp {
+    generation: u64,
+    sequence: u64,
+}
 
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct Slot {
     /// The generation the value was read under; 0 = empty.
     generation: u64,
+    /// The sequence the value was read under.
+    sequence: u64,
     hash: u64,
     database: u32,
+    /// The account's mark (index into the marks).
+    mark: u32,
     resource_len: u16,
     value_len: u16,
     namespace: [u8; 16],
@@ -99,20 +124,36 @@ pub struct Key<'a> {
     pub resource: &'a str,
 }
 
+/// FNV-1a, continued from `h`: the same in every backend and every build.
+fn fnv1a(mut h: u64, bytes: impl IntoIterator<Item = u8>) -> u64 {
+    for b in bytes {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// The mark of one account of this database: FNV-1a of (database, namespace, account).
+fn account_hash(database: u32, namespace: &[u8; 16], account: &[u8; 16]) -> u64 {
+    let bytes = database
+        .to_le_bytes()
+        .into_iter()
+        .chain(namespace.iter().copied())
+        .chain(account.iter().copied());
+    fnv1a(FNV_OFFSET, bytes)
+}
+
+fn mark_of(account_hash: u64) -> u32 {
+    (account_hash % MARKS as u64) as u32
+}
+
 impl Key<'_> {
-    /// FNV-1a over the key's bytes: the same in every backend and every build.
-    fn hash(&self, database: u32) -> u64 {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        let bytes = database
-            .to_le_bytes()
-            .into_iter()
-            .chain(self.namespace.iter().copied())
-            .chain(self.account.iter().copied())
-            .chain(self.resource.bytes());
-        for b in bytes {
-            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-        }
-        h
+    /// The account's hash (which picks its mark) and the key's (which picks its slots): FNV-1a
+    /// over (database, namespace, account), continued over the resource type.
+    fn hashes(&self, database: u32) -> (u64, u64) {
+        let account = account_hash(database, self.namespace, self.account);
+        (account, fnv1a(account, self.resource.bytes()))
     }
 
     fn matches(&self, slot: &Slot, hash: u64, database: u32) -> bool {
@@ -132,6 +173,10 @@ thread_local! {
     static HEADER: Cell<Option<*mut Header>> = const { Cell::new(None) };
     /// This transaction changed a table the cache reads.
     static WROTE: Cell<bool> = const { Cell::new(false) };
+    /// ... in a way that is not one account's: its commit bumps the generation.
+    static CHANGED_ALL: Cell<bool> = const { Cell::new(false) };
+    /// ... for these accounts (their marks): its commit raises their marks.
+    static CHANGED_MARKS: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
     static XACT_CALLBACK: Cell<bool> = const { Cell::new(false) };
     /// `max_prepared_transactions > 0`, read once (it is fixed at server start).
     static PREPARED_ALLOWED: Cell<Option<bool>> = const { Cell::new(None) };
@@ -142,7 +187,7 @@ fn slots_total() -> usize {
 }
 
 fn shmem_size(slots: usize) -> usize {
-    header_bytes() + slots * std::mem::size_of::<Slot>()
+    header_bytes() + MARKS * std::mem::size_of::<AtomicU64>() + slots * std::mem::size_of::<Slot>()
 }
 
 /// The header rounded up to a cache line, so the slots start aligned.
@@ -224,6 +269,7 @@ unsafe extern "C-unwind" fn startup_shmem() {
             std::ptr::write_bytes(base.cast::<u8>(), 0, shmem_size(slots));
             header.write(Header {
                 generation: Generation(AtomicU64::new(1)),
+                sequence: Generation(AtomicU64::new(1)),
                 layout: LAYOUT,
                 slots_per_partition: (slots / PARTITIONS) as u64,
                 locks: pg_sys::GetNamedLWLockTranche(TRANCHE.as_ptr()),
@@ -291,10 +337,37 @@ fn usable() -> Option<&'static Header> {
     Some(h)
 }
 
-/// The generation a load should be tagged with, read before the load takes its snapshot; `None`
-/// when the shared table may not be used now.
-pub fn generation() -> Option<u64> {
-    usable().map(|h| h.generation.0.load(Ordering::Acquire))
+/// The stamp a load should be tagged with, read before the load takes its snapshot; `None` when
+/// the shared table may not be used now.
+pub fn stamp() -> Option<Stamp> {
+    usable().map(|h| Stamp {
+        generation: h.generation.0.load(Ordering::Acquire),
+        sequence: h.sequence.0.load(Ordering::Acquire),
+    })
+}
+
+impl Header {
+    /// The account marks, right after the header.
+    fn marks(&self) -> &[AtomicU64] {
+        // SAFETY: MARKS zero-initialized atomics follow the header (see `shmem_size`), mapped
+        // for the life of the process.
+        unsafe {
+            let first = (self as *const Header as *const u8)
+                .add(header_bytes())
+                .cast::<AtomicU64>();
+            std::slice::from_raw_parts(first, MARKS)
+        }
+    }
+
+    fn mark(&self, mark: u32) -> u64 {
+        self.marks()[mark as usize].load(Ordering::Acquire)
+    }
+
+    /// Whether a slot's value is still current: read under this generation and not older than
+    /// the last committed change of its account.
+    fn is_current(&self, slot: &Slot, generation: u64) -> bool {
+        slot.generation == generation && self.mark(slot.mark) <= slot.sequence
+    }
 }
 
 fn partition(hash: u64) -> usize {
@@ -309,10 +382,10 @@ unsafe fn window(h: &Header, hash: u64) -> (*mut Slot, usize, *mut pg_sys::LWLoc
     let per = h.slots_per_partition as usize;
     let partition = partition(hash);
     let start = ((hash >> 8) % per as u64) as usize;
-    // SAFETY: slots follow the header; the region and lock indexes are in range.
+    // SAFETY: slots follow the header and the marks; the region and lock indexes are in range.
     unsafe {
         let slots = (h as *const Header as *mut u8)
-            .add(header_bytes())
+            .add(header_bytes() + MARKS * std::mem::size_of::<AtomicU64>())
             .cast::<Slot>()
             .add(partition * per);
         let lock = &raw mut (*h.locks.add(partition)).lock;
@@ -320,12 +393,14 @@ unsafe fn window(h: &Header, hash: u64) -> (*mut Slot, usize, *mut pg_sys::LWLoc
     }
 }
 
-/// The value stored for `key` under the current generation `generation`, copied out.
-pub fn get(generation: u64, key: &Key<'_>) -> Option<Vec<u8>> {
+/// The current value stored for `key`, copied out.
+pub fn get(key: &Key<'_>) -> Option<Vec<u8>> {
     let h = usable()?;
     // SAFETY: plain backend state.
     let database = unsafe { pg_sys::MyDatabaseId }.to_u32();
-    let hash = key.hash(database);
+    let (account_hash, hash) = key.hashes(database);
+    let generation = h.generation.0.load(Ordering::Acquire);
+    let mark = h.mark(mark_of(account_hash));
     let per = h.slots_per_partition as usize;
     let mut out = None;
     // SAFETY: slots of the region are read under its lock in shared mode; nothing in the loop
@@ -335,7 +410,10 @@ pub fn get(generation: u64, key: &Key<'_>) -> Option<Vec<u8>> {
         pg_sys::LWLockAcquire(lock, pg_sys::LWLockMode::LW_SHARED);
         for i in 0..PROBES.min(per) {
             let slot = &*slots.add((start + i) % per);
-            if slot.generation == generation && key.matches(slot, hash, database) {
+            if slot.generation == generation
+                && slot.sequence >= mark
+                && key.matches(slot, hash, database)
+            {
                 out = Some(slot.value[..usize::from(slot.value_len)].to_vec());
                 break;
             }
@@ -352,16 +430,18 @@ pub fn get(generation: u64, key: &Key<'_>) -> Option<Vec<u8>> {
     out
 }
 
-/// Stores `value` for `key`, read under `generation`; dropped when the generation moved on since
-/// (the value may predate a commit) or when the value or the resource name does not fit.
-pub fn put(generation: u64, key: &Key<'_>, value: &[u8]) {
+/// Stores `value` for `key`, read under `stamp`; dropped when a commit made it stale since (a
+/// new generation, or a change of the account), or when the value or the resource name does not
+/// fit.
+pub fn put(stamp: Stamp, key: &Key<'_>, value: &[u8]) {
     let Some(h) = usable() else { return };
     if value.len() > VALUE_BYTES || key.resource.len() > RESOURCE_BYTES {
         return;
     }
     // SAFETY: plain backend state.
     let database = unsafe { pg_sys::MyDatabaseId }.to_u32();
-    let hash = key.hash(database);
+    let (account_hash, hash) = key.hashes(database);
+    let mark = mark_of(account_hash);
     let per = h.slots_per_partition as usize;
     let probes = PROBES.min(per);
     // SAFETY: the region's slots are written under its lock in exclusive mode; nothing in the
@@ -370,17 +450,19 @@ pub fn put(generation: u64, key: &Key<'_>, value: &[u8]) {
         let (slots, start, lock) = window(h, hash);
         pg_sys::LWLockAcquire(lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
         let current = h.generation.0.load(Ordering::Acquire);
-        if current == generation {
+        if current == stamp.generation && h.mark(mark) <= stamp.sequence {
             let at = |i: usize| slots.add((start + i) % per);
-            // The key's own slot, else a free or outdated one, else one evicted by the hash.
+            // The key's own slot, else a free or stale one, else one evicted by the hash.
             let pick = (0..probes)
                 .find(|&i| key.matches(&*at(i), hash, database))
-                .or_else(|| (0..probes).find(|&i| (*at(i)).generation != current))
+                .or_else(|| (0..probes).find(|&i| !h.is_current(&*at(i), current)))
                 .unwrap_or(((hash >> 40) % probes as u64) as usize);
             let slot = &mut *at(pick);
-            slot.generation = generation;
+            slot.generation = stamp.generation;
+            slot.sequence = stamp.sequence;
             slot.hash = hash;
             slot.database = database;
+            slot.mark = mark;
             slot.namespace = *key.namespace;
             slot.account = *key.account;
             slot.resource_len = key.resource.len() as u16;
@@ -395,8 +477,9 @@ pub fn put(generation: u64, key: &Key<'_>, value: &[u8]) {
     }
 }
 
-/// Called by the cache trigger: this transaction changed what the cache reads. Its commit bumps
-/// the generation; until it ends, it leaves the shared table alone.
+/// Called by the statement triggers: this transaction changes what the cache reads. Until it
+/// ends, it leaves the shared table alone; what its commit invalidates is noted by
+/// [`mark_account_changed`] and [`mark_all_changed`].
 pub fn mark_written() {
     if header().is_none() {
         return;
@@ -407,6 +490,61 @@ pub fn mark_written() {
         XACT_CALLBACK.with(|c| c.set(true));
     }
     WROTE.with(|w| w.set(true));
+}
+
+/// This transaction changed something that is not one account's: its commit bumps the
+/// generation, and every entry is read again.
+pub fn mark_all_changed() {
+    if header().is_none() {
+        return;
+    }
+    mark_written();
+    CHANGED_ALL.with(|c| c.set(true));
+    CHANGED_MARKS.with(|m| m.borrow_mut().clear());
+}
+
+/// This transaction changed a row of account `account` of namespace `namespace` (row trigger):
+/// its commit makes that account's entries stale. A transaction that changes more than
+/// `MAX_PENDING` rows this way bumps the generation instead.
+pub fn mark_account_changed(namespace: &[u8; 16], account: &[u8; 16]) {
+    mark_written();
+    if header().is_none() || CHANGED_ALL.with(Cell::get) {
+        return;
+    }
+    // SAFETY: plain backend state.
+    let database = unsafe { pg_sys::MyDatabaseId }.to_u32();
+    let mark = mark_of(account_hash(database, namespace, account));
+    let overflow = CHANGED_MARKS.with(|m| {
+        let mut m = m.borrow_mut();
+        if m.last() != Some(&mark) {
+            m.push(mark);
+        }
+        m.len() > MAX_PENDING
+    });
+    if overflow {
+        mark_all_changed();
+    }
+}
+
+/// What a commit makes stale: everything (a new generation, also when another layout's build
+/// wrote), or the marks of the accounts it changed (one new sequence number).
+fn publish(h: &Header) {
+    let marks = CHANGED_MARKS.with(|m| std::mem::take(&mut *m.borrow_mut()));
+    if CHANGED_ALL.with(Cell::get) || h.layout != LAYOUT {
+        h.generation.0.fetch_add(1, Ordering::AcqRel);
+    } else if !marks.is_empty() {
+        let sequence = h.sequence.0.fetch_add(1, Ordering::AcqRel) + 1;
+        let all = h.marks();
+        for mark in marks {
+            all[mark as usize].fetch_max(sequence, Ordering::AcqRel);
+        }
+    }
+}
+
+fn forget_changes() {
+    WROTE.with(|w| w.set(false));
+    CHANGED_ALL.with(|c| c.set(false));
+    CHANGED_MARKS.with(|m| m.borrow_mut().clear());
 }
 
 #[pg_guard]
@@ -423,18 +561,18 @@ unsafe extern "C-unwind" fn on_xact_event(
         // only happen where prepared transactions are allowed, and there the table is off.)
         XACT_EVENT_COMMIT | XACT_EVENT_PREPARE => {
             if let Some(h) = header() {
-                h.generation.0.fetch_add(1, Ordering::AcqRel);
+                publish(h);
             }
-            WROTE.with(|w| w.set(false));
+            forget_changes();
         }
-        XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT => WROTE.with(|w| w.set(false)),
+        XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT => forget_changes(),
         _ => {}
     }
 }
 
 /// `mec_data.shared_cache_stats()` (declared in `sql/cache.sql`): whether the shared cache is
-/// in use, its generation, slots in use under that generation, and hits / misses / stores since
-/// the server started.
+/// in use, its generation and sequence, slots holding current entries, and hits / misses /
+/// stores since the server started.
 #[pg_extern(sql = false)]
 fn shared_cache_stats() -> crate::jsonb::Jsonb {
     let Some(h) = header().filter(|h| h.layout == LAYOUT) else {
@@ -450,7 +588,7 @@ fn shared_cache_stats() -> crate::jsonb::Jsonb {
             let (slots, _, lock) = window(h, p as u64);
             pg_sys::LWLockAcquire(lock, pg_sys::LWLockMode::LW_SHARED);
             live += (0..per)
-                .filter(|&i| (*slots.add(i)).generation == generation)
+                .filter(|&i| h.is_current(&*slots.add(i), generation))
                 .count() as u64;
             pg_sys::LWLockRelease(lock);
         }
@@ -467,6 +605,7 @@ fn shared_cache_stats() -> crate::jsonb::Jsonb {
         "enabled": !standby && !prepared_transactions_allowed(),
         "slots": per * PARTITIONS,
         "generation": generation,
+        "sequence": h.sequence.0.load(Ordering::Acquire),
         "entries": live,
         "hits": sum(|c| &c.hits),
         "misses": sum(|c| &c.misses),
