@@ -664,3 +664,113 @@ def test_reservations_and_metering_share_the_hard_limit(ns):
     assert ns.ledger(account, "units") == (consumed, consumed)
     assert ns.counter(account, "units") == consumed
     assert Decimal(str(ns.check(account, "units")["quantity_used"])) == consumed
+
+
+# ---------------------------------------------------------------- 7. stripes after the burst
+STRIPE_STATE = (
+    "SELECT jsonb_build_object('striped', bool_or(striped) FILTER (WHERE slot = 0),"
+    " 'slot0', sum(used) FILTER (WHERE slot = 0), 'stripes', coalesce(sum(used) FILTER (WHERE slot > 0), 0),"
+    " 'granted', sum(stripe_quota) FILTER (WHERE slot = 0))"
+    " FROM mec_data.usage_counters WHERE namespace_id = %s::uuid AND account_id = %s::uuid"
+    " AND resource_type = %s"
+)
+
+
+def stripe_as_after_a_burst(ns: Namespace, account: str, resource: str, idle: str) -> None:
+    """Two stripes of the account's counter holding 5 units each, last touched `idle` ago, each
+    granted a quota of 20 when the resource has a limit (slot 0 counting the 40 granted): the
+    state a burst of contention leaves behind."""
+    limit = HARD_LIMIT if resource == "units" else None
+    quota = 20 if limit is not None else None
+    ns.admin.execute(
+        "INSERT INTO mec_data.usage_counters (namespace_id, account_id, resource_type, period_start,"
+        " period_end, slot, used, quota, updated_at)"
+        " SELECT namespace_id, account_id, resource_type, period_start, period_end, s, 5, %s,"
+        "        clock_timestamp() - %s::interval"
+        " FROM mec_data.usage_counters, generate_series(1, 2) s"
+        " WHERE namespace_id = %s::uuid AND account_id = %s::uuid AND resource_type = %s AND slot = 0"
+        " ON CONFLICT (namespace_id, account_id, resource_type, period_start, slot)"
+        " DO UPDATE SET used = excluded.used, quota = excluded.quota, updated_at = excluded.updated_at",
+        (quota, idle, ns.id, account, resource),
+    )
+    ns.admin.execute(
+        "UPDATE mec_data.usage_counters SET striped = true, stripe_quota = %s, stripe_limit = %s"
+        " WHERE namespace_id = %s::uuid AND account_id = %s::uuid AND resource_type = %s AND slot = 0",
+        (2 * quota if quota is not None else 0, limit, ns.id, account, resource),
+    )
+
+
+def meter_fresh(ns: Namespace, key: str, account: str, resource: str, lock_timeout: str = "0") -> Outcome:
+    conn = ns.service_conn()  # a backend that is not hot on this counter
+    try:
+        conn.execute("SELECT set_config('lock_timeout', %s, false)", (lock_timeout,))
+        return meter(conn, key, account, resource, 1)
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("resource", ["units", "free_units"])
+def test_idle_stripes_are_folded_back_into_slot_0(ns, resource):
+    """Once the stripes of a counter sit idle, the next event metered through slot 0 folds them
+    back: the counter returns to one row (the one-statement path), the total and the limit
+    unchanged. Stripes still in use are left alone."""
+    account = ns.new_account()
+    run = uuid.uuid4().hex[:8]
+    state = (STRIPE_STATE, (ns.id, account, resource))
+    assert meter_fresh(ns, f"{run}-0", account, resource).ok  # slot 0: 1
+
+    stripe_as_after_a_burst(ns, account, resource, "0 seconds")  # busy stripes
+    first = meter_fresh(ns, f"{run}-1", account, resource)
+    assert first.ok and first.result["quantity_used"] == 12
+    granted = 40 if resource == "units" else 0
+    assert ns.scalar(*state) == {"striped": True, "slot0": 2, "stripes": 10, "granted": granted}
+
+    stripe_as_after_a_burst(ns, account, resource, "1 minute")  # idle for longer than 5 s
+    second = meter_fresh(ns, f"{run}-2", account, resource)
+    assert second.ok and second.result["quantity_used"] == 13
+    assert ns.scalar(*state) == {"striped": False, "slot0": 13, "stripes": 0, "granted": 0}
+    third = meter_fresh(ns, f"{run}-3", account, resource)  # now on slot 0 alone
+    assert third.ok and third.result["quantity_used"] == 14
+    assert ns.ledger(account, resource) == (4, 4)
+    assert ns.counter(account, resource) == 14
+    if resource == "units":  # the quota the stripes held is back: exactly the limit is usable
+        conn = ns.service_conn()
+        try:
+            outcomes = [meter(conn, f"{run}-fill-{i}", account, resource, 1) for i in range(HARD_LIMIT)]
+        finally:
+            conn.close()
+        assert sum(o.ok for o in outcomes) == HARD_LIMIT - 14
+        assert ns.counter(account, resource) == HARD_LIMIT
+
+
+def test_a_stripe_held_by_a_transaction_in_progress_is_neither_waited_for_nor_folded(ns):
+    """A hot transaction still holds its stripe (it metered on it and has not committed): a
+    backend metering through slot 0 must neither wait for that stripe (holding slot 0 while the
+    hot transaction may ask for slot 0 next would deadlock) nor fold the stripes without it."""
+    resource = "units"
+    account = ns.new_account()
+    run = uuid.uuid4().hex[:8]
+    state = (STRIPE_STATE, (ns.id, account, resource))
+    assert meter_fresh(ns, f"{run}-0", account, resource).ok
+    stripe_as_after_a_burst(ns, account, resource, "1 minute")  # idle by its timestamps
+
+    hot = psycopg.connect(ns.url)  # a transaction in progress holding stripe 1
+    try:
+        hot.execute(
+            "SELECT 1 FROM mec_data.usage_counters WHERE namespace_id = %s::uuid AND account_id = %s::uuid"
+            " AND resource_type = %s AND slot = 1 FOR UPDATE",
+            (ns.id, account, resource),
+        )
+        held = meter_fresh(ns, f"{run}-1", account, resource, lock_timeout="2s")
+        assert held.ok, held  # no lock wait (lock_timeout would raise 55P03)
+        assert held.result["quantity_used"] == 12
+        assert ns.scalar(*state) == {"striped": True, "slot0": 2, "stripes": 10, "granted": 40}
+    finally:
+        hot.rollback()
+        hot.close()
+
+    time.sleep(1.1)  # one look per second per backend; a fresh backend anyway
+    after = meter_fresh(ns, f"{run}-2", account, resource)
+    assert after.ok and after.result["quantity_used"] == 13
+    assert ns.scalar(*state) == {"striped": False, "slot0": 13, "stripes": 0, "granted": 0}
+    assert ns.ledger(account, resource) == (3, 3)

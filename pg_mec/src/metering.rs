@@ -335,13 +335,18 @@ pub fn meter(client: &mut SpiClient<'_>, ns: Uuid, ev: &Event, now_us: i64) -> M
     let mut slot0_locked = false;
     for attempt in 0..4 {
         let started = Instant::now();
-        let (used, consumption_id) =
+        let (used, consumption_id, via_slot0) =
             run_meter(client, ns, ev, &window, ceiling, overage_from, floor)?;
         if stripable && started.elapsed() >= stripes::CONTENDED {
             stripes::saw_slow(ns, &counter);
         }
         match (used, consumption_id) {
             (Some(used), Some(id)) => {
+                if via_slot0 && stripable {
+                    // A striped counter metered by a backend that is not hot on it: the burst
+                    // may be over; idle stripes go back into slot 0 (the total stays the same).
+                    stripes::fold_if_idle(client, ns, &counter)?;
+                }
                 return Ok(result(
                     id,
                     false,
@@ -351,7 +356,7 @@ pub fn meter(client: &mut SpiClient<'_>, ns: Uuid, ev: &Event, now_us: i64) -> M
                     overage_from.is_some_and(|l| used > l),
                     &window,
                     ev,
-                ))
+                ));
             }
             (Some(_), None) => {
                 // The key was recorded before: take the increment back, answer as the first time.
@@ -421,6 +426,9 @@ static COUNTER_AT: Stmt = Stmt {
     writes: false,
 };
 
+/// Meters through slot 0: the usage after the event (`None`: refused or no counter row), the new
+/// ledger row's id (`None`: the key was recorded before), and whether the counter was striped
+/// (decided by METER_SLOT0, not the one-statement METER_PLAIN).
 #[allow(clippy::too_many_arguments)]
 fn run_meter(
     client: &mut SpiClient<'_>,
@@ -430,7 +438,7 @@ fn run_meter(
     ceiling: Option<Decimal>,
     overage_from: Option<Decimal>,
     floor: Option<Decimal>,
-) -> MecResult<(Option<Decimal>, Option<Uuid>)> {
+) -> MecResult<(Option<Decimal>, Option<Uuid>, bool)> {
     let mut args = ev.ledger_args(ns, window);
     args.extend([
         ceiling.map(to_numeric).into(),
@@ -441,17 +449,21 @@ fn run_meter(
     ]);
     let plain = spi::write(client, &METER_PLAIN, &args)?.two::<AnyNumeric, Uuid>()?;
     if plain.0.is_some() {
-        return Ok((plain.0.as_ref().map(to_decimal).transpose()?, plain.1));
+        return Ok((
+            plain.0.as_ref().map(to_decimal).transpose()?,
+            plain.1,
+            false,
+        ));
     }
     // Striped, missing or refused: slot 0 decides, then the ledger row counts the stripes.
     let Some(slot0) = spi::write(client, &METER_SLOT0, &args)?.one::<AnyNumeric>()? else {
-        return Ok((None, None));
+        return Ok((None, None, false));
     };
     args.push(slot0.clone().into());
     match spi::write(client, &RECORD_STRIPED, &args)?.two::<AnyNumeric, Uuid>()? {
-        (Some(total), Some(id)) => Ok((Some(to_decimal(&total)?), Some(id))),
+        (Some(total), Some(id)) => Ok((Some(to_decimal(&total)?), Some(id), true)),
         // The key was recorded before: the caller takes the increment back.
-        _ => Ok((Some(to_decimal(&slot0)?), None)),
+        _ => Ok((Some(to_decimal(&slot0)?), None, true)),
     }
 }
 

@@ -17,6 +17,14 @@
 //!
 //! Lock order is always slot 0 first, then stripes in slot order. Unlimited counters get
 //! unbounded stripes (quota NULL); a plan or override change folds the account's stripes first.
+//!
+//! When the contention is over, the stripes go back into slot 0: a backend that meters a striped
+//! counter through slot 0 (it is not hot itself) and finds that no stripe was touched for
+//! [`IDLE_AFTER_SECS`] folds them ([`fold_if_idle`]), so the counter returns to the one-statement
+//! path instead of staying striped to the end of its period. That fold never waits: it locks the
+//! stripes `SKIP LOCKED` and folds only if it got every one of them (a stripe locked by a
+//! transaction still in progress is not idle, and waiting for it while holding slot 0 could
+//! deadlock with that transaction asking for slot 0).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -46,6 +54,11 @@ pub const SLOW_WINDOW: Duration = Duration::from_secs(1);
 const HOT_FOR: Duration = Duration::from_secs(300);
 const MAX_TRACKED: usize = 4096;
 
+/// Stripes untouched for this long are folded back by a backend metering through slot 0.
+pub const IDLE_AFTER_SECS: i32 = 5;
+/// How often one backend looks for idle stripes on one counter.
+const IDLE_CHECK_EVERY: Duration = Duration::from_secs(1);
+
 type HotKey = ([u8; 16], [u8; 16], String, i64);
 
 /// What this backend saw of one counter: slow statements since `since`, hot from `hot` on.
@@ -58,6 +71,8 @@ struct Seen {
 
 thread_local! {
     static HOT: RefCell<HashMap<HotKey, Seen>> = RefCell::new(HashMap::new());
+    /// When this backend last looked for idle stripes on a counter.
+    static IDLE_CHECKED: RefCell<HashMap<HotKey, Instant>> = RefCell::new(HashMap::new());
 }
 
 fn hot_key(ns: Uuid, c: &CounterKey<'_>) -> HotKey {
@@ -160,7 +175,7 @@ static STRIPE_METER: Stmt = Stmt {
     sql: concat!(
         "WITH upd AS (
               UPDATE mec_data.usage_counters
-                 SET used = used + $5, updated_at = now()
+                 SET used = used + $5, updated_at = clock_timestamp()
                WHERE namespace_id = $1 AND account_id = $3 AND resource_type = $4
                  AND period_start = $7 AND slot = $9
                  AND (quota IS NULL OR used + $5 <= quota)
@@ -215,10 +230,11 @@ static LOCK_SLOT0: Stmt = Stmt {
 static GRANT: Stmt = Stmt {
     sql: "WITH stripe AS (
               INSERT INTO mec_data.usage_counters AS u
-                  (namespace_id, account_id, resource_type, period_start, slot, period_end, quota)
-              VALUES ($1, $2, $3, $4, $6, $5, $7)
+                  (namespace_id, account_id, resource_type, period_start, slot, period_end, quota, updated_at)
+              VALUES ($1, $2, $3, $4, $6, $5, $7, clock_timestamp())
               ON CONFLICT (namespace_id, account_id, resource_type, period_start, slot)
-              DO UPDATE SET quota = CASE WHEN excluded.quota IS NULL THEN NULL ELSE coalesce(u.quota, 0) + excluded.quota END
+              DO UPDATE SET quota = CASE WHEN excluded.quota IS NULL THEN NULL ELSE coalesce(u.quota, 0) + excluded.quota END,
+                            updated_at = excluded.updated_at
               RETURNING 1)
           UPDATE mec_data.usage_counters
              SET stripe_quota = stripe_quota + coalesce($7, 0), striped = true, stripe_limit = $8
@@ -250,6 +266,86 @@ static FOLD: Stmt = Stmt {
     types: &[spi::UUID, spi::UUID, spi::TEXT, spi::TIMESTAMPTZ],
     writes: true,
 };
+
+/// Whether the counter has stripes and none was touched for `$5` seconds (a plain read: the
+/// common answer, no, costs no lock).
+static STRIPES_IDLE: Stmt = Stmt {
+    sql: "SELECT max(updated_at) < clock_timestamp() - $5 * interval '1 second'
+          FROM mec_data.usage_counters
+          WHERE namespace_id = $1 AND account_id = $2 AND resource_type = $3 AND period_start = $4
+            AND slot > 0",
+    types: &[spi::UUID, spi::UUID, spi::TEXT, spi::TIMESTAMPTZ, spi::INT4],
+    writes: false,
+};
+
+/// FOLD for idle stripes, without ever waiting: locks the stripes `SKIP LOCKED` and folds only
+/// when it locked every stripe and none of them was touched for `$5` seconds (re-checked on the
+/// locked rows). Slot 0 must be locked first (no stripe can be created meanwhile).
+static FOLD_IF_IDLE: Stmt = Stmt {
+    sql: "WITH locked AS MATERIALIZED (
+              SELECT slot, used, updated_at FROM mec_data.usage_counters
+              WHERE namespace_id = $1 AND account_id = $2 AND resource_type = $3 AND period_start = $4 AND slot > 0
+              ORDER BY slot FOR UPDATE SKIP LOCKED
+          ), idle AS MATERIALIZED (
+              SELECT true AS yes
+              WHERE (SELECT count(*) FROM locked)
+                    = (SELECT count(*) FROM mec_data.usage_counters
+                       WHERE namespace_id = $1 AND account_id = $2 AND resource_type = $3
+                         AND period_start = $4 AND slot > 0)
+                AND NOT EXISTS (SELECT 1 FROM locked
+                                WHERE updated_at >= clock_timestamp() - $5 * interval '1 second')
+          ), zeroed AS (
+              UPDATE mec_data.usage_counters c SET used = 0, quota = 0, updated_at = clock_timestamp()
+              FROM locked, idle
+              WHERE c.namespace_id = $1 AND c.account_id = $2 AND c.resource_type = $3 AND c.period_start = $4
+                AND c.slot = locked.slot
+              RETURNING locked.used
+          )
+          UPDATE mec_data.usage_counters
+             SET used = used + (SELECT coalesce(sum(used), 0) FROM zeroed), stripe_quota = 0,
+                 striped = false, stripe_limit = NULL, updated_at = now()
+          WHERE namespace_id = $1 AND account_id = $2 AND resource_type = $3 AND period_start = $4 AND slot = 0
+            AND striped AND EXISTS (SELECT 1 FROM idle)
+          RETURNING true",
+    types: &[spi::UUID, spi::UUID, spi::TEXT, spi::TIMESTAMPTZ, spi::INT4],
+    writes: true,
+};
+
+/// Called by a backend that just metered `c` through slot 0, in READ COMMITTED (it holds slot 0's
+/// lock): folds the stripes back when none was touched for [`IDLE_AFTER_SECS`] and none is locked
+/// by a transaction in progress. Looks at most once per [`IDLE_CHECK_EVERY`] per counter, so a
+/// counter that stays striped costs one extra read a second. Never waits for a lock; true when it
+/// folded.
+pub fn fold_if_idle(client: &mut SpiClient<'_>, ns: Uuid, c: &CounterKey<'_>) -> MecResult<bool> {
+    if crate::cache::snapshot_per_transaction() {
+        // Locking rows changed since a transaction snapshot raises a serialization failure.
+        return Ok(false);
+    }
+    let key = hot_key(ns, c);
+    let due = IDLE_CHECKED.with(|m| {
+        let mut m = m.borrow_mut();
+        let now = Instant::now();
+        if m.get(&key)
+            .is_some_and(|t| now.duration_since(*t) < IDLE_CHECK_EVERY)
+        {
+            return false;
+        }
+        if m.len() >= MAX_TRACKED {
+            m.clear();
+        }
+        m.insert(key, now);
+        true
+    });
+    if !due {
+        return Ok(false);
+    }
+    let mut args = c.args(ns, false);
+    args.push(IDLE_AFTER_SECS.into());
+    if spi::read(client, &STRIPES_IDLE, &args)?.one::<bool>()? != Some(true) {
+        return Ok(false);
+    }
+    Ok(!spi::write(client, &FOLD_IF_IDLE, &args)?.is_empty())
+}
 
 /// The slot-0 rows of an account's striped counters, locked in key order.
 static STRIPED_HEADS: Stmt = Stmt {
