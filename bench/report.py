@@ -38,6 +38,8 @@ WORKLOADS: dict[str, tuple[str, str]] = {
     "mec_check_churn": ("**pg_mec check, sign-ups**",
                         "`mec.check_entitlement`, random account, while new accounts are provisioned "
                         "(`--churn` per second)"),
+    "naive_check_churn": ("naive_check, sign-ups",
+                          "hand-written check while new accounts are provisioned (the same sign-ups)"),
 }
 
 # (label, numerator, denominator, target text, target test)
@@ -55,6 +57,8 @@ RATIOS = [
     ("pg_mec check: hot / spread", "mec_check_hot", "mec_check", "", None),
     ("pg_mec check hot / naive_check hot", "mec_check_hot", "naive_check_hot", "", None),
     ("pg_mec check: during sign-ups / quiet", "mec_check_churn", "mec_check", "report", None),
+    ("naive_check: during sign-ups / quiet (reference: the sign-ups' own cost)", "naive_check_churn",
+     "naive_check", "", None),
 ]
 
 

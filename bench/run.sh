@@ -147,8 +147,9 @@ workload_args() {
     mec_meter_hot) echo "mec -s $SCALE -f $BENCH_DIR/meter_hot.pgbench" ;;
     mec_check) echo "mec -s $SCALE -f $BENCH_DIR/check.pgbench" ;;
     mec_check_hot) echo "mec -s $SCALE -f $BENCH_DIR/check_hot.pgbench" ;;
-    # mec_check while a second pgbench provisions new accounts at --churn per second
+    # mec_check / naive_check while a second pgbench provisions new accounts at --churn per second
     mec_check_churn) echo "mec -s $SCALE -f $BENCH_DIR/check.pgbench" ;;
+    naive_check_churn) echo "base -s $SCALE -f $SHARED/check.pgbench" ;;
     *) return 1 ;;
   esac
 }
