@@ -244,25 +244,40 @@ static GRANT: Stmt = Stmt {
     writes: true,
 };
 
-/// Moves the stripes' usage into slot 0 and takes their quota back. Slot 0 must be locked first.
+/// The statement that moves the stripes' usage into slot 0 and takes their quota back, when the
+/// `idle` CTE (a condition on the `locked` stripes) has a row. `$lock` is how the stripes are
+/// locked. Slot 0 must be locked first.
+macro_rules! fold_sql {
+    ($lock:literal, $idle:literal) => {
+        concat!(
+            "WITH locked AS MATERIALIZED (
+                  SELECT slot, used, updated_at FROM mec_data.usage_counters
+                  WHERE namespace_id = $1 AND account_id = $2 AND resource_type = $3 AND period_start = $4 AND slot > 0
+                  ORDER BY slot ",
+            $lock,
+            "), idle AS MATERIALIZED (",
+            $idle,
+            "), zeroed AS (
+                  UPDATE mec_data.usage_counters c SET used = 0, quota = 0, updated_at = clock_timestamp()
+                  FROM locked, idle
+                  WHERE c.namespace_id = $1 AND c.account_id = $2 AND c.resource_type = $3 AND c.period_start = $4
+                    AND c.slot = locked.slot
+                  RETURNING locked.used
+              )
+              UPDATE mec_data.usage_counters
+                 SET used = used + (SELECT coalesce(sum(used), 0) FROM zeroed), stripe_quota = 0,
+                     striped = false, stripe_limit = NULL, updated_at = now()
+              WHERE namespace_id = $1 AND account_id = $2 AND resource_type = $3 AND period_start = $4 AND slot = 0
+                AND EXISTS (SELECT 1 FROM idle)
+                AND (striped OR EXISTS (SELECT 1 FROM zeroed WHERE used <> 0))
+              RETURNING true"
+        )
+    };
+}
+
+/// Moves the stripes' usage into slot 0 and takes their quota back, waiting for every stripe.
 static FOLD: Stmt = Stmt {
-    sql: "WITH locked AS (
-              SELECT slot, used FROM mec_data.usage_counters
-              WHERE namespace_id = $1 AND account_id = $2 AND resource_type = $3 AND period_start = $4 AND slot > 0
-              ORDER BY slot FOR UPDATE
-          ), zeroed AS (
-              UPDATE mec_data.usage_counters c SET used = 0, quota = 0, updated_at = now()
-              FROM locked
-              WHERE c.namespace_id = $1 AND c.account_id = $2 AND c.resource_type = $3 AND c.period_start = $4
-                AND c.slot = locked.slot
-              RETURNING locked.used
-          )
-          UPDATE mec_data.usage_counters
-             SET used = used + (SELECT coalesce(sum(used), 0) FROM zeroed), stripe_quota = 0,
-                 striped = false, stripe_limit = NULL, updated_at = now()
-          WHERE namespace_id = $1 AND account_id = $2 AND resource_type = $3 AND period_start = $4 AND slot = 0
-            AND (striped OR EXISTS (SELECT 1 FROM zeroed WHERE used <> 0))
-          RETURNING true",
+    sql: fold_sql!("FOR UPDATE", "SELECT true AS yes"),
     types: &[spi::UUID, spi::UUID, spi::TEXT, spi::TIMESTAMPTZ],
     writes: true,
 };
@@ -282,31 +297,16 @@ static STRIPES_IDLE: Stmt = Stmt {
 /// when it locked every stripe and none of them was touched for `$5` seconds (re-checked on the
 /// locked rows). Slot 0 must be locked first (no stripe can be created meanwhile).
 static FOLD_IF_IDLE: Stmt = Stmt {
-    sql: "WITH locked AS MATERIALIZED (
-              SELECT slot, used, updated_at FROM mec_data.usage_counters
-              WHERE namespace_id = $1 AND account_id = $2 AND resource_type = $3 AND period_start = $4 AND slot > 0
-              ORDER BY slot FOR UPDATE SKIP LOCKED
-          ), idle AS MATERIALIZED (
-              SELECT true AS yes
-              WHERE (SELECT count(*) FROM locked)
-                    = (SELECT count(*) FROM mec_data.usage_counters
-                       WHERE namespace_id = $1 AND account_id = $2 AND resource_type = $3
-                         AND period_start = $4 AND slot > 0)
-                AND NOT EXISTS (SELECT 1 FROM locked
-                                WHERE updated_at >= clock_timestamp() - $5 * interval '1 second')
-          ), zeroed AS (
-              UPDATE mec_data.usage_counters c SET used = 0, quota = 0, updated_at = clock_timestamp()
-              FROM locked, idle
-              WHERE c.namespace_id = $1 AND c.account_id = $2 AND c.resource_type = $3 AND c.period_start = $4
-                AND c.slot = locked.slot
-              RETURNING locked.used
-          )
-          UPDATE mec_data.usage_counters
-             SET used = used + (SELECT coalesce(sum(used), 0) FROM zeroed), stripe_quota = 0,
-                 striped = false, stripe_limit = NULL, updated_at = now()
-          WHERE namespace_id = $1 AND account_id = $2 AND resource_type = $3 AND period_start = $4 AND slot = 0
-            AND striped AND EXISTS (SELECT 1 FROM idle)
-          RETURNING true",
+    sql: fold_sql!(
+        "FOR UPDATE SKIP LOCKED",
+        "SELECT true AS yes
+         WHERE (SELECT count(*) FROM locked)
+               = (SELECT count(*) FROM mec_data.usage_counters
+                  WHERE namespace_id = $1 AND account_id = $2 AND resource_type = $3
+                    AND period_start = $4 AND slot > 0)
+           AND NOT EXISTS (SELECT 1 FROM locked
+                           WHERE updated_at >= clock_timestamp() - $5 * interval '1 second')"
+    ),
     types: &[spi::UUID, spi::UUID, spi::TEXT, spi::TIMESTAMPTZ, spi::INT4],
     writes: true,
 };
