@@ -134,7 +134,8 @@ fn fnv1a(mut h: u64, bytes: impl IntoIterator<Item = u8>) -> u64 {
 
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 
-/// The mark of one account of this database: FNV-1a of (database, namespace, account).
+/// The hash of one account of this database (it picks the account's mark): FNV-1a of
+/// (database, namespace, account).
 fn account_hash(database: u32, namespace: &[u8; 16], account: &[u8; 16]) -> u64 {
     let bytes = database
         .to_le_bytes()
@@ -398,9 +399,8 @@ pub fn get(key: &Key<'_>) -> Option<Vec<u8>> {
     let h = usable()?;
     // SAFETY: plain backend state.
     let database = unsafe { pg_sys::MyDatabaseId }.to_u32();
-    let (account_hash, hash) = key.hashes(database);
+    let (_, hash) = key.hashes(database);
     let generation = h.generation.0.load(Ordering::Acquire);
-    let mark = h.mark(mark_of(account_hash));
     let per = h.slots_per_partition as usize;
     let mut out = None;
     // SAFETY: slots of the region are read under its lock in shared mode; nothing in the loop
@@ -410,10 +410,7 @@ pub fn get(key: &Key<'_>) -> Option<Vec<u8>> {
         pg_sys::LWLockAcquire(lock, pg_sys::LWLockMode::LW_SHARED);
         for i in 0..PROBES.min(per) {
             let slot = &*slots.add((start + i) % per);
-            if slot.generation == generation
-                && slot.sequence >= mark
-                && key.matches(slot, hash, database)
-            {
+            if key.matches(slot, hash, database) && h.is_current(slot, generation) {
                 out = Some(slot.value[..usize::from(slot.value_len)].to_vec());
                 break;
             }
@@ -507,8 +504,11 @@ pub fn mark_all_changed() {
 /// its commit makes that account's entries stale. A transaction that changes more than
 /// `MAX_PENDING` rows this way bumps the generation instead.
 pub fn mark_account_changed(namespace: &[u8; 16], account: &[u8; 16]) {
+    if header().is_none() {
+        return;
+    }
     mark_written();
-    if header().is_none() || CHANGED_ALL.with(Cell::get) {
+    if CHANGED_ALL.with(Cell::get) {
         return;
     }
     // SAFETY: plain backend state.

@@ -314,12 +314,11 @@ static FOLD_IF_IDLE: Stmt = Stmt {
 /// Called by a backend that just metered `c` through slot 0, in READ COMMITTED (it holds slot 0's
 /// lock): folds the stripes back when none was touched for [`IDLE_AFTER_SECS`] and none is locked
 /// by a transaction in progress. Looks at most once per [`IDLE_CHECK_EVERY`] per counter, so a
-/// counter that stays striped costs one extra read a second. Never waits for a lock; true when it
-/// folded.
-pub fn fold_if_idle(client: &mut SpiClient<'_>, ns: Uuid, c: &CounterKey<'_>) -> MecResult<bool> {
+/// counter that stays striped costs one extra read a second. Never waits for a lock.
+pub fn fold_if_idle(client: &mut SpiClient<'_>, ns: Uuid, c: &CounterKey<'_>) -> MecResult<()> {
     if crate::cache::snapshot_per_transaction() {
         // Locking rows changed since a transaction snapshot raises a serialization failure.
-        return Ok(false);
+        return Ok(());
     }
     let key = hot_key(ns, c);
     let due = IDLE_CHECKED.with(|m| {
@@ -337,14 +336,14 @@ pub fn fold_if_idle(client: &mut SpiClient<'_>, ns: Uuid, c: &CounterKey<'_>) ->
         true
     });
     if !due {
-        return Ok(false);
+        return Ok(());
     }
     let mut args = c.args(ns, false);
     args.push(IDLE_AFTER_SECS.into());
-    if spi::read(client, &STRIPES_IDLE, &args)?.one::<bool>()? != Some(true) {
-        return Ok(false);
+    if spi::read(client, &STRIPES_IDLE, &args)?.one::<bool>()? == Some(true) {
+        spi::write(client, &FOLD_IF_IDLE, &args)?;
     }
-    Ok(!spi::write(client, &FOLD_IF_IDLE, &args)?.is_empty())
+    Ok(())
 }
 
 /// The slot-0 rows of an account's striped counters, locked in key order.
