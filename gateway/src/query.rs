@@ -102,8 +102,26 @@ pub struct ReadRequest {
     pub offset: Option<u64>,
 }
 
+/// How deep `and(…)` / `or(…)` may nest in one logic tree. The parser and the SQL builder recurse
+/// once per level, so an unbounded depth would let one request overflow a worker's stack and
+/// abort the whole process; a deeper tree is refused with 400 before the recursion.
+pub const MAX_LOGIC_DEPTH: usize = 32;
+/// Bind parameters of one read (filter values, `in` items). PostgreSQL's protocol allows 65535;
+/// a query string long enough to come near that is refused with 400, not sent.
+pub const MAX_PARAMS: usize = 10_000;
+/// How much of an unparsable text an error message repeats.
+const ECHO_CHARS: usize = 120;
+
+/// `text`, cut to [`ECHO_CHARS`] characters for an error message.
+fn echo(text: &str) -> String {
+    match text.char_indices().nth(ECHO_CHARS) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_string(),
+    }
+}
+
 fn parse_err(what: &str, text: &str) -> ApiError {
-    ApiError::bad_query(format!("\"failed to parse {what}\" ({text})"))
+    ApiError::bad_query(format!("\"failed to parse {what}\" ({})", echo(text)))
 }
 
 /// Decode a form-encoded query string into an ordered list (keys repeat).
@@ -207,10 +225,11 @@ pub fn parse_logic(key: &str, value: &str) -> Result<Expr, ApiError> {
         .strip_prefix('(')
         .and_then(|v| v.strip_suffix(')'))
         .ok_or_else(|| parse_err("logic tree", value))?;
-    logic_items(name == "and", negate, inner)
+    logic_items(name == "and", negate, inner, 1)
 }
 
-fn logic_items(and: bool, negate: bool, inner: &str) -> Result<Expr, ApiError> {
+/// The items of one `and(…)` / `or(…)` at nesting level `depth` (the outermost is 1).
+fn logic_items(and: bool, negate: bool, inner: &str, depth: usize) -> Result<Expr, ApiError> {
     let mut items = Vec::new();
     for item in split_top(inner)? {
         let item = item.trim();
@@ -223,10 +242,16 @@ fn logic_items(and: bool, negate: bool, inner: &str) -> Result<Expr, ApiError> {
         .into_iter()
         .find(|(p, _, _)| item.starts_with(p));
         if let Some((prefix, a, n)) = nested {
+            if depth >= MAX_LOGIC_DEPTH {
+                return Err(ApiError::bad_query(format!(
+                    "\"failed to parse logic tree\" ({}): and/or nest deeper than {MAX_LOGIC_DEPTH} levels",
+                    echo(item)
+                )));
+            }
             let body = item[prefix.len()..]
                 .strip_suffix(')')
                 .ok_or_else(|| parse_err("logic tree", item))?;
-            items.push(logic_items(a, n, body)?);
+            items.push(logic_items(a, n, body, depth + 1)?);
             continue;
         }
         let (column, rest) = item
@@ -352,14 +377,24 @@ pub fn effective_range(
     if limit == Some(0) {
         return (q_lo, Some(0));
     }
-    let q_hi = limit.map(|l| q_lo + l - 1);
+    // Saturating: `limit` and `offset` come from the query string and may be near u64::MAX.
+    let q_hi = limit.map(|l| q_lo.saturating_add(l - 1));
     let (h_lo, h_hi) = header.unwrap_or((0, None));
     let lo = q_lo.max(h_lo);
     let hi = match (q_hi, h_hi) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     };
-    (lo, hi.map(|h| if h >= lo { h - lo + 1 } else { 0 }))
+    (
+        lo,
+        hi.map(|h| {
+            if h >= lo {
+                (h - lo).saturating_add(1)
+            } else {
+                0
+            }
+        }),
+    )
 }
 
 /// Does `Prefer` ask for a count? (exact, planned and estimated all count exactly.)
@@ -565,6 +600,11 @@ pub fn build_read(
     } else {
         select
     };
+    if sql.params.len() > MAX_PARAMS {
+        return Err(ApiError::bad_query(format!(
+            "\"failed to parse filter\": more than {MAX_PARAMS} filter values in one request"
+        )));
+    }
     sql.text = format!(
         "SELECT coalesce(json_agg(_r), '[]')::text AS body, count(*)::int8 AS n, {total} AS total \
          FROM (SELECT {select} FROM {from}{where_}{order}{limit_sql}{offset_sql}) _r"
@@ -578,7 +618,7 @@ pub fn content_range(offset: u64, rows: u64, total: Option<u64>) -> (StatusCode,
     let range = if rows == 0 {
         format!("*/{total_s}")
     } else {
-        format!("{}-{}/{}", offset, offset + rows - 1, total_s)
+        format!("{}-{}/{}", offset, offset.saturating_add(rows - 1), total_s)
     };
     let status = match total {
         None => StatusCode::OK,
