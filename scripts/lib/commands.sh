@@ -41,16 +41,22 @@ cmd_status() {
   else
     echo "postgres: stopped ($PGDATA_DIR)"
   fi
-  local pid url
+  local pid spid url
   url="$(env_get MEC_GATEWAY_URL)"
+  local supervised="not supervised"
+  if use_systemd && [[ -f "$(gateway_unit_file)" ]]; then
+    supervised="systemd unit $(gateway_unit)"
+  elif spid="$(supervisor_pid)"; then
+    supervised="supervisor pid $spid"
+  fi
   if pid="$(gateway_pid)"; then
     if curl -fsS --max-time 2 "$url/health" >/dev/null 2>&1; then
-      echo "gateway:  running, pid $pid, $url (healthy)"
+      echo "gateway:  running, pid $pid, $url (healthy; $supervised)"
     else
-      echo "gateway:  running, pid $pid, $url (/health does not answer)"
+      echo "gateway:  running, pid $pid, $url (/health does not answer; $supervised)"
     fi
   else
-    echo "gateway:  stopped"
+    echo "gateway:  stopped ($supervised)"
   fi
   echo "demo:     namespace $(env_get MEC_DEMO_NAMESPACE_ID), account $(env_get MEC_DEMO_ACCOUNT_ID)"
 }

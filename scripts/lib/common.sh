@@ -135,10 +135,56 @@ admin_value() {
   admin_psql -d "$db" -At -c "$1"
 }
 
-cluster_running() {
-  [[ -f $PGDATA_DIR/PG_VERSION ]] || return 1
-  as_pg "$PG_BIN/pg_ctl" -D "$PGDATA_DIR" status >/dev/null 2>&1
+# A live process (not a zombie) that runs postgres.
+live_postgres_process() {
+  local pid=$1 stat state
+  stat="$(cat "/proc/$pid/stat" 2>/dev/null)" || return 1
+  state="${stat##*) }"
+  state="${state%% *}"
+  [[ $state != Z && $state != X ]] || return 1
+  [[ "$(cat "/proc/$pid/comm" 2>/dev/null)" == postgres ]]
 }
+
+# The postmaster's pid from postmaster.pid, when that process is alive. After a kill -9 the file
+# stays, and the killed postmaster can linger as a zombie until its parent reaps it: `pg_ctl
+# status` counts it as running then, and the new postmaster would refuse to start over its pid.
+live_postmaster_pid() {
+  local pid
+  pid="$(sed -n 1p "$PGDATA_DIR/postmaster.pid" 2>/dev/null)"
+  [[ $pid =~ ^[0-9]+$ ]] && live_postgres_process "$pid" && echo "$pid"
+}
+
+# Pids of live processes working in the data directory: every server process chdirs there, so
+# these are what is left of a killed server (backends, checkpointer, …) until they notice.
+pgdata_processes() {
+  local dir p
+  dir="$(readlink -f "$PGDATA_DIR")"
+  for p in /proc/[0-9]*; do
+    [[ "$(readlink "$p/cwd" 2>/dev/null)" == "$dir" ]] || continue
+    live_postgres_process "${p#/proc/}" && echo "${p#/proc/}"
+  done
+  return 0
+}
+
+# ready: the server accepts connections; starting: a live postmaster that does not yet (start-up,
+# crash recovery); down: no live postmaster (possibly a stale postmaster.pid).
+cluster_state() {
+  [[ -f $PGDATA_DIR/PG_VERSION ]] || {
+    echo down
+    return
+  }
+  live_postmaster_pid >/dev/null || {
+    echo down
+    return
+  }
+  if "$PG_BIN/pg_isready" -q -h "$PG_SOCKET_DIR" -p "$(running_port)" -t 5 >/dev/null 2>&1; then
+    echo ready
+  else
+    echo starting
+  fi
+}
+
+cluster_running() { [[ $(cluster_state) == ready ]]; }
 
 # Port of the running cluster, from postmaster.pid (line 4).
 running_port() {
@@ -160,37 +206,84 @@ ensure_cargo() {
     die "cargo not found: install a Rust toolchain (rustup, Rust >= 1.85) and put ~/.cargo/bin on PATH"
 }
 
-gateway_pid() {
-  local pid
-  [[ -f $GATEWAY_PID_FILE ]] || return 1
-  pid="$(cat "$GATEWAY_PID_FILE" 2>/dev/null || true)"
+# ---------------------------------------------------------------- gateway supervision
+# The gateway runs under supervision, so that a process abort (a bug, a kill -9) costs seconds,
+# not every tenant's service: a systemd unit where systemd runs and we are root, otherwise
+# scripts/lib/supervise.sh (docs/operations.md). MEC_GATEWAY_SUPERVISOR=process forces the latter.
+GATEWAY_SUPERVISOR_PID_FILE="$MEC_DIR/gateway-supervisor.pid"
+GATEWAY_ENV_FILE="$MEC_DIR/gateway.env"
+
+gateway_unit() {
+  echo "mec-gateway-$(printf '%s' "$MEC_ROOT" | sha256_of_stdin | cut -c1-12).service"
+}
+gateway_unit_file() { echo "/etc/systemd/system/$(gateway_unit)"; }
+
+use_systemd() {
+  [[ ${MEC_GATEWAY_SUPERVISOR:-} != process ]] && is_root &&
+    [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null 2>&1
+}
+
+# Pid of a live process whose command line names `what`, read from `file`.
+pid_from_file() {
+  local file=$1 what=$2 pid
+  [[ -f $file ]] || return 1
+  pid="$(cat "$file" 2>/dev/null || true)"
   [[ $pid =~ ^[0-9]+$ ]] || return 1
   [[ -r /proc/$pid/cmdline ]] || return 1
-  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q 'mec-gateway' || return 1
+  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "$what" || return 1
   echo "$pid"
 }
 
+gateway_pid() {
+  if use_systemd && [[ -f "$(gateway_unit_file)" ]]; then
+    local pid
+    pid="$(systemctl show -p MainPID --value "$(gateway_unit)" 2>/dev/null || true)"
+    [[ $pid =~ ^[0-9]+$ && $pid != 0 ]] && echo "$pid" && return 0
+    return 1
+  fi
+  pid_from_file "$GATEWAY_PID_FILE" mec-gateway
+}
+
+supervisor_pid() { pid_from_file "$GATEWAY_SUPERVISOR_PID_FILE" supervise.sh; }
+
+# Waits up to 10 s for a process to end, then kills it.
+wait_or_kill() {
+  local pid=$1 what=$2 i
+  for ((i = 0; i < 100; i++)); do
+    [[ -d /proc/$pid ]] || return 0
+    sleep 0.1
+  done
+  warn "$what did not stop in 10 s, killing it"
+  kill -KILL "$pid" 2>/dev/null || true
+  sleep 0.2
+}
+
 stop_gateway() {
-  local pid i
-  if pid="$(gateway_pid)"; then
+  local pid
+  if use_systemd && [[ -f "$(gateway_unit_file)" ]]; then
+    if systemctl is-active --quiet "$(gateway_unit)"; then
+      info "stopping gateway ($(gateway_unit))"
+      systemctl stop "$(gateway_unit)" || true
+    fi
+  fi
+  # The supervisor first, so that it does not start the gateway again.
+  if pid="$(supervisor_pid)"; then
+    info "stopping gateway supervisor (pid $pid)"
+    kill -TERM "$pid" 2>/dev/null || true
+    wait_or_kill "$pid" "the gateway supervisor"
+  fi
+  rm -f "$GATEWAY_SUPERVISOR_PID_FILE"
+  if pid="$(pid_from_file "$GATEWAY_PID_FILE" mec-gateway)"; then
     info "stopping gateway (pid $pid)"
     kill -TERM "$pid" 2>/dev/null || true
-    for ((i = 0; i < 100; i++)); do
-      [[ -d /proc/$pid ]] || break
-      sleep 0.1
-    done
-    if [[ -d /proc/$pid ]]; then
-      warn "gateway did not stop in 10 s, killing it"
-      kill -KILL "$pid" 2>/dev/null || true
-      sleep 0.2
-    fi
+    wait_or_kill "$pid" "the gateway"
   fi
   rm -f "$GATEWAY_PID_FILE"
 }
 
 stop_cluster() {
   set_pg_paths
-  if cluster_running; then
+  if [[ $(cluster_state) != down ]]; then
     info "stopping PostgreSQL ($PGDATA_DIR)"
     as_pg "$PG_BIN/pg_ctl" -D "$PGDATA_DIR" -m fast -w -t 60 stop >/dev/null
   fi

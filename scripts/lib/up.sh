@@ -188,6 +188,55 @@ pick_locale() {
   if locale -a 2>/dev/null | grep -Eiq '^c\.utf-?8$'; then echo C.UTF-8; else echo C; fi
 }
 
+# Brings a cluster found in any state to ready or down (in CLUSTER_STATE): waits for a postmaster
+# that does not accept connections yet (start-up, crash recovery), and clears what a killed
+# server left behind, so that `up` right after a kill -9 brings the cluster back.
+settle_cluster() {
+  local i
+  CLUSTER_STATE="$(cluster_state)"
+  if [[ $CLUSTER_STATE == starting ]]; then
+    info "cluster: postmaster $(live_postmaster_pid) does not accept connections yet; waiting up to 120 s"
+    for ((i = 0; i < 240; i++)); do
+      CLUSTER_STATE="$(cluster_state)"
+      [[ $CLUSTER_STATE == starting ]] || break
+      sleep 0.5
+    done
+    [[ $CLUSTER_STATE != starting ]] ||
+      die "the cluster's postmaster does not accept connections after 120 s (log: $PG_LOG)"
+  fi
+  if [[ $CLUSTER_STATE == down && -f $PGDATA_DIR/postmaster.pid ]]; then
+    clear_dead_server
+  fi
+}
+
+# A killed server leaves its postmaster.pid (whose pid can linger as a zombie, which a new
+# postmaster takes for a live one) and server processes that have not yet noticed the
+# postmaster is gone (they exit within seconds; a new postmaster refuses to start while they
+# hold the old shared memory).
+clear_dead_server() {
+  local i left=""
+  info "cluster: no server runs, but it left $PGDATA_DIR/postmaster.pid (crashed or killed); recovering"
+  for ((i = 0; i < 60; i++)); do
+    left="$(pgdata_processes)"
+    [[ -z $left ]] && break
+    sleep 0.5
+  done
+  if [[ -n $left ]]; then
+    warn "processes of the dead server still run after 30 s ($(echo "$left" | tr '\n' ' ')); ending them"
+    # shellcheck disable=SC2086
+    kill -QUIT $left 2>/dev/null || true
+    sleep 2
+  fi
+  rm -f "$PGDATA_DIR/postmaster.pid"
+  # Its socket lock files name the dead pid too, and would stop the new postmaster the same way.
+  local lock pid
+  for lock in "$PG_SOCKET_DIR"/.s.PGSQL.*.lock; do
+    [[ -f $lock ]] || continue
+    pid="$(sed -n 1p "$lock" 2>/dev/null)"
+    if ! [[ $pid =~ ^[0-9]+$ ]] || ! live_postgres_process "$pid"; then rm -f "$lock"; fi
+  done
+}
+
 up_cluster() {
   local user
   user="$(pg_os_user)"
@@ -248,7 +297,8 @@ up_cluster() {
   fi
 
   local running=0
-  if cluster_running; then
+  settle_cluster
+  if [[ $CLUSTER_STATE == ready ]]; then
     running=1
     PG_PORT="$(running_port)"
     [[ -n $PG_PORT ]] || die "cannot read the port of the running cluster from $PGDATA_DIR/postmaster.pid"
@@ -425,20 +475,17 @@ up_gateway_start() {
   : >>"$GATEWAY_LOG"
   printf '\n--- %s scripts/mec up: starting gateway\n' "$(date -u +%FT%TZ)" >>"$GATEWAY_LOG"
   local auth_url="postgres://mec_authenticator:$AUTH_PASSWORD@127.0.0.1:$PG_PORT/mec"
-  MEC_DATABASE_URL="$auth_url" MEC_AUTHENTICATOR_URL="$auth_url" \
-    MEC_JWT_SECRET="$JWT_SECRET" \
-    MEC_GATEWAY_ADDR="$GW_ADDR" \
-    setsid nohup "$GATEWAY_BIN" </dev/null >>"$GATEWAY_LOG" 2>&1 &
-  echo $! >"$GATEWAY_PID_FILE"
-  local i pid
-  pid="$(cat "$GATEWAY_PID_FILE")"
+  write_gateway_env "$auth_url"
+  if use_systemd; then
+    start_gateway_unit
+  else
+    start_gateway_supervised
+  fi
+  local i
   for ((i = 0; i < 60; i++)); do
     if curl -fsS --max-time 2 "http://$GW_ADDR/health" >/dev/null 2>&1; then
-      info "gateway answers on http://$GW_ADDR/health (pid $pid)"
+      info "gateway answers on http://$GW_ADDR/health (pid $(gateway_pid || echo '?'), $(gateway_supervision))"
       return 0
-    fi
-    if [[ ! -d /proc/$pid ]]; then
-      break
     fi
     sleep 0.5
   done
@@ -447,12 +494,71 @@ up_gateway_start() {
   echo "---- last /health answers ----" >&2
   curl -sS --max-time 2 "http://$GW_ADDR/health" >&2 || true
   echo >&2
-  if [[ -d /proc/$pid ]]; then
-    stop_gateway
-    die "the gateway did not answer /health with 2xx within 30 s (stopped it; log: $GATEWAY_LOG)"
+  stop_gateway
+  die "the gateway did not answer /health with 2xx within 30 s (stopped it; log: $GATEWAY_LOG)"
+}
+
+# The gateway's settings, for the supervisor and the systemd unit alike (mode 600: a secret).
+write_gateway_env() {
+  local auth_url=$1 tmp
+  tmp="$(mktemp "$MEC_DIR/gateway.env.XXXXXX")"
+  chmod 600 "$tmp"
+  {
+    echo "MEC_DATABASE_URL=$auth_url"
+    echo "MEC_AUTHENTICATOR_URL=$auth_url"
+    echo "MEC_JWT_SECRET=$JWT_SECRET"
+    echo "MEC_GATEWAY_ADDR=$GW_ADDR"
+  } >"$tmp"
+  mv -f "$tmp" "$GATEWAY_ENV_FILE"
+}
+
+gateway_supervision() {
+  if use_systemd; then echo "systemd unit $(gateway_unit)"; else echo "supervised by scripts/lib/supervise.sh"; fi
+}
+
+# Without systemd: scripts/lib/supervise.sh starts the gateway again whenever it dies.
+start_gateway_supervised() {
+  (
+    set -a
+    # shellcheck disable=SC1090
+    source "$GATEWAY_ENV_FILE"
+    set +a
+    exec setsid nohup "$MEC_ROOT/scripts/lib/supervise.sh" "$GATEWAY_PID_FILE" "$GATEWAY_BIN" \
+      </dev/null >>"$GATEWAY_LOG" 2>&1
+  ) &
+  echo $! >"$GATEWAY_SUPERVISOR_PID_FILE"
+}
+
+# With systemd (as root): one unit per clone, Restart=always.
+start_gateway_unit() {
+  local unit file new old=""
+  unit="$(gateway_unit)"
+  file="$(gateway_unit_file)"
+  new="$(
+    cat <<UNIT
+# written by scripts/mec up for $MEC_ROOT
+[Unit]
+Description=pg_mec gateway ($MEC_ROOT)
+After=network.target
+
+[Service]
+EnvironmentFile=$GATEWAY_ENV_FILE
+ExecStart=$GATEWAY_BIN
+Restart=always
+RestartSec=1
+StandardOutput=append:$GATEWAY_LOG
+StandardError=append:$GATEWAY_LOG
+
+[Install]
+WantedBy=multi-user.target
+UNIT
+  )"
+  [[ -f $file ]] && old="$(cat "$file")"
+  if [[ $new != "$old" ]]; then
+    printf '%s\n' "$new" >"$file"
+    systemctl daemon-reload
   fi
-  rm -f "$GATEWAY_PID_FILE"
-  die "the gateway exited at start (log: $GATEWAY_LOG)"
+  systemctl restart "$unit"
 }
 
 # ------------------------------------------------------------ 10. how to call it
