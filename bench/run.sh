@@ -219,8 +219,9 @@ SET client_min_messages = warning;
 SELECT format('CREATE ROLE %I LOGIN', :'role')
 WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = :'role') \gexec
 SELECT format('ALTER ROLE %I LOGIN NOSUPERUSER INHERIT PASSWORD %L', :'role', :'pw') \gexec
-SELECT format('GRANT mec_service TO %I', :'role') \gexec
-SELECT format('ALTER ROLE %I IN DATABASE %I SET mec.namespace_id = %L', :'role', :'db', :'ns') \gexec
+SELECT format('ALTER ROLE %I IN DATABASE %I RESET mec.namespace_id', :'role', :'db') \gexec
+-- A login role of its own acts in the namespace it is bound to (docs/security.md), like a vendor's backend.
+SELECT mec.bind_role(p_role => :'role', p_namespace_id => :'ns', p_api_role => 'mec_service');
 SQL
 }
 

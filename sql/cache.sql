@@ -71,6 +71,12 @@ BEGIN
     END LOOP;
 END $$;
 
+-- A change of role bindings (mec.bind_role) reaches every backend by the same message: a bound
+-- session reads its bindings again (pg_mec/src/context.rs). The shared cache is not touched.
+CREATE TRIGGER invalidate_cache AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON mec_data.role_bindings
+    FOR EACH STATEMENT EXECUTE FUNCTION mec_data.invalidate_cache('bindings');
+ALTER TABLE mec_data.role_bindings ENABLE ALWAYS TRIGGER invalidate_cache;
+
 -- The shared entitlement cache (pg_mec/src/shared_cache.rs), present when pg_mec is in
 -- shared_preload_libraries: its state, for operators (granted to mec_admin in grants.sql).
 CREATE FUNCTION mec_data.shared_cache_stats() RETURNS jsonb

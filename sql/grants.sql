@@ -1,5 +1,9 @@
--- pg_mec: privileges. Nothing is granted to PUBLIC; each API role gets what its functions and
--- views need, and row-level security (rls.sql) narrows it to the caller's namespace.
+-- pg_mec: privileges. Nothing is granted to PUBLIC. The API roles may read pg_mec's tables (through
+-- the views of schema mec, which run as the caller) and change them only through pg_mec's
+-- functions: no INSERT, UPDATE, DELETE or TRUNCATE on mec_data for any of them, so none can
+-- rewrite a counter or the ledger, or lock a table against every tenant. The functions write as
+-- mec_owner (pg_mec/src/owner.rs); row-level security (rls.sql) narrows both to the caller's
+-- namespace. See docs/security.md.
 
 REVOKE ALL ON SCHEMA mec, mec_data FROM PUBLIC;
 REVOKE ALL ON ALL TABLES IN SCHEMA mec, mec_data FROM PUBLIC;
@@ -15,21 +19,25 @@ GRANT SELECT ON mec_data.resource_types, mec_data.plans, mec_data.plan_entitleme
                 mec_data.reservations
       TO mec_user;
 
--- The vendor's backend records usage and holds leases.
+-- The vendor's backend and operator read more of their namespace (still only through RLS).
 GRANT SELECT ON mec_data.catalogs TO mec_service;
-GRANT INSERT, UPDATE ON mec_data.usage_counters, mec_data.leases, mec_data.reservations TO mec_service;
-GRANT INSERT ON mec_data.consumption, mec_data.audit_log TO mec_service;
+GRANT SELECT ON mec_data.audit_log, mec_data.idempotency_keys, mec_data.namespace_secrets TO mec_admin;
 
--- The vendor's operator manages the catalog, accounts and corrections.
+-- pg_mec's functions, acting as mec_owner: what their statements read and write. No TRUNCATE, no
+-- ownership: mec_owner is bound by row-level security like any role.
+GRANT USAGE ON SCHEMA mec, mec_data TO mec_owner;
 GRANT SELECT, INSERT, UPDATE, DELETE ON mec_data.catalogs, mec_data.resource_types, mec_data.plans,
-      mec_data.plan_entitlements, mec_data.accounts, mec_data.entitlements, mec_data.idempotency_keys,
+      mec_data.plan_entitlements, mec_data.accounts, mec_data.entitlements, mec_data.usage_counters,
+      mec_data.consumption, mec_data.leases, mec_data.reservations, mec_data.idempotency_keys,
       mec_data.namespace_secrets
-      TO mec_admin;
-GRANT UPDATE (settings, updated_at) ON mec_data.namespaces TO mec_admin;
-GRANT SELECT ON mec_data.audit_log TO mec_admin;
-GRANT DELETE ON mec_data.usage_counters, mec_data.consumption, mec_data.leases, mec_data.reservations TO mec_admin;
+      TO mec_owner;
+GRANT SELECT, INSERT ON mec_data.audit_log TO mec_owner;
+GRANT SELECT, UPDATE (settings, updated_at) ON mec_data.namespaces TO mec_owner;
+GRANT SELECT ON mec_data.role_bindings TO mec_owner;
+-- The row-level security policies call these as the current user.
+GRANT EXECUTE ON FUNCTION mec.current_namespace(), mec.current_account() TO mec_owner;
 
--- Functions. create_namespace is for the database owner only (no grant).
+-- Functions. create_namespace, bind_role and unbind_role are for the database owner only (no grant).
 GRANT EXECUTE ON FUNCTION
     mec.current_namespace(), mec.current_account(),
     mec.check_entitlement(uuid, text, numeric),

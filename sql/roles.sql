@@ -3,6 +3,8 @@
 --   mec_service  the vendor's backend: check, meter, leases, reads in its namespace (member of mec_user)
 --   mec_admin    the vendor's operator: catalog, provisioning, corrections (member of mec_service)
 --   mec_authenticator  LOGIN NOINHERIT: what the gateway connects as; switches with SET ROLE
+--   mec_owner    NOLOGIN, no members: the role pg_mec's functions act as while they change the tables
+--                (pg_mec/src/owner.rs); the API roles themselves may only read them (docs/security.md)
 DO $roles$
 BEGIN
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'mec_user') THEN
@@ -17,8 +19,27 @@ BEGIN
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'mec_authenticator') THEN
         CREATE ROLE mec_authenticator LOGIN NOINHERIT;
     END IF;
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'mec_owner') THEN
+        CREATE ROLE mec_owner NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS;
+    END IF;
 END
 $roles$;
+
+-- Whatever mec_owner was before (a role of that name may predate the extension): it cannot log
+-- in, bypass row-level security or be used by anyone through membership.
+ALTER ROLE mec_owner NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS;
+DO $owner$
+DECLARE
+    m text;
+BEGIN
+    FOR m IN SELECT r.rolname FROM pg_auth_members a JOIN pg_roles r ON r.oid = a.member
+             WHERE a.roleid = 'mec_owner'::regrole
+    LOOP
+        EXECUTE format('REVOKE mec_owner FROM %I', m);
+        RAISE WARNING 'pg_mec: revoked mec_owner from %: nobody may act as mec_owner but pg_mec''s functions', m;
+    END LOOP;
+END
+$owner$;
 
 GRANT mec_user TO mec_service;
 GRANT mec_service TO mec_admin;

@@ -231,6 +231,23 @@ CREATE TABLE mec_data.audit_log (
     PRIMARY KEY (namespace_id, audit_id)
 );
 
+-- Login roles that use pg_mec's API roles from SQL, other than the gateway's authenticator, the
+-- database owner and superusers: each acts only in the namespaces the database owner bound it to
+-- (mec.bind_role), as the API role it was bound as; a mec_user binding also pins the account. Read
+-- by pg_mec/src/context.rs as mec_owner, which sees only the session user's own rows (rls.sql).
+CREATE TABLE mec_data.role_bindings (
+    namespace_id uuid        NOT NULL,
+    role_name    text        NOT NULL CHECK (role_name <> ''),
+    api_role     text        NOT NULL CHECK (api_role IN ('mec_user', 'mec_service', 'mec_admin')),
+    account_id   uuid,
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    CHECK ((api_role = 'mec_user') = (account_id IS NOT NULL)),
+    PRIMARY KEY (namespace_id, role_name),
+    FOREIGN KEY (namespace_id) REFERENCES mec_data.namespaces (namespace_id) ON DELETE CASCADE,
+    FOREIGN KEY (namespace_id, account_id) REFERENCES mec_data.accounts (namespace_id, account_id) ON DELETE CASCADE
+);
+CREATE INDEX role_bindings_by_role ON mec_data.role_bindings (role_name);
+
 -- Namespace secrets live apart from settings so that only mec_admin (and the owner) can read them.
 CREATE TABLE mec_data.namespace_secrets (
     namespace_id          uuid NOT NULL,

@@ -20,8 +20,19 @@ pub fn text(value: Option<&str>, name: &str) -> MecResult<String> {
     Ok(s.to_string())
 }
 
+/// A quantity pg_mec can count exactly (`pg_mec_core::quantity`), or `22023` naming it.
 pub fn quantity(value: Option<AnyNumeric>, name: &str) -> MecResult<Decimal> {
-    to_decimal(&required(value, name)?)
+    exact_quantity(to_decimal(&required(value, name)?)?, name)
+}
+
+/// `d`, if pg_mec can count it exactly: at most 10 decimal places and below 10^17 in magnitude.
+pub fn exact_quantity(d: Decimal, name: &str) -> MecResult<Decimal> {
+    pg_mec_core::quantity::check(d, name).map_err(|e| {
+        MecError::invalid_hint(
+            e.0,
+            "Quantities have at most 10 decimal places and stay below 10^17: count in a larger unit if needed.",
+        )
+    })
 }
 
 pub fn instant(value: Option<TimestampWithTimeZone>, name: &str) -> MecResult<i64> {

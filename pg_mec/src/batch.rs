@@ -116,6 +116,8 @@ fn parse_event(index: usize, v: &Value, now_us: i64) -> MecResult<Event> {
         .get("quantity")
         .and_then(decimal)
         .ok_or_else(|| field_error(index, "quantity must be a number".into()))?;
+    let quantity =
+        pg_mec_core::quantity::check(quantity, "quantity").map_err(|e| field_error(index, e.0))?;
     let occurred_us = match o.get("occurred_at") {
         None | Some(Value::Null) => now_us,
         Some(Value::String(s)) => parse_rfc3339(s).ok_or_else(|| {
@@ -192,7 +194,8 @@ pub fn meter_batch(
                 }
                 results.push(r);
             }
-            Err(e @ MecError::Internal(_)) => return Err(e),
+            // What a failed event wrote is undone only by aborting the statement: the whole call.
+            Err(e @ (MecError::Internal(_) | MecError::AfterWrite(_))) => return Err(e),
             Err(e) => {
                 rejected += 1;
                 let mut r = Map::new();

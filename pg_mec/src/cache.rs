@@ -100,17 +100,20 @@ pub fn with_fresh_snapshot<T>(load: impl FnOnce() -> T) -> T {
 /// Queues a relcache invalidation of the signal relation (this backend's and every other
 /// backend's cache) and marks the transaction for the shared cache (`shared_cache.rs`): with the
 /// argument `rows` (tables whose row trigger [`invalidate_cache_rows`] names the accounts
-/// changed) only as a writer, otherwise — and for a `TRUNCATE` — as a change to everything, which
-/// its commit turns into a new generation. The SQL is in `sql/cache.sql`.
+/// changed) only as a writer, with `bindings` (role bindings, which no shared entry depends on)
+/// not at all, otherwise — and for a `TRUNCATE` — as a change to everything, which its commit
+/// turns into a new generation. The SQL is in `sql/cache.sql`.
 #[pg_trigger(sql = false)]
 fn invalidate_cache<'a>(
     trigger: &'a pgrx::PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, pgrx::PgTriggerError> {
-    let by_rows = trigger.extra_args()?.first().map(String::as_str) == Some("rows");
-    if by_rows && !matches!(trigger.op()?, pgrx::PgTriggerOperation::Truncate) {
-        crate::shared_cache::mark_written();
-    } else {
-        crate::shared_cache::mark_all_changed();
+    let scope = trigger.extra_args()?.first().cloned();
+    let truncate = matches!(trigger.op()?, pgrx::PgTriggerOperation::Truncate);
+    match scope.as_deref() {
+        // Role bindings: only the per-backend caches that read them (context.rs).
+        Some("bindings") => {}
+        Some("rows") if !truncate => crate::shared_cache::mark_written(),
+        _ => crate::shared_cache::mark_all_changed(),
     }
     let oid = signal_oid();
     if oid != pg_sys::InvalidOid {

@@ -1,17 +1,31 @@
 //! Who is calling: the namespace and account of the current request, resolved in one place.
 //!
-//! The gateway sets `request.jwt.claims` per transaction (all the token's claims as JSON); SQL
-//! callers set `mec.namespace_id` (and, as `mec_user`, `mec.account_id`). The claims win. The last
-//! raw value of each setting and what it parsed to are cached per backend, so a call costs a GUC
-//! lookup and a byte comparison per setting, and allocates nothing.
+//! Where the namespace may come from depends on who opened the session (its *session user*,
+//! which `SET ROLE` and `set_config` cannot change):
+//!
+//! * **trusted sessions** — the gateway's authenticator (`mec_authenticator` or a member of it), a
+//!   superuser, or the database's owner: the `namespace_id` claim of `request.jwt.claims` (the
+//!   gateway sets it per transaction from a verified token) names the namespace, else the setting
+//!   `mec.namespace_id`; likewise `account_id` / `mec.account_id` for `mec_user`. The claims win.
+//! * **every other login role** acts only in the namespaces the database owner bound it to with
+//!   `mec.bind_role` (`mec_data.role_bindings`), and only as the API role it was bound as; a
+//!   setting or claim naming another namespace (or, for a `mec_user` binding, another account)
+//!   is refused with `42501`. A role without a binding cannot use pg_mec at all.
+//!
+//! The last raw value of each setting and what it parsed to are cached per backend, so a trusted
+//! call costs a GUC lookup and a byte comparison per setting. A bound role's bindings are cached
+//! per backend too, until a change to `mec_data.role_bindings` starts a new cache epoch.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::ffi::CStr;
+use std::rc::Rc;
 
 use pgrx::pg_sys;
+use pgrx::prelude::*;
 use pgrx::Uuid;
 
 use crate::errors::{MecError, MecResult};
+use crate::spi::{self, Stmt};
 
 #[derive(Clone, Default)]
 struct Parsed {
@@ -33,7 +47,19 @@ thread_local! {
     static CLAIMS: RefCell<Parsed> = RefCell::new(Parsed::default());
     static NAMESPACE_SETTING: RefCell<UuidSetting> = RefCell::new(UuidSetting::default());
     static ACCOUNT_SETTING: RefCell<UuidSetting> = RefCell::new(UuidSetting::default());
-    static ROLES: RefCell<Option<(pg_sys::Oid, pg_sys::Oid)>> = const { RefCell::new(None) };
+    static ROLES: RefCell<Option<Roles>> = const { RefCell::new(None) };
+    /// The bindings of a bound session user, valid for one cache epoch.
+    static BINDINGS: RefCell<Option<CachedBindings>> = const { RefCell::new(None) };
+    /// Whether the session user (the oid) is trusted: decided once, forgotten whenever PostgreSQL
+    /// invalidates a role, a role membership or a database row (a GRANT or REVOKE of
+    /// mec_authenticator, a new database owner), so the next statement decides again.
+    static TRUST: Cell<Option<(pg_sys::Oid, bool)>> = const { Cell::new(None) };
+    static TRUST_CALLBACKS: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Syscache callback: a role, a membership or a database changed.
+unsafe extern "C-unwind" fn forget_trust(_arg: pg_sys::Datum, _cache: std::ffi::c_int, _hash: u32) {
+    TRUST.with(|t| t.set(None));
 }
 
 /// Calls `f` with the value of a GUC, ASCII whitespace trimmed; empty when unset.
@@ -113,29 +139,28 @@ fn claims() -> (Option<Uuid>, Option<Uuid>, bool) {
     })
 }
 
-/// The caller's namespace: the `namespace_id` claim, else `mec.namespace_id`; `42501` without one.
-pub fn namespace() -> MecResult<Uuid> {
+/// The namespace the claims or `mec.namespace_id` name (trusted sessions: the caller's namespace).
+fn namespace_from_settings() -> MecResult<Option<Uuid>> {
     let (ns, _, bad) = claims();
     if bad {
         return Err(MecError::denied(
             "request.jwt.claims is not a JSON object with uuid namespace_id / account_id claims",
         ));
     }
-    if let Some(ns) = ns {
+    if ns.is_some() {
         return Ok(ns);
     }
     match uuid_setting(&NAMESPACE_SETTING, c"mec.namespace_id") {
-        (Some(ns), _) => Ok(ns),
-        (None, None) => Err(MecError::NoNamespace),
-        (None, Some(s)) => Err(MecError::invalid_hint(
+        (ns, None) => Ok(ns),
+        (_, Some(s)) => Err(MecError::invalid_hint(
             format!("mec.namespace_id \"{s}\" is not a uuid"),
             "SET mec.namespace_id = '<namespace uuid>'",
         )),
     }
 }
 
-/// The caller's account: the `account_id` claim, else `mec.account_id`, else `None`.
-pub fn account() -> MecResult<Option<Uuid>> {
+/// The account the claims or `mec.account_id` name.
+fn account_from_settings() -> MecResult<Option<Uuid>> {
     let (_, acct, bad) = claims();
     if bad {
         return Err(MecError::denied(
@@ -148,41 +173,309 @@ pub fn account() -> MecResult<Option<Uuid>> {
     Ok(uuid_setting(&ACCOUNT_SETTING, c"mec.account_id").0)
 }
 
-fn role_oids() -> (pg_sys::Oid, pg_sys::Oid) {
+/// The caller's namespace: see the module documentation. `42501` without one, or when a bound
+/// login role names a namespace it is not bound to.
+pub fn namespace() -> MecResult<Uuid> {
+    match session()? {
+        Session::Trusted => namespace_from_settings()?.ok_or(MecError::NoNamespace),
+        Session::Bound { role, bindings } => Ok(binding_in_force(&role, &bindings)?.namespace),
+    }
+}
+
+/// The caller's account: the `account_id` claim, else `mec.account_id`, else `None`; for a login
+/// role bound as `mec_user`, the account it was bound to.
+pub fn account() -> MecResult<Option<Uuid>> {
+    match session()? {
+        Session::Trusted => account_from_settings(),
+        Session::Bound { role, bindings } => {
+            let binding = binding_in_force(&role, &bindings)?;
+            match binding.account {
+                None => account_from_settings(),
+                Some(own) => match account_from_settings()? {
+                    Some(named) if named != own => Err(MecError::PermissionDenied {
+                        message: format!(
+                            "login role \"{role}\" is bound to account {own} and may not act for account {named}"
+                        ),
+                        hint: Some("Leave mec.account_id and the account_id claim unset for this role.".into()),
+                    }),
+                    _ => Ok(Some(own)),
+                },
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- sessions and bindings
+
+/// One row of `mec_data.role_bindings` for the session user.
+#[derive(Clone, Debug)]
+struct Binding {
+    namespace: Uuid,
+    api_role: pg_sys::Oid,
+    api_role_name: String,
+    /// Set for `mec_user` bindings: the one account the role acts for.
+    account: Option<Uuid>,
+}
+
+struct CachedBindings {
+    session_user: pg_sys::Oid,
+    epoch: u64,
+    role: Rc<str>,
+    bindings: Rc<[Binding]>,
+}
+
+enum Session {
+    Trusted,
+    Bound {
+        role: Rc<str>,
+        bindings: Rc<[Binding]>,
+    },
+}
+
+#[derive(Clone, Copy)]
+struct Roles {
+    user: pg_sys::Oid,
+    service: pg_sys::Oid,
+    admin: pg_sys::Oid,
+    authenticator: pg_sys::Oid,
+}
+
+static SESSION_BINDINGS: Stmt = Stmt {
+    sql: "SELECT namespace_id, api_role, account_id FROM mec_data.role_bindings
+          WHERE role_name = $1 ORDER BY namespace_id",
+    types: &[spi::TEXT],
+    writes: false,
+};
+
+/// Whether the session user may name any namespace: the gateway's authenticator (or a member of
+/// it), a superuser, or the owner of this database. Cached until a role or database changes.
+fn trusted(session_user: pg_sys::Oid) -> bool {
+    if let Some((user, verdict)) = TRUST.with(Cell::get) {
+        if user == session_user {
+            return verdict;
+        }
+    }
+    if !TRUST_CALLBACKS.with(Cell::get) {
+        for cache in [
+            pg_sys::SysCacheIdentifier::AUTHOID,
+            pg_sys::SysCacheIdentifier::AUTHMEMMEMROLE,
+            pg_sys::SysCacheIdentifier::DATABASEOID,
+        ] {
+            // SAFETY: registers a static callback that only resets a Cell; once per backend.
+            unsafe {
+                pg_sys::CacheRegisterSyscacheCallback(
+                    cache as std::ffi::c_int,
+                    Some(forget_trust),
+                    pg_sys::Datum::from(0),
+                )
+            };
+        }
+        TRUST_CALLBACKS.with(|c| c.set(true));
+    }
+    let verdict = decide_trust(session_user);
+    TRUST.with(|t| t.set(Some((session_user, verdict))));
+    verdict
+}
+
+fn decide_trust(session_user: pg_sys::Oid) -> bool {
+    let roles = role_oids();
+    // SAFETY: catalog lookups on valid oids (each cached by PostgreSQL).
+    unsafe {
+        session_user == roles.authenticator
+            || pg_sys::superuser_arg(session_user)
+            || pg_sys::pg_database_ownercheck(pg_sys::MyDatabaseId, session_user)
+            || (roles.authenticator != pg_sys::InvalidOid
+                && pg_sys::is_member_of_role(session_user, roles.authenticator))
+    }
+}
+
+/// Reads the session user's bindings (as `mec_owner`: the table is no API role's to read).
+fn load_bindings(role: &str) -> MecResult<Vec<Binding>> {
+    let roles = role_oids();
+    let _owner = crate::owner::AsOwner::enter()?;
+    Spi::connect(|client| {
+        let rows = spi::read(client, &SESSION_BINDINGS, &[role.into()])?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let namespace = row
+                .get::<Uuid>(1)?
+                .ok_or_else(|| MecError::Internal("role binding without namespace".into()))?;
+            let api_role_name = row.get::<String>(2)?.unwrap_or_default();
+            let api_role = match api_role_name.as_str() {
+                "mec_user" => roles.user,
+                "mec_service" => roles.service,
+                "mec_admin" => roles.admin,
+                other => return Err(MecError::Internal(format!("role binding as {other}"))),
+            };
+            out.push(Binding {
+                namespace,
+                api_role,
+                api_role_name,
+                account: row.get::<Uuid>(3)?,
+            });
+        }
+        Ok(out)
+    })
+}
+
+/// Who opened this session, and what it may therefore name.
+fn session() -> MecResult<Session> {
+    // SAFETY: reads the session user of this backend.
+    let session_user = unsafe { pg_sys::GetSessionUserId() };
+    if trusted(session_user) {
+        return Ok(Session::Trusted);
+    }
+    let epoch = crate::cache::epoch();
+    let cached = BINDINGS.with(|b| {
+        b.borrow()
+            .as_ref()
+            .filter(|c| c.session_user == session_user && c.epoch == epoch)
+            .map(|c| (c.role.clone(), c.bindings.clone()))
+    });
+    let (role, bindings) = match cached {
+        Some(hit) => hit,
+        None => {
+            let role: Rc<str> = crate::owner::role_name(session_user).into();
+            let bindings: Rc<[Binding]> = load_bindings(&role)?.into();
+            BINDINGS.with(|b| {
+                *b.borrow_mut() = Some(CachedBindings {
+                    session_user,
+                    epoch,
+                    role: role.clone(),
+                    bindings: bindings.clone(),
+                })
+            });
+            (role, bindings)
+        }
+    };
+    Ok(Session::Bound { role, bindings })
+}
+
+/// The binding a bound session acts under: the one the claims or `mec.namespace_id` name (it must
+/// be one of the role's), else the role's only one. Refuses an API role above the binding's.
+fn binding_in_force<'b>(role: &str, bindings: &'b [Binding]) -> MecResult<&'b Binding> {
+    let named = namespace_from_settings()?;
+    let binding = match (named, bindings) {
+        (_, []) => {
+            return Err(MecError::PermissionDenied {
+                message: format!("login role \"{role}\" is not bound to a pg_mec namespace"),
+                hint: Some(format!(
+                    "The database owner binds it: SELECT mec.bind_role(p_role => '{role}', p_namespace_id => '<namespace uuid>', p_api_role => 'mec_service')."
+                )),
+            })
+        }
+        (Some(ns), _) => bindings.iter().find(|b| b.namespace == ns).ok_or_else(|| {
+            MecError::PermissionDenied {
+                message: format!(
+                    "login role \"{role}\" may not act in namespace {ns}: it is bound to {}",
+                    bindings
+                        .iter()
+                        .map(|b| b.namespace.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                hint: Some(
+                    "Leave mec.namespace_id and the namespace_id claim unset, or name a namespace the role is bound to."
+                        .into(),
+                ),
+            }
+        })?,
+        (None, [only]) => only,
+        (None, _) => {
+            return Err(MecError::PermissionDenied {
+                message: format!(
+                    "login role \"{role}\" is bound to {} namespaces: name one",
+                    bindings.len()
+                ),
+                hint: Some("SET mec.namespace_id = '<one of the bound namespaces>'".into()),
+            })
+        }
+    };
+    // The API role in use may not be above the one bound: a role bound as mec_service that was
+    // also granted mec_admin still acts as mec_service at most.
+    let roles = role_oids();
+    // SAFETY: reads the current user; role membership lookups are cached by PostgreSQL.
+    let current = unsafe { pg_sys::GetUserId() };
+    let above = [roles.admin, roles.service, roles.user]
+        .into_iter()
+        .take_while(|r| *r != binding.api_role)
+        .any(|r| r != pg_sys::InvalidOid && unsafe { pg_sys::has_privs_of_role(current, r) });
+    if above {
+        return Err(MecError::PermissionDenied {
+            message: format!(
+                "login role \"{role}\" is bound as {} and may not act above it",
+                binding.api_role_name
+            ),
+            hint: Some(format!(
+                "SET ROLE {} (or a role below it).",
+                binding.api_role_name
+            )),
+        });
+    }
+    Ok(binding)
+}
+
+fn role_oids() -> Roles {
     ROLES.with(|cell| {
-        *cell.borrow_mut().get_or_insert_with(|| unsafe {
-            (
-                pg_sys::get_role_oid(c"mec_user".as_ptr(), true),
-                pg_sys::get_role_oid(c"mec_service".as_ptr(), true),
-            )
+        *cell.borrow_mut().get_or_insert_with(|| {
+            // SAFETY: catalog lookups by name; InvalidOid for a missing role.
+            let oid = |name: &CStr| unsafe { pg_sys::get_role_oid(name.as_ptr(), true) };
+            Roles {
+                user: oid(c"mec_user"),
+                service: oid(c"mec_service"),
+                admin: oid(c"mec_admin"),
+                authenticator: oid(c"mec_authenticator"),
+            }
         })
     })
 }
 
 /// True when the caller acts as `mec_user` (an end user) and not as `mec_service` or above: such a
 /// caller may read only its own account.
-pub fn is_end_user() -> bool {
-    let (user, service) = role_oids();
+fn is_end_user() -> bool {
+    let roles = role_oids();
     // SAFETY: plain catalog lookups on valid oids.
     unsafe {
         let me = pg_sys::GetUserId();
-        user != pg_sys::InvalidOid
-            && pg_sys::has_privs_of_role(me, user)
-            && !pg_sys::has_privs_of_role(me, service)
+        roles.user != pg_sys::InvalidOid
+            && pg_sys::has_privs_of_role(me, roles.user)
+            && !pg_sys::has_privs_of_role(me, roles.service)
     }
 }
 
-/// Refuses an end user (`mec_user`) asking about an account other than its `account_id` claim.
-pub fn require_account_access(account_id: Uuid) -> MecResult<()> {
-    if !is_end_user() {
-        return Ok(());
+/// The caller of an entry point, resolved before pg_mec switches to `mec_owner` (`owner.rs`):
+/// its namespace, and whether it is an end user and for which account.
+pub struct Caller {
+    pub namespace: Uuid,
+    /// `Some` when the caller acts as `mec_user`: the account it may read (`None` inside: no
+    /// account claim, so nothing may be read).
+    end_user: Option<Option<Uuid>>,
+}
+
+impl Caller {
+    pub fn resolve() -> MecResult<Caller> {
+        let namespace = namespace()?;
+        let end_user = if is_end_user() {
+            Some(account()?)
+        } else {
+            None
+        };
+        Ok(Caller {
+            namespace,
+            end_user,
+        })
     }
-    match account()? {
-        Some(own) if own == account_id => Ok(()),
-        Some(_) => Err(MecError::denied("mec_user may only read its own account")),
-        None => Err(MecError::PermissionDenied {
-            message: "mec_user needs an account_id claim".into(),
-            hint: Some("Mint the token with an account_id claim for this end user.".into()),
-        }),
+
+    /// Refuses an end user (`mec_user`) asking about an account other than its own.
+    pub fn require_account_access(&self, account_id: Uuid) -> MecResult<()> {
+        match self.end_user {
+            None => Ok(()),
+            Some(Some(own)) if own == account_id => Ok(()),
+            Some(Some(_)) => Err(MecError::denied("mec_user may only read its own account")),
+            Some(None) => Err(MecError::PermissionDenied {
+                message: "mec_user needs an account_id claim".into(),
+                hint: Some("Mint the token with an account_id claim for this end user.".into()),
+            }),
+        }
     }
 }

@@ -65,6 +65,10 @@ pub enum MecError {
     },
     /// `XX000`: a bug or an impossible state, never a caller's mistake.
     Internal(String),
+    /// An error met after the call changed tables (its SQLSTATE and text are the inner error's).
+    /// Only aborting the statement undoes what was written, so a batch never reports it as one
+    /// rejected event: it fails the whole call.
+    AfterWrite(Box<MecError>),
 }
 
 pub type MecResult<T> = Result<T, MecError>;
@@ -114,9 +118,18 @@ impl MecError {
         }
     }
 
+    /// This error, marked as met after a write (see [`MecError::AfterWrite`]).
+    pub fn after_write(self) -> Self {
+        match self {
+            e @ MecError::AfterWrite(_) => e,
+            e => MecError::AfterWrite(Box::new(e)),
+        }
+    }
+
     /// The SQLSTATE, five characters.
     pub fn sqlstate(&self) -> &'static str {
         match self {
+            MecError::AfterWrite(inner) => inner.sqlstate(),
             MecError::NoNamespace | MecError::PermissionDenied { .. } => "42501",
             MecError::InvalidParameter { .. } => "22023",
             MecError::InvalidRequest { .. } => "ME400",
@@ -134,6 +147,7 @@ impl MecError {
     /// Message, DETAIL and HINT as a person reads them.
     pub fn parts(&self) -> (String, Option<String>, Option<String>) {
         match self {
+            MecError::AfterWrite(inner) => inner.parts(),
             MecError::NoNamespace => (
                 "no pg_mec namespace is set for this session".into(),
                 None,

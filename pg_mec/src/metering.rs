@@ -13,6 +13,7 @@ use pg_mec_core::billing::is_billable;
 use pg_mec_core::catalog::Kind;
 use pg_mec_core::enforcement::{Enforcement, Policy};
 use pg_mec_core::period::Window;
+use pg_mec_core::quantity::{counter_ceiling, passes_bound};
 use pg_mec_core::Decimal;
 use pgrx::datum::DatumWithOid;
 use pgrx::datum::{AnyNumeric, JsonB, TimestampWithTimeZone, Uuid};
@@ -312,7 +313,10 @@ pub fn meter(client: &mut SpiClient<'_>, ns: Uuid, ev: &Event, now_us: i64) -> M
     } else {
         Decimal::ZERO
     };
-    let ceiling = eff.policy.ceiling().map(|c| c - carried);
+    // Every counter row stays below pg_mec's bound (pg_mec_core::quantity), unlimited ones too.
+    let ceiling = Some(counter_ceiling(
+        eff.policy.ceiling().map(|c| c.saturating_sub(carried)),
+    ));
     let overage_from = if eff.kind == Kind::Rate {
         None
     } else {
@@ -345,14 +349,14 @@ pub fn meter(client: &mut SpiClient<'_>, ns: Uuid, ev: &Event, now_us: i64) -> M
                 if via_slot0 && stripable {
                     // A striped counter metered by a backend that is not hot on it: the burst
                     // may be over; idle stripes go back into slot 0 (the total stays the same).
-                    stripes::fold_if_idle(client, ns, &counter)?;
+                    stripes::fold_if_idle(client, ns, &counter).map_err(MecError::after_write)?;
                 }
                 return Ok(result(
                     id,
                     false,
                     true,
                     &eff.policy,
-                    used + carried,
+                    used.saturating_add(carried),
                     overage_from.is_some_and(|l| used > l),
                     &window,
                     ev,
@@ -360,7 +364,9 @@ pub fn meter(client: &mut SpiClient<'_>, ns: Uuid, ev: &Event, now_us: i64) -> M
             }
             (Some(_), None) => {
                 // The key was recorded before: take the increment back, answer as the first time.
-                counter.add(client, ns, -ev.quantity)?;
+                counter
+                    .add(client, ns, -ev.quantity)
+                    .map_err(MecError::after_write)?;
                 return replay(client, ns, ev);
             }
             (None, _) => {
@@ -450,7 +456,12 @@ fn run_meter(
     let plain = spi::write(client, &METER_PLAIN, &args)?.two::<AnyNumeric, Uuid>()?;
     if plain.0.is_some() {
         return Ok((
-            plain.0.as_ref().map(to_decimal).transpose()?,
+            plain
+                .0
+                .as_ref()
+                .map(to_decimal)
+                .transpose()
+                .map_err(MecError::after_write)?,
             plain.1,
             false,
         ));
@@ -460,10 +471,19 @@ fn run_meter(
         return Ok((None, None, false));
     };
     args.push(slot0.clone().into());
-    match spi::write(client, &RECORD_STRIPED, &args)?.two::<AnyNumeric, Uuid>()? {
-        (Some(total), Some(id)) => Ok((Some(to_decimal(&total)?), Some(id), true)),
+    let recorded = spi::write(client, &RECORD_STRIPED, &args).map_err(MecError::after_write)?;
+    match recorded.two::<AnyNumeric, Uuid>()? {
+        (Some(total), Some(id)) => Ok((
+            Some(to_decimal(&total).map_err(MecError::after_write)?),
+            Some(id),
+            true,
+        )),
         // The key was recorded before: the caller takes the increment back.
-        _ => Ok((Some(to_decimal(&slot0)?), None, true)),
+        _ => Ok((
+            Some(to_decimal(&slot0).map_err(MecError::after_write)?),
+            None,
+            true,
+        )),
     }
 }
 
@@ -612,7 +632,16 @@ fn refusal(client: &SpiClient<'_>, ns: Uuid, ev: &Event, eff: &Effective) -> Mec
         Ok(u) => u,
         Err(e) => return e,
     };
-    if eff.kind == Kind::Gauge && usage.used + ev.quantity < Decimal::ZERO {
+    if passes_bound(usage.used, ev.quantity) {
+        return MecError::invalid_hint(
+            format!(
+                "usage of \"{}\" would reach 10^17 ({} + {}), the most one counter holds exactly",
+                eff.resource_type, usage.used, ev.quantity
+            ),
+            "Count in a larger unit (thousands, millions) for quantities this large.",
+        );
+    }
+    if eff.kind == Kind::Gauge && usage.used.saturating_add(ev.quantity) < Decimal::ZERO {
         return MecError::invalid(format!(
             "gauge \"{}\" would go below zero ({} + {})",
             eff.resource_type, usage.used, ev.quantity

@@ -122,8 +122,8 @@ static PLAN_ENTITLEMENTS: Stmt = Stmt {
 };
 
 static AUDIT: Stmt = Stmt {
-    sql: "INSERT INTO mec_data.audit_log (namespace_id, action, subject, details) VALUES ($1, $2, $3, $4)",
-    types: &[spi::UUID, spi::TEXT, spi::TEXT, spi::JSONB],
+    sql: "INSERT INTO mec_data.audit_log (namespace_id, action, subject, details, actor) VALUES ($1, $2, $3, $4, $5)",
+    types: &[spi::UUID, spi::TEXT, spi::TEXT, spi::JSONB, spi::TEXT],
     writes: true,
 };
 
@@ -167,6 +167,7 @@ pub fn audit(
             action.into(),
             subject.into(),
             JsonB(details).into(),
+            crate::owner::caller_role().into(),
         ],
     )?;
     Ok(())

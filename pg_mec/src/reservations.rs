@@ -5,6 +5,7 @@
 
 use pg_mec_core::catalog::Kind;
 use pg_mec_core::period::Window;
+use pg_mec_core::quantity::counter_ceiling;
 use pg_mec_core::Decimal;
 use pgrx::datum::{AnyNumeric, TimestampWithTimeZone, Uuid};
 use pgrx::spi::SpiClient;
@@ -120,7 +121,7 @@ pub fn reserve(
         resource_type: &req.resource_type,
         window: eff.window(now_us),
     };
-    let ceiling = eff.policy.ceiling();
+    let ceiling = Some(counter_ceiling(eff.policy.ceiling()));
     let mut used = None;
     for attempt in 0..4 {
         used = counter.hold(client, ns, req.quantity, ceiling)?;
@@ -329,7 +330,12 @@ pub fn commit(
     let delta = actual - h.quantity;
     let used = if delta > Decimal::ZERO {
         counter
-            .hold(client, ns, delta, eff.policy.ceiling())?
+            .hold(
+                client,
+                ns,
+                delta,
+                Some(counter_ceiling(eff.policy.ceiling())),
+            )?
             .ok_or_else(|| refused(client, ns, h.account_id, &eff, now_us))?
     } else {
         counter.add(client, ns, delta)?.unwrap_or_default()

@@ -30,6 +30,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use pg_mec_core::quantity::counter_ceiling;
 use pg_mec_core::Decimal;
 use pgrx::datum::{AnyNumeric, TimestampWithTimeZone, Uuid};
 use pgrx::pg_sys;
@@ -38,7 +39,7 @@ use serde_json::Value;
 
 use crate::counters::CounterKey;
 use crate::entitlement::Effective;
-use crate::errors::MecResult;
+use crate::errors::{MecError, MecResult};
 use crate::metering::{ledger_usage_insert, replay_if_recorded, result, Event};
 use crate::spi::{self, Stmt};
 use crate::values::{to_decimal, to_numeric};
@@ -179,6 +180,8 @@ static STRIPE_METER: Stmt = Stmt {
                WHERE namespace_id = $1 AND account_id = $3 AND resource_type = $4
                  AND period_start = $7 AND slot = $9
                  AND (quota IS NULL OR used + $5 <= quota)
+                 -- no row passes pg_mec's bound, unbounded stripes neither (pg_mec_core::quantity)
+                 AND used + $5 <= $13
                  -- the quota was granted under the limit in force now (limits change with time:
                  -- grants expire, scheduled plans start); otherwise fold and decide on slot 0
                  AND EXISTS (SELECT 1 FROM mec_data.usage_counters h
@@ -202,7 +205,7 @@ static STRIPE_METER: Stmt = Stmt {
     ),
     types: &[
         spi::UUID, spi::TEXT, spi::UUID, spi::TEXT, spi::NUMERIC, spi::TIMESTAMPTZ, spi::TIMESTAMPTZ,
-        spi::TIMESTAMPTZ, spi::INT4, spi::NUMERIC, spi::INT4, spi::JSONB,
+        spi::TIMESTAMPTZ, spi::INT4, spi::NUMERIC, spi::INT4, spi::JSONB, spi::NUMERIC,
     ],
     writes: true,
 };
@@ -467,12 +470,18 @@ pub fn meter(
                     eff.policy.limit.map(to_numeric).into(),
                     ev.http_status.into(),
                     ev.metadata_arg(),
+                    to_numeric(counter_ceiling(None)).into(),
                 ]);
                 spi::write(client, &STRIPE_METER, &args)?.two::<AnyNumeric, Uuid>()
             },
             |(total, _)| total.is_some(),
         )?;
-        match (total.as_ref().map(to_decimal).transpose()?, id) {
+        let total = total
+            .as_ref()
+            .map(to_decimal)
+            .transpose()
+            .map_err(MecError::after_write)?;
+        match (total, id) {
             (Some(total), Some(id)) => {
                 return Ok(Some(result(
                     id,
@@ -488,7 +497,7 @@ pub fn meter(
             (Some(_), None) => {
                 let mut args = c.args(ns, false);
                 args.extend([to_numeric(ev.quantity).into(), slot.into()]);
-                spi::write(client, &UNDO_STRIPE, &args)?;
+                spi::write(client, &UNDO_STRIPE, &args).map_err(MecError::after_write)?;
                 return replay_if_recorded(client, ns, ev);
             }
             (None, _) => {

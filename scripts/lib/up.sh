@@ -386,43 +386,61 @@ up_database() {
     die "cannot log in over TCP as postgres at 127.0.0.1:$PG_PORT"
 }
 
-ext_sql_checksum() {
-  local dir
+# Install scripts of earlier releases (pg_mec/sql/pg_mec--X.Y.Z.sql, kept as they shipped) next to
+# the current one, so that an old version can be created to test upgrades from it (cargo pgrx
+# install copies only the current script and the upgrade scripts pg_mec--A--B.sql).
+install_release_scripts() {
+  local dir f dest
   dir="$("$PG_CONFIG" --sharedir)/extension"
   shopt -s nullglob
-  local files=("$dir"/pg_mec--*.sql)
+  for f in "$MEC_ROOT"/pg_mec/sql/pg_mec--*.sql; do
+    [[ $(basename "$f") =~ ^pg_mec--[^-]+\.sql$ ]] || continue
+    dest="$dir/$(basename "$f")"
+    if ! cmp -s "$f" "$dest"; then as_root cp "$f" "$dest"; fi
+  done
   shopt -u nullglob
-  ((${#files[@]})) || die "no $dir/pg_mec--*.sql: the extension is not installed"
-  cat "${files[@]}" | sha256_of_stdin
 }
 
+# The checksum of the install script of extension version $1.
+ext_sql_checksum() {
+  local file
+  file="$("$PG_CONFIG" --sharedir)/extension/pg_mec--$1.sql"
+  [[ -f $file ]] || die "$file not found: the extension is not installed"
+  sha256_of_stdin <"$file"
+}
+
+# Never drops the extension (that deletes every namespace's data) unless MEC_RESET=1 asks to:
+# a new version is reached with ALTER EXTENSION pg_mec UPDATE and the upgrade scripts in
+# pg_mec/sql/; changed SQL under an unchanged version is refused with what to do instead.
 up_extension_sql() {
-  local sum stamp="$MEC_DIR/extension.sql.sha256" installed default
-  sum="$(ext_sql_checksum)"
+  local stamp="$MEC_DIR/extension.sql.sha256" installed default sum
+  install_release_scripts
   installed="$(admin_value "SELECT extversion FROM pg_extension WHERE extname = 'pg_mec'")"
   default="$(admin_value "SELECT default_version FROM pg_available_extensions WHERE name = 'pg_mec'")"
+  [[ -n $default ]] || die "pg_mec is not installed in $("$PG_CONFIG" --sharedir)/extension"
+  sum="$(ext_sql_checksum "$default")"
   if [[ -z $installed ]]; then
     step "extension: CREATE EXTENSION pg_mec ($default)"
     admin_psql -d mec -c 'CREATE EXTENSION IF NOT EXISTS pg_mec CASCADE'
   elif flag MEC_RESET; then
-    step "extension: MEC_RESET=1, dropping and recreating pg_mec (its data is lost)"
+    step "extension: MEC_RESET=1, dropping and recreating pg_mec $default (its data is lost)"
     stop_gateway
     admin_psql -d mec -c 'DROP EXTENSION pg_mec CASCADE' -c 'CREATE EXTENSION pg_mec CASCADE'
   elif [[ $installed != "$default" ]]; then
     step "extension: ALTER EXTENSION pg_mec UPDATE ($installed -> $default)"
-    if ! admin_psql -d mec -c 'ALTER EXTENSION pg_mec UPDATE'; then
-      warn "no update path from $installed to $default; recreating the extension"
-      stop_gateway
-      admin_psql -d mec -c 'DROP EXTENSION pg_mec CASCADE' -c 'CREATE EXTENSION pg_mec CASCADE'
-    fi
-  elif [[ ! -f $stamp || $(cat "$stamp") != "$sum" ]]; then
-    step "extension: SQL of pg_mec $installed changed, dropping and recreating it (its data is lost)"
-    stop_gateway
-    admin_psql -d mec -c 'DROP EXTENSION pg_mec CASCADE' -c 'CREATE EXTENSION pg_mec CASCADE'
+    admin_psql -d mec -c 'ALTER EXTENSION pg_mec UPDATE' ||
+      die "ALTER EXTENSION pg_mec UPDATE from $installed to $default failed (nothing was changed or dropped).
+    Add the missing upgrade script pg_mec/sql/pg_mec--$installed--$default.sql (or a chain of them) and
+    run scripts/mec up again; MEC_RESET=1 scripts/mec up would drop and recreate pg_mec, deleting its data."
+  elif [[ -f $stamp && $(cat "$stamp") != "$default $sum" ]]; then
+    die "the SQL of pg_mec $installed changed since it was installed in this cluster, but its version did not.
+    Nothing was dropped. To apply it: give pg_mec a new version (pg_mec/Cargo.toml) with an upgrade script
+    pg_mec/sql/pg_mec--$installed--<new>.sql, then run scripts/mec up (ALTER EXTENSION pg_mec UPDATE).
+    For a development cluster whose data you do not need: MEC_RESET=1 scripts/mec up (drops pg_mec and its data)."
   else
     step "extension: pg_mec $installed up to date"
   fi
-  printf '%s\n' "$sum" >"$stamp"
+  printf '%s %s\n' "$default" "$sum" >"$stamp"
 
   # The gateway's login role. The extension creates it (NOLOGIN) with its
   # grants; we add LOGIN and a password. Created here only if it is missing.

@@ -4,7 +4,7 @@
 --   * the check finds the keys it claims to check (> 0), and flags a table that breaks the rule;
 --   * every mec_data table has RLS enabled and forced; every view of mec is security_invoker.
 BEGIN;
-SELECT plan(14);
+SELECT plan(15);
 
 -- Keys of mec_data tables that do not lead with namespace_id (on either side of an FK).
 CREATE FUNCTION pg_temp.key_offenders() RETURNS SETOF text LANGUAGE sql STABLE AS $f$
@@ -99,8 +99,14 @@ SELECT is(
              AND NOT EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = t.oid AND NOT p.polpermissive
                               AND pg_get_expr(p.polqual, p.polrelid) LIKE '%current_namespace()%')
            ORDER BY 1),
-    '{}'::text[],
-    'every mec_data table has a restrictive policy pinning rows to mec.current_namespace()');
+    '{role_bindings}'::text[],
+    'every mec_data table but role_bindings (what decides the namespace) has a restrictive policy pinning rows to mec.current_namespace()');
+SELECT is(
+    ARRAY(SELECT format('%s %s %s %s', p.polname, p.polcmd, array_to_string(ARRAY(SELECT rolname FROM pg_roles WHERE oid = ANY (p.polroles) ORDER BY 1), ','),
+                        pg_get_expr(p.polqual, p.polrelid))
+            FROM pg_policy p WHERE p.polrelid = 'mec_data.role_bindings'::regclass),
+    ARRAY['own_bindings r mec_owner (role_name = SESSION_USER)'],
+    'role_bindings: only mec_owner reads them, and only the session user''s own rows');
 
 SELECT set_eq(
     $$SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace

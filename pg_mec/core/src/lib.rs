@@ -5,6 +5,7 @@
 //! * [`enforcement`] — hard / soft / capped limits: [`Policy::decide`] and its stable reasons.
 //! * [`billing`] — which HTTP statuses make an event billable.
 //! * [`catalog`] — validating a catalog document into a typed [`Catalog`], or every [`Problem`].
+//! * [`quantity`] — which quantities pg_mec counts exactly, and the bound on every counter.
 //! * [`civil`] — the calendar arithmetic behind [`period`].
 //! * [`codec`] — the byte encoding of values kept in shared memory.
 //!
@@ -37,6 +38,7 @@ pub mod codec;
 pub mod enforcement;
 pub mod parse;
 pub mod period;
+pub mod quantity;
 
 pub use billing::{default_billable, is_billable, StatusClass, StatusClassError};
 pub use catalog::{

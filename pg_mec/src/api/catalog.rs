@@ -3,9 +3,8 @@
 use pgrx::prelude::*;
 use pgrx::JsonB;
 
-use crate::errors::finish;
 use crate::jsonb::Jsonb;
-use crate::{args, catalog_load, context};
+use crate::{api, args, catalog_load};
 
 /// Validates the catalog (`sql/catalog.schema.json` describes it) and applies it to the caller's
 /// namespace, all or nothing. Loading the same document twice changes nothing.
@@ -16,10 +15,9 @@ use crate::{args, catalog_load, context};
 /// problem), `22023` (NULL), `42501`.
 #[pg_extern]
 fn load_catalog(p_catalog: Option<JsonB>) -> Jsonb {
-    let result = (|| {
-        let ns = context::namespace()?;
+    Jsonb(api::write(|caller, client| {
+        let ns = caller.namespace;
         let doc = args::required(p_catalog, "p_catalog")?.0;
-        Spi::connect_mut(|client| catalog_load::load(client, ns, &doc))
-    })();
-    Jsonb(finish(result))
+        catalog_load::load(client, ns, &doc)
+    }))
 }

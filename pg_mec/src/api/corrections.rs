@@ -4,9 +4,8 @@ use pgrx::prelude::*;
 use pgrx::{AnyNumeric, Uuid};
 
 use crate::corrections::{self, Adjustment, Grant, Override};
-use crate::errors::finish;
 use crate::jsonb::Jsonb;
-use crate::{args, context};
+use crate::{api, args};
 
 /// Replaces the plan's limit for one account and resource from `p_valid_from` (until
 /// `p_valid_until`); `p_limit` NULL = unlimited. Returns the new entitlement row.
@@ -23,8 +22,8 @@ fn set_override(
     p_reason: default!(Option<&str>, "NULL"),
     p_idempotency_key: default!(Option<&str>, "NULL"),
 ) -> Jsonb {
-    let result = (|| {
-        let ns = context::namespace()?;
+    Jsonb(api::write(|caller, client| {
+        let ns = caller.namespace;
         let req = Override {
             account_id: args::required(p_account_id, "p_account_id")?,
             resource_type: args::text(p_resource_type, "p_resource_type")?,
@@ -37,9 +36,8 @@ fn set_override(
             reason: p_reason.map(str::to_string),
             key: p_idempotency_key.map(str::to_string),
         };
-        Spi::connect_mut(|client| corrections::set_override(client, ns, &req))
-    })();
-    Jsonb(finish(result))
+        corrections::set_override(client, ns, &req)
+    }))
 }
 
 /// Grants `p_quantity` extra units of a resource (added to the limit while valid), optionally
@@ -54,8 +52,8 @@ fn grant_credits(
     p_reason: default!(Option<&str>, "NULL"),
     p_idempotency_key: default!(Option<&str>, "NULL"),
 ) -> Jsonb {
-    let result = (|| {
-        let ns = context::namespace()?;
+    Jsonb(api::write(|caller, client| {
+        let ns = caller.namespace;
         let req = Grant {
             account_id: args::required(p_account_id, "p_account_id")?,
             resource_type: args::text(p_resource_type, "p_resource_type")?,
@@ -66,9 +64,8 @@ fn grant_credits(
             reason: p_reason.map(str::to_string),
             key: p_idempotency_key.map(str::to_string),
         };
-        Spi::connect_mut(|client| corrections::grant_credits(client, ns, &req, args::now_us()))
-    })();
-    Jsonb(finish(result))
+        corrections::grant_credits(client, ns, &req, args::now_us())
+    }))
 }
 
 /// Appends a signed correction to the ledger (never edits it) and applies it to the counter of
@@ -83,8 +80,8 @@ fn adjust_consumption(
     p_reason: Option<&str>,
     p_occurred_at: default!(Option<TimestampWithTimeZone>, "now()"),
 ) -> Jsonb {
-    let result = (|| {
-        let ns = context::namespace()?;
+    Jsonb(api::write(|caller, client| {
+        let ns = caller.namespace;
         let req = Adjustment {
             key: args::required(p_idempotency_key, "p_idempotency_key")?.to_string(),
             account_id: args::required(p_account_id, "p_account_id")?,
@@ -93,9 +90,8 @@ fn adjust_consumption(
             reason: args::text(p_reason, "p_reason")?,
             occurred_us: args::instant(p_occurred_at, "p_occurred_at")?,
         };
-        Spi::connect_mut(|client| corrections::adjust(client, ns, &req))
-    })();
-    Jsonb(finish(result))
+        corrections::adjust(client, ns, &req)
+    }))
 }
 
 /// Removes the account and every row about it (entitlements, usage, leases, ledger), leaving an
@@ -103,10 +99,9 @@ fn adjust_consumption(
 /// existed, ledger_rows_deleted}`. Raises `22023`, `42501`.
 #[pg_extern]
 fn forget_account(p_account_id: Option<Uuid>) -> Jsonb {
-    let result = (|| {
-        let ns = context::namespace()?;
+    Jsonb(api::write(|caller, client| {
+        let ns = caller.namespace;
         let account = args::required(p_account_id, "p_account_id")?;
-        Spi::connect_mut(|client| corrections::forget(client, ns, account))
-    })();
-    Jsonb(finish(result))
+        corrections::forget(client, ns, account)
+    }))
 }

@@ -3,9 +3,8 @@
 use pgrx::prelude::*;
 use pgrx::{AnyNumeric, Uuid};
 
-use crate::errors::finish;
 use crate::jsonb::Jsonb;
-use crate::{args, context, summary};
+use crate::{api, args, summary};
 
 /// May `p_account_id` use `p_requested_qty` more of `p_resource_type` now? Read-only.
 ///
@@ -21,15 +20,14 @@ fn check_entitlement(
     p_resource_type: Option<&str>,
     p_requested_qty: default!(Option<AnyNumeric>, 1),
 ) -> Jsonb {
-    let result = (|| {
-        let ns = context::namespace()?;
+    Jsonb(api::read(|caller, client| {
+        let ns = caller.namespace;
         let account = args::required(p_account_id, "p_account_id")?;
         let resource = args::text(p_resource_type, "p_resource_type")?;
         let qty = args::quantity(p_requested_qty, "p_requested_qty")?;
-        context::require_account_access(account)?;
-        Spi::connect(|client| summary::check(client, ns, account, &resource, qty, args::now_us()))
-    })();
-    Jsonb(finish(result))
+        caller.require_account_access(account)?;
+        summary::check(client, ns, account, &resource, qty, args::now_us())
+    }))
 }
 
 /// Everything an account may use and has used: `{account_id, external_id, plan, plan_name,
@@ -40,11 +38,10 @@ fn check_entitlement(
 /// account), `ME404` (unknown account).
 #[pg_extern(stable, parallel_safe)]
 fn usage_summary(p_account_id: Option<Uuid>) -> Jsonb {
-    let result = (|| {
-        let ns = context::namespace()?;
+    Jsonb(api::read(|caller, client| {
+        let ns = caller.namespace;
         let account = args::required(p_account_id, "p_account_id")?;
-        context::require_account_access(account)?;
-        Spi::connect(|client| summary::usage_summary(client, ns, account, args::now_us()))
-    })();
-    Jsonb(finish(result))
+        caller.require_account_access(account)?;
+        summary::usage_summary(client, ns, account, args::now_us())
+    }))
 }

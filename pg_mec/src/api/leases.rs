@@ -3,10 +3,9 @@
 use pgrx::prelude::*;
 use pgrx::Uuid;
 
-use crate::errors::finish;
 use crate::jsonb::Jsonb;
 use crate::leases::{self, Acquire};
-use crate::{args, context};
+use crate::{api, args};
 
 /// Takes one slot of the concurrency resource `p_resource_type` for `p_account_id` for
 /// `p_ttl_seconds` (1–86400). Idempotent on `p_idempotency_key` when given.
@@ -23,8 +22,8 @@ fn acquire_lease(
     p_ttl_seconds: default!(Option<i32>, 300),
     p_idempotency_key: default!(Option<&str>, "NULL"),
 ) -> Jsonb {
-    let result = (|| {
-        let ns = context::namespace()?;
+    Jsonb(api::write(|caller, client| {
+        let ns = caller.namespace;
         let req = Acquire {
             account_id: args::required(p_account_id, "p_account_id")?,
             resource_type: args::text(p_resource_type, "p_resource_type")?,
@@ -32,43 +31,39 @@ fn acquire_lease(
             ttl_seconds: args::ttl_seconds(p_ttl_seconds, "p_ttl_seconds")?,
             key: p_idempotency_key.map(str::to_string),
         };
-        Spi::connect_mut(|client| leases::acquire(client, ns, &req, args::now_us()))
-    })();
-    Jsonb(finish(result))
+        leases::acquire(client, ns, &req, args::now_us())
+    }))
 }
 
 /// Extends an active lease to `now() + p_ttl_seconds`. Returns `{lease_id, renewed, expires_at}`.
 /// Raises `ME410` (the lease expired or was released), `P0002` (unknown lease), `22023`, `42501`.
 #[pg_extern]
 fn renew_lease(p_lease_id: Option<Uuid>, p_ttl_seconds: default!(Option<i32>, 300)) -> Jsonb {
-    let result = (|| {
-        let ns = context::namespace()?;
+    Jsonb(api::write(|caller, client| {
+        let ns = caller.namespace;
         let id = args::required(p_lease_id, "p_lease_id")?;
         let ttl = args::ttl_seconds(p_ttl_seconds, "p_ttl_seconds")?;
-        Spi::connect_mut(|client| leases::renew(client, ns, id, ttl))
-    })();
-    Jsonb(finish(result))
+        leases::renew(client, ns, id, ttl)
+    }))
 }
 
 /// Frees a lease's slot. Returns `{lease_id, released: true, already_released, expired,
 /// released_at}`; releasing twice is not an error. Raises `P0002` (unknown lease), `22023`, `42501`.
 #[pg_extern]
 fn release_lease(p_lease_id: Option<Uuid>) -> Jsonb {
-    let result = (|| {
-        let ns = context::namespace()?;
+    Jsonb(api::write(|caller, client| {
+        let ns = caller.namespace;
         let id = args::required(p_lease_id, "p_lease_id")?;
-        Spi::connect_mut(|client| leases::release(client, ns, id))
-    })();
-    Jsonb(finish(result))
+        leases::release(client, ns, id)
+    }))
 }
 
 /// Marks every lease of the caller's namespace past its expiry as expired (they already stopped
 /// counting). Returns `{expired: n}`. Raises `42501`.
 #[pg_extern]
 fn expire_stale_leases() -> Jsonb {
-    let result = (|| {
-        let ns = context::namespace()?;
-        Spi::connect_mut(|client| leases::expire_stale(client, ns))
-    })();
-    Jsonb(finish(result))
+    Jsonb(api::write(|caller, client| {
+        let ns = caller.namespace;
+        leases::expire_stale(client, ns)
+    }))
 }

@@ -3,10 +3,9 @@
 use pgrx::prelude::*;
 use pgrx::{AnyNumeric, JsonB, Uuid};
 
-use crate::errors::finish;
 use crate::jsonb::Jsonb;
 use crate::metering::{self, Event};
-use crate::{args, context};
+use crate::{api, args};
 
 /// Records `p_quantity` of `p_resource_type` for `p_account_id`, deciding and counting in one
 /// statement under the counter's row lock, idempotently on `p_idempotency_key`.
@@ -30,8 +29,8 @@ fn meter_consumption(
     p_metadata: default!(Option<JsonB>, "'{}'"),
     p_http_status: default!(Option<i32>, "NULL"),
 ) -> Jsonb {
-    let result = (|| {
-        let ns = context::namespace()?;
+    Jsonb(api::write(|caller, client| {
+        let ns = caller.namespace;
         let event = Event {
             key: args::required(p_idempotency_key, "p_idempotency_key")?.to_string(),
             account_id: args::required(p_account_id, "p_account_id")?,
@@ -44,9 +43,8 @@ fn meter_consumption(
             http_status: p_http_status,
         };
         metering::validate(&event)?;
-        Spi::connect_mut(|client| metering::meter(client, ns, &event, args::now_us()))
-    })();
-    Jsonb(finish(result))
+        metering::meter(client, ns, &event, args::now_us())
+    }))
 }
 
 /// Meters an array of events (`p_events`: objects with `idempotency_key, account_id,
@@ -57,10 +55,9 @@ fn meter_consumption(
 /// details, hint}}`. Raises `22023` (not an array, more than 1000 events), `42501`.
 #[pg_extern]
 fn meter_consumption_batch(p_events: Option<JsonB>) -> Jsonb {
-    let result = (|| {
-        let ns = context::namespace()?;
+    Jsonb(api::write(|caller, client| {
+        let ns = caller.namespace;
         let events = args::required(p_events, "p_events")?.0;
-        Spi::connect_mut(|client| crate::batch::meter_batch(client, ns, &events, args::now_us()))
-    })();
-    Jsonb(finish(result))
+        crate::batch::meter_batch(client, ns, &events, args::now_us())
+    }))
 }

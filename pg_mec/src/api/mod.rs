@@ -1,5 +1,7 @@
 //! The SQL API: `#[pg_extern]` entry points only, one file per contract group. Each converts its
-//! arguments, calls the logic module, and raises any error at this boundary.
+//! arguments and calls the logic module through one of the entry shapes below, which resolve the
+//! caller, run the work as `mec_owner` with a fixed search path (`owner.rs`), and raise any error
+//! at this boundary, after every Rust value is dropped (`errors::raise`).
 
 pub mod catalog;
 pub mod corrections;
@@ -9,3 +11,45 @@ pub mod metering;
 pub mod namespaces;
 pub mod provisioning;
 pub mod reservations;
+
+use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
+
+use crate::context::Caller;
+use crate::errors::{finish, MecResult};
+use crate::owner::AsOwner;
+
+/// The caller, then `work` as `mec_owner`: the guard is dropped before the result is returned.
+fn as_owner<T>(work: impl FnOnce(&Caller) -> MecResult<T>) -> MecResult<T> {
+    let caller = Caller::resolve()?;
+    let _owner = AsOwner::enter()?;
+    work(&caller)
+}
+
+/// An entry point that only reads.
+pub(crate) fn read<T>(work: impl FnOnce(&Caller, &SpiClient<'_>) -> MecResult<T>) -> T {
+    finish(as_owner(|caller| {
+        Spi::connect(|client| work(caller, client))
+    }))
+}
+
+/// An entry point that writes.
+pub(crate) fn write<T>(work: impl FnOnce(&Caller, &mut SpiClient<'_>) -> MecResult<T>) -> T {
+    finish(as_owner(|caller| {
+        Spi::connect_mut(|client| work(caller, client))
+    }))
+}
+
+/// An entry point for the platform operator (the database owner): it runs with the caller's own
+/// rights, which the owner has and no API role does, under the fixed search path.
+pub(crate) fn operator<T>(work: impl FnOnce(&mut SpiClient<'_>) -> MecResult<T>) -> T {
+    finish(with_fixed_search_path(work))
+}
+
+/// `work` under the fixed search path; the guard is dropped before the result is returned.
+fn with_fixed_search_path<T>(
+    work: impl FnOnce(&mut SpiClient<'_>) -> MecResult<T>,
+) -> MecResult<T> {
+    let _path = crate::owner::FixedSearchPath::enter();
+    Spi::connect_mut(work)
+}

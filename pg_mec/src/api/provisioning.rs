@@ -3,10 +3,9 @@
 use pgrx::prelude::*;
 use pgrx::Uuid;
 
-use crate::errors::finish;
 use crate::jsonb::Jsonb;
 use crate::provisioning::{self, Provision};
-use crate::{args, context};
+use crate::{api, args};
 
 /// Puts `p_account_id` on `p_plan_id` from `p_effective_at` on, creating the account if missing
 /// (with `p_external_id`). Usage already counted in the period is kept. Idempotent on
@@ -23,8 +22,8 @@ fn provision_plan(
     p_external_id: default!(Option<&str>, "NULL"),
     p_idempotency_key: default!(Option<&str>, "NULL"),
 ) -> Jsonb {
-    let result = (|| {
-        let ns = context::namespace()?;
+    Jsonb(api::write(|caller, client| {
+        let ns = caller.namespace;
         let req = Provision {
             account_id: args::required(p_account_id, "p_account_id")?,
             plan_id: args::text(p_plan_id, "p_plan_id")?,
@@ -32,7 +31,6 @@ fn provision_plan(
             external_id: p_external_id.map(str::to_string),
             key: p_idempotency_key.map(str::to_string),
         };
-        Spi::connect_mut(|client| provisioning::provision(client, ns, &req))
-    })();
-    Jsonb(finish(result))
+        provisioning::provision(client, ns, &req)
+    }))
 }

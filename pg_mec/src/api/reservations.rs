@@ -3,10 +3,9 @@
 use pgrx::prelude::*;
 use pgrx::{AnyNumeric, Uuid};
 
-use crate::errors::finish;
 use crate::jsonb::Jsonb;
 use crate::reservations::{self, Reserve};
-use crate::{args, context};
+use crate::{api, args};
 
 /// Holds `p_quantity` of a metered or gauge resource for `p_ttl_seconds` (1–86400), deciding under
 /// the counter's row lock like `meter_consumption`. Idempotent on `p_idempotency_key`.
@@ -20,8 +19,8 @@ fn reserve_consumption(
     p_quantity: Option<AnyNumeric>,
     p_ttl_seconds: default!(Option<i32>, 300),
 ) -> Jsonb {
-    let result = (|| {
-        let ns = context::namespace()?;
+    Jsonb(api::write(|caller, client| {
+        let ns = caller.namespace;
         let req = Reserve {
             key: args::required(p_idempotency_key, "p_idempotency_key")?.to_string(),
             account_id: args::required(p_account_id, "p_account_id")?,
@@ -29,9 +28,8 @@ fn reserve_consumption(
             quantity: args::quantity(p_quantity, "p_quantity")?,
             ttl_seconds: args::ttl_seconds(p_ttl_seconds, "p_ttl_seconds")?,
         };
-        Spi::connect_mut(|client| reservations::reserve(client, ns, &req, args::now_us()))
-    })();
-    Jsonb(finish(result))
+        reservations::reserve(client, ns, &req, args::now_us())
+    }))
 }
 
 /// Settles a held reservation at `p_actual_quantity` (default: the reserved quantity) and records
@@ -44,15 +42,14 @@ fn commit_reservation(
     p_reservation_id: Option<Uuid>,
     p_actual_quantity: default!(Option<AnyNumeric>, "NULL"),
 ) -> Jsonb {
-    let result = (|| {
-        let ns = context::namespace()?;
+    Jsonb(api::write(|caller, client| {
+        let ns = caller.namespace;
         let id = args::required(p_reservation_id, "p_reservation_id")?;
         let actual = p_actual_quantity
-            .map(|n| crate::values::to_decimal(&n))
+            .map(|n| args::quantity(Some(n), "p_actual_quantity"))
             .transpose()?;
-        Spi::connect_mut(|client| reservations::commit(client, ns, id, actual, args::now_us()))
-    })();
-    Jsonb(finish(result))
+        reservations::commit(client, ns, id, actual, args::now_us())
+    }))
 }
 
 /// Gives a held reservation's quota back. Returns `{reservation_id, cancelled: true,
@@ -60,10 +57,9 @@ fn commit_reservation(
 /// `42501`.
 #[pg_extern]
 fn cancel_reservation(p_reservation_id: Option<Uuid>) -> Jsonb {
-    let result = (|| {
-        let ns = context::namespace()?;
+    Jsonb(api::write(|caller, client| {
+        let ns = caller.namespace;
         let id = args::required(p_reservation_id, "p_reservation_id")?;
-        Spi::connect_mut(|client| reservations::cancel(client, ns, id))
-    })();
-    Jsonb(finish(result))
+        reservations::cancel(client, ns, id)
+    }))
 }
