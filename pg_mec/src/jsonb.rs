@@ -6,8 +6,9 @@
 
 use std::ffi::CString;
 
-use pgrx::callconv::{BoxRet, FcInfo};
-use pgrx::datum::Datum;
+use pgrx::callconv::{Arg, ArgAbi, BoxRet, FcInfo};
+use pgrx::datum::{Datum, FromDatum};
+use pgrx::nullable::Nullable;
 use pgrx::pg_sys::{self, jbvType, JsonbIteratorToken as Token};
 use pgrx::pgrx_sql_entity_graph::metadata::{
     ArgumentError, ReturnsError, ReturnsRef, SqlMappingRef, SqlTranslatable, TypeOrigin,
@@ -167,6 +168,71 @@ unsafe impl BoxRet for Jsonb {
 // SAFETY: the SQL type is jsonb, and the datum is a jsonb.
 unsafe impl SqlTranslatable for Jsonb {
     const TYPE_IDENT: &'static str = pgrx::pgrx_resolved_type!(Jsonb);
+    const TYPE_ORIGIN: TypeOrigin = TypeOrigin::External;
+    const ARGUMENT_SQL: Result<SqlMappingRef, ArgumentError> = Ok(SqlMappingRef::literal("jsonb"));
+    const RETURN_SQL: Result<ReturnsRef, ReturnsError> =
+        Ok(ReturnsRef::One(SqlMappingRef::literal("jsonb")));
+}
+
+/// A `jsonb` argument, kept as its text and parsed by the entry point: [`JsonbArg::parse`] turns
+/// what serde_json refuses (nesting deeper than its 128 levels) into a `22023` naming the argument.
+/// pgrx's own `JsonB` parses in the function's wrapper and panics instead, which the caller sees as
+/// `XX000`: a server error for a caller's mistake.
+pub struct JsonbArg(String);
+
+impl JsonbArg {
+    /// The argument as a JSON value, or `22023`.
+    pub fn parse(&self, name: &str) -> crate::errors::MecResult<Value> {
+        serde_json::from_str(&self.0).map_err(|e| {
+            crate::errors::MecError::invalid_hint(
+                format!("{name} cannot be read: {e}"),
+                "pg_mec reads JSON arguments nested at most 128 levels deep.",
+            )
+        })
+    }
+}
+
+impl FromDatum for JsonbArg {
+    unsafe fn from_polymorphic_datum(
+        datum: pg_sys::Datum,
+        is_null: bool,
+        _: pg_sys::Oid,
+    ) -> Option<JsonbArg> {
+        if is_null {
+            return None;
+        }
+        // SAFETY: a jsonb datum of this call; jsonb_out detoasts it and returns a palloc'd C
+        // string, which is copied and freed.
+        unsafe {
+            let text = pgrx::direct_function_call::<&std::ffi::CStr>(
+                pg_sys::jsonb_out,
+                &[Some(datum)],
+            )?;
+            let owned = text.to_string_lossy().into_owned();
+            pg_sys::pfree(text.as_ptr() as *mut std::ffi::c_void);
+            Some(JsonbArg(owned))
+        }
+    }
+}
+
+// SAFETY: unboxed through FromDatum, as pgrx does for its own datum types.
+unsafe impl<'fcx> ArgAbi<'fcx> for JsonbArg {
+    unsafe fn unbox_arg_unchecked(arg: Arg<'_, 'fcx>) -> Self {
+        let index = arg.index();
+        // SAFETY: the caller (pgrx's wrapper) checked the argument is not NULL.
+        unsafe { arg.unbox_arg_using_from_datum() }
+            .unwrap_or_else(|| panic!("argument {index} must not be null"))
+    }
+
+    unsafe fn unbox_nullable_arg(arg: Arg<'_, 'fcx>) -> Nullable<Self> {
+        // SAFETY: as above; NULL becomes Nullable::Null.
+        unsafe { arg.unbox_arg_using_from_datum() }.into()
+    }
+}
+
+// SAFETY: the SQL type is jsonb, and the datum is read as a jsonb.
+unsafe impl SqlTranslatable for JsonbArg {
+    const TYPE_IDENT: &'static str = pgrx::pgrx_resolved_type!(JsonbArg);
     const TYPE_ORIGIN: TypeOrigin = TypeOrigin::External;
     const ARGUMENT_SQL: Result<SqlMappingRef, ArgumentError> = Ok(SqlMappingRef::literal("jsonb"));
     const RETURN_SQL: Result<ReturnsRef, ReturnsError> =

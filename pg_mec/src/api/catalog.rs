@@ -1,9 +1,8 @@
 //! `load_catalog`: the catalog document is the single source of truth for plans and limits.
 
 use pgrx::prelude::*;
-use pgrx::JsonB;
 
-use crate::jsonb::Jsonb;
+use crate::jsonb::{Jsonb, JsonbArg};
 use crate::{api, args, catalog_load};
 
 /// Validates the catalog (`sql/catalog.schema.json` describes it) and applies it to the caller's
@@ -14,10 +13,10 @@ use crate::{api, args, catalog_load};
 /// Raises `ME422` (invalid; DETAIL `{"problems": [{"path", "message"}, ...]}` lists every
 /// problem), `22023` (NULL), `42501`.
 #[pg_extern]
-fn load_catalog(p_catalog: Option<JsonB>) -> Jsonb {
+fn load_catalog(p_catalog: Option<JsonbArg>) -> Jsonb {
     Jsonb(api::write(|caller, client| {
         let ns = caller.namespace;
-        let doc = args::required(p_catalog, "p_catalog")?.0;
+        let doc = args::required(p_catalog, "p_catalog")?.parse("p_catalog")?;
         catalog_load::load(client, ns, &doc)
     }))
 }

@@ -1,9 +1,9 @@
 //! `meter_consumption`: record usage exactly once.
 
 use pgrx::prelude::*;
-use pgrx::{AnyNumeric, JsonB, Uuid};
+use pgrx::{AnyNumeric, Uuid};
 
-use crate::jsonb::Jsonb;
+use crate::jsonb::{Jsonb, JsonbArg};
 use crate::metering::{self, Event};
 use crate::{api, args};
 
@@ -26,7 +26,7 @@ fn meter_consumption(
     p_resource_type: Option<&str>,
     p_quantity: Option<AnyNumeric>,
     p_occurred_at: default!(Option<TimestampWithTimeZone>, "now()"),
-    p_metadata: default!(Option<JsonB>, "'{}'"),
+    p_metadata: default!(Option<JsonbArg>, "'{}'"),
     p_http_status: default!(Option<i32>, "NULL"),
 ) -> Jsonb {
     Jsonb(api::write(|caller, client| {
@@ -38,7 +38,8 @@ fn meter_consumption(
             quantity: args::quantity(p_quantity, "p_quantity")?,
             occurred_us: args::instant(p_occurred_at, "p_occurred_at")?,
             metadata: p_metadata
-                .map(|j| j.0)
+                .map(|j| j.parse("p_metadata"))
+                .transpose()?
                 .unwrap_or_else(|| serde_json::json!({})),
             http_status: p_http_status,
         };
@@ -54,10 +55,10 @@ fn meter_consumption(
 /// order: the `meter_consumption` result, or `{index, status: "rejected", error: {code, message,
 /// details, hint}}`. Raises `22023` (not an array, more than 1000 events), `42501`.
 #[pg_extern]
-fn meter_consumption_batch(p_events: Option<JsonB>) -> Jsonb {
+fn meter_consumption_batch(p_events: Option<JsonbArg>) -> Jsonb {
     Jsonb(api::write(|caller, client| {
         let ns = caller.namespace;
-        let events = args::required(p_events, "p_events")?.0;
+        let events = args::required(p_events, "p_events")?.parse("p_events")?;
         crate::batch::meter_batch(client, ns, &events, args::now_us())
     }))
 }

@@ -1,11 +1,11 @@
 //! Namespaces: who is calling, creating tenants, their settings.
 
 use pgrx::prelude::*;
-use pgrx::{JsonB, Uuid};
+use pgrx::Uuid;
 
 use crate::bindings::{self, Bind};
 use crate::errors::finish;
-use crate::jsonb::Jsonb;
+use crate::jsonb::{Jsonb, JsonbArg};
 use crate::{api, args, context, namespaces};
 
 /// The caller's namespace. For the gateway's authenticator, superusers and the database owner:
@@ -31,13 +31,13 @@ fn current_account() -> Option<Uuid> {
 fn create_namespace(
     p_name: Option<&str>,
     p_namespace_id: default!(Option<Uuid>, "NULL"),
-    p_settings: default!(Option<JsonB>, "'{}'"),
+    p_settings: default!(Option<JsonbArg>, "'{}'"),
 ) -> Jsonb {
     Jsonb(api::operator(|client| {
         let name = args::text(p_name, "p_name")?;
         let id =
             p_namespace_id.unwrap_or_else(|| Uuid::from_bytes(*uuid::Uuid::new_v4().as_bytes()));
-        let settings = p_settings.map(|j| j.0);
+        let settings = p_settings.map(|j| j.parse("p_settings")).transpose()?;
         namespaces::create(client, &name, id, settings)
     }))
 }
@@ -47,10 +47,10 @@ fn create_namespace(
 /// `late_event_days`, `billing_anchor` (1–31). Returns the settings with secrets masked.
 /// Raises `22023` (unknown key or bad value), `ME404` (unknown default plan), `42501`.
 #[pg_extern]
-fn update_namespace_settings(p_settings: Option<JsonB>) -> Jsonb {
+fn update_namespace_settings(p_settings: Option<JsonbArg>) -> Jsonb {
     Jsonb(api::write(|caller, client| {
         let ns = caller.namespace;
-        let settings = Some(args::required(p_settings, "p_settings")?.0);
+        let settings = Some(args::required(p_settings, "p_settings")?.parse("p_settings")?);
         namespaces::update_settings(client, ns, settings)
     }))
 }
