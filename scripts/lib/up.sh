@@ -401,24 +401,29 @@ install_release_scripts() {
   shopt -u nullglob
 }
 
-# The checksum of the install script of extension version $1.
+# The checksum of what the install script of extension version $1 does: its lines without
+# comments, sorted (cargo-pgrx writes source positions into comments and does not keep the order
+# of objects stable, neither of which changes the schema).
 ext_sql_checksum() {
   local file
   file="$("$PG_CONFIG" --sharedir)/extension/pg_mec--$1.sql"
   [[ -f $file ]] || die "$file not found: the extension is not installed"
-  sha256_of_stdin <"$file"
+  sed -e 's:/\*[^*]*\*/::g' -e 's/--.*$//' -e 's/[[:space:]]*$//' "$file" | grep -v '^$' | LC_ALL=C sort |
+    sha256_of_stdin
 }
 
 # Never drops the extension (that deletes every namespace's data) unless MEC_RESET=1 asks to:
 # a new version is reached with ALTER EXTENSION pg_mec UPDATE and the upgrade scripts in
 # pg_mec/sql/; changed SQL under an unchanged version is refused with what to do instead.
 up_extension_sql() {
-  local stamp="$MEC_DIR/extension.sql.sha256" installed default sum
+  local stamp="$MEC_DIR/extension.sql.sha256" installed default sum recorded=""
   install_release_scripts
   installed="$(admin_value "SELECT extversion FROM pg_extension WHERE extname = 'pg_mec'")"
   default="$(admin_value "SELECT default_version FROM pg_available_extensions WHERE name = 'pg_mec'")"
   [[ -n $default ]] || die "pg_mec is not installed in $("$PG_CONFIG" --sharedir)/extension"
   sum="$(ext_sql_checksum "$default")"
+  # "v2 <version> <checksum>"; a stamp of an older format says nothing.
+  [[ -f $stamp && $(cat "$stamp") == "v2 "* ]] && recorded="$(cat "$stamp")"
   if [[ -z $installed ]]; then
     step "extension: CREATE EXTENSION pg_mec ($default)"
     admin_psql -d mec -c 'CREATE EXTENSION IF NOT EXISTS pg_mec CASCADE'
@@ -432,7 +437,7 @@ up_extension_sql() {
       die "ALTER EXTENSION pg_mec UPDATE from $installed to $default failed (nothing was changed or dropped).
     Add the missing upgrade script pg_mec/sql/pg_mec--$installed--$default.sql (or a chain of them) and
     run scripts/mec up again; MEC_RESET=1 scripts/mec up would drop and recreate pg_mec, deleting its data."
-  elif [[ -f $stamp && $(cat "$stamp") != "$default $sum" ]]; then
+  elif [[ -n $recorded && $recorded != "v2 $default $sum" ]]; then
     die "the SQL of pg_mec $installed changed since it was installed in this cluster, but its version did not.
     Nothing was dropped. To apply it: give pg_mec a new version (pg_mec/Cargo.toml) with an upgrade script
     pg_mec/sql/pg_mec--$installed--<new>.sql, then run scripts/mec up (ALTER EXTENSION pg_mec UPDATE).
@@ -440,7 +445,7 @@ up_extension_sql() {
   else
     step "extension: pg_mec $installed up to date"
   fi
-  printf '%s %s\n' "$default" "$sum" >"$stamp"
+  printf 'v2 %s %s\n' "$default" "$sum" >"$stamp"
 
   # The gateway's login role. The extension creates it (NOLOGIN) with its
   # grants; we add LOGIN and a password. Created here only if it is missing.
