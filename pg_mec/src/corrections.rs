@@ -238,7 +238,15 @@ pub fn set_override(client: &mut SpiClient<'_>, ns: Uuid, req: &Override) -> Mec
     if let Some(key) = &req.key {
         store_result(client, ns, "set_override", key, &row)?;
     }
-    Ok(row)
+    Ok(first_time(row))
+}
+
+/// A result as the first call returns it: `duplicate: false` (a replay's stored copy says true).
+fn first_time(mut row: Value) -> Value {
+    if let Some(o) = row.as_object_mut() {
+        o.insert("duplicate".into(), Value::Bool(false));
+    }
+    row
 }
 
 /// A grant adds `quantity` to the limit while it is valid (from now until `expires_at`).
@@ -288,7 +296,7 @@ pub fn grant_credits(
     if let Some(key) = &req.key {
         store_result(client, ns, "grant_credits", key, &row)?;
     }
-    Ok(row)
+    Ok(first_time(row))
 }
 
 /// The earlier adjustment recorded under `req.key`, with `duplicate: true`; ME409 when it was

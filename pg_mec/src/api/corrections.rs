@@ -8,7 +8,8 @@ use crate::jsonb::Jsonb;
 use crate::{api, args};
 
 /// Replaces the plan's limit for one account and resource from `p_valid_from` (until
-/// `p_valid_until`); `p_limit` NULL = unlimited. Returns the new entitlement row.
+/// `p_valid_until`); `p_limit` NULL = unlimited. Returns the new entitlement row with
+/// `duplicate: false` (a replay of `p_idempotency_key`: the same row, `duplicate: true`).
 /// Raises `ME404` (unknown account/resource), `ME409` (key reused), `22023`, `42501`.
 #[pg_extern]
 #[allow(clippy::too_many_arguments)]
@@ -41,7 +42,8 @@ fn set_override(
 }
 
 /// Grants `p_quantity` extra units of a resource (added to the limit while valid), optionally
-/// expiring at `p_expires_at`. Returns the grant's entitlement row.
+/// expiring at `p_expires_at`. Returns the grant's entitlement row with `duplicate: false`
+/// (a replay of `p_idempotency_key`: the same row, `duplicate: true`).
 /// Raises `ME404`, `ME409`, `22023` (non-positive quantity, expiry in the past), `42501`.
 #[pg_extern]
 fn grant_credits(
