@@ -37,8 +37,24 @@ unsafe extern "C-unwind" fn on_relcache_invalidation(_arg: pg_sys::Datum, relid:
     }
 }
 
+/// Registers [`on_relcache_invalidation`] once per backend: before any oid is cached, so that a
+/// dropped signal relation (DROP EXTENSION) is never used again by its old oid.
+fn register_callback() {
+    if !REGISTERED.with(Cell::get) {
+        // SAFETY: registering a callback with a static function; done once per backend.
+        unsafe {
+            pg_sys::CacheRegisterRelcacheCallback(
+                Some(on_relcache_invalidation),
+                pg_sys::Datum::from(0),
+            )
+        };
+        REGISTERED.with(|r| r.set(true));
+    }
+}
+
 /// The signal relation's oid, looked up when not known (normal transaction context only).
 fn signal_oid() -> pg_sys::Oid {
+    register_callback();
     let known = SIGNAL_OID.with(Cell::get);
     if known != pg_sys::InvalidOid {
         return known;
@@ -63,16 +79,6 @@ fn signal_oid() -> pg_sys::Oid {
 pub fn epoch() -> u64 {
     // SAFETY: processes pending invalidation messages in a transaction, as LockRelationOid does.
     unsafe { pg_sys::AcceptInvalidationMessages() };
-    if !REGISTERED.with(Cell::get) {
-        // SAFETY: registering a callback with a static function; done once per backend.
-        unsafe {
-            pg_sys::CacheRegisterRelcacheCallback(
-                Some(on_relcache_invalidation),
-                pg_sys::Datum::from(0),
-            )
-        };
-        REGISTERED.with(|r| r.set(true));
-    }
     signal_oid();
     EPOCH.with(Cell::get)
 }

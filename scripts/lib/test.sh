@@ -3,7 +3,7 @@
 # All suites run even when one fails; the exit code is non-zero on any failure.
 #
 # Switches: MEC_SKIP_PGRX_TEST=1 skips `cargo pgrx test` (run only when the
-# extension has #[pg_test] functions); MEC_TEST_ONLY="cargo pgtap pytest"
+# extension has #[pg_test] functions); MEC_TEST_ONLY="cargo pgtap isolation pytest"
 # runs a subset.
 
 SUITE_PASSED=()
@@ -60,6 +60,9 @@ suite_counts() {
            /^Failed [0-9]+\/[0-9]+ subtests/ { split($2, c, "/"); failed += c[1] }
            END { if (files) printf "%d files, %d tests, %d failed", files, tests, failed }' "$log"
       ;;
+    isolation)
+      grep -Eo '(All [0-9]+ tests passed|[0-9]+ of [0-9]+ tests failed)' "$log" | tail -n 1 || true
+      ;;
     pytest)
       grep -E '^=*[ ]*[0-9]+ (passed|failed|error)' "$log" | tail -n 1 | sed -E 's/^=+ //; s/ =+$//' || true
       ;;
@@ -112,6 +115,28 @@ suite_pgtap() {
   cd "$MEC_ROOT"
   pg_prove -b "$PG_BIN/psql" -h "$PGHOST" -p "$PGPORT" -U "$PGUSER" -d "$PGDATABASE" \
     --failures --comments "${files[@]#"$MEC_ROOT/"}"
+}
+
+# Races as PostgreSQL isolation specs (pg_mec/tests/isolation/specs/*.spec, expected output beside
+# them), run by pg_isolation_regress against the running cluster in a scratch database.
+suite_isolation() {
+  local dir="$MEC_ROOT/pg_mec/tests/isolation" out="$MEC_DIR/isolation" runner specs=() f
+  local PG_PORT="$PGPORT"
+  runner="$("$PG_CONFIG" --pkglibdir)/pgxs/src/test/isolation/pg_isolation_regress"
+  [[ -x $runner ]] || die "$runner not found (package postgresql-client-15)"
+  shopt -s nullglob
+  for f in "$dir"/specs/*.spec; do specs+=("$(basename "$f" .spec)"); done
+  shopt -u nullglob
+  ((${#specs[@]})) || exit 77
+  rm -rf "$out"
+  mkdir -p "$out"
+  admin_psql -d postgres -c 'DROP DATABASE IF EXISTS mec_isolation WITH (FORCE)' -c 'CREATE DATABASE mec_isolation'
+  local rc=0
+  "$runner" --use-existing --host="$PG_SOCKET_DIR" --port="$PG_PORT" --user=postgres \
+    --dbname=mec_isolation --inputdir="$dir" --outputdir="$out" "${specs[@]}" || rc=$?
+  if ((rc != 0)) && [[ -f $out/regression.diffs ]]; then cat "$out/regression.diffs"; fi
+  admin_psql -d postgres -c 'DROP DATABASE IF EXISTS mec_isolation WITH (FORCE)' >/dev/null
+  exit "$rc"
 }
 
 venv_python() {
@@ -171,6 +196,7 @@ cmd_test() {
   fi
   run_suite cargo suite_cargo
   run_suite pgtap suite_pgtap
+  run_suite isolation suite_isolation
   run_suite pytest suite_pytest
 
   echo
