@@ -127,7 +127,7 @@ sql postgres -At -c 'SELECT 1' >/dev/null 2>&1 ||
   die "PGUSER must be a superuser (it creates database $DB and role $ROLE)"
 [[ -n $(sql postgres -At -c "SELECT 1 FROM pg_available_extensions WHERE name = 'pg_mec'") ]] ||
   die "extension pg_mec is not installed in this cluster (run scripts/mec up)"
-for f in update_1stmt.pgbench meter.pgbench meter_hot.pgbench check.pgbench check_hot.pgbench naive_meter.sql naive_load.sql; do
+for f in update_1stmt.pgbench meter.pgbench meter_hot.pgbench check.pgbench check_hot.pgbench ../shared/bench/naive_meter.sql ../shared/bench/naive_load.sql; do
   [[ -f $SHARED/$f ]] || die "baseline $SHARED/$f not found (set MEC_BENCH_SHARED)"
 done
 
@@ -176,7 +176,7 @@ setup_db() {
     die "pgbench -i failed"
   }
 
-  say "baseline: naive_meter.sql + naive_load.sql ($ACCOUNTS accounts)"
+  say "baseline: ../shared/bench/naive_meter.sql + ../shared/bench/naive_load.sql ($ACCOUNTS accounts)"
   sql "$DB" -f "$SHARED/naive_meter.sql" >/dev/null
   sql "$DB" -f "$SHARED/naive_load.sql" >/dev/null
 
@@ -197,7 +197,7 @@ SQL
           FROM generate_series($lo, $hi) AS g" >/dev/null
     say "  provisioned $hi / $ACCOUNTS accounts"
   done
-  # Steady state, as naive_load.sql pre-creates its counters: every account has been metered
+  # Steady state, as ../shared/bench/naive_load.sql pre-creates its counters: every account has been metered
   # once this period, so its counter row exists.
   for ((lo = 1; lo <= ACCOUNTS; lo += step)); do
     hi=$((lo + step - 1 < ACCOUNTS ? lo + step - 1 : ACCOUNTS))

@@ -1,4 +1,4 @@
--- pg_mec: keeping each backend's entitlement cache fresh (pg_mec/src/cache.rs).
+-- pg_mec: keeping each backend's entitlement cache fresh (pg_mec/src/pg/invalidation.rs).
 --
 -- meter_consumption and check_entitlement resolve an account's entitlement from a per-backend
 -- cache instead of querying three tables per call. Every statement that changes a table the cache
@@ -32,7 +32,7 @@ COMMENT ON FUNCTION mec_data.invalidate_cache_rows() IS
 -- (the message, and the shared cache's invalidation when the transaction commits), and BEFORE
 -- it, which marks the transaction as a writer from the start, so that a lookup made during the
 -- statement itself (a function called from a data-modifying CTE) neither uses nor fills the
--- shared cache (pg_mec/src/shared_cache.rs). On accounts and entitlements (scope 'rows') an AFTER
+-- shared cache (pg_mec/src/cache/shared.rs). On accounts and entitlements (scope 'rows') an AFTER
 -- row trigger also notes each changed row's account: the commit makes only those accounts'
 -- shared entries stale, so a sign-up or a plan change does not send the whole cluster back to
 -- the tables. A change of a resource type, or a TRUNCATE, makes every entry stale.
@@ -72,12 +72,12 @@ BEGIN
 END $$;
 
 -- A change of role bindings (mec.bind_role) reaches every backend by the same message: a bound
--- session reads its bindings again (pg_mec/src/context.rs). The shared cache is not touched.
+-- session reads its bindings again (pg_mec/src/pg/context.rs). The shared cache is not touched.
 CREATE TRIGGER invalidate_cache AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON mec_data.role_bindings
     FOR EACH STATEMENT EXECUTE FUNCTION mec_data.invalidate_cache('bindings');
 ALTER TABLE mec_data.role_bindings ENABLE ALWAYS TRIGGER invalidate_cache;
 
--- The shared entitlement cache (pg_mec/src/shared_cache.rs), present when pg_mec is in
+-- The shared entitlement cache (pg_mec/src/cache/shared.rs), present when pg_mec is in
 -- shared_preload_libraries: its state, for operators (granted to mec_admin in grants.sql).
 CREATE FUNCTION mec_data.shared_cache_stats() RETURNS jsonb
     LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', 'shared_cache_stats_wrapper';

@@ -2,7 +2,7 @@
 -- the views of schema mec, which run as the caller) and change them only through pg_mec's
 -- functions: no INSERT, UPDATE, DELETE or TRUNCATE on mec_data for any of them, so none can
 -- rewrite a counter or the ledger, or lock a table against every tenant. The functions write as
--- mec_owner (pg_mec/src/owner.rs); row-level security (rls.sql) narrows both to the caller's
+-- mec_owner (pg_mec/src/pg/owner.rs); row-level security (rls.sql) narrows both to the caller's
 -- namespace. See docs/security.md.
 
 REVOKE ALL ON SCHEMA mec, mec_data FROM PUBLIC;
@@ -69,5 +69,5 @@ GRANT EXECUTE ON FUNCTION
     TO mec_service;
 
 
--- Operators: the shared entitlement cache's state (pg_mec/src/shared_cache.rs).
+-- Operators: the shared entitlement cache's state (pg_mec/src/cache/shared.rs).
 GRANT EXECUTE ON FUNCTION mec_data.shared_cache_stats() TO mec_admin;

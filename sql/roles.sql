@@ -4,7 +4,7 @@
 --   mec_admin    the vendor's operator: catalog, provisioning, corrections (member of mec_service)
 --   mec_authenticator  LOGIN NOINHERIT: what the gateway connects as; switches with SET ROLE
 --   mec_owner    NOLOGIN, no members: the role pg_mec's functions act as while they change the tables
---                (pg_mec/src/owner.rs); the API roles themselves may only read them (docs/security.md)
+--                (pg_mec/src/pg/owner.rs); the API roles themselves may only read them (docs/security.md)
 DO $roles$
 BEGIN
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'mec_user') THEN

@@ -2,7 +2,7 @@
 --
 -- Rule: every primary key, unique key and foreign key leads with namespace_id, so the schema
 -- can be distributed by namespace later (Citus / PL/Proxy) without a redesign.
--- sql/tests/schema_keys.sql checks this over pg_constraint.
+-- pg_mec/tests/pgtap/01_schema_keys.sql checks this over pg_constraint.
 
 CREATE SCHEMA mec_data;
 COMMENT ON SCHEMA mec_data IS 'pg_mec private tables: reach them through schema mec (functions and views)';
@@ -138,7 +138,7 @@ CREATE INDEX entitlements_lookup
 -- never by a job. Usage is the sum over slots. Slot 0 is the counter; slots > 0 are stripes of a
 -- hot counter, each consuming only the quota slot 0 granted it (escrow): stripe_quota on slot 0 is
 -- the sum of the stripes' quotas, and slot 0's guard counts it, so the total never passes the
--- ceiling (see pg_mec/src/stripes.rs).
+-- ceiling (see pg_mec/src/counters/stripes.rs).
 -- fillfactor leaves room for HOT updates: no indexed column changes on the hot path.
 CREATE TABLE mec_data.usage_counters (
     namespace_id  uuid        NOT NULL,
@@ -234,7 +234,7 @@ CREATE TABLE mec_data.audit_log (
 -- Login roles that use pg_mec's API roles from SQL, other than the gateway's authenticator, the
 -- database owner and superusers: each acts only in the namespaces the database owner bound it to
 -- (mec.bind_role), as the API role it was bound as; a mec_user binding also pins the account. Read
--- by pg_mec/src/context.rs as mec_owner, which sees only the session user's own rows (rls.sql).
+-- by pg_mec/src/pg/context.rs as mec_owner, which sees only the session user's own rows (rls.sql).
 CREATE TABLE mec_data.role_bindings (
     namespace_id uuid        NOT NULL,
     role_name    text        NOT NULL CHECK (role_name <> ''),

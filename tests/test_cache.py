@@ -1,7 +1,7 @@
 """The per-backend entitlement cache never answers with a stale entitlement.
 
 meter_consumption and check_entitlement resolve entitlements from a cache in each backend
-(pg_mec/src/entitlement.rs, kept fresh by pg_mec/src/cache.rs). These tests hold one backend
+(pg_mec/src/cache/entitlement.rs, kept fresh by pg_mec/src/pg/invalidation.rs). These tests hold one backend
 open, let it cache, change the entitlement from another backend (or in its own transaction), and
 check that the next call sees exactly the committed state: a plan change, an override, a rolled
 back override, and an account among many that the backend loaded in bulk.
@@ -168,7 +168,7 @@ def test_repeatable_read_neither_uses_nor_fills_the_cache(connect, call, new_acc
 
 # ---------------------------------------------------------------- the shared cache
 # With pg_mec in shared_preload_libraries (scripts/mec up sets it), a lookup one backend made is
-# kept in shared memory for every other backend (pg_mec/src/shared_cache.rs).
+# kept in shared memory for every other backend (pg_mec/src/cache/shared.rs).
 
 
 def shared_stats(connect) -> dict:

@@ -174,7 +174,7 @@ impl From<deadpool_postgres::PoolError> for ApiError {
     }
 }
 
-/// SQLSTATE → HTTP status, PostgREST v12's table (`POSTGREST.md` §4) plus our
+/// SQLSTATE → HTTP status, PostgREST v12's table (`../shared/docs/POSTGREST.md` §4) plus our
 /// extension `MEnnn` → `nnn` and the contract's `P0002` → 404.
 ///
 /// Every request that reaches the database carries a JWT role, so `42501` is 403.

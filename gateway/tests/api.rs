@@ -2,8 +2,7 @@
 //!
 //! Set `MEC_TEST_DATABASE_URL` to a superuser URL of any cluster. The tests create a database
 //! of their own there (`mec_gateway_fixture`, rebuilt on every run) and never touch the
-//! database the URL names. Without the variable every test prints why and passes without
-//! doing anything. The gateway connects with `MEC_TEST_AUTHENTICATOR_URL` or
+//! database the URL names. Without the variable they fail. The gateway connects with `MEC_TEST_AUTHENTICATOR_URL` or
 //! `MEC_AUTHENTICATOR_URL` (their database replaced by the fixture's), else as a NOINHERIT
 //! login role made by the tests (`mec_gateway_test_login`).
 
@@ -38,10 +37,18 @@ const TEST_LOGIN: &str = "mec_gateway_test_login";
 /// (superuser URL, gateway URL) of the fixture database, set up once per test process.
 static FIXTURE: tokio::sync::OnceCell<(String, String)> = tokio::sync::OnceCell::const_new();
 
-fn admin_url() -> Option<String> {
+/// The superuser URL the tests run against. Unset, they fail: a test that passes without its
+/// database would say nothing about the gateway.
+fn admin_url() -> String {
     std::env::var("MEC_TEST_DATABASE_URL")
         .ok()
         .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| {
+            panic!(
+                "MEC_TEST_DATABASE_URL is unset: these tests run against a real PostgreSQL. \
+                 Run them with scripts/mec test, or: set -a; . .mec/env; set +a; cargo test -p mec_gateway"
+            )
+        })
 }
 
 fn quote(v: &str) -> String {
@@ -154,15 +161,11 @@ fn config(db: &str, extra: &[(&str, &str)]) -> Config {
     Config::from_lookup(|k| m.get(k).cloned()).expect("config")
 }
 
-async fn setup_with(extra: &[(&str, &str)]) -> Option<(Router, AppState)> {
-    let Some(url) = admin_url() else {
-        eprintln!("skipping: MEC_TEST_DATABASE_URL is unset (see gateway/tests/api.rs)");
-        return None;
-    };
-    let (_, gateway_url) = fixture(&url).await;
+async fn setup_with(extra: &[(&str, &str)]) -> (Router, AppState) {
+    let (_, gateway_url) = fixture(&admin_url()).await;
     let state = AppState::new(config(&gateway_url, extra)).expect("state");
     state.reload_schema().await.expect("load schema cache");
-    Some((app(state.clone()), state))
+    (app(state.clone()), state)
 }
 
 macro_rules! setup {
@@ -170,10 +173,7 @@ macro_rules! setup {
         setup!(&[])
     };
     ($extra:expr) => {
-        match setup_with($extra).await {
-            Some(s) => s,
-            None => return,
-        }
+        setup_with($extra).await
     };
 }
 
@@ -1115,11 +1115,7 @@ async fn request_timeout_is_504_and_the_gateway_recovers() {
 
 #[tokio::test]
 async fn database_down_is_503_json() {
-    if admin_url().is_none() {
-        eprintln!("skipping: MEC_TEST_DATABASE_URL is unset");
-        return;
-    }
-    // Nothing listens on port 1.
+    // Nothing listens on port 1: no database needed.
     let state = AppState::new(config(
         "postgres://mec_authenticator@127.0.0.1:1/mec",
         &[("MEC_CONNECT_TIMEOUT_MS", "500")],
@@ -1144,7 +1140,7 @@ async fn database_down_is_503_json() {
 #[tokio::test]
 async fn schema_reload_on_notify() {
     let (app, state) = setup!();
-    let (url, _) = fixture(&admin_url().unwrap()).await;
+    let (url, _) = fixture(&admin_url()).await;
     let listener = state.spawn_schema_listener();
     // Let the listener connect and load before the function exists.
     tokio::time::sleep(Duration::from_millis(1000)).await;

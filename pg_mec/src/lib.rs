@@ -1,43 +1,37 @@
 //! pg_mec — metering, entitlements and controls inside PostgreSQL.
 //!
-//! `api/` holds the `#[pg_extern]` entry points; the modules beside it hold the logic, and
-//! `pg_mec_core` the pure parts (periods, enforcement, catalog validation). DDL, row-level
-//! security, views and grants are the `.sql` files of `sql/`, included in order below.
+//! The code lives in rooms, each a folder, each importing only the rooms below it:
+//!
+//! | room | what |
+//! |---|---|
+//! | `api/` | every `#[pg_extern]` and `#[pg_trigger]`: arguments in, one entry shape, errors raised |
+//! | `ops/` | the operations: metering, batches, reservations, leases, corrections, provisioning, catalog, namespaces, bindings, summaries |
+//! | `counters/` | usage counters: their keys, hot counters' stripes, reading usage |
+//! | `ledger/` | the append-only ledger: events, results and replays, idempotency keys, audit |
+//! | `cache/` | the entitlement in force, cached per backend and in shared memory |
+//! | `pg/` | PostgreSQL plumbing: SPI statements, errors and raising, values, arguments, jsonb, the caller, `mec_owner`, invalidation |
+//!
+//! `pg_mec_core` holds the pure parts (periods, enforcement, quantities, catalog validation,
+//! entitlements). DDL, row-level security, views and grants are the `.sql` files of `sql/`,
+//! included in order below.
 
 use pgrx::prelude::*;
 
 ::pgrx::pg_module_magic!(name, version);
 
+// The rooms, from the top down; each imports only the rooms below it (scripts/dev/check-layers.py).
 mod api;
-mod args;
-mod batch;
-mod bindings;
 mod cache;
-mod catalog_load;
-mod context;
-mod corrections;
 mod counters;
-mod entitlement;
-mod errors;
-mod jsonb;
-mod leases;
-mod metering;
-mod namespaces;
-mod owner;
-mod provisioning;
-mod reservations;
-mod shared_cache;
-mod spi;
-mod stripes;
-mod summary;
-mod usage;
-mod values;
+mod ledger;
+mod ops;
+mod pg;
 
 /// Loaded from `shared_preload_libraries`, pg_mec sets up its shared entitlement cache
-/// (`shared_cache.rs`); loaded on first use, it keeps a per-backend cache only.
+/// (`cache/shared.rs`); loaded on first use, it keeps a per-backend cache only.
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
-    shared_cache::init();
+    cache::shared::init();
 }
 
 extension_sql_file!("../../sql/roles.sql", bootstrap);
@@ -53,13 +47,3 @@ extension_sql_file!(
     ]
 );
 extension_sql_file!("../../sql/grants.sql", finalize);
-
-#[cfg(test)]
-pub mod pg_test {
-    pub fn setup(_options: Vec<&str>) {}
-
-    #[must_use]
-    pub fn postgresql_conf_options() -> Vec<&'static str> {
-        vec![]
-    }
-}

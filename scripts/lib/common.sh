@@ -24,6 +24,9 @@ die() {
   exit 1
 }
 
+# A switch from the environment (MEC_RESET=1, MEC_SKIP_APT=true, …) is on.
+flag() { [[ ${!1:-0} == 1 || ${!1:-0} == true ]]; }
+
 # ---------------------------------------------------------------- users
 is_root() { [[ $EUID -eq 0 ]]; }
 

@@ -2,9 +2,8 @@
 # `scripts/mec test`: `up`, then every suite against the real cluster.
 # All suites run even when one fails; the exit code is non-zero on any failure.
 #
-# Switches: MEC_SKIP_PGRX_TEST=1 skips `cargo pgrx test` (run only when the
-# extension has #[pg_test] functions); MEC_TEST_ONLY="cargo pgtap isolation pytest"
-# runs a subset.
+# Switches: MEC_TEST_ONLY="cargo pgtap isolation pytest" runs a subset. Which test goes in
+# which suite: CONTRIBUTING.md.
 
 SUITE_PASSED=()
 SUITE_FAILED=()
@@ -51,7 +50,7 @@ run_suite() {
 suite_counts() {
   local name=$1 log=$2
   case $name in
-    cargo | pgrx)
+    cargo)
       awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed;?$/) p += $i; if ($(i+1) ~ /^failed;?$/) f += $i } }
            END { if (p + f > 0) printf "%d tests passed, %d failed", p, f }' "$log"
       ;;
@@ -87,28 +86,9 @@ suite_cargo() {
   MEC_TEST_DATABASE_URL="$MEC_DATABASE_URL" cargo test "${args[@]}"
 }
 
-has_pg_tests() {
-  grep -rqs '#\[pg_test\]' "$MEC_ROOT/pg_mec/src"
-}
-
-suite_pgrx() {
-  flag MEC_SKIP_PGRX_TEST && exit 77
-  has_pg_tests || exit 77
-  # `cargo pgrx test` installs a debug build into the system PostgreSQL; the
-  # gateway is stopped meanwhile and `up` reinstalls the release build after.
-  stop_gateway
-  set_aside_installed_so
-  cd "$MEC_ROOT/pg_mec"
-  local rc=0
-  cargo pgrx test pg15 || rc=$?
-  restore_installed_so
-  drop_set_aside_so
-  exit "$rc"
-}
-
 suite_pgtap() {
   shopt -s nullglob
-  local files=("$MEC_ROOT"/sql/tests/*.sql)
+  local files=("$MEC_ROOT"/pg_mec/tests/pgtap/*.sql)
   shopt -u nullglob
   ((${#files[@]})) || exit 77
   "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -c 'CREATE EXTENSION IF NOT EXISTS pgtap' >/dev/null
@@ -183,17 +163,6 @@ cmd_test() {
   load_env
   set_pg_paths
 
-  if ! flag MEC_SKIP_PGRX_TEST && has_pg_tests &&
-    [[ -z ${MEC_TEST_ONLY:-} || " $MEC_TEST_ONLY " == *" pgrx "* ]]; then
-    run_suite pgrx suite_pgrx
-    step "test: reinstalling the release build after cargo pgrx test"
-    if ! "$self" up >"$MEC_DIR/up-after-pgrx.log" 2>&1; then
-      cat "$MEC_DIR/up-after-pgrx.log" >&2
-      SUITE_FAILED+=("up-after-pgrx")
-      SUITE_LINES+=("up-after-pgrx: FAILED (reinstalling the release build after cargo pgrx test)")
-    fi
-    load_env
-  fi
   run_suite cargo suite_cargo
   run_suite pgtap suite_pgtap
   run_suite isolation suite_isolation

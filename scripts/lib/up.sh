@@ -16,8 +16,6 @@ APT_PACKAGES=(
   libclang-dev curl ca-certificates
 )
 
-flag() { [[ ${!1:-0} == 1 || ${!1:-0} == true ]]; }
-
 # ------------------------------------------------------------ 1. packages
 up_apt() {
   local missing=() p
@@ -63,11 +61,11 @@ ext_source_hash() {
       rustc -V
       cargo pgrx --version
       local f
-      for f in Cargo.toml Cargo.lock .cargo/config.toml; do
+      for f in Cargo.toml Cargo.lock; do
         if [[ -f $f ]]; then sha256sum "$f"; fi
       done
       find pg_mec sql -type f \
-        -not -path '*/target/*' -not -path 'sql/tests/*' -not -path 'sql/demo/*' \
+        -not -path '*/target/*' -not -path 'pg_mec/tests/*' -not -path 'sql/demo/*' \
         -print0 | sort -z | xargs -0 -r sha256sum
     } | sha256_of_stdin
   )
@@ -237,13 +235,26 @@ clear_dead_server() {
   done
 }
 
+# The cluster, step by step; the steps share PG_OS_USER, PG_PORT, CLUSTER_RUNNING and
+# CLUSTER_SETTINGS_CHANGED.
 up_cluster() {
-  local user
-  user="$(pg_os_user)"
-  id "$user" >/dev/null 2>&1 || die "OS user '$user' does not exist (is postgresql-15 installed?)"
+  PG_OS_USER="$(pg_os_user)"
+  id "$PG_OS_USER" >/dev/null 2>&1 || die "OS user '$PG_OS_USER' does not exist (is postgresql-15 installed?)"
   [[ -x $PG_BIN/initdb ]] || die "$PG_BIN/initdb not found (is postgresql-15 installed?)"
-
   set_pg_paths
+  cluster_dirs
+  cluster_initdb
+  cluster_port
+  cluster_settings
+  write_env
+  cluster_start
+  cluster_password
+}
+
+# The data, socket and log locations, owned by the cluster's OS user (outside .mec/ when that user
+# cannot reach it: see docs/operations.md#root).
+cluster_dirs() {
+  local user=$PG_OS_USER
   if [[ $PG_BASE != "$MEC_DIR" ]]; then
     info "postgres cannot reach $MEC_DIR; cluster files live in $PG_BASE"
     mkdir -p "$PG_BASE"
@@ -263,57 +274,65 @@ up_cluster() {
       chown -R "$user:" "$PGDATA_DIR"
     fi
   fi
+}
 
-  # initdb once
-  if [[ ! -f $PGDATA_DIR/PG_VERSION ]]; then
-    if [[ -d $PGDATA_DIR ]] && [[ -n "$(ls -A "$PGDATA_DIR")" ]]; then
-      die "$PGDATA_DIR exists, is not empty and holds no cluster; remove it or run 'scripts/mec down --purge'"
-    fi
-    local locale pwfile
-    locale="$(pick_locale)"
-    step "cluster: initdb $PGDATA_DIR (owner $user, locale $locale)"
-    mkdir -p "$PGDATA_DIR"
-    chmod 700 "$PGDATA_DIR"
-    pwfile="$PG_BASE/.initdb-pw"
-    (umask 077 && printf '%s\n' "$PG_PASSWORD" >"$pwfile")
-    if is_root; then chown "$user:" "$PGDATA_DIR" "$pwfile"; fi
-    if ! as_pg "$PG_BIN/initdb" -D "$PGDATA_DIR" -U postgres \
-      --auth-local=trust --auth-host=scram-sha-256 \
-      --encoding=UTF8 --locale="$locale" --pwfile="$pwfile" >"$MEC_DIR/initdb.log" 2>&1; then
-      rm -f "$pwfile"
-      cat "$MEC_DIR/initdb.log" >&2
-      die "initdb failed"
-    fi
-    rm -f "$pwfile"
-  else
+# initdb, once.
+cluster_initdb() {
+  local user=$PG_OS_USER
+  if [[ -f $PGDATA_DIR/PG_VERSION ]]; then
     step "cluster: reusing $PGDATA_DIR"
+    return
   fi
+  if [[ -d $PGDATA_DIR ]] && [[ -n "$(ls -A "$PGDATA_DIR")" ]]; then
+    die "$PGDATA_DIR exists, is not empty and holds no cluster; remove it or run 'scripts/mec down --purge'"
+  fi
+  local locale pwfile
+  locale="$(pick_locale)"
+  step "cluster: initdb $PGDATA_DIR (owner $user, locale $locale)"
+  mkdir -p "$PGDATA_DIR"
+  chmod 700 "$PGDATA_DIR"
+  pwfile="$PG_BASE/.initdb-pw"
+  (umask 077 && printf '%s\n' "$PG_PASSWORD" >"$pwfile")
+  if is_root; then chown "$user:" "$PGDATA_DIR" "$pwfile"; fi
+  if ! as_pg "$PG_BIN/initdb" -D "$PGDATA_DIR" -U postgres \
+    --auth-local=trust --auth-host=scram-sha-256 \
+    --encoding=UTF8 --locale="$locale" --pwfile="$pwfile" >"$MEC_DIR/initdb.log" 2>&1; then
+    rm -f "$pwfile"
+    cat "$MEC_DIR/initdb.log" >&2
+    die "initdb failed"
+  fi
+  rm -f "$pwfile"
+}
 
-  # Our settings live in pg_mec.conf, included once from postgresql.conf and
-  # rewritten on every run (so a new port is picked up).
+# The port: a running cluster's own, else the recorded one, else the next free one. Also decides
+# whether the cluster runs (CLUSTER_RUNNING), after settling a starting or dead one.
+cluster_port() {
+  CLUSTER_RUNNING=0
+  settle_cluster
+  if [[ $CLUSTER_STATE == ready ]]; then
+    CLUSTER_RUNNING=1
+    PG_PORT="$(running_port)"
+    [[ -n $PG_PORT ]] || die "cannot read the port of the running cluster from $PGDATA_DIR/postmaster.pid"
+    return
+  fi
+  local want="${PG_PORT:-5432}"
+  if port_in_use "$want"; then
+    PG_PORT="$(next_free_port $((want + 1)))"
+    info "port $want is taken, using $PG_PORT"
+  else
+    PG_PORT="$want"
+  fi
+}
+
+# Our settings live in pg_mec.conf, included once from postgresql.conf and rewritten on every run
+# (so a new port is picked up). pg_mec is preloaded (its shared entitlement cache lives in shared
+# memory set up at server start) once the library is installed: a server cannot start preloading
+# a missing one.
+cluster_settings() {
   local conf="$PGDATA_DIR/postgresql.conf" inc="$PGDATA_DIR/pg_mec.conf"
   if ! grep -q "^include_if_exists = 'pg_mec.conf'" "$conf"; then
     printf "\n# added by scripts/mec up\ninclude_if_exists = 'pg_mec.conf'\n" >>"$conf"
   fi
-
-  local running=0
-  settle_cluster
-  if [[ $CLUSTER_STATE == ready ]]; then
-    running=1
-    PG_PORT="$(running_port)"
-    [[ -n $PG_PORT ]] || die "cannot read the port of the running cluster from $PGDATA_DIR/postmaster.pid"
-  else
-    local want="${PG_PORT:-5432}"
-    if port_in_use "$want"; then
-      PG_PORT="$(next_free_port $((want + 1)))"
-      info "port $want is taken, using $PG_PORT"
-    else
-      PG_PORT="$want"
-    fi
-  fi
-
-  # pg_mec preloaded: its shared entitlement cache lives in shared memory set up at server start
-  # (only once the library is installed: a server cannot start preloading a missing one).
   local preload=""
   if [[ -f "$(installed_so)" ]]; then
     preload="shared_preload_libraries = 'pg_mec'
@@ -332,21 +351,25 @@ $preload
 EOF
   )"
   [[ -f $inc ]] && old="$(cat "$inc")"
+  CLUSTER_SETTINGS_CHANGED=0
   if [[ $new != "$old" ]]; then
+    CLUSTER_SETTINGS_CHANGED=1
     printf '%s\n' "$new" >"$inc"
-    if is_root; then chown "$user:" "$inc"; fi
+    if is_root; then chown "$PG_OS_USER:" "$inc"; fi
   fi
-  write_env
+}
 
-  # A preloaded library is mapped by the postmaster: a newly installed pg_mec.so takes effect
-  # only after a restart. .mec/cluster.so records the build the server started with.
+# Starts the cluster, or restarts a running one whose settings or preloaded library changed (a
+# preloaded library is mapped by the postmaster: a new pg_mec.so takes effect only after a restart;
+# .mec/cluster.so records the build the server started with).
+cluster_start() {
   local loaded="$MEC_DIR/cluster.so" reason=""
-  if [[ $new != "$old" ]]; then
+  if ((CLUSTER_SETTINGS_CHANGED)); then
     reason="settings changed"
-  elif [[ -n $preload && $(cat "$loaded" 2>/dev/null) != "$(installed_so_hash)" ]]; then
+  elif [[ -f "$(installed_so)" && $(cat "$loaded" 2>/dev/null) != "$(installed_so_hash)" ]]; then
     reason="pg_mec.so changed"
   fi
-  if ((running)); then
+  if ((CLUSTER_RUNNING)); then
     if [[ -n $reason ]]; then
       step "cluster: $reason, restarting (port $PG_PORT)"
       as_pg env -u RUST_BACKTRACE "$PG_BIN/pg_ctl" -D "$PGDATA_DIR" -l "$PG_LOG" -m fast -w -t 90 restart >/dev/null ||
@@ -365,8 +388,10 @@ EOF
     fi
   fi
   installed_so_hash >"$loaded"
+}
 
-  # The superuser password always matches .mec/env (also after .mec/env was lost).
+# The superuser password always matches .mec/env (also after .mec/env was lost).
+cluster_password() {
   admin_psql -d postgres -v pw="$PG_PASSWORD" <<'SQL'
 ALTER ROLE postgres PASSWORD :'pw';
 SQL

@@ -1,4 +1,4 @@
-//! A small byte encoding for values kept in shared memory (`shared_cache.rs`): fixed-width
+//! A small byte encoding for values kept in shared memory (`the extension's cache/shared.rs`): fixed-width
 //! little-endian integers, length-prefixed strings, Decimals in their 16-byte form, `Option`s
 //! behind a presence byte. A reader that runs out of bytes or meets a bad tag returns `None`.
 

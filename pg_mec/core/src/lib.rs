@@ -3,10 +3,12 @@
 //!
 //! * [`period`] — period and rate windows in Unix microseconds UTC, sliding-window estimates.
 //! * [`enforcement`] — hard / soft / capped limits: [`Policy::decide`] and its stable reasons.
+//! * [`entitlement`] — the entitlement in force: the plan's row, an override, grants, at a moment.
 //! * [`billing`] — which HTTP statuses make an event billable.
 //! * [`catalog`] — validating a catalog document into a typed [`Catalog`], or every [`Problem`].
 //! * [`quantity`] — which quantities pg_mec counts exactly, and the bound on every counter.
 //! * [`civil`] — the calendar arithmetic behind [`period`].
+//! * [`time`] — instants as RFC 3339 text and back.
 //! * [`codec`] — the byte encoding of values kept in shared memory.
 //!
 //! ```
@@ -36,9 +38,11 @@ pub mod catalog;
 pub mod civil;
 pub mod codec;
 pub mod enforcement;
+pub mod entitlement;
 pub mod parse;
 pub mod period;
 pub mod quantity;
+pub mod time;
 
 pub use billing::{default_billable, is_billable, StatusClass, StatusClassError};
 pub use catalog::{

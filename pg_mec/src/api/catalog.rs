@@ -2,8 +2,10 @@
 
 use pgrx::prelude::*;
 
-use crate::jsonb::{Jsonb, JsonbArg};
-use crate::{api, args, catalog_load};
+use crate::api;
+use crate::ops::catalog;
+use crate::pg::args;
+use crate::pg::jsonb::{Jsonb, JsonbArg};
 
 /// Validates the catalog (`sql/catalog.schema.json` describes it) and applies it to the caller's
 /// namespace, all or nothing. Loading the same document twice changes nothing.
@@ -17,6 +19,6 @@ fn load_catalog(p_catalog: Option<JsonbArg>) -> Jsonb {
     Jsonb(api::write(|caller, client| {
         let ns = caller.namespace;
         let doc = args::required(p_catalog, "p_catalog")?.parse("p_catalog")?;
-        catalog_load::load(client, ns, &doc)
+        catalog::load(client, ns, &doc)
     }))
 }

@@ -3,9 +3,11 @@
 use pgrx::prelude::*;
 use pgrx::{AnyNumeric, Uuid};
 
-use crate::corrections::{self, Adjustment, Grant, Override};
-use crate::jsonb::Jsonb;
-use crate::{api, args};
+use crate::api;
+use crate::ops::corrections::{self, Adjustment, Grant, Override};
+use crate::pg::args;
+use crate::pg::clock;
+use crate::pg::jsonb::Jsonb;
 
 /// Replaces the plan's limit for one account and resource from `p_valid_from` (until
 /// `p_valid_until`); `p_limit` NULL = unlimited. Returns the new entitlement row with
@@ -28,7 +30,9 @@ fn set_override(
         let req = Override {
             account_id: args::required(p_account_id, "p_account_id")?,
             resource_type: args::text(p_resource_type, "p_resource_type")?,
-            limit: p_limit.map(|n| crate::values::to_decimal(&n)).transpose()?,
+            limit: p_limit
+                .map(|n| crate::pg::values::to_decimal(&n))
+                .transpose()?,
             enforcement: p_enforcement.map(str::to_string),
             valid_from_us: args::instant(p_valid_from, "p_valid_from")?,
             valid_until_us: p_valid_until
@@ -66,7 +70,7 @@ fn grant_credits(
             reason: p_reason.map(str::to_string),
             key: p_idempotency_key.map(str::to_string),
         };
-        corrections::grant_credits(client, ns, &req, args::now_us())
+        corrections::grant_credits(client, ns, &req, clock::now_us())
     }))
 }
 

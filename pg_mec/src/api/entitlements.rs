@@ -3,8 +3,11 @@
 use pgrx::prelude::*;
 use pgrx::{AnyNumeric, Uuid};
 
-use crate::jsonb::Jsonb;
-use crate::{api, args, summary};
+use crate::api;
+use crate::ops::summary;
+use crate::pg::args;
+use crate::pg::clock;
+use crate::pg::jsonb::Jsonb;
 
 /// May `p_account_id` use `p_requested_qty` more of `p_resource_type` now? Read-only.
 ///
@@ -26,7 +29,7 @@ fn check_entitlement(
         let resource = args::text(p_resource_type, "p_resource_type")?;
         let qty = args::quantity(p_requested_qty, "p_requested_qty")?;
         caller.require_account_access(account)?;
-        summary::check(client, ns, account, &resource, qty, args::now_us())
+        summary::check(client, ns, account, &resource, qty, clock::now_us())
     }))
 }
 
@@ -42,6 +45,6 @@ fn usage_summary(p_account_id: Option<Uuid>) -> Jsonb {
         let ns = caller.namespace;
         let account = args::required(p_account_id, "p_account_id")?;
         caller.require_account_access(account)?;
-        summary::usage_summary(client, ns, account, args::now_us())
+        summary::usage_summary(client, ns, account, clock::now_us())
     }))
 }

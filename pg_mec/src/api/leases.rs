@@ -3,9 +3,11 @@
 use pgrx::prelude::*;
 use pgrx::Uuid;
 
-use crate::jsonb::Jsonb;
-use crate::leases::{self, Acquire};
-use crate::{api, args};
+use crate::api;
+use crate::ops::leases::{self, Acquire};
+use crate::pg::args;
+use crate::pg::clock;
+use crate::pg::jsonb::Jsonb;
 
 /// Takes one slot of the concurrency resource `p_resource_type` for `p_account_id` for
 /// `p_ttl_seconds` (1–86400). Idempotent on `p_idempotency_key` when given.
@@ -31,7 +33,7 @@ fn acquire_lease(
             ttl_seconds: args::ttl_seconds(p_ttl_seconds, "p_ttl_seconds")?,
             key: p_idempotency_key.map(str::to_string),
         };
-        leases::acquire(client, ns, &req, args::now_us())
+        leases::acquire(client, ns, &req, clock::now_us())
     }))
 }
 

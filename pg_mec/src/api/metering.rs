@@ -3,9 +3,12 @@
 use pgrx::prelude::*;
 use pgrx::{AnyNumeric, Uuid};
 
-use crate::jsonb::{Jsonb, JsonbArg};
-use crate::metering::{self, Event};
-use crate::{api, args};
+use crate::api;
+use crate::ledger::Event;
+use crate::ops::metering;
+use crate::pg::args;
+use crate::pg::clock;
+use crate::pg::jsonb::{Jsonb, JsonbArg};
 
 /// Records `p_quantity` of `p_resource_type` for `p_account_id`, deciding and counting in one
 /// statement under the counter's row lock, idempotently on `p_idempotency_key`.
@@ -43,8 +46,8 @@ fn meter_consumption(
                 .unwrap_or_else(|| serde_json::json!({})),
             http_status: p_http_status,
         };
-        metering::validate(&event)?;
-        metering::meter(client, ns, &event, args::now_us())
+        event.validate()?;
+        metering::meter(client, ns, &event, clock::now_us())
     }))
 }
 
@@ -59,6 +62,6 @@ fn meter_consumption_batch(p_events: Option<JsonbArg>) -> Jsonb {
     Jsonb(api::write(|caller, client| {
         let ns = caller.namespace;
         let events = args::required(p_events, "p_events")?.parse("p_events")?;
-        crate::batch::meter_batch(client, ns, &events, args::now_us())
+        crate::ops::batch::meter_batch(client, ns, &events, clock::now_us())
     }))
 }

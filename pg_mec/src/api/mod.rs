@@ -3,6 +3,7 @@
 //! caller, run the work as `mec_owner` with a fixed search path (`owner.rs`), and raise any error
 //! at this boundary, after every Rust value is dropped (`errors::raise`).
 
+pub mod cache;
 pub mod catalog;
 pub mod corrections;
 pub mod entitlements;
@@ -15,9 +16,10 @@ pub mod reservations;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 
-use crate::context::Caller;
-use crate::errors::{finish, MecResult};
-use crate::owner::AsOwner;
+use crate::pg::context::Caller;
+use crate::pg::owner::AsOwner;
+use crate::pg::raise::finish;
+use crate::pg::MecResult;
 
 /// The caller, then `work` as `mec_owner`: the guard is dropped before the result is returned.
 fn as_owner<T>(work: impl FnOnce(&Caller) -> MecResult<T>) -> MecResult<T> {
@@ -50,6 +52,6 @@ pub(crate) fn operator<T>(work: impl FnOnce(&mut SpiClient<'_>) -> MecResult<T>)
 fn with_fixed_search_path<T>(
     work: impl FnOnce(&mut SpiClient<'_>) -> MecResult<T>,
 ) -> MecResult<T> {
-    let _path = crate::owner::FixedSearchPath::enter();
+    let _path = crate::pg::owner::FixedSearchPath::enter();
     Spi::connect_mut(work)
 }

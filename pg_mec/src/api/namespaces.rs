@@ -3,10 +3,12 @@
 use pgrx::prelude::*;
 use pgrx::Uuid;
 
-use crate::bindings::{self, Bind};
-use crate::errors::finish;
-use crate::jsonb::{Jsonb, JsonbArg};
-use crate::{api, args, context, namespaces};
+use crate::api;
+use crate::ops::bindings::{self, Bind};
+use crate::ops::namespaces;
+use crate::pg::jsonb::{Jsonb, JsonbArg};
+use crate::pg::raise::finish;
+use crate::pg::{args, context};
 
 /// The caller's namespace. For the gateway's authenticator, superusers and the database owner:
 /// the `namespace_id` claim of `request.jwt.claims`, else the GUC `mec.namespace_id`. For any other

@@ -3,9 +3,10 @@
 use pgrx::prelude::*;
 use pgrx::Uuid;
 
-use crate::jsonb::Jsonb;
-use crate::provisioning::{self, Provision};
-use crate::{api, args};
+use crate::api;
+use crate::ops::provisioning::{self, Provision};
+use crate::pg::args;
+use crate::pg::jsonb::Jsonb;
 
 /// Puts `p_account_id` on `p_plan_id` from `p_effective_at` on, creating the account if missing
 /// (with `p_external_id`). Usage already counted in the period is kept. Idempotent on

@@ -3,9 +3,11 @@
 use pgrx::prelude::*;
 use pgrx::{AnyNumeric, Uuid};
 
-use crate::jsonb::Jsonb;
-use crate::reservations::{self, Reserve};
-use crate::{api, args};
+use crate::api;
+use crate::ops::reservations::{self, Reserve};
+use crate::pg::args;
+use crate::pg::clock;
+use crate::pg::jsonb::Jsonb;
 
 /// Holds `p_quantity` of a metered or gauge resource for `p_ttl_seconds` (1–86400), deciding under
 /// the counter's row lock like `meter_consumption`. Idempotent on `p_idempotency_key`.
@@ -28,7 +30,7 @@ fn reserve_consumption(
             quantity: args::quantity(p_quantity, "p_quantity")?,
             ttl_seconds: args::ttl_seconds(p_ttl_seconds, "p_ttl_seconds")?,
         };
-        reservations::reserve(client, ns, &req, args::now_us())
+        reservations::reserve(client, ns, &req, clock::now_us())
     }))
 }
 
@@ -48,7 +50,7 @@ fn commit_reservation(
         let actual = p_actual_quantity
             .map(|n| args::quantity(Some(n), "p_actual_quantity"))
             .transpose()?;
-        reservations::commit(client, ns, id, actual, args::now_us())
+        reservations::commit(client, ns, id, actual, clock::now_us())
     }))
 }
 

@@ -1,0 +1,415 @@
+//! `meter_consumption`: decide and record one usage event, exactly once.
+//!
+//! The hot path is one statement (`sql/meter_plain.sql`): a guarded counter `UPDATE … WHERE used +
+//! qty <= ceiling` (the row lock serialises concurrent callers, so usage never passes a hard
+//! ceiling) feeding the ledger `INSERT … ON CONFLICT DO NOTHING` on the idempotency key. A striped
+//! counter (a hot one, see `counters/stripes.rs`) takes two: slot 0 first, then the ledger row
+//! with the stripes summed under slot 0's lock. The rare cases — a replayed key, a counter row not
+//! yet created, a denial — take a second look.
+//!
+//! Everything that can refuse the event is decided before the first write; what fails after one
+//! is `MecError::AfterWrite`, so a batch never reports such an event as merely rejected.
+
+use std::time::Instant;
+
+use pg_mec_core::billing::is_billable;
+use pg_mec_core::catalog::Kind;
+use pg_mec_core::period::Window;
+use pg_mec_core::quantity::{counter_ceiling, passes_bound};
+use pg_mec_core::Decimal;
+use pgrx::datum::{AnyNumeric, TimestampWithTimeZone, Uuid};
+use pgrx::spi::SpiClient;
+use serde_json::Value;
+
+use crate::cache::entitlement::{self, Effective};
+use crate::counters::{stripes, usage, CounterKey};
+use crate::ledger::replay::{replay, replay_if_recorded};
+use crate::ledger::{Event, UsageResult};
+use crate::pg::spi::{self, stmt};
+use crate::pg::values::{timestamptz, to_decimal, to_numeric};
+use crate::pg::{MecError, MecResult};
+
+/// Events up to this far in the future are accepted (clients' clocks drift).
+const FUTURE_TOLERANCE_US: i64 = 5 * 60 * 1_000_000;
+const DAY_US: i64 = 86_400 * 1_000_000;
+
+stmt! {
+    /// The common case of metering, one statement: see `sql/meter_plain.sql`.
+    static METER_PLAIN: write (ns: uuid, key: text, account_id: uuid, resource_type: text,
+                               quantity: numeric, occurred_at: timestamptz, period_start: timestamptz,
+                               period_end: timestamptz, ceiling: numeric, overage_from: numeric,
+                               floor: numeric, http_status: int4, metadata: jsonb) =
+        include_str!("sql/meter_plain.sql");
+}
+
+stmt! {
+    /// The slot-0 half of metering a striped (or newly created) counter. Slot 0's guard counts the
+    /// quota granted to stripes (stripe_quota): while stripes hold quota, slot 0 alone may not cross
+    /// the limit, nor act under a limit other than the one the quota was granted under (the stripes
+    /// are folded back first), so limits and the overage flag stay exact. The parameters are the
+    /// first eleven of METER_PLAIN's (key, occurred_at and period_end unused, for the numbering).
+    static METER_SLOT0: write (ns: uuid, key: text, account_id: uuid, resource_type: text,
+                               quantity: numeric, occurred_at: timestamptz, period_start: timestamptz,
+                               period_end: timestamptz, ceiling: numeric, overage_from: numeric,
+                               floor: numeric) =
+        "UPDATE mec_data.usage_counters
+            SET used = used + $5, updated_at = now()
+          WHERE namespace_id = $1 AND account_id = $3 AND resource_type = $4
+            AND period_start = $7 AND slot = 0
+            AND ($9::numeric IS NULL OR used + stripe_quota + $5 <= $9)
+            AND (NOT striped OR (stripe_limit IS NOT DISTINCT FROM $10::numeric
+                                 AND ($10::numeric IS NULL OR used + stripe_quota + $5 <= $10)))
+            AND ($11::numeric IS NULL OR used + $5 >= $11)
+          RETURNING used";
+}
+
+stmt! {
+    /// The ledger half of metering a striped counter: see `sql/record_striped.sql`.
+    static RECORD_STRIPED: write (ns: uuid, key: text, account_id: uuid, resource_type: text,
+                                  quantity: numeric, occurred_at: timestamptz, period_start: timestamptz,
+                                  period_end: timestamptz, ceiling: numeric, overage_from: numeric,
+                                  floor: numeric, http_status: int4, metadata: jsonb,
+                                  slot_used: numeric) =
+        include_str!("sql/record_striped.sql");
+}
+
+stmt! {
+    static RECORD_UNBILLED: write (ns: uuid, key: text, account_id: uuid, resource_type: text, quantity: numeric, occurred_at: timestamptz, period_start: timestamptz, period_end: timestamptz, quantity_used: numeric, quantity_allowed: numeric, http_status: int4, metadata: jsonb) =
+        "INSERT INTO mec_data.consumption
+                  (namespace_id, idempotency_key, consumption_id, account_id, resource_type, quantity,
+                   occurred_at, period_start, period_end, billable, quantity_used, quantity_allowed,
+                   http_status, metadata)
+              VALUES ($1, $2, gen_random_uuid(), $3, $4, $5, $6, $7, $8, false, $9, $10, $11, coalesce($12, '{}'))
+              ON CONFLICT (namespace_id, idempotency_key) DO NOTHING
+              RETURNING consumption_id";
+}
+
+stmt! {
+    static LATE_EVENT_DAYS: read (ns: uuid) =
+        "SELECT coalesce((settings->>'late_event_days')::int4, 7) FROM mec_data.namespaces WHERE namespace_id = $1";
+}
+
+fn check_time(client: &SpiClient<'_>, ns: Uuid, occurred_us: i64, now_us: i64) -> MecResult<()> {
+    if occurred_us > now_us + FUTURE_TOLERANCE_US {
+        return Err(MecError::invalid("p_occurred_at is in the future"));
+    }
+    if occurred_us < now_us - DAY_US {
+        let days = spi::read(client, &LATE_EVENT_DAYS, &[ns.into()])?
+            .one::<i32>()?
+            .unwrap_or(7);
+        if occurred_us < now_us - i64::from(days) * DAY_US {
+            return Err(MecError::invalid_hint(
+                format!("p_occurred_at is more than {days} days in the past"),
+                "Late events are accepted for late_event_days (a namespace setting); record a correction with adjust_consumption instead.",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_quantity(eff: &Effective, qty: Decimal) -> MecResult<()> {
+    match eff.kind {
+        Kind::Feature => Err(MecError::bad_request(
+            format!(
+                "resource \"{}\" is a feature and is not metered",
+                eff.resource_type
+            ),
+            "Ask mec.check_entitlement whether the feature is on.",
+        )),
+        Kind::Concurrency => Err(MecError::bad_request(
+            format!(
+                "resource \"{}\" limits concurrency and is not metered",
+                eff.resource_type
+            ),
+            "Use mec.acquire_lease and mec.release_lease.",
+        )),
+        Kind::Gauge if qty.is_zero() => Err(MecError::invalid("p_quantity must not be zero")),
+        Kind::Metered | Kind::Rate if qty <= Decimal::ZERO => Err(MecError::invalid_hint(
+            format!("p_quantity must be positive, got {qty}"),
+            "Record corrections with mec.adjust_consumption.",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// What the counter's guard enforces for one event.
+#[derive(Clone, Copy)]
+struct Guard {
+    /// The most the counter may hold after the event (never `None`: see `counter_ceiling`).
+    ceiling: Option<Decimal>,
+    /// Usage past this is overage (`None`: no overage).
+    overage_from: Option<Decimal>,
+    /// The least the counter may hold (gauges: zero).
+    floor: Option<Decimal>,
+}
+
+/// What one metering statement did.
+struct Metered {
+    /// The counter after the event; `None`: refused, or no counter row yet.
+    used: Option<Decimal>,
+    /// The new ledger row; `None`: the key was recorded before.
+    consumption_id: Option<Uuid>,
+    /// Decided on slot 0 of a striped counter (METER_SLOT0), not by METER_PLAIN.
+    via_slot0: bool,
+}
+
+/// Records `ev` for namespace `ns`. Raises ME429 when refused, ME409 on a reused key.
+pub fn meter(client: &mut SpiClient<'_>, ns: Uuid, ev: &Event, now_us: i64) -> MecResult<Value> {
+    ev.validate()?;
+    check_time(client, ns, ev.occurred_us, now_us)?;
+    let eff = entitlement::resolve(client, ns, ev.account_id, &ev.resource_type, ev.occurred_us)?;
+    check_quantity(&eff, ev.quantity)?;
+    let window = eff.window(ev.occurred_us);
+    if !is_billable(&eff.billable, ev.http_status) {
+        return record_unbilled(client, ns, ev, &eff, &window);
+    }
+
+    // Rates: the previous bucket's weighted count lowers this bucket's ceiling.
+    let carried = if eff.kind == Kind::Rate {
+        usage::read(client, ns, ev.account_id, &eff, ev.occurred_us)?.used
+            - current_bucket(client, ns, ev, &window)?
+    } else {
+        Decimal::ZERO
+    };
+    let guard = Guard {
+        // Every counter row stays below pg_mec's bound (pg_mec_core::quantity), unlimited too.
+        ceiling: Some(counter_ceiling(
+            eff.policy.ceiling().map(|c| c.saturating_sub(carried)),
+        )),
+        overage_from: if eff.kind == Kind::Rate {
+            None
+        } else {
+            eff.policy.limit
+        },
+        floor: (eff.kind == Kind::Gauge).then_some(Decimal::ZERO),
+    };
+
+    let counter = CounterKey {
+        account_id: ev.account_id,
+        resource_type: &ev.resource_type,
+        window,
+    };
+    // Hot metered counters: meter on this backend's stripe (see counters/stripes.rs).
+    let stripable = eff.kind == Kind::Metered;
+    if stripable && stripes::is_hot(ns, &counter) {
+        if let Some(v) = stripes::meter(client, ns, ev, &eff, &counter)? {
+            return Ok(v);
+        }
+    }
+    let mut slot0_locked = false;
+    for attempt in 0..4 {
+        let started = Instant::now();
+        let metered = run_meter(client, ns, ev, &window, guard)?;
+        if stripable && started.elapsed() >= stripes::CONTENDED {
+            stripes::saw_slow(ns, &counter);
+        }
+        match (metered.used, metered.consumption_id) {
+            (Some(used), Some(id)) => {
+                if metered.via_slot0 && stripable {
+                    // A striped counter metered by a backend that is not hot on it: the burst
+                    // may be over; idle stripes go back into slot 0 (the total stays the same).
+                    stripes::fold_if_idle(client, ns, &counter).map_err(MecError::after_write)?;
+                }
+                return Ok(UsageResult {
+                    consumption_id: id,
+                    duplicate: false,
+                    billable: true,
+                    overage: guard.overage_from.is_some_and(|l| used > l),
+                    used: used.saturating_add(carried),
+                    policy: &eff.policy,
+                    window: &window,
+                    event: ev,
+                }
+                .to_json());
+            }
+            (Some(_), None) => {
+                // The key was recorded before: take the increment back, answer as the first time.
+                counter
+                    .add(client, ns, -ev.quantity)
+                    .map_err(MecError::after_write)?;
+                return replay(client, ns, ev);
+            }
+            (None, _) => {
+                if let Some(v) = replay_if_recorded(client, ns, ev)? {
+                    return Ok(v);
+                }
+                // Refused by the guard, or no row to update. Before refusing: create the counter
+                // (here, or concurrently after this statement's snapshot), give back quota held by
+                // expired reservations, and fold the stripes back under slot 0's lock. The fold
+                // keeps that lock to the end of the transaction, so no stripe is granted quota
+                // again and the next attempt decides on the exact total. (Whether the fold moved
+                // anything does not matter: another backend may have folded since our attempt.)
+                if attempt == 0 {
+                    counter.create(client, ns)?;
+                    continue;
+                }
+                if counter.sweep_expired_holds(client, ns)? {
+                    continue;
+                }
+                if !slot0_locked {
+                    stripes::fold(client, ns, &counter)?;
+                    slot0_locked = true;
+                    continue;
+                }
+                return Err(refusal(client, ns, ev, &eff));
+            }
+        }
+    }
+    // Holds kept expiring between attempts: decide on what is there now.
+    Err(refusal(client, ns, ev, &eff))
+}
+
+/// The raw count of the current rate bucket (without the previous bucket's weight).
+fn current_bucket(
+    client: &SpiClient<'_>,
+    ns: Uuid,
+    ev: &Event,
+    window: &Window,
+) -> MecResult<Decimal> {
+    let start: TimestampWithTimeZone = timestamptz(window.start_us);
+    let row = spi::read(
+        client,
+        &COUNTER_AT,
+        &[
+            ns.into(),
+            ev.account_id.into(),
+            ev.resource_type.as_str().into(),
+            start.into(),
+        ],
+    )?
+    .one::<AnyNumeric>()?;
+    Ok(row
+        .as_ref()
+        .map(to_decimal)
+        .transpose()?
+        .unwrap_or_default())
+}
+
+stmt! {
+    static COUNTER_AT: read (ns: uuid, account_id: uuid, resource_type: text, period_start: timestamptz) =
+        "SELECT coalesce(sum(used), 0) FROM mec_data.usage_counters
+              WHERE namespace_id = $1 AND account_id = $2 AND resource_type = $3 AND period_start = $4";
+}
+
+/// Meters through slot 0: METER_PLAIN on an unstriped counter, else METER_SLOT0 and RECORD_STRIPED.
+fn run_meter(
+    client: &mut SpiClient<'_>,
+    ns: Uuid,
+    ev: &Event,
+    window: &Window,
+    guard: Guard,
+) -> MecResult<Metered> {
+    let mut args = ev.ledger_args(ns, window);
+    args.extend([
+        guard.ceiling.map(to_numeric).into(),
+        guard.overage_from.map(to_numeric).into(),
+        guard.floor.map(to_numeric).into(),
+        ev.http_status.into(),
+        ev.metadata_arg(),
+    ]);
+    let written = |v: Option<AnyNumeric>| -> MecResult<Option<Decimal>> {
+        v.as_ref()
+            .map(to_decimal)
+            .transpose()
+            .map_err(MecError::after_write)
+    };
+    if let Some(row) = spi::write(client, &METER_PLAIN, &args)?.first() {
+        if let Some(used) = row.get::<AnyNumeric>("used")? {
+            return Ok(Metered {
+                used: written(Some(used))?,
+                consumption_id: row.get::<Uuid>("consumption_id")?,
+                via_slot0: false,
+            });
+        }
+    }
+    // Striped, missing or refused: slot 0 decides, then the ledger row counts the stripes.
+    let Some(slot0) = spi::write(client, &METER_SLOT0, &args[..11])?.one::<AnyNumeric>()? else {
+        return Ok(Metered {
+            used: None,
+            consumption_id: None,
+            via_slot0: false,
+        });
+    };
+    args.push(slot0.clone().into());
+    let recorded = spi::write(client, &RECORD_STRIPED, &args)
+        .map_err(MecError::after_write)?
+        .first();
+    let (total, id) = match recorded {
+        Some(row) => (
+            row.get::<AnyNumeric>("quantity_used")?,
+            row.get::<Uuid>("consumption_id")?,
+        ),
+        None => (None, None),
+    };
+    Ok(match id {
+        Some(id) => Metered {
+            used: written(total)?,
+            consumption_id: Some(id),
+            via_slot0: true,
+        },
+        // The key was recorded before: the caller takes the increment back.
+        None => Metered {
+            used: written(Some(slot0))?,
+            consumption_id: None,
+            via_slot0: true,
+        },
+    })
+}
+
+fn record_unbilled(
+    client: &mut SpiClient<'_>,
+    ns: Uuid,
+    ev: &Event,
+    eff: &Effective,
+    window: &Window,
+) -> MecResult<Value> {
+    let used = usage::read(client, ns, ev.account_id, eff, ev.occurred_us)?.used;
+    let mut args = ev.ledger_args(ns, window);
+    args.extend([
+        to_numeric(used).into(),
+        eff.policy.limit.map(to_numeric).into(),
+        ev.http_status.into(),
+        ev.metadata_arg(),
+    ]);
+    match spi::write(client, &RECORD_UNBILLED, &args)?.one::<Uuid>()? {
+        Some(id) => Ok(UsageResult {
+            consumption_id: id,
+            duplicate: false,
+            billable: false,
+            overage: false,
+            used,
+            policy: &eff.policy,
+            window,
+            event: ev,
+        }
+        .to_json()),
+        None => replay(client, ns, ev),
+    }
+}
+
+/// Why the guarded update matched nothing: over the ceiling (ME429) or, for gauges, below zero.
+fn refusal(client: &SpiClient<'_>, ns: Uuid, ev: &Event, eff: &Effective) -> MecError {
+    let usage = match usage::read(client, ns, ev.account_id, eff, ev.occurred_us) {
+        Ok(u) => u,
+        Err(e) => return e,
+    };
+    if passes_bound(usage.used, ev.quantity) {
+        return MecError::invalid_hint(
+            format!(
+                "usage of \"{}\" would reach 10^17 ({} + {}), the most one counter holds exactly",
+                eff.resource_type, usage.used, ev.quantity
+            ),
+            "Count in a larger unit (thousands, millions) for quantities this large.",
+        );
+    }
+    if eff.kind == Kind::Gauge && usage.used.saturating_add(ev.quantity) < Decimal::ZERO {
+        return MecError::invalid(format!(
+            "gauge \"{}\" would go below zero ({} + {})",
+            eff.resource_type, usage.used, ev.quantity
+        ));
+    }
+    MecError::LimitReached {
+        resource: eff.resource_type.clone(),
+        violated: Value::Array(vec![usage::violated_policy(eff, &usage)]),
+    }
+}

@@ -1,0 +1,15 @@
+//! The operations of the SQL API, one module per contract group: each decides and records what
+//! its entry point (`api/`) was asked, with the rooms below.
+//!
+//! Imports: `counters`, `ledger`, `cache`, `pg`.
+
+pub mod batch;
+pub mod bindings;
+pub mod catalog;
+pub mod corrections;
+pub mod leases;
+pub mod metering;
+pub mod namespaces;
+pub mod provisioning;
+pub mod reservations;
+pub mod summary;

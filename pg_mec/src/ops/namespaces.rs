@@ -1,0 +1,238 @@
+//! Namespaces (tenants) and their settings. Secrets are kept apart from settings, readable only by
+//! `mec_admin`, and shown masked.
+
+use pgrx::spi::SpiClient;
+use pgrx::{JsonB, Uuid};
+use serde_json::{json, Map, Value};
+
+use crate::pg::spi::{self, stmt};
+use crate::pg::{MecError, MecResult};
+
+const SECRET_KEYS: [&str; 2] = ["stripe_webhook_secret", "auth0_secret"];
+
+stmt! {
+    static SET_NAMESPACE_GUC: write (namespace: text) =
+        "SELECT set_config('mec.namespace_id', $1, true)";
+}
+
+stmt! {
+    static INSERT_NAMESPACE: write (ns: uuid, name: text, settings: jsonb) =
+        "INSERT INTO mec_data.namespaces (namespace_id, name, settings) VALUES ($1, $2, $3)
+              ON CONFLICT (namespace_id) DO NOTHING RETURNING true";
+}
+
+stmt! {
+    static NAMESPACE: read (ns: uuid) =
+        "SELECT name, settings FROM mec_data.namespaces WHERE namespace_id = $1";
+}
+
+stmt! {
+    static UPDATE_SETTINGS: write (ns: uuid, settings: jsonb) =
+        "UPDATE mec_data.namespaces SET settings = $2, updated_at = now() WHERE namespace_id = $1 RETURNING settings";
+}
+
+stmt! {
+    static UPSERT_SECRET: write (ns: uuid, stripe_webhook_secret: text, auth0_secret: text, set_stripe: bool, set_auth0: bool) =
+        "INSERT INTO mec_data.namespace_secrets AS s (namespace_id, stripe_webhook_secret, auth0_secret)
+              VALUES ($1, $2, $3)
+              ON CONFLICT (namespace_id) DO UPDATE
+                 SET stripe_webhook_secret = CASE WHEN $4 THEN excluded.stripe_webhook_secret ELSE s.stripe_webhook_secret END,
+                     auth0_secret = CASE WHEN $5 THEN excluded.auth0_secret ELSE s.auth0_secret END,
+                     updated_at = now()
+              RETURNING stripe_webhook_secret, auth0_secret";
+}
+
+stmt! {
+    static PLAN_EXISTS: read (ns: uuid, plan_id: text) =
+        "SELECT EXISTS (SELECT 1 FROM mec_data.plans WHERE namespace_id = $1 AND plan_id = $2 AND active)";
+}
+
+fn int_setting(key: &str, v: &Value, min: i64, max: i64) -> MecResult<()> {
+    match v.as_i64() {
+        Some(n) if (min..=max).contains(&n) => Ok(()),
+        _ => Err(MecError::invalid(format!(
+            "setting {key} must be an integer from {min} to {max}, got {v}"
+        ))),
+    }
+}
+
+/// Checks every key of `settings`; `null` removes a key. Unknown keys are refused (typos must not
+/// pass silently).
+fn validate(settings: &Map<String, Value>) -> MecResult<()> {
+    for (key, v) in settings {
+        if v.is_null() {
+            continue;
+        }
+        match key.as_str() {
+            "default_plan_id" | "stripe_webhook_secret" | "auth0_secret" if !v.is_string() => {
+                return Err(MecError::invalid(format!("setting {key} must be a string")));
+            }
+            "default_plan_id" | "stripe_webhook_secret" | "auth0_secret" => {}
+            "key_retention_days" => int_setting(key, v, 45, 3650)?,
+            "late_event_days" => int_setting(key, v, 0, 365)?,
+            "billing_anchor" => int_setting(key, v, 1, 31)?,
+            other => {
+                return Err(MecError::invalid_hint(
+                    format!("unknown setting \"{other}\""),
+                    "Settings: default_plan_id, stripe_webhook_secret, auth0_secret, key_retention_days, late_event_days, billing_anchor.",
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+fn mask(secret: &str) -> String {
+    let tail: String = secret
+        .chars()
+        .rev()
+        .take(4)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    format!("****{tail}")
+}
+
+fn settings_object(settings: Option<Value>) -> MecResult<Map<String, Value>> {
+    match settings.unwrap_or_else(|| json!({})) {
+        Value::Object(m) => Ok(m),
+        _ => Err(MecError::invalid("p_settings must be a JSON object")),
+    }
+}
+
+fn split_secrets(mut settings: Map<String, Value>) -> (Map<String, Value>, Map<String, Value>) {
+    let mut secrets = Map::new();
+    for k in SECRET_KEYS {
+        if let Some(v) = settings.remove(k) {
+            secrets.insert(k.to_string(), v);
+        }
+    }
+    (settings, secrets)
+}
+
+fn store_secrets(
+    client: &mut SpiClient<'_>,
+    ns: Uuid,
+    secrets: &Map<String, Value>,
+) -> MecResult<Map<String, Value>> {
+    let stripe = secrets.get("stripe_webhook_secret");
+    let auth0 = secrets.get("auth0_secret");
+    let (s, a) = spi::write(
+        client,
+        &UPSERT_SECRET,
+        &[
+            ns.into(),
+            stripe.and_then(Value::as_str).into(),
+            auth0.and_then(Value::as_str).into(),
+            stripe.is_some().into(),
+            auth0.is_some().into(),
+        ],
+    )?
+    .two::<String, String>("stripe_webhook_secret", "auth0_secret")?;
+    let mut masked = Map::new();
+    if let Some(s) = s {
+        masked.insert("stripe_webhook_secret".into(), Value::String(mask(&s)));
+    }
+    if let Some(a) = a {
+        masked.insert("auth0_secret".into(), Value::String(mask(&a)));
+    }
+    Ok(masked)
+}
+
+/// Creates a namespace (idempotent on its id and name). Database owner only.
+pub fn create(
+    client: &mut SpiClient<'_>,
+    name: &str,
+    id: Uuid,
+    settings: Option<Value>,
+) -> MecResult<Value> {
+    if name.trim().is_empty() || name.len() > 200 {
+        return Err(MecError::invalid("p_name must be 1 to 200 characters"));
+    }
+    let settings = settings_object(settings)?;
+    validate(&settings)?;
+    let (plain, secrets) = split_secrets(settings);
+    let plain: Map<String, Value> = plain.into_iter().filter(|(_, v)| !v.is_null()).collect();
+    // So that FORCE ROW LEVEL SECURITY admits the new row for a non-superuser owner.
+    spi::write(
+        client,
+        &SET_NAMESPACE_GUC,
+        &[id.to_string().as_str().into()],
+    )?;
+    let created = !spi::write(
+        client,
+        &INSERT_NAMESPACE,
+        &[id.into(), name.into(), JsonB(Value::Object(plain)).into()],
+    )?
+    .is_empty();
+    if !created {
+        let existing = spi::read(client, &NAMESPACE, &[id.into()])?.one::<String>()?;
+        if existing.as_deref() != Some(name) {
+            return Err(MecError::Conflict {
+                message: format!("namespace {id} already exists with another name"),
+                hint: Some("Pick another p_namespace_id, or omit it to get a new one.".into()),
+            });
+        }
+    } else if !secrets.is_empty() {
+        store_secrets(client, id, &secrets)?;
+    }
+    Ok(json!({"namespace_id": id.to_string(), "name": name, "created": created}))
+}
+
+/// Merges `settings` into the caller's namespace settings and returns them, secrets masked.
+pub fn update_settings(
+    client: &mut SpiClient<'_>,
+    ns: Uuid,
+    settings: Option<Value>,
+) -> MecResult<Value> {
+    let changes = settings_object(settings)?;
+    validate(&changes)?;
+    if let Some(Value::String(plan)) = changes.get("default_plan_id") {
+        let exists =
+            spi::read(client, &PLAN_EXISTS, &[ns.into(), plan.as_str().into()])?.one::<bool>()?;
+        if exists != Some(true) {
+            return Err(MecError::unknown("plan", plan.clone()));
+        }
+    }
+    let current =
+        spi::read(client, &NAMESPACE, &[ns.into()])?.two::<String, JsonB>("name", "settings")?;
+    let Some(JsonB(Value::Object(mut merged))) = current.1 else {
+        return Err(MecError::denied(
+            "the namespace of this session does not exist or is not visible to this role",
+        ));
+    };
+    let (plain, secrets) = split_secrets(changes);
+    for (k, v) in plain {
+        if v.is_null() {
+            merged.remove(&k);
+        } else {
+            merged.insert(k, v);
+        }
+    }
+    let stored = spi::write(
+        client,
+        &UPDATE_SETTINGS,
+        &[ns.into(), JsonB(Value::Object(merged)).into()],
+    )?
+    .one::<JsonB>()?
+    .map(|j| j.0)
+    .unwrap_or(Value::Null);
+    let masked = store_secrets(client, ns, &secrets)?;
+    let mut out = match stored {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    };
+    out.extend(masked);
+    for (k, v) in [("key_retention_days", 45), ("late_event_days", 7)] {
+        out.entry(k).or_insert(Value::from(v));
+    }
+    crate::ledger::audit::audit(
+        client,
+        ns,
+        "update_namespace_settings",
+        &ns.to_string(),
+        json!({"keys": out.keys().collect::<Vec<_>>()}),
+    )?;
+    Ok(Value::Object(out))
+}

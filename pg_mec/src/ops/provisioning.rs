@@ -1,0 +1,265 @@
+//! `provision_plan`: put an account on a plan from a moment on. Creates the account if missing.
+//! The plan's rows close at `effective_at` and the new plan's open there; usage counters are keyed
+//! by period, not plan, so an upgrade or downgrade mid-period keeps what was already counted.
+
+use pgrx::datum::{JsonB, TimestampWithTimeZone, Uuid};
+use pgrx::spi::SpiClient;
+use serde_json::{json, Value};
+
+use crate::ledger::audit::audit;
+use crate::ledger::keys::{claim_key, store_result};
+use crate::pg::spi::{self, stmt};
+use crate::pg::values::timestamptz;
+use crate::pg::{MecError, MecResult};
+
+pub struct Provision {
+    pub account_id: Uuid,
+    pub plan_id: String,
+    pub effective_us: i64,
+    pub external_id: Option<String>,
+    pub key: Option<String>,
+}
+
+stmt! {
+    static PLAN_ACTIVE: read (ns: uuid, plan_id: text) =
+        "SELECT active FROM mec_data.plans WHERE namespace_id = $1 AND plan_id = $2";
+}
+
+stmt! {
+    static EXTERNAL_ID_OWNER: read (ns: uuid, external_id: text, account_id: uuid) =
+        "SELECT account_id FROM mec_data.accounts WHERE namespace_id = $1 AND external_id = $2 AND account_id <> $3";
+}
+
+stmt! {
+    static CREATE_ACCOUNT: write (ns: uuid, account_id: uuid, external_id: text) =
+        "INSERT INTO mec_data.accounts (namespace_id, account_id, external_id, billing_anchor_day)
+              SELECT $1, $2, $3, (n.settings->>'billing_anchor')::smallint
+              FROM mec_data.namespaces n WHERE n.namespace_id = $1
+              ON CONFLICT (namespace_id, account_id) DO NOTHING
+              RETURNING true";
+}
+
+stmt! {
+    static LOCK_ACCOUNT: write (ns: uuid, account_id: uuid) =
+        "SELECT plan_id, external_id FROM mec_data.accounts WHERE namespace_id = $1 AND account_id = $2 FOR UPDATE";
+}
+
+stmt! {
+    static SET_EXTERNAL_ID: write (ns: uuid, account_id: uuid, external_id: text) =
+        "UPDATE mec_data.accounts SET external_id = $3, updated_at = now()
+              WHERE namespace_id = $1 AND account_id = $2 AND external_id IS DISTINCT FROM $3";
+}
+
+stmt! {
+    /// Rows that differ between the account's open plan entitlements and the plan's.
+    static PLAN_DIFF: read (ns: uuid, account_id: uuid, plan_id: text, effective_at: timestamptz) =
+        "SELECT count(*)::int4 FROM (
+                  (SELECT plan_id, resource_type, quantity_limit, period, enforcement, overage_cap, grace, enabled
+                     FROM mec_data.entitlements
+                    WHERE namespace_id = $1 AND account_id = $2 AND source = 'plan'
+                      AND valid_from <= $4 AND valid_until IS NULL
+                   EXCEPT
+                   SELECT plan_id, resource_type, quantity_limit, period, enforcement, overage_cap, grace, enabled
+                     FROM mec_data.plan_entitlements WHERE namespace_id = $1 AND plan_id = $3)
+                  UNION ALL
+                  (SELECT plan_id, resource_type, quantity_limit, period, enforcement, overage_cap, grace, enabled
+                     FROM mec_data.plan_entitlements WHERE namespace_id = $1 AND plan_id = $3
+                   EXCEPT
+                   SELECT plan_id, resource_type, quantity_limit, period, enforcement, overage_cap, grace, enabled
+                     FROM mec_data.entitlements
+                    WHERE namespace_id = $1 AND account_id = $2 AND source = 'plan'
+                      AND valid_from <= $4 AND valid_until IS NULL)
+              ) d";
+}
+
+stmt! {
+    static DROP_SCHEDULED: write (ns: uuid, account_id: uuid, effective_at: timestamptz) =
+        "DELETE FROM mec_data.entitlements
+              WHERE namespace_id = $1 AND account_id = $2 AND source = 'plan' AND valid_from >= $3";
+}
+
+stmt! {
+    static CLOSE_CURRENT: write (ns: uuid, account_id: uuid, effective_at: timestamptz) =
+        "UPDATE mec_data.entitlements SET valid_until = $3
+              WHERE namespace_id = $1 AND account_id = $2 AND source = 'plan'
+                AND valid_from < $3 AND (valid_until IS NULL OR valid_until > $3)";
+}
+
+stmt! {
+    static OPEN_NEW: write (ns: uuid, account_id: uuid, plan_id: text, effective_at: timestamptz) =
+        "INSERT INTO mec_data.entitlements
+                  (namespace_id, account_id, resource_type, source, plan_id, quantity_limit, period, enforcement,
+                   overage_cap, grace, enabled, valid_from)
+              SELECT namespace_id, $2, resource_type, 'plan', plan_id, quantity_limit, period, enforcement,
+                     overage_cap, grace, enabled, $4
+              FROM mec_data.plan_entitlements WHERE namespace_id = $1 AND plan_id = $3";
+}
+
+stmt! {
+    static SET_PLAN: write (ns: uuid, account_id: uuid, plan_id: text, effective_at: timestamptz) =
+        "UPDATE mec_data.accounts SET plan_id = $3, plan_effective_at = $4, updated_at = now()
+              WHERE namespace_id = $1 AND account_id = $2";
+}
+
+stmt! {
+    static PLAN_ENTITLEMENTS: read (ns: uuid, plan_id: text) =
+        "SELECT coalesce(jsonb_agg(jsonb_build_object(
+                         'resource_type', pe.resource_type, 'kind', r.kind, 'limit', pe.quantity_limit,
+                         'period', pe.period, 'enforcement', pe.enforcement, 'overage_cap', pe.overage_cap,
+                         'grace', pe.grace, 'enabled', pe.enabled) ORDER BY pe.resource_type), '[]')
+              FROM mec_data.plan_entitlements pe
+              JOIN mec_data.resource_types r USING (namespace_id, resource_type)
+              WHERE pe.namespace_id = $1 AND pe.plan_id = $2";
+}
+
+/// Replaces the account's plan entitlements by `plan_id`'s from `effective_us` on, unless they
+/// already match. Returns whether anything changed.
+pub fn apply_plan(
+    client: &mut SpiClient<'_>,
+    ns: Uuid,
+    account: Uuid,
+    plan_id: &str,
+    effective_us: i64,
+) -> MecResult<bool> {
+    let at: TimestampWithTimeZone = timestamptz(effective_us);
+    let diff = spi::read(
+        client,
+        &PLAN_DIFF,
+        &[ns.into(), account.into(), plan_id.into(), at.into()],
+    )?
+    .one::<i32>()?
+    .unwrap_or(1);
+    if diff > 0 {
+        // Limits change: no stripe may keep quota granted under the old ones.
+        crate::counters::stripes::fold_account(client, ns, account)?;
+        spi::write(
+            client,
+            &DROP_SCHEDULED,
+            &[ns.into(), account.into(), at.into()],
+        )?;
+        spi::write(
+            client,
+            &CLOSE_CURRENT,
+            &[ns.into(), account.into(), at.into()],
+        )?;
+        spi::write(
+            client,
+            &OPEN_NEW,
+            &[ns.into(), account.into(), plan_id.into(), at.into()],
+        )?;
+    }
+    spi::write(
+        client,
+        &SET_PLAN,
+        &[ns.into(), account.into(), plan_id.into(), at.into()],
+    )?;
+    Ok(diff > 0)
+}
+
+pub fn provision(client: &mut SpiClient<'_>, ns: Uuid, req: &Provision) -> MecResult<Value> {
+    let fingerprint = format!(
+        "{}|{}|{}",
+        req.account_id,
+        req.plan_id,
+        req.external_id.as_deref().unwrap_or("")
+    );
+    if let Some(key) = &req.key {
+        if let Some(v) = claim_key(client, ns, "provision_plan", key, &fingerprint)? {
+            return Ok(v);
+        }
+    }
+    match spi::read(
+        client,
+        &PLAN_ACTIVE,
+        &[ns.into(), req.plan_id.as_str().into()],
+    )?
+    .one::<bool>()?
+    {
+        None => return Err(MecError::unknown("plan", req.plan_id.clone())),
+        Some(false) => {
+            return Err(MecError::bad_request(
+                format!(
+                    "plan \"{}\" is retired (no longer in the catalog)",
+                    req.plan_id
+                ),
+                "Provision a plan of the current catalog.",
+            ))
+        }
+        Some(true) => {}
+    }
+    if let Some(ext) = &req.external_id {
+        if ext.trim().is_empty() {
+            return Err(MecError::invalid("p_external_id must not be empty"));
+        }
+        let owner = spi::read(
+            client,
+            &EXTERNAL_ID_OWNER,
+            &[ns.into(), ext.as_str().into(), req.account_id.into()],
+        )?
+        .one::<Uuid>()?;
+        if let Some(other) = owner {
+            return Err(MecError::Conflict {
+                message: format!("external id \"{ext}\" already belongs to account {other}"),
+                hint: Some("External ids are unique per namespace.".into()),
+            });
+        }
+    }
+    let created = !spi::write(
+        client,
+        &CREATE_ACCOUNT,
+        &[
+            ns.into(),
+            req.account_id.into(),
+            req.external_id.as_deref().into(),
+        ],
+    )?
+    .is_empty();
+    let (previous, _) = spi::write(client, &LOCK_ACCOUNT, &[ns.into(), req.account_id.into()])?
+        .two::<String, String>("plan_id", "external_id")?;
+    if let Some(ext) = &req.external_id {
+        spi::write(
+            client,
+            &SET_EXTERNAL_ID,
+            &[ns.into(), req.account_id.into(), ext.as_str().into()],
+        )?;
+    }
+    // A new account's first plan also covers events that occurred before it was provisioned
+    // (late events, client clocks slightly behind): its rows are valid from the Unix epoch.
+    let rows_from = if created && req.effective_us <= crate::pg::clock::now_us() {
+        0
+    } else {
+        req.effective_us
+    };
+    let changed = apply_plan(client, ns, req.account_id, &req.plan_id, rows_from)?;
+    let entitlements = spi::read(
+        client,
+        &PLAN_ENTITLEMENTS,
+        &[ns.into(), req.plan_id.as_str().into()],
+    )?
+    .one::<JsonB>()?
+    .map(|j| j.0)
+    .unwrap_or(Value::Array(vec![]));
+    if changed || created {
+        audit(
+            client,
+            ns,
+            "provision_plan",
+            &req.account_id.to_string(),
+            json!({"plan_id": req.plan_id, "previous_plan_id": previous, "created": created}),
+        )?;
+    }
+    let result = json!({
+        "account_id": req.account_id.to_string(),
+        "plan_id": req.plan_id,
+        "previous_plan_id": previous,
+        "created": created,
+        "changed": changed,
+        "duplicate": false,
+        "effective_at": crate::pg::values::iso8601(req.effective_us),
+        "entitlements": entitlements,
+    });
+    if let Some(key) = &req.key {
+        store_result(client, ns, "provision_plan", key, &result)?;
+    }
+    Ok(result)
+}

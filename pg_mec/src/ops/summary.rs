@@ -1,0 +1,107 @@
+//! Read-only answers: one resource (`check_entitlement`) or all of an account (`usage_summary`).
+
+use pg_mec_core::catalog::Kind;
+use pg_mec_core::Decimal;
+use pgrx::datum::{TimestampWithTimeZone, Uuid};
+use pgrx::spi::SpiClient;
+use serde_json::{json, Map, Value};
+
+use crate::cache::entitlement;
+use crate::counters::usage;
+use crate::pg::spi::{self, stmt};
+use crate::pg::values::{num, opt_num, timestamptz, ts_json};
+use crate::pg::{MecError, MecResult};
+
+stmt! {
+    static ACCOUNT: read (ns: uuid, account_id: uuid) =
+        "SELECT a.external_id, a.plan_id, p.name AS plan_name, a.payment_overdue
+              FROM mec_data.accounts a
+              LEFT JOIN mec_data.plans p ON p.namespace_id = a.namespace_id AND p.plan_id = a.plan_id
+              WHERE a.namespace_id = $1 AND a.account_id = $2";
+}
+
+stmt! {
+    static RESOURCES_IN_FORCE: read (ns: uuid, account_id: uuid, at: timestamptz) =
+        "SELECT DISTINCT resource_type FROM mec_data.entitlements
+              WHERE namespace_id = $1 AND account_id = $2
+                AND valid_from <= $3 AND (valid_until IS NULL OR valid_until > $3)
+              ORDER BY resource_type";
+}
+
+pub fn check(
+    client: &SpiClient<'_>,
+    ns: Uuid,
+    account: Uuid,
+    resource: &str,
+    requested: Decimal,
+    now_us: i64,
+) -> MecResult<Value> {
+    if requested < Decimal::ZERO {
+        return Err(MecError::invalid(format!(
+            "p_requested_qty must not be negative, got {requested}"
+        )));
+    }
+    let eff = entitlement::resolve(client, ns, account, resource, now_us)?;
+    let used = usage::read(client, ns, account, &eff, now_us)?;
+    Ok(usage::check_result(&eff, &used, requested))
+}
+
+pub fn usage_summary(
+    client: &SpiClient<'_>,
+    ns: Uuid,
+    account: Uuid,
+    now_us: i64,
+) -> MecResult<Value> {
+    let Some(row) = spi::read(client, &ACCOUNT, &[ns.into(), account.into()])?
+        .into_iter()
+        .next()
+    else {
+        return Err(MecError::unknown("account", account.to_string()));
+    };
+    let external_id = row.get::<String>("external_id")?;
+    let plan_id = row.get::<String>("plan_id")?;
+    let plan_name = row.get::<String>("plan_name")?;
+    let overdue = row.get::<bool>("payment_overdue")?.unwrap_or(false);
+
+    let now: TimestampWithTimeZone = timestamptz(now_us);
+    let mut resources = Vec::new();
+    for r in spi::read(
+        client,
+        &RESOURCES_IN_FORCE,
+        &[ns.into(), account.into(), now.into()],
+    )? {
+        if let Some(name) = r.get::<String>("resource_type")? {
+            resources.push(name);
+        }
+    }
+    let mut features = Map::new();
+    for resource in resources {
+        let eff = entitlement::resolve(client, ns, account, &resource, now_us)?;
+        let entry = if eff.kind == Kind::Feature {
+            json!({"kind": "feature", "enabled": eff.enabled, "current": Value::Null, "limit": if eff.enabled { 1 } else { 0 },
+                   "remaining": Value::Null, "reset_date": Value::Null, "last_updated": Value::Null})
+        } else {
+            let u = usage::read(client, ns, account, &eff, now_us)?;
+            json!({
+                "kind": eff.kind.as_str(),
+                "current": num(u.used),
+                "limit": opt_num(eff.policy.limit),
+                "remaining": opt_num(eff.policy.remaining(u.used)),
+                "percent_used": opt_num(eff.policy.percent_used(u.used)),
+                "enforcement": eff.policy.enforcement.as_str(),
+                "period": if matches!(eff.kind, Kind::Rate | Kind::Concurrency) { Value::Null } else { Value::from(eff.period.as_str()) },
+                "reset_date": ts_json(u.reset_us),
+                "last_updated": ts_json(u.updated_us),
+            })
+        };
+        features.insert(resource, entry);
+    }
+    Ok(json!({
+        "account_id": account.to_string(),
+        "external_id": external_id,
+        "plan": plan_id,
+        "plan_name": plan_name,
+        "payment_overdue": overdue,
+        "features": features,
+    }))
+}
