@@ -5,15 +5,15 @@
 //! reads a view of schema `mec`, and renders the answer (or the error) the way PostgREST
 //! does. See `docs/gateway.md`.
 
-pub mod auth;
-pub mod config;
+// The rooms, each importing only the rooms below it (scripts/dev/check-layers.py): routes, sql,
+// plan, request, db, infra, error. A request goes through them as PostgREST's stages do.
 pub mod db;
 pub mod error;
-pub mod metrics;
-pub mod middleware;
-pub mod query;
+pub mod infra;
+pub mod plan;
+pub mod request;
 pub mod routes;
-pub mod schema_cache;
+pub mod sql;
 
 use std::ops::Deref;
 use std::sync::Arc;
@@ -26,12 +26,14 @@ use tower_http::cors::{Any, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
-pub use config::Config;
+pub use infra::config::Config;
+pub use infra::startup::StartupError;
 
-use auth::JwtVerifier;
+use db::schema::{SchemaCache, SchemaStore};
 use error::ApiError;
-use metrics::Metrics;
-use schema_cache::{SchemaCache, SchemaStore};
+use infra::auth::JwtVerifier;
+use infra::metrics::Metrics;
+use infra::middleware;
 
 /// Everything a handler needs, built once at startup.
 pub struct Inner {
@@ -55,8 +57,8 @@ impl Deref for AppState {
 impl AppState {
     /// Validate the configuration into a state. Connects to nothing yet: the pool connects
     /// lazily and the schema cache is loaded by [`AppState::reload_schema`] or the listener.
-    pub fn new(config: Config) -> Result<Self, String> {
-        let jwt = JwtVerifier::new(&config.jwt).map_err(|e| e.to_string())?;
+    pub fn new(config: Config) -> Result<Self, StartupError> {
+        let jwt = JwtVerifier::new(&config.jwt)?;
         let pools = db::Pools::build(&config)?;
         Ok(AppState(Arc::new(Inner {
             config,
@@ -78,7 +80,7 @@ impl AppState {
     /// Keep the schema cache fresh: LISTEN on `mec_gateway` with its own connection.
     pub fn spawn_schema_listener(&self) -> tokio::task::JoinHandle<()> {
         let state = self.clone();
-        tokio::spawn(schema_cache::listen_forever(
+        tokio::spawn(db::schema::listen_forever(
             self.config.database_url.clone(),
             self.config.connect_timeout,
             self.schema.clone(),
@@ -185,14 +187,14 @@ pub fn init_tracing() {
 
 /// Run the server until SIGTERM/SIGINT, then finish in-flight requests (at most
 /// `MEC_SHUTDOWN_TIMEOUT_MS`).
-pub async fn serve(config: Config) -> Result<(), String> {
+pub async fn serve(config: Config) -> Result<(), StartupError> {
     let addr = config.addr;
     let shutdown_timeout = config.shutdown_timeout;
     let state = AppState::new(config)?;
     let listener_task = state.spawn_schema_listener();
     let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        .map_err(|source| StartupError::Listen { addr, source })?;
     tracing::info!(%addr, "mec-gateway listening");
 
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
@@ -206,7 +208,7 @@ pub async fn serve(config: Config) -> Result<(), String> {
         tokio::time::sleep(shutdown_timeout).await;
     };
     tokio::select! {
-        r = server => r.map_err(|e| e.to_string())?,
+        r = server => r.map_err(StartupError::Server)?,
         _ = deadline => tracing::warn!("shutdown timeout reached; dropping remaining requests"),
     }
     listener_task.abort();

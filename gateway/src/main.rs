@@ -7,8 +7,8 @@ use std::process::ExitCode;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use mec_gateway::auth::{mint, TokenSpec};
-use mec_gateway::config::{jwt_from_lookup, Config};
+use mec_gateway::infra::auth::{mint, TokenSpec};
+use mec_gateway::infra::config::{jwt_from_lookup, Config};
 
 const USAGE: &str = "\
 usage: mec-gateway [serve]

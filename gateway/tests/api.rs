@@ -13,7 +13,7 @@ use axum::body::Body;
 use axum::http::{header, HeaderMap, Request, StatusCode};
 use axum::Router;
 use http_body_util::BodyExt;
-use mec_gateway::auth::{mint, TokenSpec};
+use mec_gateway::infra::auth::{mint, TokenSpec};
 use mec_gateway::{app, AppState, Config};
 use serde_json::{json, Value};
 use tower::ServiceExt;

@@ -4,9 +4,9 @@
 use std::path::PathBuf;
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use mec_gateway::auth::{JwtVerifier, Role};
-use mec_gateway::config::JwtConfig;
 use mec_gateway::error::ApiError;
+use mec_gateway::infra::auth::{JwtVerifier, Role};
+use mec_gateway::infra::config::JwtConfig;
 use serde_json::json;
 
 fn fixture(name: &str) -> PathBuf {
@@ -42,7 +42,7 @@ fn claims(role: &str) -> serde_json::Value {
     json!({"role": role, "namespace_id": "n", "exp": chrono::Utc::now().timestamp() + 60})
 }
 
-fn is_401(r: Result<mec_gateway::auth::Claims, ApiError>) -> bool {
+fn is_401(r: Result<mec_gateway::infra::auth::Claims, ApiError>) -> bool {
     matches!(r, Err(ApiError::Unauthorized { .. }))
 }
 

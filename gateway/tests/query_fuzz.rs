@@ -11,9 +11,11 @@ use std::thread;
 
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
+use mec_gateway::db::schema::{Column, View};
 use mec_gateway::error::ApiError;
-use mec_gateway::query::{build_read, parse_read, query_pairs, MAX_LOGIC_DEPTH};
-use mec_gateway::schema_cache::{Column, View};
+use mec_gateway::plan::read::ReadPlan;
+use mec_gateway::request::query::{parse_read, query_pairs, MAX_LOGIC_DEPTH};
+use mec_gateway::sql;
 use proptest::prelude::*;
 
 const SMALL_STACK: usize = 256 * 1024;
@@ -42,7 +44,10 @@ fn read_outcome(query: String) -> Result<(), StatusCode> {
         .stack_size(SMALL_STACK)
         .spawn(move || {
             let pairs = query_pairs(Some(&query));
-            let built = parse_read(&pairs).and_then(|r| build_read(&view(), &r, 0, None, true));
+            let view = view();
+            let built = parse_read(&pairs).and_then(|r| {
+                ReadPlan::new(&view, &r, None, true).and_then(|p| sql::read::build(&p))
+            });
             built
                 .map(drop)
                 .map_err(|e: ApiError| e.into_response().status())

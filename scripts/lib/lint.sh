@@ -69,7 +69,7 @@ cmd_lint() {
   cd "$MEC_ROOT"
   lint_step "cargo fmt" cargo fmt --all -- --check
   lint_step "cargo clippy" cargo clippy --workspace --all-targets --locked -- -D warnings
-  lint_step "module layers" python3 scripts/dev/check-layers.py pg_mec
+  lint_step "module layers" python3 scripts/dev/check-layers.py
   lint_step "shellcheck" lint_shell
   lint_step "ruff" "$RUFF" check tests bench scripts
   lint_step "commit subjects" lint_subjects

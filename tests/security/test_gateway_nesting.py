@@ -10,7 +10,7 @@ import pytest
 
 pytestmark = pytest.mark.gateway
 
-MAX_LOGIC_DEPTH = 32  # gateway/src/query.rs
+MAX_LOGIC_DEPTH = 32  # gateway/src/request/query.rs
 
 
 def _tree(levels: int) -> str:

@@ -7,15 +7,17 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use crate::metrics::Gauges;
+use crate::infra::metrics::Gauges;
 use crate::AppState;
 
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 fn json(status: StatusCode, v: serde_json::Value) -> Response {
     let mut r = (status, v.to_string()).into_response();
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(super::JSON));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(super::respond::JSON),
+    );
     r
 }
 

@@ -6,11 +6,11 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Map, Value};
 
-use super::check_profile;
-use super::rpc::schema_not_loaded;
-use crate::auth::{claims_from_headers, Role};
+use crate::db::schema::not_loaded;
+use crate::db::schema::{Function, SchemaCache, View, SCHEMA};
 use crate::error::ApiError;
-use crate::schema_cache::{Function, SchemaCache, View, SCHEMA};
+use crate::infra::auth::{claims_from_headers, Role};
+use crate::request::headers::check_profile;
 use crate::AppState;
 
 /// JSON Schema for a Postgres type name (`format_type` output).
@@ -211,7 +211,7 @@ pub async fn openapi(
 ) -> Result<Response, ApiError> {
     let claims = claims_from_headers(&state.jwt, &headers)?;
     check_profile(&headers)?;
-    let cache = state.schema.get().ok_or_else(schema_not_loaded)?;
+    let cache = state.schema.get().ok_or_else(not_loaded)?;
     let doc = document(&cache, claims.map(|c| c.role));
     let mut r = (StatusCode::OK, doc.to_string()).into_response();
     r.headers_mut().insert(

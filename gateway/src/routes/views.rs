@@ -3,18 +3,21 @@
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 
-use super::rpc::{schema_not_loaded, single_object_error};
-use super::{check_profile, first_element, json_response, negotiate, Accept, JSON, OBJECT};
-use crate::auth::Claims;
+use super::respond::{
+    content_range, first_element, json_response, single_object_error, JSON, OBJECT,
+};
+use crate::db::schema::{closest, not_loaded, SCHEMA};
 use crate::db::{self, RequestCtx};
 use crate::error::ApiError;
-use crate::query::{
-    build_read, content_range, effective_range, parse_range_header, parse_read, prefers_count,
-    query_pairs,
+use crate::infra::auth::Claims;
+use crate::plan::read::ReadPlan;
+use crate::request::headers::{
+    check_profile, negotiate, parse_range_header, prefers_count, Accept,
 };
-use crate::schema_cache::{closest, SCHEMA};
+use crate::request::query::{parse_read, query_pairs};
+use crate::sql;
 use crate::AppState;
 
 pub async fn read(
@@ -25,10 +28,16 @@ pub async fn read(
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    // Parse.
     let name = path.map(|Path(v)| v).unwrap_or_default();
     check_profile(&headers)?;
     let accept = negotiate(&headers)?;
-    let cache = state.schema.get().ok_or_else(schema_not_loaded)?;
+    let req = parse_read(&query_pairs(uri.query()))?;
+    let range = (method == Method::GET)
+        .then(|| parse_range_header(&headers))
+        .flatten();
+    // Plan.
+    let cache = state.schema.get().ok_or_else(not_loaded)?;
     let Some(view) = cache.views.get(&name) else {
         let hint = closest(&name, cache.views.keys())
             .map(|n| format!("Perhaps you meant the view {SCHEMA}.{n}"));
@@ -38,15 +47,9 @@ pub async fn read(
             hint,
         ));
     };
-    let req = parse_read(&query_pairs(uri.query()))?;
-    let range_header = if method == Method::GET {
-        parse_range_header(&headers)
-    } else {
-        None
-    };
-    let (offset, limit) = effective_range(req.limit, req.offset, range_header);
-    let count = prefers_count(&headers);
-    let sql = build_read(view, &req, offset, limit, count)?;
+    let plan = ReadPlan::new(view, &req, range, prefers_count(&headers))?;
+    // SQL, run.
+    let sql = sql::read::build(&plan)?;
     let ctx = RequestCtx {
         claims: &claims,
         method: method.as_str(),
@@ -58,10 +61,11 @@ pub async fn read(
     let row = rows
         .first()
         .ok_or_else(|| ApiError::Internal("read returned no row".into()))?;
-    let body: String = row.get(0);
-    let n: i64 = row.get(1);
-    let total: Option<i64> = row.get(2);
-    let (status, range) = content_range(offset, n as u64, total.map(|t| t as u64));
+    let body: String = db::column(row, "body")?;
+    let n: i64 = db::column(row, "n")?;
+    let total: Option<i64> = db::column(row, "total")?;
+    // Answer.
+    let (status, range) = content_range(plan.offset, n as u64, total.map(|t| t as u64));
     if status == StatusCode::RANGE_NOT_SATISFIABLE {
         let mut e = ApiError::api(
             StatusCode::RANGE_NOT_SATISFIABLE,
@@ -70,10 +74,11 @@ pub async fn read(
         );
         if let Some(t) = total {
             e = e.with_details(format!(
-                "An offset of {offset} was requested, but there are only {t} rows."
+                "An offset of {} was requested, but there are only {t} rows.",
+                plan.offset
             ));
         }
-        let mut resp = axum::response::IntoResponse::into_response(e);
+        let mut resp = e.into_response();
         if let Ok(v) = range.parse() {
             resp.headers_mut().insert("content-range", v);
         }

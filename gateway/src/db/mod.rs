@@ -22,9 +22,12 @@ use serde_json::{Map, Value};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
-use crate::auth::{Claims, Role};
-use crate::config::Config;
 use crate::error::ApiError;
+use crate::infra::auth::{Claims, Role};
+use crate::infra::config::Config;
+use crate::infra::startup::StartupError;
+
+pub mod schema;
 
 /// Bound on cached statements per connection (view queries vary with their filters).
 const STATEMENT_CACHE_MAX: usize = 256;
@@ -43,7 +46,7 @@ pub struct PoolStatus {
 }
 
 impl Pools {
-    pub fn build(cfg: &Config) -> Result<Pools, String> {
+    pub fn build(cfg: &Config) -> Result<Pools, StartupError> {
         let [user, service, admin] = Role::ALL.map(|r| build_pool(cfg, r));
         Ok(Pools {
             by_role: [user?, service?, admin?],
@@ -91,8 +94,11 @@ impl Pools {
     }
 }
 
-fn build_pool(cfg: &Config, role: Role) -> Result<Pool, String> {
-    let mut pg: tokio_postgres::Config = cfg.database_url.parse().map_err(|e| format!("{e}"))?;
+fn build_pool(cfg: &Config, role: Role) -> Result<Pool, StartupError> {
+    let mut pg: tokio_postgres::Config = cfg
+        .database_url
+        .parse()
+        .map_err(|e| StartupError::DatabaseUrl(format!("{e}")))?;
     pg.application_name("mec-gateway");
     pg.connect_timeout(cfg.connect_timeout);
     // The role is fixed for the connection's life; the role name comes from a closed enum.
@@ -120,7 +126,7 @@ fn build_pool(cfg: &Config, role: Role) -> Result<Pool, String> {
         .recycle_timeout(Some(Duration::from_secs(5)))
         .runtime(Runtime::Tokio1)
         .build()
-        .map_err(|e| e.to_string())
+        .map_err(|e| StartupError::Pool(e.to_string()))
 }
 
 /// Who calls and how: everything `set_config` needs.
@@ -155,6 +161,19 @@ pub fn headers_json(headers: &HeaderMap) -> String {
 struct Checkout {
     obj: Option<Object>,
     finished: bool,
+}
+
+impl Checkout {
+    fn client(&self) -> Result<&Object, ApiError> {
+        self.obj
+            .as_ref()
+            .ok_or_else(|| ApiError::Internal("connection already returned".into()))
+    }
+}
+
+/// A pipelined step that should have finished: dropping the checkout discards the connection.
+fn unfinished(step: &str) -> ApiError {
+    ApiError::Internal(format!("{step} did not finish"))
 }
 
 impl Drop for Checkout {
@@ -227,7 +246,7 @@ pub async fn call(
         .chain(settings.iter())
         .map(|p| p as &(dyn ToSql + Sync))
         .collect();
-    let client = checkout.obj.as_ref().expect("checked out above");
+    let client = checkout.client()?;
     let result = match client.prepare_cached(&sql).await {
         Ok(stmt) => client.query(&stmt, &all).await,
         Err(e) => Err(e),
@@ -244,7 +263,7 @@ pub async fn run(
     params: &[Option<String>],
 ) -> Result<Vec<Row>, ApiError> {
     let mut checkout = checkout(pools, ctx).await?;
-    let client = checkout.obj.as_ref().expect("checked out above");
+    let client = checkout.client()?;
     // No schema is named here, so it can be prepared outside the transaction.
     let settings = client
         .prepare_cached(&format!("SELECT {}", settings_sql(1, false)))
@@ -278,7 +297,9 @@ pub async fn run(
         if prep.as_mut().now_or_never().is_none() {
             join3(begun.as_mut(), set.as_mut(), prep.as_mut()).await;
         }
-        let prepared = prep.as_mut().take_output().expect("prepare finished");
+        let Some(prepared) = prep.as_mut().take_output() else {
+            return Err(unfinished("prepare"));
+        };
 
         match prepared {
             Err(e) => {
@@ -296,8 +317,10 @@ pub async fn run(
                     client.batch_execute("COMMIT"),
                 )
                 .await;
-                let b = begun.as_mut().take_output().expect("BEGIN finished");
-                let s = set.as_mut().take_output().expect("settings finished");
+                let (Some(b), Some(s)) = (begun.as_mut().take_output(), set.as_mut().take_output())
+                else {
+                    return Err(unfinished("BEGIN and the settings"));
+                };
                 (|| {
                     b?;
                     s?;
@@ -323,19 +346,30 @@ fn finish(
             Ok(rows)
         }
         Err(e) => {
-            let client = checkout.obj.as_ref().expect("checked out above");
-            // A server-side error leaves a healthy connection (the transaction rolled back);
-            // anything else means the connection is gone.
-            checkout.finished = e.as_db_error().is_some() && !client.is_closed();
-            // After DDL a cached statement may be stale ("cached plan must not change
-            // result type", or it no longer exists): start afresh.
-            let code = e.code().map(|c| c.code()).unwrap_or("");
-            if code == "0A000" || code == "26000" || code == "42883" {
-                client.statement_cache.clear();
+            if let Some(client) = checkout.obj.as_ref() {
+                // A server-side error leaves a healthy connection (the transaction rolled back);
+                // anything else means the connection is gone.
+                checkout.finished = e.as_db_error().is_some() && !client.is_closed();
+                // After DDL a cached statement may be stale ("cached plan must not change
+                // result type", or it no longer exists): start afresh.
+                let code = e.code().map(|c| c.code()).unwrap_or("");
+                if code == "0A000" || code == "26000" || code == "42883" {
+                    client.statement_cache.clear();
+                }
             }
             Err(ApiError::from(e).with_instance(ctx.path))
         }
     }
+}
+
+/// Column `idx` of a result row. A value of another type than the gateway's SQL selects is a bug,
+/// not the database's fault: an internal error.
+pub fn column<'a, T: tokio_postgres::types::FromSql<'a>>(
+    row: &'a Row,
+    idx: impl tokio_postgres::row::RowIndex + std::fmt::Display + Copy,
+) -> Result<T, ApiError> {
+    row.try_get(idx)
+        .map_err(|e| ApiError::Internal(format!("result column {idx}: {e}")))
 }
 
 /// A cheap liveness probe of the database through the pool.

@@ -12,8 +12,8 @@ use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde_json::{Map, Value};
 
-use crate::config::{ConfigError, JwtConfig};
 use crate::error::ApiError;
+use crate::infra::config::{ConfigError, JwtConfig};
 use crate::AppState;
 
 /// Clock skew allowed on `exp` and `nbf`, as PostgREST does.

@@ -9,7 +9,10 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use tokio_postgres::{AsyncMessage, GenericClient, NoTls};
 
-use crate::auth::Role;
+use axum::http::StatusCode;
+
+use crate::error::ApiError;
+use crate::infra::auth::Role;
 
 /// The exposed schema.
 pub const SCHEMA: &str = "mec";
@@ -355,6 +358,16 @@ fn distance(a: &str, b: &str) -> usize {
         prev = cur;
     }
     prev[b.len()]
+}
+
+/// 503 PGRST002: the schema cache is not loaded yet (the database was not reachable at start).
+pub fn not_loaded() -> ApiError {
+    ApiError::Unavailable {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        code: "PGRST002",
+        message: "Could not query the database for the schema cache. Retrying.",
+        cause: "schema cache not loaded yet".into(),
+    }
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ struct Series {
 
 #[derive(Default)]
 pub struct Metrics {
-    series: Mutex<BTreeMap<(&'static str, String, u16), Series>>,
+    series: Mutex<BTreeMap<(String, String, u16), Series>>,
 }
 
 fn escape(v: &str) -> String {
@@ -41,7 +41,7 @@ pub struct Gauges {
 }
 
 impl Metrics {
-    pub fn observe(&self, route: &'static str, method: &str, status: u16, elapsed: Duration) {
+    pub fn observe(&self, route: String, method: &str, status: u16, elapsed: Duration) {
         let secs = elapsed.as_secs_f64();
         let Ok(mut m) = self.series.lock() else {
             return;
@@ -156,8 +156,8 @@ mod tests {
     #[test]
     fn renders_cumulative_buckets() {
         let m = Metrics::default();
-        m.observe("/api/{view}", "GET", 200, Duration::from_millis(3));
-        m.observe("/api/{view}", "GET", 200, Duration::from_millis(300));
+        m.observe("/api/{view}".into(), "GET", 200, Duration::from_millis(3));
+        m.observe("/api/{view}".into(), "GET", 200, Duration::from_millis(300));
         let text = m.render(&Gauges {
             pool_max: 4,
             pool_size: 1,
