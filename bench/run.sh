@@ -127,7 +127,7 @@ sql postgres -At -c 'SELECT 1' >/dev/null 2>&1 ||
   die "PGUSER must be a superuser (it creates database $DB and role $ROLE)"
 [[ -n $(sql postgres -At -c "SELECT 1 FROM pg_available_extensions WHERE name = 'pg_mec'") ]] ||
   die "extension pg_mec is not installed in this cluster (run scripts/mec up)"
-for f in update_1stmt.pgbench meter.pgbench meter_hot.pgbench check.pgbench check_hot.pgbench ../shared/bench/naive_meter.sql ../shared/bench/naive_load.sql; do
+for f in update_1stmt.pgbench meter.pgbench meter_hot.pgbench check.pgbench check_hot.pgbench naive_meter.sql naive_load.sql; do
   [[ -f $SHARED/$f ]] || die "baseline $SHARED/$f not found (set MEC_BENCH_SHARED)"
 done
 

@@ -35,7 +35,8 @@ COMMENT ON FUNCTION mec_data.invalidate_cache_rows() IS
 -- shared cache (pg_mec/src/cache/shared.rs). On accounts and entitlements (scope 'rows') an AFTER
 -- row trigger also notes each changed row's account: the commit makes only those accounts'
 -- shared entries stale, so a sign-up or a plan change does not send the whole cluster back to
--- the tables. A change of a resource type, or a TRUNCATE, makes every entry stale.
+-- the tables. A change of a resource type, of a namespace's settings, of a plan's entitlements
+-- (a catalog load), or a TRUNCATE, makes every entry stale.
 --
 -- ENABLE ALWAYS: they also fire on a logical-replication subscriber, whose apply worker runs with
 -- session_replication_role = replica (ordinary triggers do not fire there).
@@ -46,10 +47,15 @@ DECLARE
 BEGIN
     FOR t IN
         SELECT * FROM (VALUES
-            ('accounts',       'UPDATE OF namespace_id, account_id, billing_anchor_day OR DELETE', 'rows'),
+            ('accounts',       'UPDATE OF namespace_id, account_id, billing_anchor_day, payment_overdue'
+                               ' OR DELETE', 'rows'),
             ('entitlements',   'INSERT OR UPDATE OR DELETE', 'rows'),
             ('resource_types', 'UPDATE OF namespace_id, resource_type, kind, window_seconds, billable_statuses'
-                               ' OR DELETE', 'all')
+                               ' OR DELETE', 'all'),
+            -- overdue_action and default_plan_id, and the default plan's rows, which an overdue
+            -- account gets under overdue_action = default_plan
+            ('namespaces',     'UPDATE OF settings', 'all'),
+            ('plan_entitlements', 'INSERT OR UPDATE OR DELETE', 'all')
         ) AS v(tab, events, scope)
     LOOP
         FOREACH timing IN ARRAY ARRAY['AFTER', 'BEFORE'] LOOP

@@ -22,6 +22,10 @@ GRANT SELECT ON mec_data.resource_types, mec_data.plans, mec_data.plan_entitleme
 -- The vendor's backend and operator read more of their namespace (still only through RLS).
 GRANT SELECT ON mec_data.catalogs TO mec_service;
 GRANT SELECT ON mec_data.audit_log, mec_data.idempotency_keys, mec_data.namespace_secrets TO mec_admin;
+-- Billing state from Stripe is the operator's to read.
+REVOKE SELECT ON mec.stripe_events, mec.stripe_subscriptions FROM mec_user;
+GRANT SELECT ON mec.stripe_events, mec.stripe_subscriptions TO mec_admin;
+GRANT SELECT ON mec_data.stripe_events, mec_data.stripe_subscriptions TO mec_admin;
 
 -- pg_mec's functions, acting as mec_owner: what their statements read and write. No TRUNCATE, no
 -- ownership: mec_owner is bound by row-level security like any role.
@@ -29,7 +33,7 @@ GRANT USAGE ON SCHEMA mec, mec_data TO mec_owner;
 GRANT SELECT, INSERT, UPDATE, DELETE ON mec_data.catalogs, mec_data.resource_types, mec_data.plans,
       mec_data.plan_entitlements, mec_data.accounts, mec_data.entitlements, mec_data.usage_counters,
       mec_data.consumption, mec_data.leases, mec_data.reservations, mec_data.idempotency_keys,
-      mec_data.namespace_secrets
+      mec_data.namespace_secrets, mec_data.stripe_events, mec_data.stripe_subscriptions
       TO mec_owner;
 GRANT SELECT, INSERT ON mec_data.audit_log TO mec_owner;
 GRANT SELECT, UPDATE (settings, updated_at) ON mec_data.namespaces TO mec_owner;
@@ -68,6 +72,16 @@ GRANT EXECUTE ON FUNCTION
     mec.cancel_reservation(uuid)
     TO mec_service;
 
+GRANT EXECUTE ON FUNCTION
+    mec.apply_stripe_event(jsonb),
+    mec.set_payment_overdue(uuid, boolean),
+    mec.set_billing_anchor(uuid, integer)
+    TO mec_admin;
+
+-- Webhook receivers: they may hand a delivery to pg_mec and nothing else; pg_mec checks it against
+-- the secret of the namespace it names.
+GRANT USAGE ON SCHEMA mec TO mec_webhook;
+GRANT EXECUTE ON FUNCTION mec.receive_stripe_event(uuid, text, text) TO mec_webhook;
 
 -- Operators: the shared entitlement cache's state (pg_mec/src/cache/shared.rs).
 GRANT EXECUTE ON FUNCTION mec_data.shared_cache_stats() TO mec_admin;

@@ -101,6 +101,9 @@ CREATE TABLE mec_data.accounts (
     billing_anchor_day smallint CHECK (billing_anchor_day BETWEEN 1 AND 31),
     created_at         timestamptz NOT NULL DEFAULT now(),
     updated_at         timestamptz NOT NULL DEFAULT now(),
+    -- when the payment event that last set payment_overdue happened (a Stripe event's created):
+    -- an older event delivered later does not change it
+    payment_event_at   timestamptz,
     PRIMARY KEY (namespace_id, account_id),
     UNIQUE (namespace_id, external_id),
     UNIQUE (namespace_id, stripe_customer_id),
@@ -282,3 +285,44 @@ CREATE TABLE mec_data.reservations (
 CREATE INDEX reservations_held
     ON mec_data.reservations (namespace_id, account_id, resource_type, period_start, expires_at)
     WHERE state = 'held';
+
+-- Stripe events received: the inbox. One row per (namespace, event id), written in the transaction
+-- that applies the event, so a redelivery is recognised and changes nothing. Events for no known
+-- account wait here as 'unmatched' until a checkout links their customer (pg_mec/src/ops/stripe.rs).
+CREATE TABLE mec_data.stripe_events (
+    namespace_id uuid        NOT NULL,
+    event_id     text        NOT NULL CHECK (event_id <> '' AND length(event_id) <= 255),
+    event_type   text        NOT NULL,
+    created      timestamptz NOT NULL,
+    livemode     boolean     NOT NULL DEFAULT false,
+    customer_id  text,
+    account_id   uuid,
+    outcome      text        NOT NULL CHECK (outcome IN ('applied', 'stale', 'ignored', 'unmatched')),
+    detail       text,
+    payload      jsonb       NOT NULL,
+    received_at  timestamptz NOT NULL DEFAULT now(),
+    applied_at   timestamptz,
+    PRIMARY KEY (namespace_id, event_id)
+);
+CREATE INDEX stripe_events_unmatched
+    ON mec_data.stripe_events (namespace_id, customer_id, created) WHERE outcome = 'unmatched';
+CREATE INDEX stripe_events_by_account ON mec_data.stripe_events (namespace_id, account_id);
+
+-- Each Stripe subscription seen, with the state of the newest event applied to it: an event
+-- created before that one is stale and changes nothing (Stripe does not deliver in order).
+CREATE TABLE mec_data.stripe_subscriptions (
+    namespace_id    uuid        NOT NULL,
+    subscription_id text        NOT NULL CHECK (subscription_id <> ''),
+    account_id      uuid        NOT NULL,
+    customer_id     text,
+    status          text        NOT NULL,
+    price_id        text,
+    plan_id         text,
+    anchor_day      smallint CHECK (anchor_day BETWEEN 1 AND 31),
+    event_id        text        NOT NULL,
+    event_created   timestamptz NOT NULL,
+    updated_at      timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (namespace_id, subscription_id),
+    FOREIGN KEY (namespace_id, account_id) REFERENCES mec_data.accounts (namespace_id, account_id) ON DELETE CASCADE
+);
+CREATE INDEX stripe_subscriptions_by_account ON mec_data.stripe_subscriptions (namespace_id, account_id);

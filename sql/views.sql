@@ -62,3 +62,15 @@ SELECT namespace_id, reservation_id, idempotency_key::text AS idempotency_key, a
        period_start, period_end, expires_at, state, created_at, settled_at,
        (state = 'held' AND expires_at > now()) AS active
 FROM mec_data.reservations;
+
+-- The Stripe inbox (mec_admin only, grants.sql): every event received, what it did, and why.
+CREATE VIEW mec.stripe_events WITH (security_invoker = true) AS
+SELECT namespace_id, event_id, event_type, created, livemode, customer_id, account_id, outcome,
+       detail, received_at, applied_at, payload
+FROM mec_data.stripe_events;
+
+-- The Stripe subscriptions pg_mec follows (mec_admin only).
+CREATE VIEW mec.stripe_subscriptions WITH (security_invoker = true) AS
+SELECT namespace_id, subscription_id, account_id, customer_id, status, price_id, plan_id, anchor_day,
+       event_id, event_created, updated_at
+FROM mec_data.stripe_subscriptions;

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::{header, HeaderName, Method};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use tower_http::cors::{Any, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -154,6 +154,14 @@ pub fn app(state: AppState) -> Router {
         .route(
             "/api/{view}",
             get(routes::views::read).fallback(routes::method_not_allowed),
+        )
+        .route(
+            "/webhooks/stripe",
+            post(routes::webhooks::stripe_default).fallback(routes::method_not_allowed),
+        )
+        .route(
+            "/webhooks/stripe/{namespace_id}",
+            post(routes::webhooks::stripe_in_namespace).fallback(routes::method_not_allowed),
         )
         .fallback(routes::not_found)
         .layer(axum::middleware::from_fn_with_state(

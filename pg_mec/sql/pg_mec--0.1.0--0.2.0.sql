@@ -2,6 +2,8 @@
 --   * mec_owner: pg_mec's functions change the tables as this role; the API roles only read them.
 --   * mec_data.role_bindings, mec.bind_role, mec.unbind_role: a login role other than the
 --     gateway's authenticator acts only in the namespace the database owner bound it to.
+--   * Stripe in: mec_webhook, mec_data.stripe_events / stripe_subscriptions, payment standing
+--     (accounts.payment_event_at, overdue_action), mec.receive_stripe_event and its admin levers.
 -- Kept equal to a fresh 0.2.0 install by tests/upgrade/test_extension_upgrade.py.
 \echo Use "ALTER EXTENSION pg_mec UPDATE TO '0.2.0'" to load this file. \quit
 
@@ -106,3 +108,167 @@ GRANT SELECT, INSERT ON mec_data.audit_log TO mec_owner;
 GRANT SELECT, UPDATE (settings, updated_at) ON mec_data.namespaces TO mec_owner;
 GRANT SELECT ON mec_data.role_bindings TO mec_owner;
 GRANT EXECUTE ON FUNCTION mec.current_namespace(), mec.current_account() TO mec_owner;
+
+-- ================================================================ billing state from Stripe
+-- (docs/integrations.md): the webhook role, the Stripe inbox and subscriptions, payment standing.
+
+-- ---------------------------------------------------------------- roles (sql/roles.sql)
+DO $roles$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'mec_webhook') THEN
+        CREATE ROLE mec_webhook NOLOGIN;
+    END IF;
+END
+$roles$;
+GRANT mec_webhook TO mec_authenticator;
+
+-- ---------------------------------------------------------------- tables (sql/schema.sql)
+ALTER TABLE mec_data.accounts ADD COLUMN payment_event_at timestamptz;
+
+CREATE TABLE mec_data.stripe_events (
+    namespace_id uuid        NOT NULL,
+    event_id     text        NOT NULL CHECK (event_id <> '' AND length(event_id) <= 255),
+    event_type   text        NOT NULL,
+    created      timestamptz NOT NULL,
+    livemode     boolean     NOT NULL DEFAULT false,
+    customer_id  text,
+    account_id   uuid,
+    outcome      text        NOT NULL CHECK (outcome IN ('applied', 'stale', 'ignored', 'unmatched')),
+    detail       text,
+    payload      jsonb       NOT NULL,
+    received_at  timestamptz NOT NULL DEFAULT now(),
+    applied_at   timestamptz,
+    PRIMARY KEY (namespace_id, event_id)
+);
+CREATE INDEX stripe_events_unmatched
+    ON mec_data.stripe_events (namespace_id, customer_id, created) WHERE outcome = 'unmatched';
+CREATE INDEX stripe_events_by_account ON mec_data.stripe_events (namespace_id, account_id);
+
+CREATE TABLE mec_data.stripe_subscriptions (
+    namespace_id    uuid        NOT NULL,
+    subscription_id text        NOT NULL CHECK (subscription_id <> ''),
+    account_id      uuid        NOT NULL,
+    customer_id     text,
+    status          text        NOT NULL,
+    price_id        text,
+    plan_id         text,
+    anchor_day      smallint CHECK (anchor_day BETWEEN 1 AND 31),
+    event_id        text        NOT NULL,
+    event_created   timestamptz NOT NULL,
+    updated_at      timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (namespace_id, subscription_id),
+    FOREIGN KEY (namespace_id, account_id) REFERENCES mec_data.accounts (namespace_id, account_id) ON DELETE CASCADE
+);
+CREATE INDEX stripe_subscriptions_by_account ON mec_data.stripe_subscriptions (namespace_id, account_id);
+
+-- ---------------------------------------------------------------- views (sql/views.sql)
+CREATE VIEW mec.stripe_events WITH (security_invoker = true) AS
+SELECT namespace_id, event_id, event_type, created, livemode, customer_id, account_id, outcome,
+       detail, received_at, applied_at, payload
+FROM mec_data.stripe_events;
+
+CREATE VIEW mec.stripe_subscriptions WITH (security_invoker = true) AS
+SELECT namespace_id, subscription_id, account_id, customer_id, status, price_id, plan_id, anchor_day,
+       event_id, event_created, updated_at
+FROM mec_data.stripe_subscriptions;
+
+-- ---------------------------------------------------------------- cache invalidation (sql/cache.sql)
+-- accounts: payment_overdue now decides entitlements too.
+DROP TRIGGER invalidate_cache ON mec_data.accounts;
+DROP TRIGGER invalidate_cache_before ON mec_data.accounts;
+DROP TRIGGER invalidate_cache_rows ON mec_data.accounts;
+DO $cache$
+DECLARE
+    t record;
+    timing text;
+BEGIN
+    FOR t IN
+        SELECT * FROM (VALUES
+            ('accounts',       'UPDATE OF namespace_id, account_id, billing_anchor_day, payment_overdue'
+                               ' OR DELETE', 'rows'),
+            ('namespaces',     'UPDATE OF settings', 'all'),
+            ('plan_entitlements', 'INSERT OR UPDATE OR DELETE', 'all')
+        ) AS v(tab, events, scope)
+    LOOP
+        FOREACH timing IN ARRAY ARRAY['AFTER', 'BEFORE'] LOOP
+            EXECUTE format(
+                'CREATE TRIGGER %I %s %s OR TRUNCATE ON mec_data.%I
+                     FOR EACH STATEMENT EXECUTE FUNCTION mec_data.invalidate_cache(%L)',
+                CASE timing WHEN 'AFTER' THEN 'invalidate_cache' ELSE 'invalidate_cache_before' END,
+                timing, t.events, t.tab, t.scope);
+            EXECUTE format('ALTER TABLE mec_data.%I ENABLE ALWAYS TRIGGER %I', t.tab,
+                CASE timing WHEN 'AFTER' THEN 'invalidate_cache' ELSE 'invalidate_cache_before' END);
+        END LOOP;
+        IF t.scope = 'rows' THEN
+            EXECUTE format(
+                'CREATE TRIGGER invalidate_cache_rows AFTER %s ON mec_data.%I
+                     FOR EACH ROW EXECUTE FUNCTION mec_data.invalidate_cache_rows()',
+                t.events, t.tab);
+            EXECUTE format('ALTER TABLE mec_data.%I ENABLE ALWAYS TRIGGER invalidate_cache_rows', t.tab);
+        END IF;
+    END LOOP;
+END
+$cache$;
+
+-- ---------------------------------------------------------------- row-level security (sql/rls.sql)
+DO $rls$
+DECLARE
+    t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['stripe_events', 'stripe_subscriptions']
+    LOOP
+        EXECUTE format('ALTER TABLE mec_data.%I ENABLE ROW LEVEL SECURITY', t);
+        EXECUTE format('ALTER TABLE mec_data.%I FORCE ROW LEVEL SECURITY', t);
+        EXECUTE format($p$CREATE POLICY tenant_isolation ON mec_data.%I AS RESTRICTIVE
+                           USING (namespace_id = mec.current_namespace())
+                           WITH CHECK (namespace_id = mec.current_namespace())$p$, t);
+        EXECUTE format('CREATE POLICY namespace_staff ON mec_data.%I TO mec_service USING (true) WITH CHECK (true)', t);
+        EXECUTE format('CREATE POLICY pg_mec_functions ON mec_data.%I TO mec_owner USING (true) WITH CHECK (true)', t);
+    END LOOP;
+END
+$rls$;
+
+-- ---------------------------------------------------------------- functions (pg_mec/src/api/billing.rs)
+CREATE FUNCTION mec."receive_stripe_event"(
+	"p_namespace_id" uuid, /* Option < Uuid > */
+	"p_payload" TEXT, /* Option < & str > */
+	"p_signature" TEXT /* Option < & str > */
+) RETURNS jsonb /* Jsonb */
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'receive_stripe_event_wrapper';
+
+CREATE FUNCTION mec."apply_stripe_event"(
+	"p_event" jsonb /* Option < JsonbArg > */
+) RETURNS jsonb /* Jsonb */
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'apply_stripe_event_wrapper';
+
+CREATE FUNCTION mec."set_payment_overdue"(
+	"p_account_id" uuid, /* Option < Uuid > */
+	"p_overdue" bool /* Option < bool > */
+) RETURNS jsonb /* Jsonb */
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'set_payment_overdue_wrapper';
+
+CREATE FUNCTION mec."set_billing_anchor"(
+	"p_account_id" uuid, /* Option < Uuid > */
+	"p_anchor_day" INT /* Option < i32 > */
+) RETURNS jsonb /* Jsonb */
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'set_billing_anchor_wrapper';
+
+-- ---------------------------------------------------------------- privileges (sql/grants.sql)
+REVOKE ALL ON mec.stripe_events, mec.stripe_subscriptions, mec_data.stripe_events,
+              mec_data.stripe_subscriptions FROM PUBLIC;
+REVOKE ALL ON FUNCTION mec.receive_stripe_event(uuid, text, text), mec.apply_stripe_event(jsonb),
+              mec.set_payment_overdue(uuid, boolean), mec.set_billing_anchor(uuid, integer) FROM PUBLIC;
+GRANT SELECT ON mec.stripe_events, mec.stripe_subscriptions TO mec_admin;
+GRANT SELECT ON mec_data.stripe_events, mec_data.stripe_subscriptions TO mec_admin;
+GRANT SELECT, INSERT, UPDATE, DELETE ON mec_data.stripe_events, mec_data.stripe_subscriptions TO mec_owner;
+GRANT EXECUTE ON FUNCTION
+    mec.apply_stripe_event(jsonb),
+    mec.set_payment_overdue(uuid, boolean),
+    mec.set_billing_anchor(uuid, integer)
+    TO mec_admin;
+GRANT USAGE ON SCHEMA mec TO mec_webhook;
+GRANT EXECUTE ON FUNCTION mec.receive_stripe_event(uuid, text, text) TO mec_webhook;

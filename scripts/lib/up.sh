@@ -556,6 +556,8 @@ write_gateway_env() {
     echo "MEC_AUTHENTICATOR_URL=$auth_url"
     echo "MEC_JWT_SECRET=$JWT_SECRET"
     echo "MEC_GATEWAY_ADDR=$GW_ADDR"
+    # POST /webhooks/stripe (no namespace in the path) is the demo namespace's
+    echo "MEC_DEFAULT_NAMESPACE_ID=$DEMO_NS"
   } >"$tmp"
   mv -f "$tmp" "$GATEWAY_ENV_FILE"
 }

@@ -32,10 +32,15 @@ pub mod schema;
 /// Bound on cached statements per connection (view queries vary with their filters).
 const STATEMENT_CACHE_MAX: usize = 256;
 
-/// The connection pools, one per mec role (created lazily: a role nobody uses opens nothing).
+/// The connection pools, one per mec role and one for webhook deliveries (`mec_webhook`); each
+/// opens connections lazily, so a role nobody uses opens nothing.
 pub struct Pools {
     by_role: [Pool; 3],
+    webhook: Pool,
 }
+
+/// The role of webhook deliveries: it may only hand them to pg_mec (`sql/grants.sql`).
+const WEBHOOK_ROLE: &str = "mec_webhook";
 
 /// What the pools hold, summed over the roles.
 pub struct PoolStatus {
@@ -47,9 +52,10 @@ pub struct PoolStatus {
 
 impl Pools {
     pub fn build(cfg: &Config) -> Result<Pools, StartupError> {
-        let [user, service, admin] = Role::ALL.map(|r| build_pool(cfg, r));
+        let [user, service, admin] = Role::ALL.map(|r| build_pool(cfg, r.as_str()));
         Ok(Pools {
             by_role: [user?, service?, admin?],
+            webhook: build_pool(cfg, WEBHOOK_ROLE)?,
         })
     }
 
@@ -63,8 +69,17 @@ impl Pools {
         self.for_role(Role::Service)
     }
 
+    /// The pool of webhook deliveries.
+    pub fn webhook(&self) -> &Pool {
+        &self.webhook
+    }
+
+    fn all(&self) -> impl Iterator<Item = &Pool> {
+        self.by_role.iter().chain(std::iter::once(&self.webhook))
+    }
+
     pub fn status(&self) -> PoolStatus {
-        self.by_role.iter().map(Pool::status).fold(
+        self.all().map(Pool::status).fold(
             PoolStatus {
                 max_size: 0,
                 size: 0,
@@ -82,29 +97,29 @@ impl Pools {
 
     /// After a schema reload: prepared statements may name what changed.
     pub fn clear_statement_caches(&self) {
-        for p in &self.by_role {
+        for p in self.all() {
             p.manager().statement_caches.clear();
         }
     }
 
     pub fn close(&self) {
-        for p in &self.by_role {
+        for p in self.all() {
             p.close();
         }
     }
 }
 
-fn build_pool(cfg: &Config, role: Role) -> Result<Pool, StartupError> {
+fn build_pool(cfg: &Config, role: &'static str) -> Result<Pool, StartupError> {
     let mut pg: tokio_postgres::Config = cfg
         .database_url
         .parse()
         .map_err(|e| StartupError::DatabaseUrl(format!("{e}")))?;
     pg.application_name("mec-gateway");
     pg.connect_timeout(cfg.connect_timeout);
-    // The role is fixed for the connection's life; the role name comes from a closed enum.
+    // The role is fixed for the connection's life; the role name is one of pg_mec's.
     // Kept: any options= the database URL carries.
     let mut options = pg.get_options().map(str::to_string).unwrap_or_default();
-    options.push_str(&format!(" -c role={}", role.as_str()));
+    options.push_str(&format!(" -c role={role}"));
     if !cfg.statement_timeout.is_zero() {
         options.push_str(&format!(
             " -c statement_timeout={}",
@@ -360,6 +375,27 @@ fn finish(
             Err(ApiError::from(e).with_instance(ctx.path))
         }
     }
+}
+
+/// Hands a webhook delivery to pg_mec: `select` (one statement, text parameters) runs on a
+/// connection of the webhook role, with no request settings: pg_mec authenticates the delivery
+/// itself, against the secret of the namespace it names.
+pub async fn deliver(
+    pools: &Pools,
+    path: &str,
+    select: &str,
+    params: &[Option<String>],
+) -> Result<Vec<Row>, ApiError> {
+    let client = pools.webhook().get().await?;
+    let all: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+    let result = match client.prepare_cached(select).await {
+        Ok(stmt) => client.query(&stmt, &all).await,
+        Err(e) => Err(e),
+    };
+    if result.is_err() && client.is_closed() {
+        drop(Object::take(client));
+    }
+    result.map_err(|e| ApiError::from(e).with_instance(path))
 }
 
 /// Column `idx` of a result row. A value of another type than the gateway's SQL selects is a bug,

@@ -1,7 +1,7 @@
 //! One error type for every handler, rendered the way PostgREST renders errors.
 //!
 //! The body is always a JSON object `{code, message, details, hint}`. `ME429` (limit
-//! reached) is additionally an RFC 9457 problem document with the IETF RateLimit
+//! reached) and `ME402` (payment overdue) are additionally RFC 9457 problem documents, `ME429` with the IETF RateLimit
 //! headers. 5xx bodies never carry the cause: the cause travels in a response
 //! extension ([`ErrorCause`]) and is logged by the metrics middleware.
 
@@ -272,6 +272,9 @@ impl IntoResponse for ApiError {
             ApiError::Db { err, instance } => {
                 if err.code == "ME429" {
                     return problem::rate_limited(&err, instance.as_deref());
+                }
+                if err.code == "ME402" {
+                    return problem::payment_required(&err, instance.as_deref());
                 }
                 if status.is_server_error() {
                     let message = if status == StatusCode::SERVICE_UNAVAILABLE {

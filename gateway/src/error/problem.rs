@@ -1,5 +1,6 @@
-//! RFC 9457 problem documents for limit denials (`ME429`) and the IETF RateLimit headers
-//! (draft-ietf-httpapi-ratelimit-headers) derived from the violated policies.
+//! RFC 9457 problem documents for limit denials (`ME429`, with the IETF RateLimit headers of
+//! draft-ietf-httpapi-ratelimit-headers derived from the violated policies) and payment denials
+//! (`ME402`).
 
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::Response;
@@ -173,6 +174,28 @@ pub(super) fn rate_limited(err: &PgErrorInfo, instance: Option<&str>) -> Respons
         }
     }
     resp
+}
+
+/// `ME402`: the account is overdue and its namespace blocks overdue accounts.
+pub(super) fn payment_required(err: &PgErrorInfo, instance: Option<&str>) -> Response {
+    let details: Value = err
+        .details
+        .as_deref()
+        .and_then(|d| serde_json::from_str(d).ok())
+        .unwrap_or(Value::Null);
+    let body = json!({
+        "type": "urn:pg-mec:problem:payment-overdue",
+        "title": "Payment required",
+        "status": 402,
+        "detail": err.message,
+        "instance": instance,
+        "account_id": details.get("account_id"),
+        "code": err.code,
+        "message": err.message,
+        "details": err.details,
+        "hint": err.hint,
+    });
+    json_response(StatusCode::PAYMENT_REQUIRED, PROBLEM, &body)
 }
 
 #[cfg(test)]

@@ -45,6 +45,8 @@ pub struct Config {
     pub request_timeout: Duration,
     pub shutdown_timeout: Duration,
     pub max_body_bytes: usize,
+    /// The namespace of `POST /webhooks/stripe` (no namespace in the path).
+    pub default_namespace: Option<uuid::Uuid>,
 }
 
 pub const MIN_SECRET_LEN: usize = 32;
@@ -88,6 +90,12 @@ impl Config {
         if max_body_bytes == 0 {
             return Err(invalid("MEC_MAX_BODY_BYTES", "must be at least 1"));
         }
+        let default_namespace = match get("MEC_DEFAULT_NAMESPACE_ID") {
+            None => None,
+            Some(v) => Some(v.trim().parse::<uuid::Uuid>().map_err(|_| {
+                invalid("MEC_DEFAULT_NAMESPACE_ID", format!("{v:?} is not a uuid"))
+            })?),
+        };
         Ok(Config {
             addr,
             database_url,
@@ -100,6 +108,7 @@ impl Config {
             request_timeout: millis(&get, "MEC_REQUEST_TIMEOUT_MS", 15_000, false)?,
             shutdown_timeout: millis(&get, "MEC_SHUTDOWN_TIMEOUT_MS", 30_000, false)?,
             max_body_bytes,
+            default_namespace,
         })
     }
 }

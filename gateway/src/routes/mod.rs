@@ -7,6 +7,7 @@ pub mod openapi;
 pub mod respond;
 pub mod rpc;
 pub mod views;
+pub mod webhooks;
 
 use axum::http::{Method, StatusCode, Uri};
 

@@ -29,6 +29,9 @@ pub struct Effective {
     pub entitled: bool,
     pub anchor_day: Option<u8>,
     pub billable: Vec<StatusClass>,
+    /// The account is overdue and its namespace blocks overdue accounts: every use is refused
+    /// (`ME402`), every check denies with reason `payment_overdue`.
+    pub blocked: bool,
 }
 
 impl Effective {
@@ -70,6 +73,51 @@ impl Row {
     }
 }
 
+/// Where an account stands on payment, as its entitlements see it: the account's
+/// `payment_overdue` under its namespace's `overdue_action`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Standing {
+    /// Paid up, or overdue under `overdue_action = flag` (reported, nothing else changes).
+    #[default]
+    Good,
+    /// Overdue under `default_plan`: the namespace's default plan's row (source
+    /// [`OVERDUE_PLAN`]) replaces the plan and any override; grants still add.
+    DefaultPlan,
+    /// Overdue under `block`: every use is refused.
+    Blocked,
+}
+
+impl Standing {
+    /// From the account's flag and the namespace's `overdue_action` (unknown actions: `flag`).
+    pub fn new(payment_overdue: bool, overdue_action: Option<&str>) -> Standing {
+        match (payment_overdue, overdue_action) {
+            (true, Some("default_plan")) => Standing::DefaultPlan,
+            (true, Some("block")) => Standing::Blocked,
+            _ => Standing::Good,
+        }
+    }
+
+    fn code(self) -> u8 {
+        match self {
+            Standing::Good => 0,
+            Standing::DefaultPlan => 1,
+            Standing::Blocked => 2,
+        }
+    }
+
+    fn from_code(c: u8) -> Option<Standing> {
+        match c {
+            0 => Some(Standing::Good),
+            1 => Some(Standing::DefaultPlan),
+            2 => Some(Standing::Blocked),
+            _ => None,
+        }
+    }
+}
+
+/// The source of the row an overdue account gets from the namespace's default plan.
+pub const OVERDUE_PLAN: &str = "overdue_plan";
+
 /// What the extension read for one account and resource: everything [`combine`] needs at any
 /// moment from `since_us` on.
 #[derive(Debug, Clone, PartialEq)]
@@ -83,6 +131,7 @@ pub struct Entitlements {
     pub rows: Vec<Row>,
     /// The rows are complete for every moment from this one on.
     pub since_us: i64,
+    pub standing: Standing,
 }
 
 impl Row {
@@ -136,6 +185,7 @@ impl Entitlements {
             && w.opt(self.anchor, int)
             && {
                 w.i64(self.since_us);
+                w.u8(self.standing.code());
                 w.u8(u8::try_from(self.billable.len()).ok()?);
                 for b in &self.billable {
                     match *b {
@@ -161,6 +211,7 @@ impl Entitlements {
         let window_seconds = r.opt(Reader::i32)?;
         let anchor = r.opt(Reader::i32)?;
         let since_us = r.i64()?;
+        let standing = Standing::from_code(r.u8()?)?;
         let billable = (0..r.u8()?)
             .map(|_| match (r.u8()?, r.i32()?) {
                 (0, code) => u16::try_from(code).ok().map(StatusClass::Exact),
@@ -178,18 +229,30 @@ impl Entitlements {
             anchor,
             rows,
             since_us,
+            standing,
         })
     }
 }
 
 /// Folds the rows in force at `at_us` (newest first) into one policy: the newest override
-/// replaces the plan row; grants add their quantity to a finite limit.
+/// replaces the plan row; grants add their quantity to a finite limit. An overdue account under
+/// [`Standing::DefaultPlan`] gets the default plan's row instead of its plan and overrides.
 pub fn combine(resource_type: &str, f: &Entitlements, at_us: i64) -> Result<Effective, OutOfRange> {
     let kind = f.kind;
-    let in_force = || f.rows.iter().filter(|r| r.in_force(at_us));
-    let base = in_force()
-        .find(|r| r.source == "override")
-        .or_else(|| in_force().find(|r| r.source == "plan"));
+    let on_default_plan = f.standing == Standing::DefaultPlan;
+    let in_force = || {
+        f.rows
+            .iter()
+            .filter(|r| r.in_force(at_us))
+            .filter(move |r| (r.source == OVERDUE_PLAN) == on_default_plan || r.source == "grant")
+    };
+    let base = if on_default_plan {
+        in_force().find(|r| r.source == OVERDUE_PLAN)
+    } else {
+        in_force()
+            .find(|r| r.source == "override")
+            .or_else(|| in_force().find(|r| r.source == "plan"))
+    };
     let grants = in_force()
         .filter(|r| r.source == "grant")
         .filter_map(|r| r.limit)
@@ -236,6 +299,7 @@ pub fn combine(resource_type: &str, f: &Entitlements, at_us: i64) -> Result<Effe
         entitled,
         anchor_day: f.anchor.and_then(|a| u8::try_from(a).ok()),
         billable: f.billable.clone(),
+        blocked: f.standing == Standing::Blocked,
     })
 }
 
@@ -283,6 +347,7 @@ mod tests {
             anchor: None,
             rows,
             since_us: 0,
+            standing: Standing::Good,
         }
     }
 
@@ -365,6 +430,44 @@ mod tests {
     }
 
     #[test]
+    fn an_overdue_account_on_the_default_plan_keeps_only_its_grants() {
+        let mut e = ents(
+            Kind::Metered,
+            vec![
+                row("plan", Some(1000), 0, None),
+                row("override", Some(5000), 0, None),
+                row("grant", Some(5), 0, None),
+                row(OVERDUE_PLAN, Some(10), 0, None),
+            ],
+        );
+        let limit = |e: &Entitlements| combine("r", e, DAY).unwrap().policy.limit;
+        assert_eq!(limit(&e), Some(Decimal::from(5005)), "in good standing");
+        e.standing = Standing::DefaultPlan;
+        assert_eq!(limit(&e), Some(Decimal::from(15)));
+        e.rows
+            .retain(|r| r.source != OVERDUE_PLAN && r.source != "grant");
+        let eff = combine("r", &e, DAY).unwrap();
+        assert!(!eff.entitled, "the default plan lacks the resource");
+        assert_eq!(eff.policy.limit, Some(Decimal::ZERO));
+        e.standing = Standing::Blocked;
+        let eff = combine("r", &e, DAY).unwrap();
+        assert!(eff.blocked && eff.entitled);
+        assert_eq!(eff.policy.limit, Some(Decimal::from(5000)));
+    }
+
+    #[test]
+    fn standing_follows_the_overdue_action() {
+        assert_eq!(Standing::new(false, Some("block")), Standing::Good);
+        assert_eq!(Standing::new(true, None), Standing::Good);
+        assert_eq!(Standing::new(true, Some("flag")), Standing::Good);
+        assert_eq!(Standing::new(true, Some("block")), Standing::Blocked);
+        assert_eq!(
+            Standing::new(true, Some("default_plan")),
+            Standing::DefaultPlan
+        );
+    }
+
+    #[test]
     fn encodes_and_decodes_for_the_shared_cache() {
         let e = ents(
             Kind::Metered,
@@ -374,7 +477,11 @@ mod tests {
             ],
         );
         let bytes = e.encode().unwrap();
-        assert_eq!(Entitlements::decode(&bytes), Some(e));
+        assert_eq!(Entitlements::decode(&bytes), Some(e.clone()));
         assert_eq!(Entitlements::decode(&bytes[..bytes.len() - 1]), None);
+        let mut blocked = e;
+        blocked.standing = Standing::Blocked;
+        let bytes = blocked.encode().unwrap();
+        assert_eq!(Entitlements::decode(&bytes), Some(blocked));
     }
 }

@@ -8,6 +8,7 @@
 //! * [`catalog`] — validating a catalog document into a typed [`Catalog`], or every [`Problem`].
 //! * [`quantity`] — which quantities pg_mec counts exactly, and the bound on every counter.
 //! * [`civil`] — the calendar arithmetic behind [`period`].
+//! * [`stripe_signature`] — Stripe's `Stripe-Signature` webhook header, verified.
 //! * [`time`] — instants as RFC 3339 text and back.
 //! * [`codec`] — the byte encoding of values kept in shared memory.
 //!
@@ -42,6 +43,7 @@ pub mod entitlement;
 pub mod parse;
 pub mod period;
 pub mod quantity;
+pub mod stripe_signature;
 pub mod time;
 
 pub use billing::{default_billable, is_billable, StatusClass, StatusClassError};

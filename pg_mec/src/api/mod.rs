@@ -3,6 +3,7 @@
 //! caller, run the work as `mec_owner` with a fixed search path (`owner.rs`), and raise any error
 //! at this boundary, after every Rust value is dropped (`errors::raise`).
 
+pub mod billing;
 pub mod cache;
 pub mod catalog;
 pub mod corrections;
@@ -15,6 +16,7 @@ pub mod reservations;
 
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
+use pgrx::Uuid;
 
 use crate::pg::context::Caller;
 use crate::pg::owner::AsOwner;
@@ -40,6 +42,20 @@ pub(crate) fn write<T>(work: impl FnOnce(&Caller, &mut SpiClient<'_>) -> MecResu
     finish(as_owner(|caller| {
         Spi::connect_mut(|client| work(caller, client))
     }))
+}
+
+/// An entry point that authenticates its caller itself, against a secret of the namespace it names
+/// (a signed webhook): `work` runs as `mec_owner` acting in `namespace` only, and checks the
+/// secret before it changes anything.
+pub(crate) fn acting_in<T>(
+    namespace: Uuid,
+    work: impl FnOnce(&mut SpiClient<'_>) -> MecResult<T>,
+) -> T {
+    finish((|| {
+        let _acting = crate::pg::context::ActingIn::enter(namespace);
+        let _owner = AsOwner::enter()?;
+        Spi::connect_mut(work)
+    })())
 }
 
 /// An entry point for the platform operator (the database owner): it runs with the caller's own

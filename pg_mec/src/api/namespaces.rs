@@ -45,8 +45,9 @@ fn create_namespace(
 }
 
 /// Merges `p_settings` into the caller's namespace settings (`null` removes a key):
-/// `default_plan_id`, `stripe_webhook_secret`, `auth0_secret`, `key_retention_days` (≥ 45),
-/// `late_event_days`, `billing_anchor` (1–31). Returns the settings with secrets masked.
+/// `default_plan_id`, `stripe_webhook_secret`, `stripe_webhook_tolerance_seconds` (300),
+/// `auth0_secret`, `key_retention_days` (≥ 45), `late_event_days`, `billing_anchor` (1–31),
+/// `overdue_action` (`flag`, `default_plan` or `block`). Returns the settings with secrets masked.
 /// Raises `22023` (unknown key or bad value), `ME404` (unknown default plan), `42501`.
 #[pg_extern]
 fn update_namespace_settings(p_settings: Option<JsonbArg>) -> Jsonb {

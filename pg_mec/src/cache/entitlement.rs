@@ -12,7 +12,7 @@ use std::str::FromStr;
 use pg_mec_core::billing::{default_billable, StatusClass};
 use pg_mec_core::catalog::Kind;
 pub use pg_mec_core::entitlement::Effective;
-use pg_mec_core::entitlement::{combine, Entitlements, Row};
+use pg_mec_core::entitlement::{combine, Entitlements, Row, Standing, OVERDUE_PLAN};
 use pg_mec_core::Decimal;
 use pgrx::datum::{AnyNumeric, TimestampWithTimeZone, Uuid};
 use pgrx::spi::SpiClient;
@@ -30,9 +30,11 @@ stmt! {
     /// is none). The moment of the call is applied in Rust, so one fetch serves any later moment.
     static LOOKUP: read (ns: uuid, account_id: uuid, resource_type: text, since: timestamptz) =
         "SELECT a.account_id, r.kind, r.window_seconds, r.billable_statuses::text,
-                     a.billing_anchor_day::int4, e.source, e.quantity_limit, e.period, e.enforcement,
+                     a.billing_anchor_day::int4, a.payment_overdue, n.settings->>'overdue_action' AS overdue_action,
+                     e.source, e.quantity_limit, e.period, e.enforcement,
                      e.overage_cap, e.grace, e.enabled, e.valid_from, e.valid_until
               FROM mec_data.accounts a
+              JOIN mec_data.namespaces n ON n.namespace_id = a.namespace_id
               JOIN mec_data.resource_types r
                 ON r.namespace_id = a.namespace_id AND r.resource_type = $3
               LEFT JOIN mec_data.entitlements e
@@ -46,11 +48,13 @@ stmt! {
     /// one chunk of what a backend loads when it keeps missing the cache for one resource.
     static LOOKUP_CHUNK: read (ns: uuid, resource_type: text, after_account: uuid, accounts: int8, since: timestamptz) =
         "SELECT a.account_id, r.kind, r.window_seconds, r.billable_statuses::text,
-                     a.billing_anchor_day::int4, e.source, e.quantity_limit, e.period, e.enforcement,
+                     a.billing_anchor_day::int4, a.payment_overdue, n.settings->>'overdue_action' AS overdue_action,
+                     e.source, e.quantity_limit, e.period, e.enforcement,
                      e.overage_cap, e.grace, e.enabled, e.valid_from, e.valid_until
-              FROM (SELECT namespace_id, account_id, billing_anchor_day FROM mec_data.accounts
+              FROM (SELECT namespace_id, account_id, billing_anchor_day, payment_overdue FROM mec_data.accounts
                     WHERE namespace_id = $1 AND account_id > $3
                     ORDER BY account_id LIMIT $4) a
+              JOIN mec_data.namespaces n ON n.namespace_id = $1
               JOIN mec_data.resource_types r
                 ON r.namespace_id = $1 AND r.resource_type = $2
               -- LATERAL (kept so by OFFSET 0): one index probe per account, never a scan of all
@@ -60,6 +64,18 @@ stmt! {
                     WHERE x.namespace_id = $1 AND x.account_id = a.account_id AND x.resource_type = $2
                       AND (x.valid_until IS NULL OR x.valid_until > $5)
                     OFFSET 0) e ON true";
+}
+
+stmt! {
+    /// The namespace's default plan's row for one resource: what an overdue account gets under
+    /// `overdue_action = default_plan`.
+    static OVERDUE_PLAN_ROW: read (ns: uuid, resource_type: text) =
+        "SELECT pe.quantity_limit, pe.period, pe.enforcement, pe.overage_cap, pe.grace, pe.enabled
+              FROM mec_data.namespaces n
+              JOIN mec_data.plan_entitlements pe
+                ON pe.namespace_id = n.namespace_id AND pe.plan_id = n.settings->>'default_plan_id'
+               AND pe.resource_type = $2
+              WHERE n.namespace_id = $1";
 }
 
 stmt! {
@@ -104,8 +120,15 @@ fn parse_statuses(text: Option<String>) -> Vec<StatusClass> {
         .unwrap_or_else(default_billable)
 }
 
-/// Groups LOOKUP rows by account. One statuses text is parsed once.
-fn collect(rows: spi::Rows<'_>, since_us: i64) -> MecResult<HashMap<Uuid, Entitlements>> {
+/// Groups LOOKUP rows by account. One statuses text is parsed once. Accounts on the default plan
+/// while overdue get its row (one more read, only when there is such an account).
+fn collect(
+    client: &SpiClient<'_>,
+    ns: Uuid,
+    resource_type: &str,
+    rows: spi::Rows<'_>,
+    since_us: i64,
+) -> MecResult<HashMap<Uuid, Entitlements>> {
     let mut by_account: HashMap<Uuid, Entitlements> = HashMap::new();
     let mut statuses: Option<(Option<String>, Vec<StatusClass>)> = None;
     for row in rows {
@@ -132,6 +155,10 @@ fn collect(rows: spi::Rows<'_>, since_us: i64) -> MecResult<HashMap<Uuid, Entitl
                     anchor: row.get::<i32>("billing_anchor_day")?,
                     rows: Vec::new(),
                     since_us,
+                    standing: Standing::new(
+                        row.get::<bool>("payment_overdue")?.unwrap_or(false),
+                        row.get::<String>("overdue_action")?.as_deref(),
+                    ),
                 })
             }
         };
@@ -150,11 +177,50 @@ fn collect(rows: spi::Rows<'_>, since_us: i64) -> MecResult<HashMap<Uuid, Entitl
             });
         }
     }
+    if by_account
+        .values()
+        .any(|f| f.standing == Standing::DefaultPlan)
+    {
+        let default_row = overdue_plan_row(client, ns, resource_type)?;
+        for f in by_account.values_mut() {
+            if f.standing == Standing::DefaultPlan {
+                f.rows.extend(default_row.clone());
+            }
+        }
+    }
     for f in by_account.values_mut() {
         // Newest first, sorted here rather than by a Sort node per call.
         f.rows.sort_by_key(|r| std::cmp::Reverse(r.valid_from_us));
     }
     Ok(by_account)
+}
+
+/// The default plan's row for `resource_type`, valid at every moment; `None` when the namespace
+/// has no default plan or it does not grant the resource.
+fn overdue_plan_row(
+    client: &SpiClient<'_>,
+    ns: Uuid,
+    resource_type: &str,
+) -> MecResult<Option<Row>> {
+    let rows = spi::read(
+        client,
+        &OVERDUE_PLAN_ROW,
+        &[ns.into(), resource_type.into()],
+    )?;
+    let Some(row) = rows.first() else {
+        return Ok(None);
+    };
+    Ok(Some(Row {
+        source: OVERDUE_PLAN.to_string(),
+        limit: dec(row.get::<AnyNumeric>("quantity_limit")?)?,
+        period: row.get::<String>("period")?,
+        enforcement: row.get::<String>("enforcement")?,
+        overage_cap: dec(row.get::<AnyNumeric>("overage_cap")?)?,
+        grace: dec(row.get::<AnyNumeric>("grace")?)?,
+        enabled: row.get::<bool>("enabled")?.unwrap_or(true),
+        valid_from_us: 0,
+        valid_until_us: None,
+    }))
 }
 
 /// Runs LOOKUP: `None` when the account or the resource type does not exist.
@@ -176,7 +242,7 @@ fn fetch(
             since.into(),
         ],
     )?;
-    Ok(collect(rows, since_us)?.remove(&account_id))
+    Ok(collect(client, ns, resource_type, rows, since_us)?.remove(&account_id))
 }
 
 /// Runs LOOKUP_CHUNK: the accounts after `after` and whether the namespace has more.
@@ -199,7 +265,7 @@ fn fetch_chunk(
             since.into(),
         ],
     )?;
-    let chunk = collect(rows, since_us)?;
+    let chunk = collect(client, ns, resource_type, rows, since_us)?;
     let more = chunk.len() as i64 >= CHUNK_ACCOUNTS;
     Ok((chunk, more))
 }
@@ -398,6 +464,24 @@ pub fn resolve(
         return Err(diagnose_missing(client, ns, account_id, resource_type));
     };
     combine(resource_type, &f, at_us).map_err(|e| MecError::invalid(e.to_string()))
+}
+
+/// [`resolve`] for a call that uses the resource (meter, reserve, lease): `ME402` when the account
+/// is overdue and its namespace blocks overdue accounts.
+pub fn resolve_for_use(
+    client: &SpiClient<'_>,
+    ns: Uuid,
+    account_id: Uuid,
+    resource_type: &str,
+    at_us: i64,
+) -> MecResult<Effective> {
+    let eff = resolve(client, ns, account_id, resource_type, at_us)?;
+    if eff.blocked {
+        return Err(MecError::PaymentOverdue {
+            account_id: account_id.to_string(),
+        });
+    }
+    Ok(eff)
 }
 
 fn diagnose_missing(

@@ -141,10 +141,19 @@ pub fn check_result(eff: &Effective, usage: &Usage, requested: Decimal) -> Value
         ts_json(usage.window.end_us)
     };
     if eff.kind == Kind::Feature {
-        let on = eff.enabled && eff.entitled;
+        let on = eff.enabled && eff.entitled && !eff.blocked;
+        let reason = if eff.blocked {
+            "payment_overdue"
+        } else if on {
+            "feature_enabled"
+        } else if eff.entitled {
+            "feature_disabled"
+        } else {
+            "not_entitled"
+        };
         return json!({
             "decision": if on { "allow" } else { "deny" },
-            "reason": if on { "feature_enabled" } else if eff.entitled { "feature_disabled" } else { "not_entitled" },
+            "reason": reason,
             "resource_type": eff.resource_type,
             "kind": eff.kind.as_str(),
             "quantity_allowed": if on { 1 } else { 0 },
@@ -157,13 +166,16 @@ pub fn check_result(eff: &Effective, usage: &Usage, requested: Decimal) -> Value
         });
     }
     let decision = eff.policy.decide(usage.used, requested);
-    let reason = if !eff.entitled {
+    let allowed = decision.allowed && !eff.blocked;
+    let reason = if eff.blocked {
+        "payment_overdue"
+    } else if !eff.entitled {
         "not_entitled"
     } else {
         decision.reason
     };
     json!({
-        "decision": if decision.allowed { "allow" } else { "deny" },
+        "decision": if allowed { "allow" } else { "deny" },
         "reason": reason,
         "resource_type": eff.resource_type,
         "kind": eff.kind.as_str(),
@@ -171,7 +183,7 @@ pub fn check_result(eff: &Effective, usage: &Usage, requested: Decimal) -> Value
         "quantity_used": num(usage.used),
         "quantity_remaining": opt_num(eff.policy.remaining(usage.used)),
         "percent_used": opt_num(eff.policy.percent_used(usage.used)),
-        "overage": decision.allowed && decision.overage,
+        "overage": allowed && decision.overage,
         "period_start": period_start,
         "period_end": period_end,
         "enforcement": eff.policy.enforcement.as_str(),

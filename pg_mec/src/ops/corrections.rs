@@ -98,6 +98,9 @@ stmt! {
         "WITH c AS (DELETE FROM mec_data.consumption WHERE namespace_id = $1 AND account_id = $2 RETURNING 1),
                    k AS (DELETE FROM mec_data.idempotency_keys
                          WHERE namespace_id = $1 AND fingerprint LIKE $2::text || '|%' RETURNING 1),
+                   -- the Stripe inbox keeps each event id (a redelivery stays a no-op), not its content
+                   s AS (UPDATE mec_data.stripe_events SET payload = '{}', customer_id = NULL, detail = NULL
+                         WHERE namespace_id = $1 AND account_id = $2 RETURNING 1),
                    a AS (DELETE FROM mec_data.accounts WHERE namespace_id = $1 AND account_id = $2 RETURNING 1)
               SELECT (SELECT count(*) FROM a)::int4 AS accounts, (SELECT count(*) FROM c)::int4 AS events";
 }

@@ -98,7 +98,7 @@ pub fn acquire(
             return Ok(v);
         }
     }
-    let eff = entitlement::resolve(client, ns, req.account_id, &req.resource_type, now_us)?;
+    let eff = entitlement::resolve_for_use(client, ns, req.account_id, &req.resource_type, now_us)?;
     if eff.kind != Kind::Concurrency {
         return Err(MecError::bad_request(
             format!("resource \"{}\" is {} and has no leases", req.resource_type, eff.kind.as_str()),

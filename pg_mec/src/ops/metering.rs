@@ -157,7 +157,19 @@ struct Metered {
 pub fn meter(client: &mut SpiClient<'_>, ns: Uuid, ev: &Event, now_us: i64) -> MecResult<Value> {
     ev.validate()?;
     check_time(client, ns, ev.occurred_us, now_us)?;
-    let eff = entitlement::resolve(client, ns, ev.account_id, &ev.resource_type, ev.occurred_us)?;
+    let eff = match entitlement::resolve_for_use(
+        client,
+        ns,
+        ev.account_id,
+        &ev.resource_type,
+        ev.occurred_us,
+    ) {
+        // A blocked account's replays still answer as the first time.
+        Err(e @ MecError::PaymentOverdue { .. }) => {
+            return replay_if_recorded(client, ns, ev)?.ok_or(e);
+        }
+        other => other?,
+    };
     check_quantity(&eff, ev.quantity)?;
     let window = eff.window(ev.occurred_us);
     if !is_billable(&eff.billable, ev.http_status) {

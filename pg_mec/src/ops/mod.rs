@@ -12,4 +12,5 @@ pub mod metering;
 pub mod namespaces;
 pub mod provisioning;
 pub mod reservations;
+pub mod stripe;
 pub mod summary;

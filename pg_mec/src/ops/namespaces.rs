@@ -71,10 +71,20 @@ fn validate(settings: &Map<String, Value>) -> MecResult<()> {
             "key_retention_days" => int_setting(key, v, 45, 3650)?,
             "late_event_days" => int_setting(key, v, 0, 365)?,
             "billing_anchor" => int_setting(key, v, 1, 31)?,
+            "stripe_webhook_tolerance_seconds" => int_setting(key, v, 1, 86_400)?,
+            "overdue_action" => match v.as_str() {
+                Some("flag" | "default_plan" | "block") => {}
+                _ => {
+                    return Err(MecError::invalid_hint(
+                        format!("setting overdue_action must be \"flag\", \"default_plan\" or \"block\", got {v}"),
+                        "flag reports payment_overdue only; default_plan applies the default plan's entitlements while overdue; block refuses every use (ME402).",
+                    ))
+                }
+            },
             other => {
                 return Err(MecError::invalid_hint(
                     format!("unknown setting \"{other}\""),
-                    "Settings: default_plan_id, stripe_webhook_secret, auth0_secret, key_retention_days, late_event_days, billing_anchor.",
+                    "Settings: default_plan_id, stripe_webhook_secret, stripe_webhook_tolerance_seconds, auth0_secret, key_retention_days, late_event_days, billing_anchor, overdue_action.",
                 ))
             }
         }
@@ -224,8 +234,13 @@ pub fn update_settings(
         _ => Map::new(),
     };
     out.extend(masked);
-    for (k, v) in [("key_retention_days", 45), ("late_event_days", 7)] {
-        out.entry(k).or_insert(Value::from(v));
+    for (k, v) in [
+        ("key_retention_days", Value::from(45)),
+        ("late_event_days", Value::from(7)),
+        ("stripe_webhook_tolerance_seconds", Value::from(300)),
+        ("overdue_action", Value::from("flag")),
+    ] {
+        out.entry(k).or_insert(v);
     }
     crate::ledger::audit::audit(
         client,

@@ -156,6 +156,77 @@ pub fn apply_plan(
     Ok(diff > 0)
 }
 
+stmt! {
+    static DEFAULT_PLAN: read (ns: uuid) =
+        "SELECT settings->>'default_plan_id' FROM mec_data.namespaces WHERE namespace_id = $1";
+}
+
+/// The namespace's default plan (`default_plan_id`, set by the catalog's default plan).
+pub fn default_plan(client: &SpiClient<'_>, ns: Uuid) -> MecResult<Option<String>> {
+    spi::read(client, &DEFAULT_PLAN, &[ns.into()])?.one::<String>()
+}
+
+/// Creates the account with no plan unless it exists. Returns whether it was created.
+pub fn create_account(
+    client: &mut SpiClient<'_>,
+    ns: Uuid,
+    account: Uuid,
+    external_id: Option<&str>,
+) -> MecResult<bool> {
+    Ok(!spi::write(
+        client,
+        &CREATE_ACCOUNT,
+        &[ns.into(), account.into(), external_id.into()],
+    )?
+    .is_empty())
+}
+
+/// Takes the account off its plan from `effective_us` on: its plan rows close there and no plan
+/// replaces them (every check answers `not_entitled`, grants and overrides aside). Returns whether
+/// the account had a plan.
+pub fn remove_plan(
+    client: &mut SpiClient<'_>,
+    ns: Uuid,
+    account: Uuid,
+    effective_us: i64,
+) -> MecResult<bool> {
+    let (previous, _) = spi::write(client, &LOCK_ACCOUNT, &[ns.into(), account.into()])?
+        .two::<String, String>("plan_id", "external_id")?;
+    let Some(previous) = previous else {
+        return Ok(false);
+    };
+    let at: TimestampWithTimeZone = timestamptz(effective_us);
+    crate::counters::stripes::fold_account(client, ns, account)?;
+    spi::write(
+        client,
+        &DROP_SCHEDULED,
+        &[ns.into(), account.into(), at.into()],
+    )?;
+    spi::write(
+        client,
+        &CLOSE_CURRENT,
+        &[ns.into(), account.into(), at.into()],
+    )?;
+    spi::write(
+        client,
+        &SET_PLAN,
+        &[
+            ns.into(),
+            account.into(),
+            Option::<&str>::None.into(),
+            at.into(),
+        ],
+    )?;
+    audit(
+        client,
+        ns,
+        "remove_plan",
+        &account.to_string(),
+        json!({"previous_plan_id": previous}),
+    )?;
+    Ok(true)
+}
+
 pub fn provision(client: &mut SpiClient<'_>, ns: Uuid, req: &Provision) -> MecResult<Value> {
     let fingerprint = format!(
         "{}|{}|{}",

@@ -102,7 +102,7 @@ pub fn reserve(
     if let Some(v) = replay(client, ns, req)? {
         return Ok(v);
     }
-    let eff = entitlement::resolve(client, ns, req.account_id, &req.resource_type, now_us)?;
+    let eff = entitlement::resolve_for_use(client, ns, req.account_id, &req.resource_type, now_us)?;
     if !matches!(eff.kind, Kind::Metered | Kind::Gauge) {
         return Err(MecError::bad_request(
             format!("resource \"{}\" is {}; only metered and gauge resources take reservations", req.resource_type, eff.kind.as_str()),

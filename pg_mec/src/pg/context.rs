@@ -55,6 +55,31 @@ thread_local! {
     /// mec_authenticator, a new database owner), so the next statement decides again.
     static TRUST: Cell<Option<(pg_sys::Oid, bool)>> = const { Cell::new(None) };
     static TRUST_CALLBACKS: Cell<bool> = const { Cell::new(false) };
+    /// Set while an entry point that authenticated its caller itself acts in one namespace
+    /// ([`ActingIn`]).
+    static ACTING_IN: Cell<Option<Uuid>> = const { Cell::new(None) };
+}
+
+/// While alive, the caller's namespace is the one given, whatever the claims and settings say, and
+/// there is no caller account. For entry points whose caller proved itself to that namespace with
+/// the namespace's own secret (a signed webhook): they act there and nowhere else. Restored on drop,
+/// also when an error unwinds.
+pub struct ActingIn {
+    previous: Option<Uuid>,
+}
+
+impl ActingIn {
+    pub fn enter(namespace: Uuid) -> ActingIn {
+        ActingIn {
+            previous: ACTING_IN.with(|a| a.replace(Some(namespace))),
+        }
+    }
+}
+
+impl Drop for ActingIn {
+    fn drop(&mut self) {
+        ACTING_IN.with(|a| a.set(self.previous));
+    }
 }
 
 /// Syscache callback: a role, a membership or a database changed.
@@ -176,6 +201,9 @@ fn account_from_settings() -> MecResult<Option<Uuid>> {
 /// The caller's namespace: see the module documentation. `42501` without one, or when a bound
 /// login role names a namespace it is not bound to.
 pub fn namespace() -> MecResult<Uuid> {
+    if let Some(ns) = ACTING_IN.with(Cell::get) {
+        return Ok(ns);
+    }
     match session()? {
         Session::Trusted => namespace_from_settings()?.ok_or(MecError::NoNamespace),
         Session::Bound { role, bindings } => Ok(binding_in_force(&role, &bindings)?.namespace),
@@ -185,6 +213,9 @@ pub fn namespace() -> MecResult<Uuid> {
 /// The caller's account: the `account_id` claim, else `mec.account_id`, else `None`; for a login
 /// role bound as `mec_user`, the account it was bound to.
 pub fn account() -> MecResult<Option<Uuid>> {
+    if ACTING_IN.with(Cell::get).is_some() {
+        return Ok(None);
+    }
     match session()? {
         Session::Trusted => account_from_settings(),
         Session::Bound { role, bindings } => {

@@ -50,6 +50,8 @@ pub enum MecError {
         resource: String,
         violated: serde_json::Value,
     },
+    /// `ME402`: the account is overdue on payment and its namespace's `overdue_action` is `block`.
+    PaymentOverdue { account_id: String },
     /// `23505`: a unique value (external id, namespace id) belongs to something else.
     Conflict {
         message: String,
@@ -131,6 +133,7 @@ impl MecError {
             MecError::Expired { .. } => "ME410",
             MecError::CatalogInvalid { .. } => "ME422",
             MecError::LimitReached { .. } => "ME429",
+            MecError::PaymentOverdue { .. } => "ME402",
             MecError::Conflict { .. } => "23505",
             MecError::Internal(_) => "XX000",
         }
@@ -176,6 +179,11 @@ impl MecError {
                 format!("limit reached for resource \"{resource}\""),
                 Some(serde_json::json!({ "violated_policies": violated }).to_string()),
                 Some("Wait until reset_at, or raise the limit (upgrade the plan, an override or a grant).".into()),
+            ),
+            MecError::PaymentOverdue { account_id } => (
+                format!("account \"{account_id}\" is overdue on payment"),
+                Some(serde_json::json!({ "account_id": account_id, "overdue_action": "block" }).to_string()),
+                Some("Its namespace blocks overdue accounts (overdue_action = block) until the invoice is paid (Stripe's invoice.paid) or an admin calls mec.set_payment_overdue(p_account_id, false).".into()),
             ),
             MecError::Internal(message) => (format!("pg_mec internal error: {message}"), None, None),
         }
