@@ -23,9 +23,9 @@ GRANT SELECT ON mec_data.resource_types, mec_data.plans, mec_data.plan_entitleme
 GRANT SELECT ON mec_data.catalogs TO mec_service;
 GRANT SELECT ON mec_data.audit_log, mec_data.idempotency_keys, mec_data.namespace_secrets TO mec_admin;
 -- Billing state from Stripe is the operator's to read.
-REVOKE SELECT ON mec.stripe_events, mec.stripe_subscriptions FROM mec_user;
-GRANT SELECT ON mec.stripe_events, mec.stripe_subscriptions TO mec_admin;
-GRANT SELECT ON mec_data.stripe_events, mec_data.stripe_subscriptions TO mec_admin;
+REVOKE SELECT ON mec.stripe_events, mec.stripe_subscriptions, mec.auth0_events FROM mec_user;
+GRANT SELECT ON mec.stripe_events, mec.stripe_subscriptions, mec.auth0_events TO mec_admin;
+GRANT SELECT ON mec_data.stripe_events, mec_data.stripe_subscriptions, mec_data.auth0_events TO mec_admin;
 
 -- pg_mec's functions, acting as mec_owner: what their statements read and write. No TRUNCATE, no
 -- ownership: mec_owner is bound by row-level security like any role.
@@ -33,7 +33,8 @@ GRANT USAGE ON SCHEMA mec, mec_data TO mec_owner;
 GRANT SELECT, INSERT, UPDATE, DELETE ON mec_data.catalogs, mec_data.resource_types, mec_data.plans,
       mec_data.plan_entitlements, mec_data.accounts, mec_data.entitlements, mec_data.usage_counters,
       mec_data.consumption, mec_data.leases, mec_data.reservations, mec_data.idempotency_keys,
-      mec_data.namespace_secrets, mec_data.stripe_events, mec_data.stripe_subscriptions
+      mec_data.namespace_secrets, mec_data.stripe_events, mec_data.stripe_subscriptions,
+      mec_data.auth0_events
       TO mec_owner;
 GRANT SELECT, INSERT ON mec_data.audit_log TO mec_owner;
 GRANT SELECT, UPDATE (settings, updated_at) ON mec_data.namespaces TO mec_owner;
@@ -57,6 +58,7 @@ GRANT EXECUTE ON FUNCTION
     mec.update_namespace_settings(jsonb),
     mec.load_catalog(jsonb),
     mec.provision_plan(uuid, text, timestamptz, text, text),
+    mec.bulk_provision(jsonb, text),
     mec.expire_stale_leases()
     TO mec_admin;
 GRANT EXECUTE ON FUNCTION mec.meter_consumption_batch(jsonb) TO mec_service;
@@ -81,7 +83,10 @@ GRANT EXECUTE ON FUNCTION
 -- Webhook receivers: they may hand a delivery to pg_mec and nothing else; pg_mec checks it against
 -- the secret of the namespace it names.
 GRANT USAGE ON SCHEMA mec TO mec_webhook;
-GRANT EXECUTE ON FUNCTION mec.receive_stripe_event(uuid, text, text) TO mec_webhook;
+GRANT EXECUTE ON FUNCTION
+    mec.receive_stripe_event(uuid, text, text),
+    mec.receive_auth0_events(uuid, text, text)
+    TO mec_webhook;
 
 -- Operators: the shared entitlement cache's state (pg_mec/src/cache/shared.rs).
 GRANT EXECUTE ON FUNCTION mec_data.shared_cache_stats() TO mec_admin;

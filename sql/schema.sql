@@ -326,3 +326,19 @@ CREATE TABLE mec_data.stripe_subscriptions (
     FOREIGN KEY (namespace_id, account_id) REFERENCES mec_data.accounts (namespace_id, account_id) ON DELETE CASCADE
 );
 CREATE INDEX stripe_subscriptions_by_account ON mec_data.stripe_subscriptions (namespace_id, account_id);
+
+-- Auth0 log events acted on (sign-ups, deletions): one row per (namespace, log id), written in the
+-- transaction that acts on it, so a redelivered batch changes nothing. Other log types (logins,
+-- failures) are counted in the answer and not kept. No payload: Auth0 logs carry IPs and emails.
+CREATE TABLE mec_data.auth0_events (
+    namespace_id uuid        NOT NULL,
+    log_id       text        NOT NULL CHECK (log_id <> '' AND length(log_id) <= 255),
+    event_type   text        NOT NULL,
+    user_id      text,
+    account_id   uuid,
+    outcome      text        NOT NULL CHECK (outcome IN ('applied', 'ignored')),
+    detail       text,
+    received_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (namespace_id, log_id)
+);
+CREATE INDEX auth0_events_by_account ON mec_data.auth0_events (namespace_id, account_id);

@@ -74,3 +74,8 @@ CREATE VIEW mec.stripe_subscriptions WITH (security_invoker = true) AS
 SELECT namespace_id, subscription_id, account_id, customer_id, status, price_id, plan_id, anchor_day,
        event_id, event_created, updated_at
 FROM mec_data.stripe_subscriptions;
+
+-- Auth0 sign-ups and deletions acted on (mec_admin only).
+CREATE VIEW mec.auth0_events WITH (security_invoker = true) AS
+SELECT namespace_id, log_id, event_type, user_id, account_id, outcome, detail, received_at
+FROM mec_data.auth0_events;

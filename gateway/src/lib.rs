@@ -163,6 +163,18 @@ pub fn app(state: AppState) -> Router {
             "/webhooks/stripe/{namespace_id}",
             post(routes::webhooks::stripe_in_namespace).fallback(routes::method_not_allowed),
         )
+        .route(
+            "/webhooks/auth0/{namespace_id}",
+            post(routes::webhooks::auth0).fallback(routes::method_not_allowed),
+        )
+        .route(
+            "/admin/bulk-provision",
+            post(routes::admin::bulk_provision).fallback(routes::method_not_allowed),
+        )
+        .route(
+            "/admin/expire-stale-leases",
+            post(routes::admin::expire_stale_leases).fallback(routes::method_not_allowed),
+        )
         .fallback(routes::not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

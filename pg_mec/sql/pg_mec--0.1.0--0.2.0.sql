@@ -272,3 +272,56 @@ GRANT EXECUTE ON FUNCTION
     TO mec_admin;
 GRANT USAGE ON SCHEMA mec TO mec_webhook;
 GRANT EXECUTE ON FUNCTION mec.receive_stripe_event(uuid, text, text) TO mec_webhook;
+
+-- ================================================================ identity from Auth0, admin endpoints
+-- ---------------------------------------------------------------- tables (sql/schema.sql)
+CREATE TABLE mec_data.auth0_events (
+    namespace_id uuid        NOT NULL,
+    log_id       text        NOT NULL CHECK (log_id <> '' AND length(log_id) <= 255),
+    event_type   text        NOT NULL,
+    user_id      text,
+    account_id   uuid,
+    outcome      text        NOT NULL CHECK (outcome IN ('applied', 'ignored')),
+    detail       text,
+    received_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (namespace_id, log_id)
+);
+CREATE INDEX auth0_events_by_account ON mec_data.auth0_events (namespace_id, account_id);
+
+-- ---------------------------------------------------------------- views (sql/views.sql)
+CREATE VIEW mec.auth0_events WITH (security_invoker = true) AS
+SELECT namespace_id, log_id, event_type, user_id, account_id, outcome, detail, received_at
+FROM mec_data.auth0_events;
+
+-- ---------------------------------------------------------------- row-level security (sql/rls.sql)
+ALTER TABLE mec_data.auth0_events ENABLE ROW LEVEL SECURITY;
+ALTER TABLE mec_data.auth0_events FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_isolation ON mec_data.auth0_events AS RESTRICTIVE
+    USING (namespace_id = mec.current_namespace())
+    WITH CHECK (namespace_id = mec.current_namespace());
+CREATE POLICY namespace_staff ON mec_data.auth0_events TO mec_service USING (true) WITH CHECK (true);
+CREATE POLICY pg_mec_functions ON mec_data.auth0_events TO mec_owner USING (true) WITH CHECK (true);
+
+-- ---------------------------------------------------------------- functions (pg_mec/src/api/identity.rs, provisioning.rs)
+CREATE FUNCTION mec."receive_auth0_events"(
+	"p_namespace_id" uuid, /* Option < Uuid > */
+	"p_payload" TEXT, /* Option < & str > */
+	"p_authorization" TEXT /* Option < & str > */
+) RETURNS jsonb /* Jsonb */
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'receive_auth0_events_wrapper';
+
+CREATE FUNCTION mec."bulk_provision"(
+	"p_rows" jsonb, /* Option < JsonbArg > */
+	"p_idempotency_key" TEXT DEFAULT NULL /* Option < & str > */
+) RETURNS jsonb /* Jsonb */
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'bulk_provision_wrapper';
+
+-- ---------------------------------------------------------------- privileges (sql/grants.sql)
+REVOKE ALL ON mec.auth0_events, mec_data.auth0_events FROM PUBLIC;
+REVOKE ALL ON FUNCTION mec.receive_auth0_events(uuid, text, text), mec.bulk_provision(jsonb, text) FROM PUBLIC;
+GRANT SELECT ON mec.auth0_events, mec_data.auth0_events TO mec_admin;
+GRANT SELECT, INSERT, UPDATE, DELETE ON mec_data.auth0_events TO mec_owner;
+GRANT EXECUTE ON FUNCTION mec.bulk_provision(jsonb, text) TO mec_admin;
+GRANT EXECUTE ON FUNCTION mec.receive_auth0_events(uuid, text, text) TO mec_webhook;

@@ -2,6 +2,7 @@
 //! against the schema cache (`plan`), build its SQL (`sql`), run it (`db`), write the answer
 //! (`respond`).
 
+pub mod admin;
 pub mod health;
 pub mod openapi;
 pub mod respond;

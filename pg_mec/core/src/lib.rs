@@ -4,6 +4,7 @@
 //! * [`period`] — period and rate windows in Unix microseconds UTC, sliding-window estimates.
 //! * [`enforcement`] — hard / soft / capped limits: [`Policy::decide`] and its stable reasons.
 //! * [`entitlement`] — the entitlement in force: the plan's row, an override, grants, at a moment.
+//! * [`bearer`] — shared bearer secrets (Auth0's log streams), compared in constant time.
 //! * [`billing`] — which HTTP statuses make an event billable.
 //! * [`catalog`] — validating a catalog document into a typed [`Catalog`], or every [`Problem`].
 //! * [`quantity`] — which quantities pg_mec counts exactly, and the bound on every counter.
@@ -34,6 +35,7 @@
 //! assert_eq!(paths, ["$.resources", "$.plans[0].plan_id"]);
 //! ```
 
+pub mod bearer;
 pub mod billing;
 pub mod catalog;
 pub mod civil;

@@ -10,6 +10,7 @@ use crate::ops::stripe;
 use crate::pg::args;
 use crate::pg::clock;
 use crate::pg::jsonb::{Jsonb, JsonbArg};
+use crate::pg::raise::finish;
 
 /// Receives one Stripe webhook delivery for namespace `p_namespace_id`: `p_payload` is the raw
 /// request body, `p_signature` the `Stripe-Signature` header. The signature must match the
@@ -27,7 +28,7 @@ fn receive_stripe_event(
     p_payload: Option<&str>,
     p_signature: Option<&str>,
 ) -> Jsonb {
-    let ns = crate::pg::raise::finish(args::required(p_namespace_id, "p_namespace_id"));
+    let ns = finish(args::required(p_namespace_id, "p_namespace_id"));
     Jsonb(api::acting_in(ns, |client| {
         let payload = args::required(p_payload, "p_payload")?;
         stripe::receive(client, ns, payload, p_signature, clock::now_us())

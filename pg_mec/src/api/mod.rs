@@ -8,6 +8,7 @@ pub mod cache;
 pub mod catalog;
 pub mod corrections;
 pub mod entitlements;
+pub mod identity;
 pub mod leases;
 pub mod metering;
 pub mod namespaces;

@@ -4,9 +4,10 @@ use pgrx::prelude::*;
 use pgrx::Uuid;
 
 use crate::api;
+use crate::ops::bulk;
 use crate::ops::provisioning::{self, Provision};
 use crate::pg::args;
-use crate::pg::jsonb::Jsonb;
+use crate::pg::jsonb::{Jsonb, JsonbArg};
 
 /// Puts `p_account_id` on `p_plan_id` from `p_effective_at` on, creating the account if missing
 /// (with `p_external_id`). Usage already counted in the period is kept. Idempotent on
@@ -33,5 +34,32 @@ fn provision_plan(
             key: p_idempotency_key.map(str::to_string),
         };
         provisioning::provision(client, ns, &req)
+    }))
+}
+
+/// Provisions many accounts in one transaction, all or nothing: `p_rows` is a JSON array of
+/// `{account_id | external_id, plan_id}` (at most 50 000). A row with only an external id names
+/// the account that has it, or a new one. Every row is checked before anything is written: an unknown
+/// or retired plan, a bad uuid, an external id of another account, the same account twice — any of
+/// them refuses the whole batch with every problem listed. Provisioning a row's current plan again
+/// changes nothing; with `p_idempotency_key` a replay returns the first result.
+///
+/// Returns `{rows, created, changed, unchanged, duplicate, results: [{index, account_id, external_id,
+/// plan_id, created, changed}]}`. Raises `22023` (DETAIL `{"problems": [{index, path, message}]}`),
+/// `ME409` (key reused with other rows), `42501`.
+#[pg_extern]
+fn bulk_provision(
+    p_rows: Option<JsonbArg>,
+    p_idempotency_key: default!(Option<&str>, "NULL"),
+) -> Jsonb {
+    Jsonb(api::write(|caller, client| {
+        let rows = args::required(p_rows, "p_rows")?.parse("p_rows")?;
+        bulk::bulk_provision(
+            client,
+            caller.namespace,
+            &rows,
+            p_idempotency_key,
+            crate::pg::clock::now_us(),
+        )
     }))
 }

@@ -101,6 +101,8 @@ stmt! {
                    -- the Stripe inbox keeps each event id (a redelivery stays a no-op), not its content
                    s AS (UPDATE mec_data.stripe_events SET payload = '{}', customer_id = NULL, detail = NULL
                          WHERE namespace_id = $1 AND account_id = $2 RETURNING 1),
+                   u AS (UPDATE mec_data.auth0_events SET user_id = NULL, detail = NULL
+                         WHERE namespace_id = $1 AND account_id = $2 RETURNING 1),
                    a AS (DELETE FROM mec_data.accounts WHERE namespace_id = $1 AND account_id = $2 RETURNING 1)
               SELECT (SELECT count(*) FROM a)::int4 AS accounts, (SELECT count(*) FROM c)::int4 AS events";
 }

@@ -3,8 +3,10 @@
 //!
 //! Imports: `counters`, `ledger`, `cache`, `pg`.
 
+pub mod auth0;
 pub mod batch;
 pub mod bindings;
+pub mod bulk;
 pub mod catalog;
 pub mod corrections;
 pub mod leases;

@@ -45,6 +45,12 @@ pub enum MecError {
         problems: serde_json::Value,
         count: usize,
     },
+    /// `22023`: rows of a batch argument are invalid; DETAIL lists every problem with its index.
+    RowsInvalid {
+        argument: &'static str,
+        problems: serde_json::Value,
+        count: usize,
+    },
     /// `ME429`: a limit was reached; DETAIL is `{"violated_policies": [...]}`.
     LimitReached {
         resource: String,
@@ -125,7 +131,7 @@ impl MecError {
         match self {
             MecError::AfterWrite(inner) => inner.sqlstate(),
             MecError::NoNamespace | MecError::PermissionDenied { .. } => "42501",
-            MecError::InvalidParameter { .. } => "22023",
+            MecError::InvalidParameter { .. } | MecError::RowsInvalid { .. } => "22023",
             MecError::InvalidRequest { .. } => "ME400",
             MecError::UnknownObject { .. } => "ME404",
             MecError::NotFound { .. } => "P0002",
@@ -174,6 +180,11 @@ impl MecError {
                 format!("catalog is invalid: {count} problem(s)"),
                 Some(serde_json::json!({ "problems": problems }).to_string()),
                 Some("Fix every listed path and load the catalog again; nothing was changed.".into()),
+            ),
+            MecError::RowsInvalid { argument, problems, count } => (
+                format!("{argument} has {count} invalid row(s); nothing was changed"),
+                Some(serde_json::json!({ "problems": problems }).to_string()),
+                Some("Fix every listed row and send the whole batch again.".into()),
             ),
             MecError::LimitReached { resource, violated } => (
                 format!("limit reached for resource \"{resource}\""),
