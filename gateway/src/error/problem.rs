@@ -15,7 +15,10 @@ const PROBLEM: &str = "application/problem+json";
 pub struct Violation {
     pub policy: String,
     pub limit: Option<f64>,
+    /// Where the caller is refused: the limit plus grace or overage cap (pg_mec's `ceiling`).
+    pub ceiling: Option<f64>,
     pub current: Option<f64>,
+    /// The window's length in seconds: `window_seconds`, else a numeric `window` (rates).
     pub window: Option<f64>,
     pub reset_at: Option<chrono::DateTime<chrono::FixedOffset>>,
 }
@@ -72,8 +75,9 @@ pub fn parse_violations(detail: Option<&str>) -> (Vec<Violation>, Value) {
                     p.is_object().then(|| Violation {
                         policy,
                         limit: num(p.get("limit")),
+                        ceiling: num(p.get("ceiling")),
                         current: num(p.get("current")),
-                        window: num(p.get("window")),
+                        window: num(p.get("window_seconds")).or_else(|| num(p.get("window"))),
                         reset_at: p
                             .get("reset_at")
                             .and_then(Value::as_str)
@@ -105,7 +109,10 @@ fn sf_string(s: &str) -> String {
 }
 
 /// Build the `RateLimit-Policy`, `RateLimit` and `Retry-After` values for the violations,
-/// relative to `now`. Retry-After is the latest reset among the violations, at least 1 s.
+/// relative to `now`: `q` is the quota the caller is actually refused at (the ceiling: limit plus
+/// grace or overage cap; the limit when there is none), `r` what is left of it, `w` the window's
+/// length in seconds, `t` the seconds to its reset. Retry-After is the latest reset among the
+/// violations, at least 1 s.
 pub fn rate_limit_headers(
     violations: &[Violation],
     now: chrono::DateTime<chrono::Utc>,
@@ -119,8 +126,9 @@ pub fn rate_limit_headers(
             let secs = (r.with_timezone(&chrono::Utc) - now).num_milliseconds();
             ((secs + 999) / 1000).max(1)
         });
+        let quota = v.ceiling.or(v.limit);
         let mut p = name.clone();
-        if let Some(q) = v.limit {
+        if let Some(q) = quota {
             p.push_str(&format!(";q={}", q.max(0.0).floor() as u64));
         }
         if let Some(w) = v.window.filter(|w| *w > 0.0) {
@@ -128,7 +136,7 @@ pub fn rate_limit_headers(
         }
         policies.push(p);
         let mut st = name;
-        if let Some(q) = v.limit {
+        if let Some(q) = quota {
             let r = (q - v.current.unwrap_or(0.0)).max(0.0).floor() as u64;
             st.push_str(&format!(";r={r}"));
         }
@@ -229,10 +237,33 @@ mod tests {
     }
 
     #[test]
+    fn a_capped_monthly_quota_says_where_it_refuses() {
+        // limit 100, overage cap 50: refused past 150, over a 30-day month.
+        let detail = r#"{"violated_policies":[{"policy":"benchmark_runs","limit":100,"ceiling":150,"current":150,"window":"month","window_seconds":2592000,"reset_at":"2026-12-01T00:00:00Z"}]}"#;
+        let (v, _) = parse_violations(Some(detail));
+        let now = chrono::DateTime::parse_from_rfc3339("2026-11-30T23:00:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        let h = rate_limit_headers(&v, now);
+        let get = |n: &str| {
+            h.iter()
+                .find(|(k, _)| k.as_str() == n)
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(
+            get("ratelimit-policy").unwrap(),
+            "\"benchmark_runs\";q=150;w=2592000"
+        );
+        assert_eq!(get("ratelimit").unwrap(), "\"benchmark_runs\";r=0;t=3600");
+        assert_eq!(get("retry-after").unwrap(), "3600");
+    }
+
+    #[test]
     fn retry_after_at_least_one() {
         let v = vec![Violation {
             policy: "x\"y".into(),
             limit: Some(1.0),
+            ceiling: None,
             current: Some(1.0),
             window: None,
             reset_at: parse_timestamp("2000-01-01T00:00:00Z"),

@@ -190,9 +190,21 @@ pub fn check_result(eff: &Effective, usage: &Usage, requested: Decimal) -> Value
     })
 }
 
-/// One entry of a denial's `violated_policies`.
+/// One entry of a denial's `violated_policies`. `ceiling` is where the caller is refused (the
+/// limit plus grace or overage cap), `window_seconds` the length of the window or period the limit
+/// counts over (none for lifetime limits and leases): what the gateway's RateLimit headers say.
 pub fn violated_policy(eff: &Effective, usage: &Usage) -> Value {
+    let window_seconds = match (eff.kind, eff.window_seconds) {
+        (Kind::Rate, Some(w)) => Value::from(w),
+        (Kind::Concurrency, _) => Value::Null,
+        _ => usage
+            .window
+            .end_us
+            .map(|end| Value::from((end - usage.window.start_us) / 1_000_000))
+            .unwrap_or(Value::Null),
+    };
     json!({
+        "window_seconds": window_seconds,
         "policy": eff.resource_type,
         "kind": eff.kind.as_str(),
         "limit": opt_num(eff.policy.limit),
