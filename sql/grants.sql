@@ -23,9 +23,13 @@ GRANT SELECT ON mec_data.resource_types, mec_data.plans, mec_data.plan_entitleme
 GRANT SELECT ON mec_data.catalogs TO mec_service;
 GRANT SELECT ON mec_data.audit_log, mec_data.idempotency_keys, mec_data.namespace_secrets TO mec_admin;
 -- Billing state from Stripe is the operator's to read.
-REVOKE SELECT ON mec.stripe_events, mec.stripe_subscriptions, mec.auth0_events FROM mec_user;
-GRANT SELECT ON mec.stripe_events, mec.stripe_subscriptions, mec.auth0_events TO mec_admin;
-GRANT SELECT ON mec_data.stripe_events, mec_data.stripe_subscriptions, mec_data.auth0_events TO mec_admin;
+REVOKE SELECT ON mec.stripe_events, mec.stripe_subscriptions, mec.auth0_events, mec.stripe_usage_outbox
+       FROM mec_user;
+GRANT SELECT ON mec.stripe_events, mec.stripe_subscriptions, mec.auth0_events, mec.stripe_usage_outbox
+      TO mec_admin;
+GRANT SELECT ON mec_data.stripe_events, mec_data.stripe_subscriptions, mec_data.auth0_events,
+                mec_data.stripe_usage_outbox, mec_data.stripe_usage_items
+      TO mec_admin;
 
 -- pg_mec's functions, acting as mec_owner: what their statements read and write. No TRUNCATE, no
 -- ownership: mec_owner is bound by row-level security like any role.
@@ -34,7 +38,7 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON mec_data.catalogs, mec_data.resource_typ
       mec_data.plan_entitlements, mec_data.accounts, mec_data.entitlements, mec_data.usage_counters,
       mec_data.consumption, mec_data.leases, mec_data.reservations, mec_data.idempotency_keys,
       mec_data.namespace_secrets, mec_data.stripe_events, mec_data.stripe_subscriptions,
-      mec_data.auth0_events
+      mec_data.auth0_events, mec_data.stripe_usage_outbox, mec_data.stripe_usage_items
       TO mec_owner;
 GRANT SELECT, INSERT ON mec_data.audit_log TO mec_owner;
 GRANT SELECT, UPDATE (settings, updated_at) ON mec_data.namespaces TO mec_owner;
@@ -87,6 +91,17 @@ GRANT EXECUTE ON FUNCTION
     mec.receive_stripe_event(uuid, text, text),
     mec.receive_auth0_events(uuid, text, text)
     TO mec_webhook;
+
+-- Usage to Stripe: the admin runs it by hand (POST /admin/sync-usage-to-stripe), the gateway's worker
+-- in the background for the namespaces that turned it on.
+GRANT EXECUTE ON FUNCTION
+    mec.stripe_usage_prepare(),
+    mec.stripe_usage_due(integer),
+    mec.stripe_usage_result(text, integer, text, integer)
+    TO mec_admin, mec_worker;
+GRANT EXECUTE ON FUNCTION mec.stripe_usage_retry(text) TO mec_admin;
+GRANT USAGE ON SCHEMA mec, mec_data TO mec_worker;
+GRANT SELECT ON mec_data.worker_namespaces TO mec_worker;
 
 -- Operators: the shared entitlement cache's state (pg_mec/src/cache/shared.rs).
 GRANT EXECUTE ON FUNCTION mec_data.shared_cache_stats() TO mec_admin;

@@ -13,7 +13,8 @@ BEGIN
     FOREACH t IN ARRAY ARRAY['namespaces', 'namespace_secrets', 'catalogs', 'resource_types', 'plans',
                              'plan_entitlements', 'accounts', 'entitlements', 'usage_counters',
                              'consumption', 'leases', 'reservations', 'idempotency_keys', 'audit_log',
-                             'stripe_events', 'stripe_subscriptions', 'auth0_events']
+                             'stripe_events', 'stripe_subscriptions', 'auth0_events',
+                             'stripe_usage_outbox', 'stripe_usage_items']
     LOOP
         EXECUTE format('ALTER TABLE mec_data.%I ENABLE ROW LEVEL SECURITY', t);
         EXECUTE format('ALTER TABLE mec_data.%I FORCE ROW LEVEL SECURITY', t);

@@ -5,6 +5,8 @@
 --   mec_authenticator  LOGIN NOINHERIT: what the gateway connects as; switches with SET ROLE
 --   mec_webhook  NOLOGIN: what the gateway receives Stripe and Auth0 webhooks as; may only hand them
 --                to pg_mec, which checks each against the namespace's own secret
+--   mec_worker   NOLOGIN: the gateway's background jobs (usage to Stripe); may list the namespaces
+--                that asked for them and run those jobs there
 --   mec_owner    NOLOGIN, no members: the role pg_mec's functions act as while they change the tables
 --                (pg_mec/src/pg/owner.rs); the API roles themselves may only read them (docs/security.md)
 DO $roles$
@@ -20,6 +22,9 @@ BEGIN
     END IF;
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'mec_webhook') THEN
         CREATE ROLE mec_webhook NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'mec_worker') THEN
+        CREATE ROLE mec_worker NOLOGIN;
     END IF;
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'mec_authenticator') THEN
         CREATE ROLE mec_authenticator LOGIN NOINHERIT;
@@ -48,4 +53,4 @@ $owner$;
 
 GRANT mec_user TO mec_service;
 GRANT mec_service TO mec_admin;
-GRANT mec_user, mec_service, mec_admin, mec_webhook TO mec_authenticator;
+GRANT mec_user, mec_service, mec_admin, mec_webhook, mec_worker TO mec_authenticator;

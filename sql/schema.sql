@@ -50,6 +50,8 @@ CREATE TABLE mec_data.resource_types (
     window_seconds    integer CHECK (window_seconds BETWEEN 1 AND 86400),
     -- statuses that count when p_http_status is given: ["2xx", 422]; NULL = the catalog's default
     billable_statuses jsonb,
+    -- the event_name of the Stripe meter its billable usage goes to (pg_mec/src/ops/stripe_usage.rs)
+    stripe_meter_event text CHECK (length(stripe_meter_event) BETWEEN 1 AND 100),
     CHECK ((kind = 'rate') = (window_seconds IS NOT NULL)),
     PRIMARY KEY (namespace_id, resource_type),
     FOREIGN KEY (namespace_id) REFERENCES mec_data.namespaces (namespace_id) ON DELETE CASCADE
@@ -257,6 +259,7 @@ CREATE TABLE mec_data.namespace_secrets (
     stripe_webhook_secret text,
     auth0_secret          text,
     updated_at            timestamptz NOT NULL DEFAULT now(),
+    stripe_api_key        text,
     PRIMARY KEY (namespace_id),
     FOREIGN KEY (namespace_id) REFERENCES mec_data.namespaces (namespace_id) ON DELETE CASCADE
 );
@@ -342,3 +345,48 @@ CREATE TABLE mec_data.auth0_events (
     PRIMARY KEY (namespace_id, log_id)
 );
 CREATE INDEX auth0_events_by_account ON mec_data.auth0_events (namespace_id, account_id);
+
+-- Usage on its way to Stripe (the outbox): one row per Stripe Billing meter event or cancellation
+-- pg_mec sends, created before it is sent and marked after, so a crash between the two resends the
+-- same identifier (also the request's Idempotency-Key), never a new one. A replacement waits for the
+-- cancellation of the event it replaces (waits_for).
+CREATE TABLE mec_data.stripe_usage_outbox (
+    namespace_id       uuid        NOT NULL,
+    identifier         text        NOT NULL CHECK (identifier <> '' AND length(identifier) <= 100),
+    kind               text        NOT NULL CHECK (kind IN ('meter_event', 'cancel')),
+    account_id         uuid        NOT NULL,
+    resource_type      text        NOT NULL,
+    period_start       timestamptz NOT NULL,
+    event_name         text        NOT NULL,
+    stripe_customer_id text        NOT NULL,
+    value              numeric     NOT NULL,
+    event_timestamp    timestamptz NOT NULL,
+    cancels            text,
+    waits_for          text,
+    state              text        NOT NULL DEFAULT 'pending'
+                       CHECK (state IN ('pending', 'sent', 'parked', 'cancelled', 'nothing_to_send')),
+    attempts           integer     NOT NULL DEFAULT 0,
+    next_attempt_at    timestamptz NOT NULL DEFAULT now(),
+    last_status        integer,
+    last_error         text,
+    created_at         timestamptz NOT NULL DEFAULT now(),
+    sent_at            timestamptz,
+    CHECK ((kind = 'cancel') = (cancels IS NOT NULL)),
+    PRIMARY KEY (namespace_id, identifier),
+    FOREIGN KEY (namespace_id, account_id) REFERENCES mec_data.accounts (namespace_id, account_id) ON DELETE CASCADE
+);
+CREATE INDEX stripe_usage_due
+    ON mec_data.stripe_usage_outbox (namespace_id, next_attempt_at) WHERE state = 'pending';
+CREATE INDEX stripe_usage_by_counter
+    ON mec_data.stripe_usage_outbox (namespace_id, account_id, resource_type, period_start);
+
+-- Which ledger rows each outbox row carries. A ledger row is in at most one (the primary key), so no
+-- unit is sent twice; a ledger row in none is not yet sent.
+CREATE TABLE mec_data.stripe_usage_items (
+    namespace_id    uuid NOT NULL,
+    idempotency_key mec_data.idempotency_key NOT NULL,
+    identifier      text NOT NULL,
+    PRIMARY KEY (namespace_id, idempotency_key),
+    FOREIGN KEY (namespace_id, identifier) REFERENCES mec_data.stripe_usage_outbox (namespace_id, identifier) ON DELETE CASCADE
+);
+CREATE INDEX stripe_usage_items_by_event ON mec_data.stripe_usage_items (namespace_id, identifier);

@@ -15,7 +15,8 @@ SELECT p.namespace_id, p.plan_id, p.name, p.price_amount, p.currency, p.price_in
 FROM mec_data.plans p;
 
 CREATE VIEW mec.resource_types WITH (security_invoker = true) AS
-SELECT namespace_id, resource_type, kind, unit, description, window_seconds, billable_statuses
+SELECT namespace_id, resource_type, kind, unit, description, window_seconds, billable_statuses,
+       stripe_meter_event
 FROM mec_data.resource_types;
 
 CREATE VIEW mec.accounts WITH (security_invoker = true) AS
@@ -79,3 +80,19 @@ FROM mec_data.stripe_subscriptions;
 CREATE VIEW mec.auth0_events WITH (security_invoker = true) AS
 SELECT namespace_id, log_id, event_type, user_id, account_id, outcome, detail, received_at
 FROM mec_data.auth0_events;
+
+-- Usage sent, or to be sent, to Stripe (mec_admin only): parked rows need the admin.
+CREATE VIEW mec.stripe_usage_outbox WITH (security_invoker = true) AS
+SELECT namespace_id, identifier, kind, account_id, resource_type, period_start, event_name,
+       stripe_customer_id, value, event_timestamp, cancels, waits_for, state, attempts,
+       next_attempt_at, last_status, last_error, created_at, sent_at
+FROM mec_data.stripe_usage_outbox;
+
+-- The namespaces the gateway's background worker serves (pg_mec/src/ops/stripe_usage.rs): the only
+-- view that spans namespaces, so it shows ids and nothing else, to mec_worker only. It runs as its
+-- owner (no security_invoker): the extension's owner, a superuser, whom row-level security does
+-- not narrow.
+CREATE VIEW mec_data.worker_namespaces AS
+SELECT n.namespace_id, coalesce((n.settings->>'stripe_usage_sync')::boolean, false) AS stripe_usage_sync
+FROM mec_data.namespaces n
+WHERE coalesce((n.settings->>'stripe_usage_sync')::boolean, false);

@@ -5,11 +5,12 @@
 //! reads a view of schema `mec`, and renders the answer (or the error) the way PostgREST
 //! does. See `docs/gateway.md`.
 
-// The rooms, each importing only the rooms below it (scripts/dev/check-layers.py): routes, sql,
-// plan, request, db, infra, error. A request goes through them as PostgREST's stages do.
+// The rooms, each importing only the rooms below it (scripts/dev/check-layers.py): routes, jobs,
+// sql, plan, request, db, infra, error. A request goes through them as PostgREST's stages do.
 pub mod db;
 pub mod error;
 pub mod infra;
+pub mod jobs;
 pub mod plan;
 pub mod request;
 pub mod routes;
@@ -42,6 +43,8 @@ pub struct Inner {
     pub jwt: JwtVerifier,
     pub schema: SchemaStore,
     pub metrics: Metrics,
+    /// Outbound HTTP (Stripe), with its connection pool.
+    pub http: reqwest::Client,
 }
 
 #[derive(Clone)]
@@ -60,12 +63,18 @@ impl AppState {
     pub fn new(config: Config) -> Result<Self, StartupError> {
         let jwt = JwtVerifier::new(&config.jwt)?;
         let pools = db::Pools::build(&config)?;
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("pg_mec-gateway/", env!("CARGO_PKG_VERSION")))
+            .timeout(config.stripe_timeout)
+            .build()
+            .map_err(|e| StartupError::HttpClient(e.to_string()))?;
         Ok(AppState(Arc::new(Inner {
             config,
             pools,
             jwt,
             schema: SchemaStore::default(),
             metrics: Metrics::default(),
+            http,
         })))
     }
 
@@ -175,6 +184,10 @@ pub fn app(state: AppState) -> Router {
             "/admin/expire-stale-leases",
             post(routes::admin::expire_stale_leases).fallback(routes::method_not_allowed),
         )
+        .route(
+            "/admin/sync-usage-to-stripe",
+            post(routes::admin::sync_usage_to_stripe).fallback(routes::method_not_allowed),
+        )
         .fallback(routes::not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -212,6 +225,7 @@ pub async fn serve(config: Config) -> Result<(), StartupError> {
     let shutdown_timeout = config.shutdown_timeout;
     let state = AppState::new(config)?;
     let listener_task = state.spawn_schema_listener();
+    let jobs_task = jobs::spawn(&state);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| StartupError::Listen { addr, source })?;
@@ -232,6 +246,9 @@ pub async fn serve(config: Config) -> Result<(), StartupError> {
         _ = deadline => tracing::warn!("shutdown timeout reached; dropping remaining requests"),
     }
     listener_task.abort();
+    if let Some(jobs) = jobs_task {
+        jobs.abort();
+    }
     state.pools.close();
     tracing::info!("stopped");
     Ok(())

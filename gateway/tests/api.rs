@@ -1095,8 +1095,9 @@ async fn health_ready_metrics_request_id_cors() {
     assert!(r
         .text
         .contains("mec_gateway_http_request_duration_seconds_bucket{route=\"/health\""));
-    // MEC_POOL_SIZE is per role (one pool each): mec_user, mec_service, mec_admin, mec_webhook.
-    assert!(r.text.contains("mec_gateway_db_pool_max_connections 16"));
+    // MEC_POOL_SIZE is per role (one pool each): mec_user, mec_service, mec_admin, mec_webhook,
+    // mec_worker.
+    assert!(r.text.contains("mec_gateway_db_pool_max_connections 20"));
 }
 
 #[tokio::test]

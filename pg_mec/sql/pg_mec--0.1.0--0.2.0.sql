@@ -325,3 +325,137 @@ GRANT SELECT ON mec.auth0_events, mec_data.auth0_events TO mec_admin;
 GRANT SELECT, INSERT, UPDATE, DELETE ON mec_data.auth0_events TO mec_owner;
 GRANT EXECUTE ON FUNCTION mec.bulk_provision(jsonb, text) TO mec_admin;
 GRANT EXECUTE ON FUNCTION mec.receive_auth0_events(uuid, text, text) TO mec_webhook;
+
+-- ================================================================ usage to Stripe
+-- ---------------------------------------------------------------- roles (sql/roles.sql)
+DO $roles$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'mec_worker') THEN
+        CREATE ROLE mec_worker NOLOGIN;
+    END IF;
+END
+$roles$;
+GRANT mec_worker TO mec_authenticator;
+
+-- ---------------------------------------------------------------- tables (sql/schema.sql)
+ALTER TABLE mec_data.resource_types
+    ADD COLUMN stripe_meter_event text CHECK (length(stripe_meter_event) BETWEEN 1 AND 100);
+ALTER TABLE mec_data.namespace_secrets ADD COLUMN stripe_api_key text;
+
+CREATE TABLE mec_data.stripe_usage_outbox (
+    namespace_id       uuid        NOT NULL,
+    identifier         text        NOT NULL CHECK (identifier <> '' AND length(identifier) <= 100),
+    kind               text        NOT NULL CHECK (kind IN ('meter_event', 'cancel')),
+    account_id         uuid        NOT NULL,
+    resource_type      text        NOT NULL,
+    period_start       timestamptz NOT NULL,
+    event_name         text        NOT NULL,
+    stripe_customer_id text        NOT NULL,
+    value              numeric     NOT NULL,
+    event_timestamp    timestamptz NOT NULL,
+    cancels            text,
+    waits_for          text,
+    state              text        NOT NULL DEFAULT 'pending'
+                       CHECK (state IN ('pending', 'sent', 'parked', 'cancelled', 'nothing_to_send')),
+    attempts           integer     NOT NULL DEFAULT 0,
+    next_attempt_at    timestamptz NOT NULL DEFAULT now(),
+    last_status        integer,
+    last_error         text,
+    created_at         timestamptz NOT NULL DEFAULT now(),
+    sent_at            timestamptz,
+    CHECK ((kind = 'cancel') = (cancels IS NOT NULL)),
+    PRIMARY KEY (namespace_id, identifier),
+    FOREIGN KEY (namespace_id, account_id) REFERENCES mec_data.accounts (namespace_id, account_id) ON DELETE CASCADE
+);
+CREATE INDEX stripe_usage_due
+    ON mec_data.stripe_usage_outbox (namespace_id, next_attempt_at) WHERE state = 'pending';
+CREATE INDEX stripe_usage_by_counter
+    ON mec_data.stripe_usage_outbox (namespace_id, account_id, resource_type, period_start);
+
+CREATE TABLE mec_data.stripe_usage_items (
+    namespace_id    uuid NOT NULL,
+    idempotency_key mec_data.idempotency_key NOT NULL,
+    identifier      text NOT NULL,
+    PRIMARY KEY (namespace_id, idempotency_key),
+    FOREIGN KEY (namespace_id, identifier) REFERENCES mec_data.stripe_usage_outbox (namespace_id, identifier) ON DELETE CASCADE
+);
+CREATE INDEX stripe_usage_items_by_event ON mec_data.stripe_usage_items (namespace_id, identifier);
+
+-- ---------------------------------------------------------------- views (sql/views.sql)
+CREATE OR REPLACE VIEW mec.resource_types WITH (security_invoker = true) AS
+SELECT namespace_id, resource_type, kind, unit, description, window_seconds, billable_statuses,
+       stripe_meter_event
+FROM mec_data.resource_types;
+
+CREATE VIEW mec.stripe_usage_outbox WITH (security_invoker = true) AS
+SELECT namespace_id, identifier, kind, account_id, resource_type, period_start, event_name,
+       stripe_customer_id, value, event_timestamp, cancels, waits_for, state, attempts,
+       next_attempt_at, last_status, last_error, created_at, sent_at
+FROM mec_data.stripe_usage_outbox;
+
+CREATE VIEW mec_data.worker_namespaces AS
+SELECT n.namespace_id, coalesce((n.settings->>'stripe_usage_sync')::boolean, false) AS stripe_usage_sync
+FROM mec_data.namespaces n
+WHERE coalesce((n.settings->>'stripe_usage_sync')::boolean, false);
+
+-- ---------------------------------------------------------------- row-level security (sql/rls.sql)
+DO $rls$
+DECLARE
+    t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['stripe_usage_outbox', 'stripe_usage_items']
+    LOOP
+        EXECUTE format('ALTER TABLE mec_data.%I ENABLE ROW LEVEL SECURITY', t);
+        EXECUTE format('ALTER TABLE mec_data.%I FORCE ROW LEVEL SECURITY', t);
+        EXECUTE format($p$CREATE POLICY tenant_isolation ON mec_data.%I AS RESTRICTIVE
+                           USING (namespace_id = mec.current_namespace())
+                           WITH CHECK (namespace_id = mec.current_namespace())$p$, t);
+        EXECUTE format('CREATE POLICY namespace_staff ON mec_data.%I TO mec_service USING (true) WITH CHECK (true)', t);
+        EXECUTE format('CREATE POLICY pg_mec_functions ON mec_data.%I TO mec_owner USING (true) WITH CHECK (true)', t);
+    END LOOP;
+END
+$rls$;
+
+-- ---------------------------------------------------------------- functions (pg_mec/src/api/billing.rs)
+CREATE FUNCTION mec."stripe_usage_prepare"() RETURNS jsonb /* Jsonb */
+STRICT
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'stripe_usage_prepare_wrapper';
+
+CREATE FUNCTION mec."stripe_usage_due"(
+	"p_limit" INT DEFAULT 100 /* Option < i32 > */
+) RETURNS jsonb /* Jsonb */
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'stripe_usage_due_wrapper';
+
+CREATE FUNCTION mec."stripe_usage_result"(
+	"p_identifier" TEXT, /* Option < & str > */
+	"p_status" INT, /* Option < i32 > */
+	"p_error" TEXT DEFAULT NULL, /* Option < & str > */
+	"p_retry_after" INT DEFAULT NULL /* Option < i32 > */
+) RETURNS jsonb /* Jsonb */
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'stripe_usage_result_wrapper';
+
+CREATE FUNCTION mec."stripe_usage_retry"(
+	"p_identifier" TEXT DEFAULT NULL /* Option < & str > */
+) RETURNS jsonb /* Jsonb */
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'stripe_usage_retry_wrapper';
+
+-- ---------------------------------------------------------------- privileges (sql/grants.sql)
+REVOKE ALL ON mec.stripe_usage_outbox, mec_data.stripe_usage_outbox, mec_data.stripe_usage_items,
+              mec_data.worker_namespaces FROM PUBLIC;
+REVOKE ALL ON FUNCTION mec.stripe_usage_prepare(), mec.stripe_usage_due(integer),
+              mec.stripe_usage_result(text, integer, text, integer), mec.stripe_usage_retry(text) FROM PUBLIC;
+GRANT SELECT ON mec.stripe_usage_outbox TO mec_admin;
+GRANT SELECT ON mec_data.stripe_usage_outbox, mec_data.stripe_usage_items TO mec_admin;
+GRANT SELECT, INSERT, UPDATE, DELETE ON mec_data.stripe_usage_outbox, mec_data.stripe_usage_items TO mec_owner;
+GRANT EXECUTE ON FUNCTION
+    mec.stripe_usage_prepare(),
+    mec.stripe_usage_due(integer),
+    mec.stripe_usage_result(text, integer, text, integer)
+    TO mec_admin, mec_worker;
+GRANT EXECUTE ON FUNCTION mec.stripe_usage_retry(text) TO mec_admin;
+GRANT USAGE ON SCHEMA mec, mec_data TO mec_worker;
+GRANT SELECT ON mec_data.worker_namespaces TO mec_worker;

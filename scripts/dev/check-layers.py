@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # of its own room and of every room below it; the crate root (lib.rs) may import anything.
 CRATES = {
     "pg_mec": ("pg_mec/src", ["api", "ops", "counters", "ledger", "cache", "pg"]),
-    "mec_gateway": ("gateway/src", ["routes", "sql", "plan", "request", "db", "infra", "error"]),
+    "mec_gateway": ("gateway/src", ["routes", "jobs", "sql", "plan", "request", "db", "infra", "error"]),
 }
 
 

@@ -15,7 +15,7 @@ STRIPE_CATALOG = {
     "version": "stripe-tests-1",
     "currency": "USD",
     "resources": [
-        {"resource_type": "api_calls", "kind": "metered", "unit": "call"},
+        {"resource_type": "api_calls", "kind": "metered", "unit": "call", "stripe_meter_event": "api_calls"},
         {"resource_type": "exports", "kind": "feature"},
     ],
     "plans": [

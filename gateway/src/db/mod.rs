@@ -32,15 +32,19 @@ pub mod schema;
 /// Bound on cached statements per connection (view queries vary with their filters).
 const STATEMENT_CACHE_MAX: usize = 256;
 
-/// The connection pools, one per mec role and one for webhook deliveries (`mec_webhook`); each
-/// opens connections lazily, so a role nobody uses opens nothing.
+/// The connection pools, one per mec role, one for webhook deliveries (`mec_webhook`) and one for
+/// background jobs (`mec_worker`); each opens connections lazily, so a role nobody uses opens
+/// nothing.
 pub struct Pools {
     by_role: [Pool; 3],
     webhook: Pool,
+    worker: Pool,
 }
 
 /// The role of webhook deliveries: it may only hand them to pg_mec (`sql/grants.sql`).
 const WEBHOOK_ROLE: &str = "mec_webhook";
+/// The role of the gateway's background jobs (usage to Stripe).
+const WORKER_ROLE: &str = "mec_worker";
 
 /// What the pools hold, summed over the roles.
 pub struct PoolStatus {
@@ -56,6 +60,7 @@ impl Pools {
         Ok(Pools {
             by_role: [user?, service?, admin?],
             webhook: build_pool(cfg, WEBHOOK_ROLE)?,
+            worker: build_pool(cfg, WORKER_ROLE)?,
         })
     }
 
@@ -74,8 +79,13 @@ impl Pools {
         &self.webhook
     }
 
+    /// The pool of background jobs.
+    pub fn worker(&self) -> &Pool {
+        &self.worker
+    }
+
     fn all(&self) -> impl Iterator<Item = &Pool> {
-        self.by_role.iter().chain(std::iter::once(&self.webhook))
+        self.by_role.iter().chain([&self.webhook, &self.worker])
     }
 
     pub fn status(&self) -> PoolStatus {
@@ -144,9 +154,37 @@ fn build_pool(cfg: &Config, role: &'static str) -> Result<Pool, StartupError> {
         .map_err(|e| StartupError::Pool(e.to_string()))
 }
 
+/// Who calls: a request's verified token, or the gateway's own worker acting in one namespace.
+#[derive(Clone, Copy)]
+pub enum Caller<'a> {
+    Token(&'a Claims),
+    Worker { namespace: uuid::Uuid },
+}
+
+impl Caller<'_> {
+    fn pool<'p>(&self, pools: &'p Pools) -> &'p Pool {
+        match self {
+            Caller::Token(claims) => pools.for_role(claims.role),
+            Caller::Worker { .. } => pools.worker(),
+        }
+    }
+
+    /// `request.jwt.claims`: the token's claims, or the worker's namespace (the authenticator is a
+    /// trusted session: pg_mec takes the namespace from the claims).
+    fn claims_json(&self) -> String {
+        match self {
+            Caller::Token(claims) => claims.to_json(),
+            Caller::Worker { namespace } => {
+                serde_json::json!({"role": WORKER_ROLE, "namespace_id": namespace.to_string()})
+                    .to_string()
+            }
+        }
+    }
+}
+
 /// Who calls and how: everything `set_config` needs.
 pub struct RequestCtx<'a> {
-    pub claims: &'a Claims,
+    pub caller: Caller<'a>,
     pub method: &'a str,
     pub path: &'a str,
     pub headers: &'a HeaderMap,
@@ -203,7 +241,7 @@ impl Drop for Checkout {
 
 /// Checks a connection out of the pool of the caller's role.
 async fn checkout(pools: &Pools, ctx: &RequestCtx<'_>) -> Result<Checkout, ApiError> {
-    let obj = pools.for_role(ctx.claims.role).get().await?;
+    let obj = ctx.caller.pool(pools).get().await?;
     if obj.statement_cache.size() > STATEMENT_CACHE_MAX {
         obj.statement_cache.clear();
     }
@@ -216,7 +254,7 @@ async fn checkout(pools: &Pools, ctx: &RequestCtx<'_>) -> Result<Checkout, ApiEr
 /// The request settings as text parameters, in the order of [`settings_sql`].
 fn settings_params(ctx: &RequestCtx<'_>) -> [Option<String>; 4] {
     [
-        Some(ctx.claims.to_json()),
+        Some(ctx.caller.claims_json()),
         Some(ctx.method.to_string()),
         Some(ctx.path.to_string()),
         Some(headers_json(ctx.headers)),

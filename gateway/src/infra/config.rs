@@ -47,6 +47,12 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// The namespace of `POST /webhooks/stripe` (no namespace in the path).
     pub default_namespace: Option<uuid::Uuid>,
+    /// Where Stripe's API is (`MEC_STRIPE_API_BASE`, a stand-in in tests).
+    pub stripe_api_base: String,
+    /// How long one request to Stripe may take.
+    pub stripe_timeout: Duration,
+    /// How often the background worker sends usage to Stripe; `None`: never (the default).
+    pub stripe_sync_interval: Option<Duration>,
 }
 
 pub const MIN_SECRET_LEN: usize = 32;
@@ -96,6 +102,17 @@ impl Config {
                 invalid("MEC_DEFAULT_NAMESPACE_ID", format!("{v:?} is not a uuid"))
             })?),
         };
+        let stripe_api_base = get("MEC_STRIPE_API_BASE")
+            .unwrap_or_else(|| "https://api.stripe.com".into())
+            .trim_end_matches('/')
+            .to_string();
+        if !(stripe_api_base.starts_with("https://") || stripe_api_base.starts_with("http://")) {
+            return Err(invalid(
+                "MEC_STRIPE_API_BASE",
+                format!("{stripe_api_base:?} is not an http(s) URL"),
+            ));
+        }
+        let sync = millis(&get, "MEC_STRIPE_SYNC_INTERVAL_MS", 0, true)?;
         Ok(Config {
             addr,
             database_url,
@@ -109,6 +126,9 @@ impl Config {
             shutdown_timeout: millis(&get, "MEC_SHUTDOWN_TIMEOUT_MS", 30_000, false)?,
             max_body_bytes,
             default_namespace,
+            stripe_api_base,
+            stripe_timeout: millis(&get, "MEC_STRIPE_TIMEOUT_MS", 5_000, false)?,
+            stripe_sync_interval: (!sync.is_zero()).then_some(sync),
         })
     }
 }

@@ -15,6 +15,9 @@ pub enum StartupError {
     /// The connection pool could not be built.
     #[error("database pool: {0}")]
     Pool(String),
+    /// The HTTP client for outbound calls (Stripe) could not be built.
+    #[error("HTTP client: {0}")]
+    HttpClient(String),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,

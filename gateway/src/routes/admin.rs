@@ -1,15 +1,17 @@
 //! The operator's endpoints (a `mec_admin` token; Postgres refuses any other role with `42501`):
 //! `POST /admin/bulk-provision` and `POST /admin/expire-stale-leases`, each one call of a pg_mec
-//! function in the token's role, as `/api/rpc` calls are.
+//! function in the token's role, as `/api/rpc` calls are, and `POST /admin/sync-usage-to-stripe`,
+//! a run of the usage job (`jobs/stripe_usage.rs`) in the token's role.
 
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 
-use crate::db::{self, RequestCtx};
+use crate::db::{self, Caller, RequestCtx};
 use crate::error::ApiError;
 use crate::infra::auth::Claims;
+use crate::jobs::stripe_usage::{self, Who};
 use crate::request::body::{invalid_json, read_body};
 use crate::AppState;
 
@@ -63,7 +65,7 @@ fn ctx<'a>(
     headers: &'a HeaderMap,
 ) -> RequestCtx<'a> {
     RequestCtx {
-        claims,
+        caller: Caller::Token(claims),
         method: method.as_str(),
         path: uri.path(),
         headers,
@@ -86,6 +88,33 @@ async fn call(
         StatusCode::OK,
         [(axum::http::header::CONTENT_TYPE, super::respond::JSON)],
         body,
+    )
+        .into_response())
+}
+
+/// Sends the namespace's unsent usage to Stripe now, within the request's time (what is left is
+/// sent by the next call or the background worker). `{prepared, sent, retrying, parked, pending,
+/// finished}`.
+pub async fn sync_usage_to_stripe(
+    State(state): State<AppState>,
+    claims: Claims,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let budget = state
+        .config
+        .request_timeout
+        .saturating_sub(state.config.stripe_timeout + std::time::Duration::from_secs(1));
+    let who = Who::Admin {
+        claims: &claims,
+        headers: &headers,
+        path: uri.path(),
+    };
+    let summary = stripe_usage::run(&state, who, budget).await?;
+    Ok((
+        StatusCode::OK,
+        [(axum::http::header::CONTENT_TYPE, super::respond::JSON)],
+        summary.to_string(),
     )
         .into_response())
 }

@@ -14,7 +14,7 @@ use super::respond::{
     content_range, first_element, json_response, single_object_error, JSON, OBJECT,
 };
 use crate::db::schema::not_loaded;
-use crate::db::{self, RequestCtx};
+use crate::db::{self, Caller, RequestCtx};
 use crate::error::ApiError;
 use crate::infra::auth::Claims;
 use crate::plan::call::CallPlan;
@@ -55,7 +55,7 @@ async fn call(
     let f = plan.function;
     let sql = sql::call::build(&plan);
     let ctx = RequestCtx {
-        claims: c.claims,
+        caller: Caller::Token(c.claims),
         method: c.method.as_str(),
         path: c.uri.path(),
         headers: c.headers,

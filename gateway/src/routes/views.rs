@@ -9,7 +9,7 @@ use super::respond::{
     content_range, first_element, json_response, single_object_error, JSON, OBJECT,
 };
 use crate::db::schema::{closest, not_loaded, SCHEMA};
-use crate::db::{self, RequestCtx};
+use crate::db::{self, Caller, RequestCtx};
 use crate::error::ApiError;
 use crate::infra::auth::Claims;
 use crate::plan::read::ReadPlan;
@@ -51,7 +51,7 @@ pub async fn read(
     // SQL, run.
     let sql = sql::read::build(&plan)?;
     let ctx = RequestCtx {
-        claims: &claims,
+        caller: Caller::Token(&claims),
         method: method.as_str(),
         path: uri.path(),
         headers: &headers,

@@ -6,7 +6,7 @@ use pgrx::prelude::*;
 use pgrx::Uuid;
 
 use crate::api;
-use crate::ops::stripe;
+use crate::ops::{stripe, stripe_usage};
 use crate::pg::args;
 use crate::pg::clock;
 use crate::pg::jsonb::{Jsonb, JsonbArg};
@@ -68,5 +68,66 @@ fn set_billing_anchor(p_account_id: Option<Uuid>, p_anchor_day: Option<i32>) -> 
     Jsonb(api::write(|caller, client| {
         let account = args::required(p_account_id, "p_account_id")?;
         stripe::set_billing_anchor(client, caller.namespace, account, p_anchor_day)
+    }))
+}
+
+/// Usage to Stripe, step 1: turns every billable ledger row not yet sent — of resources with a
+/// `stripe_meter_event`, of accounts with a Stripe customer, at most 34 days old — into outbox rows,
+/// one meter event per account × resource × period; a refund cancels and replaces the period's last
+/// event (within Stripe's 24 hours) or is parked. Safe to run at any time and concurrently: a ledger
+/// row is carried by one event at most. Returns `{events, cancellations, nothing_to_send, parked,
+/// deferred, ledger_rows, too_old}`. Raises `42501`. See docs/integrations.md.
+#[pg_extern]
+fn stripe_usage_prepare() -> Jsonb {
+    Jsonb(api::write(|caller, client| {
+        stripe_usage::prepare(client, caller.namespace, clock::now_us())
+    }))
+}
+
+/// Usage to Stripe, step 2: what to send now (at most `p_limit` rows, oldest first; a replacement
+/// only after its cancellation was sent), with the namespace's `stripe_api_key`. Returns
+/// `{api_key, pending, events: [{identifier, kind, event_name, stripe_customer_id, value, timestamp,
+/// cancels, attempts}]}`. Raises `ME400` (no API key), `22023`, `42501`.
+#[pg_extern]
+fn stripe_usage_due(p_limit: default!(Option<i32>, "100")) -> Jsonb {
+    Jsonb(api::read(|caller, client| {
+        stripe_usage::due(client, caller.namespace, i64::from(p_limit.unwrap_or(100)))
+    }))
+}
+
+/// Usage to Stripe, step 3: records Stripe's answer to sending `p_identifier`: `p_status` its HTTP
+/// status (0: none — a network error or timeout), `p_error` the body or failure, `p_retry_after` its
+/// `Retry-After` seconds. 2xx marks it sent; 429, 409, 5xx and 0 retry it later (exponential
+/// backoff, or after `Retry-After`; parked after 50 attempts); any other status parks it with the
+/// error. Returns `{identifier, state, attempts, next_attempt_at, changed}`. Raises `P0002`,
+/// `22023`, `42501`.
+#[pg_extern]
+fn stripe_usage_result(
+    p_identifier: Option<&str>,
+    p_status: Option<i32>,
+    p_error: default!(Option<&str>, "NULL"),
+    p_retry_after: default!(Option<i32>, "NULL"),
+) -> Jsonb {
+    Jsonb(api::write(|caller, client| {
+        let identifier = args::text(p_identifier, "p_identifier")?;
+        let status = args::required(p_status, "p_status")?;
+        stripe_usage::result(
+            client,
+            caller.namespace,
+            &identifier,
+            status,
+            p_error,
+            p_retry_after,
+        )
+    }))
+}
+
+/// Sends parked usage events again (`p_identifier`, or all with `NULL`), once the admin fixed what
+/// Stripe refused (the API key, a meter). Refunds Stripe can no longer take stay parked. Returns
+/// `{requeued, identifiers}`. Raises `42501`.
+#[pg_extern]
+fn stripe_usage_retry(p_identifier: default!(Option<&str>, "NULL")) -> Jsonb {
+    Jsonb(api::write(|caller, client| {
+        stripe_usage::retry(client, caller.namespace, p_identifier)
     }))
 }

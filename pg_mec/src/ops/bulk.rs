@@ -11,6 +11,7 @@ use crate::ledger::keys::{claim_key, store_result};
 use crate::ops::provisioning::{self, Provision};
 use crate::pg::context::parse_uuid;
 use crate::pg::spi::{self, stmt};
+use crate::pg::values::timestamptz;
 use crate::pg::{MecError, MecResult};
 
 /// Rows in one call at most.
@@ -26,6 +27,75 @@ stmt! {
     static ACCOUNTS_BY_EXTERNAL_ID: read (ns: uuid, external_ids: jsonb) =
         "SELECT external_id, account_id FROM mec_data.accounts
           WHERE namespace_id = $1 AND external_id IN (SELECT jsonb_array_elements_text($2))";
+}
+
+stmt! {
+    static EXISTING: read (ns: uuid, account_ids: jsonb) =
+        "SELECT account_id FROM mec_data.accounts
+          WHERE namespace_id = $1 AND account_id IN (SELECT (jsonb_array_elements_text($2))::uuid)";
+}
+
+stmt! {
+    /// New accounts in one statement, each with its plan's rows valid from the Unix epoch (as
+    /// `provision_plan` gives a new account) and its audit entry. Returns the accounts created.
+    static CREATE_MANY: write (ns: uuid, rows: jsonb, rows_from: timestamptz, actor: text) =
+        "WITH r AS (SELECT * FROM jsonb_to_recordset($2) AS r(account_id uuid, external_id text, plan_id text)),
+              acc AS (INSERT INTO mec_data.accounts
+                             (namespace_id, account_id, external_id, plan_id, plan_effective_at, billing_anchor_day)
+                      SELECT $1, r.account_id, r.external_id, r.plan_id, $3,
+                             (SELECT (n.settings->>'billing_anchor')::smallint
+                                FROM mec_data.namespaces n WHERE n.namespace_id = $1)
+                        FROM r
+                      ON CONFLICT (namespace_id, account_id) DO NOTHING
+                      RETURNING account_id, plan_id),
+              ent AS (INSERT INTO mec_data.entitlements
+                             (namespace_id, account_id, resource_type, source, plan_id, quantity_limit, period,
+                              enforcement, overage_cap, grace, enabled, valid_from)
+                      SELECT $1, acc.account_id, pe.resource_type, 'plan', pe.plan_id, pe.quantity_limit, pe.period,
+                             pe.enforcement, pe.overage_cap, pe.grace, pe.enabled, $3
+                        FROM acc JOIN mec_data.plan_entitlements pe
+                          ON pe.namespace_id = $1 AND pe.plan_id = acc.plan_id
+                      RETURNING 1),
+              aud AS (INSERT INTO mec_data.audit_log (namespace_id, action, subject, details, actor)
+                      SELECT $1, 'provision_plan', acc.account_id::text,
+                             jsonb_build_object('plan_id', acc.plan_id, 'previous_plan_id', NULL,
+                                                'created', true, 'bulk', true), $4
+                        FROM acc
+                      RETURNING 1)
+         SELECT coalesce(jsonb_agg(account_id::text), '[]') AS created,
+                (SELECT count(*) FROM ent)::int8 AS entitlements, (SELECT count(*) FROM aud)::int8 AS audited
+           FROM acc";
+}
+
+stmt! {
+    /// The existing accounts of `rows` that already have the row's plan, external id and the plan's
+    /// current entitlement rows (what `provision_plan` would call unchanged). Locks every existing one.
+    static UNCHANGED: write (ns: uuid, rows: jsonb, at: timestamptz) =
+        "WITH r AS (SELECT * FROM jsonb_to_recordset($2) AS r(account_id uuid, external_id text, plan_id text)),
+              a AS (SELECT a.account_id, a.plan_id, a.external_id, r.plan_id AS wanted_plan,
+                           r.external_id AS wanted_external_id
+                      FROM r JOIN mec_data.accounts a ON a.namespace_id = $1 AND a.account_id = r.account_id
+                       FOR UPDATE OF a)
+         SELECT coalesce(jsonb_agg(a.account_id::text), '[]') AS unchanged
+           FROM a
+          WHERE a.plan_id = a.wanted_plan
+            AND (a.wanted_external_id IS NULL OR a.external_id = a.wanted_external_id)
+            AND NOT EXISTS (
+                  (SELECT plan_id, resource_type, quantity_limit, period, enforcement, overage_cap, grace, enabled
+                     FROM mec_data.entitlements e
+                    WHERE e.namespace_id = $1 AND e.account_id = a.account_id AND e.source = 'plan'
+                      AND e.valid_from <= $3 AND e.valid_until IS NULL
+                   EXCEPT
+                   SELECT plan_id, resource_type, quantity_limit, period, enforcement, overage_cap, grace, enabled
+                     FROM mec_data.plan_entitlements pe WHERE pe.namespace_id = $1 AND pe.plan_id = a.wanted_plan)
+                  UNION ALL
+                  (SELECT plan_id, resource_type, quantity_limit, period, enforcement, overage_cap, grace, enabled
+                     FROM mec_data.plan_entitlements pe WHERE pe.namespace_id = $1 AND pe.plan_id = a.wanted_plan
+                   EXCEPT
+                   SELECT plan_id, resource_type, quantity_limit, period, enforcement, overage_cap, grace, enabled
+                     FROM mec_data.entitlements e
+                    WHERE e.namespace_id = $1 AND e.account_id = a.account_id AND e.source = 'plan'
+                      AND e.valid_from <= $3 AND e.valid_until IS NULL))";
 }
 
 struct Row {
@@ -247,9 +317,34 @@ pub fn bulk_provision(
 
     // No problem: every row parsed.
     let parsed: Vec<Row> = parsed.into_iter().flatten().collect();
+    let fresh = create_new(client, ns, &parsed, &targets)?;
+    let unchanged = find_unchanged(client, ns, &parsed, &targets, &fresh, now_us)?;
     let (mut created, mut changed) = (0, 0);
     let mut results = Vec::with_capacity(parsed.len());
     for (i, (r, account)) in parsed.iter().zip(targets).enumerate() {
+        if fresh.contains(&account) {
+            created += 1;
+            results.push(json!({
+                "index": i,
+                "account_id": account.to_string(),
+                "external_id": r.external_id,
+                "plan_id": r.plan_id,
+                "created": true,
+                "changed": true,
+            }));
+            continue;
+        }
+        if unchanged.contains(&account) {
+            results.push(json!({
+                "index": i,
+                "account_id": account.to_string(),
+                "external_id": r.external_id,
+                "plan_id": r.plan_id,
+                "created": false,
+                "changed": false,
+            }));
+            continue;
+        }
         let v = provisioning::provision(
             client,
             ns,
@@ -286,4 +381,93 @@ pub fn bulk_provision(
         store_result(client, ns, "bulk_provision", key, &result)?;
     }
     Ok(result)
+}
+
+/// Creates, in one statement, the accounts of `rows` that do not exist yet; returns them. The rest
+/// go through `provision_plan`'s own logic, one by one.
+fn create_new(
+    client: &mut SpiClient<'_>,
+    ns: Uuid,
+    rows: &[Row],
+    targets: &[Uuid],
+) -> MecResult<HashSet<Uuid>> {
+    let ids: Vec<String> = targets.iter().map(Uuid::to_string).collect();
+    let mut existing = HashSet::new();
+    for row in spi::read(client, &EXISTING, &[ns.into(), JsonB(json!(ids)).into()])? {
+        if let Some(a) = row.get::<Uuid>("account_id")? {
+            existing.insert(a);
+        }
+    }
+    let new_rows: Vec<Value> = rows
+        .iter()
+        .zip(targets)
+        .filter(|(_, a)| !existing.contains(*a))
+        .map(|(r, a)| json!({"account_id": a.to_string(), "external_id": r.external_id, "plan_id": r.plan_id}))
+        .collect();
+    if new_rows.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let created = spi::write(
+        client,
+        &CREATE_MANY,
+        &[
+            ns.into(),
+            JsonB(Value::Array(new_rows)).into(),
+            timestamptz(0).into(),
+            crate::pg::owner::caller_role().into(),
+        ],
+    )?
+    .first()
+    .map(|row| row.get::<JsonB>("created"))
+    .transpose()?
+    .flatten()
+    .map(|j| j.0);
+    Ok(uuid_set(created))
+}
+
+/// The existing accounts among `rows` (those not just created) that provisioning would leave as
+/// they are; they are skipped, the rest go through `provision_plan` one by one.
+fn find_unchanged(
+    client: &mut SpiClient<'_>,
+    ns: Uuid,
+    rows: &[Row],
+    targets: &[Uuid],
+    fresh: &HashSet<Uuid>,
+    now_us: i64,
+) -> MecResult<HashSet<Uuid>> {
+    let existing: Vec<Value> = rows
+        .iter()
+        .zip(targets)
+        .filter(|(_, a)| !fresh.contains(*a))
+        .map(|(r, a)| json!({"account_id": a.to_string(), "external_id": r.external_id, "plan_id": r.plan_id}))
+        .collect();
+    if existing.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let found = spi::write(
+        client,
+        &UNCHANGED,
+        &[
+            ns.into(),
+            JsonB(Value::Array(existing)).into(),
+            timestamptz(now_us).into(),
+        ],
+    )?
+    .first()
+    .map(|row| row.get::<JsonB>("unchanged"))
+    .transpose()?
+    .flatten()
+    .map(|j| j.0);
+    Ok(uuid_set(found))
+}
+
+fn uuid_set(list: Option<Value>) -> HashSet<Uuid> {
+    list.as_ref()
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().and_then(parse_uuid))
+                .collect()
+        })
+        .unwrap_or_default()
 }

@@ -18,15 +18,18 @@ stmt! {
 }
 
 stmt! {
-    static UPSERT_RESOURCE: write (ns: uuid, resource_type: text, kind: text, unit: text, description: text, window_seconds: int4, billable_statuses: jsonb) =
+    static UPSERT_RESOURCE: write (ns: uuid, resource_type: text, kind: text, unit: text, description: text, window_seconds: int4, billable_statuses: jsonb, stripe_meter_event: text) =
         "INSERT INTO mec_data.resource_types AS r
-                  (namespace_id, resource_type, kind, unit, description, window_seconds, billable_statuses)
-              VALUES ($1, $2, $3, $4, $5, $6, $7)
+                  (namespace_id, resource_type, kind, unit, description, window_seconds, billable_statuses,
+                   stripe_meter_event)
+              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
               ON CONFLICT (namespace_id, resource_type) DO UPDATE
                  SET kind = excluded.kind, unit = excluded.unit, description = excluded.description,
-                     window_seconds = excluded.window_seconds, billable_statuses = excluded.billable_statuses
-               WHERE (r.kind, r.unit, r.description, r.window_seconds, r.billable_statuses)
-                     IS DISTINCT FROM (excluded.kind, excluded.unit, excluded.description, excluded.window_seconds, excluded.billable_statuses)
+                     window_seconds = excluded.window_seconds, billable_statuses = excluded.billable_statuses,
+                     stripe_meter_event = excluded.stripe_meter_event
+               WHERE (r.kind, r.unit, r.description, r.window_seconds, r.billable_statuses, r.stripe_meter_event)
+                     IS DISTINCT FROM (excluded.kind, excluded.unit, excluded.description, excluded.window_seconds,
+                                       excluded.billable_statuses, excluded.stripe_meter_event)
               RETURNING (xmax = 0)";
 }
 
@@ -199,6 +202,7 @@ fn apply_resources(
                 r.description.as_deref().into(),
                 r.window_seconds.map(|w| w as i32).into(),
                 JsonB(statuses).into(),
+                r.stripe_meter_event.as_deref().into(),
             ],
         )?
         .one::<bool>()?;

@@ -15,4 +15,5 @@ pub mod namespaces;
 pub mod provisioning;
 pub mod reservations;
 pub mod stripe;
+pub mod stripe_usage;
 pub mod summary;

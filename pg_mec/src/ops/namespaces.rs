@@ -8,7 +8,7 @@ use serde_json::{json, Map, Value};
 use crate::pg::spi::{self, stmt};
 use crate::pg::{MecError, MecResult};
 
-const SECRET_KEYS: [&str; 2] = ["stripe_webhook_secret", "auth0_secret"];
+const SECRET_KEYS: [&str; 3] = ["stripe_webhook_secret", "auth0_secret", "stripe_api_key"];
 
 stmt! {
     static SET_NAMESPACE_GUC: write (namespace: text) =
@@ -32,14 +32,15 @@ stmt! {
 }
 
 stmt! {
-    static UPSERT_SECRET: write (ns: uuid, stripe_webhook_secret: text, auth0_secret: text, set_stripe: bool, set_auth0: bool) =
-        "INSERT INTO mec_data.namespace_secrets AS s (namespace_id, stripe_webhook_secret, auth0_secret)
-              VALUES ($1, $2, $3)
+    static UPSERT_SECRET: write (ns: uuid, stripe_webhook_secret: text, auth0_secret: text, stripe_api_key: text, set_stripe: bool, set_auth0: bool, set_api_key: bool) =
+        "INSERT INTO mec_data.namespace_secrets AS s (namespace_id, stripe_webhook_secret, auth0_secret, stripe_api_key)
+              VALUES ($1, $2, $3, $4)
               ON CONFLICT (namespace_id) DO UPDATE
-                 SET stripe_webhook_secret = CASE WHEN $4 THEN excluded.stripe_webhook_secret ELSE s.stripe_webhook_secret END,
-                     auth0_secret = CASE WHEN $5 THEN excluded.auth0_secret ELSE s.auth0_secret END,
+                 SET stripe_webhook_secret = CASE WHEN $5 THEN excluded.stripe_webhook_secret ELSE s.stripe_webhook_secret END,
+                     auth0_secret = CASE WHEN $6 THEN excluded.auth0_secret ELSE s.auth0_secret END,
+                     stripe_api_key = CASE WHEN $7 THEN excluded.stripe_api_key ELSE s.stripe_api_key END,
                      updated_at = now()
-              RETURNING stripe_webhook_secret, auth0_secret";
+              RETURNING stripe_webhook_secret, auth0_secret, stripe_api_key";
 }
 
 stmt! {
@@ -64,10 +65,16 @@ fn validate(settings: &Map<String, Value>) -> MecResult<()> {
             continue;
         }
         match key.as_str() {
-            "default_plan_id" | "stripe_webhook_secret" | "auth0_secret" if !v.is_string() => {
+            "default_plan_id" | "stripe_webhook_secret" | "auth0_secret" | "stripe_api_key"
+                if !v.is_string() =>
+            {
                 return Err(MecError::invalid(format!("setting {key} must be a string")));
             }
-            "default_plan_id" | "stripe_webhook_secret" | "auth0_secret" => {}
+            "default_plan_id" | "stripe_webhook_secret" | "auth0_secret" | "stripe_api_key" => {}
+            "stripe_usage_sync" if !v.is_boolean() => {
+                return Err(MecError::invalid("setting stripe_usage_sync must be true or false"));
+            }
+            "stripe_usage_sync" => {}
             "key_retention_days" => int_setting(key, v, 45, 3650)?,
             "late_event_days" => int_setting(key, v, 0, 365)?,
             "billing_anchor" => int_setting(key, v, 1, 31)?,
@@ -84,7 +91,7 @@ fn validate(settings: &Map<String, Value>) -> MecResult<()> {
             other => {
                 return Err(MecError::invalid_hint(
                     format!("unknown setting \"{other}\""),
-                    "Settings: default_plan_id, stripe_webhook_secret, stripe_webhook_tolerance_seconds, auth0_secret, key_retention_days, late_event_days, billing_anchor, overdue_action.",
+                    "Settings: default_plan_id, stripe_webhook_secret, stripe_webhook_tolerance_seconds, stripe_api_key, stripe_usage_sync, auth0_secret, key_retention_days, late_event_days, billing_anchor, overdue_action.",
                 ))
             }
         }
@@ -128,24 +135,34 @@ fn store_secrets(
 ) -> MecResult<Map<String, Value>> {
     let stripe = secrets.get("stripe_webhook_secret");
     let auth0 = secrets.get("auth0_secret");
-    let (s, a) = spi::write(
+    let api_key = secrets.get("stripe_api_key");
+    let (s, a, k) = spi::write(
         client,
         &UPSERT_SECRET,
         &[
             ns.into(),
             stripe.and_then(Value::as_str).into(),
             auth0.and_then(Value::as_str).into(),
+            api_key.and_then(Value::as_str).into(),
             stripe.is_some().into(),
             auth0.is_some().into(),
+            api_key.is_some().into(),
         ],
     )?
-    .two::<String, String>("stripe_webhook_secret", "auth0_secret")?;
+    .three::<String, String, String>(
+        "stripe_webhook_secret",
+        "auth0_secret",
+        "stripe_api_key",
+    )?;
     let mut masked = Map::new();
-    if let Some(s) = s {
-        masked.insert("stripe_webhook_secret".into(), Value::String(mask(&s)));
-    }
-    if let Some(a) = a {
-        masked.insert("auth0_secret".into(), Value::String(mask(&a)));
+    for (key, value) in [
+        ("stripe_webhook_secret", s),
+        ("auth0_secret", a),
+        ("stripe_api_key", k),
+    ] {
+        if let Some(v) = value {
+            masked.insert(key.into(), Value::String(mask(&v)));
+        }
     }
     Ok(masked)
 }

@@ -21,7 +21,11 @@ const KEYS: &[&str] = &[
     "window_seconds",
     "description",
     "billable_statuses",
+    "stripe_meter_event",
 ];
+
+/// Longest Stripe meter event name.
+pub const MAX_STRIPE_EVENT_NAME: usize = 100;
 
 /// A resource type declared in the catalog.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -38,6 +42,9 @@ pub struct Resource {
     pub description: Option<String>,
     /// Billable statuses for this resource, overriding the catalog's; `None` = the catalog's.
     pub billable_statuses: Option<Vec<StatusClass>>,
+    /// The `event_name` of the Stripe meter its billable usage is sent to (metered and rate
+    /// resources only); `None`: not sent to Stripe.
+    pub stripe_meter_event: Option<String>,
 }
 
 /// What plan validation needs to know about declared resource types: each declared name with its
@@ -88,6 +95,28 @@ pub(crate) fn validate(v: &Value, path: &str, probs: &mut Problems) -> (Vec<Reso
         let billable_statuses = obj
             .get("billable_statuses")
             .and_then(|b| status_list(b, &key_path(&at, "billable_statuses"), probs));
+        let stripe_meter_event = opt_string(obj, "stripe_meter_event", &at, probs).filter(|e| {
+            let path = key_path(&at, "stripe_meter_event");
+            if e.chars().count() > MAX_STRIPE_EVENT_NAME {
+                probs.push(
+                    &path,
+                    format!(
+                        "a Stripe meter event name has at most {MAX_STRIPE_EVENT_NAME} characters"
+                    ),
+                );
+                return false;
+            }
+            match kind {
+                Some(Kind::Metered | Kind::Rate) | None => true,
+                Some(k) => {
+                    probs.push(
+                        &path,
+                        format!("only metered and rate usage is sent to Stripe meters, not {k}"),
+                    );
+                    false
+                }
+            }
+        });
 
         let Some(name) = name else { continue };
         if let Some(first) = first_at.get(&name) {
@@ -108,6 +137,7 @@ pub(crate) fn validate(v: &Value, path: &str, probs: &mut Problems) -> (Vec<Reso
                 window_seconds,
                 description,
                 billable_statuses,
+                stripe_meter_event,
             });
         }
     }
@@ -171,7 +201,8 @@ mod tests {
         let (r, d, probs) = run(json!([
             {"resource_type": "api_requests", "kind": "rate", "window_seconds": 60},
             {"resource_type": "benchmark_runs", "kind": "metered", "unit": "run",
-             "description": "Benchmark runs", "billable_statuses": ["2xx"]},
+             "description": "Benchmark runs", "billable_statuses": ["2xx"],
+             "stripe_meter_event": "benchmark_runs"},
             {"resource_type": "code_generation", "kind": "feature"}
         ]));
         assert!(probs.is_empty(), "{probs:?}");
@@ -179,12 +210,14 @@ mod tests {
         assert_eq!(r[0].window_seconds, Some(60));
         assert_eq!(r[1].unit.as_deref(), Some("run"));
         assert_eq!(r[1].billable_statuses, Some(vec![StatusClass::Class(2)]));
+        assert_eq!(r[1].stripe_meter_event.as_deref(), Some("benchmark_runs"));
         assert_eq!(r[2].window_seconds, None);
         assert_eq!(d.get("code_generation"), Some(&Some(Kind::Feature)));
     }
 
     #[test]
     fn every_problem_is_reported() {
+        let long_name = "t".repeat(101);
         let (r, d, probs) = run(json!([
             {"resource_type": "Bad-Name", "kind": "metered"},
             {"resource_type": "x", "kind": "meterd", "unit": 3},
@@ -195,7 +228,9 @@ mod tests {
             {"resource_type": "x", "kind": "gauge"},
             {"kind": "gauge"},
             "storage",
-            {"resource_type": "f", "kind": "feature", "billable_statuses": ["6xx"]}
+            {"resource_type": "f", "kind": "feature", "billable_statuses": ["6xx"]},
+            {"resource_type": "s", "kind": "gauge", "stripe_meter_event": "storage"},
+            {"resource_type": "t", "kind": "metered", "stripe_meter_event": long_name}
         ]));
         assert!(r.is_empty());
         let want = [
@@ -211,6 +246,8 @@ mod tests {
             "$.resources[7]: missing required key 'resource_type'",
             "$.resources[8]: must be an object, not a string",
             "$.resources[9].billable_statuses[0]: invalid HTTP status class",
+            "$.resources[10].stripe_meter_event: only metered and rate usage is sent to Stripe meters, not gauge",
+            "$.resources[11].stripe_meter_event: a Stripe meter event name has at most 100 characters",
         ];
         assert_eq!(probs.len(), want.len(), "{probs:#?}");
         for (got, want) in probs.iter().zip(want) {
