@@ -103,5 +103,28 @@ GRANT EXECUTE ON FUNCTION mec.stripe_usage_retry(text) TO mec_admin;
 GRANT USAGE ON SCHEMA mec, mec_data TO mec_worker;
 GRANT SELECT ON mec_data.worker_namespaces TO mec_worker;
 
+-- Alerts and outbound webhooks (pg_mec/src/events/): the admin registers endpoints and reads the
+-- delivery log; the gateway's worker delivers. Secrets are read only by pg_mec's functions.
+REVOKE SELECT ON mec.webhook_endpoints, mec.webhook_deliveries, mec.alert_crossings FROM mec_user;
+GRANT SELECT ON mec.webhook_endpoints, mec.webhook_deliveries TO mec_admin;
+GRANT SELECT ON mec.alert_crossings TO mec_service;
+GRANT SELECT (namespace_id, endpoint_id, url, event_types, description, enabled, created_at, updated_at)
+      ON mec_data.webhook_endpoints TO mec_admin;
+GRANT SELECT ON mec_data.webhook_events, mec_data.webhook_deliveries TO mec_admin;
+GRANT SELECT ON mec_data.alert_crossings TO mec_service;
+GRANT SELECT, INSERT, UPDATE, DELETE ON mec_data.webhook_endpoints, mec_data.alert_crossings,
+      mec_data.webhook_events, mec_data.webhook_deliveries
+      TO mec_owner;
+GRANT EXECUTE ON FUNCTION
+    mec.create_webhook_endpoint(text, text[], text, text),
+    mec.update_webhook_endpoint(uuid, text, text[], text, boolean, boolean),
+    mec.delete_webhook_endpoint(uuid),
+    mec.retry_webhook_delivery(uuid)
+    TO mec_admin;
+GRANT EXECUTE ON FUNCTION
+    mec.webhook_deliveries_due(integer),
+    mec.webhook_delivery_result(uuid, integer, text, integer)
+    TO mec_admin, mec_worker;
+
 -- Operators: the shared entitlement cache's state (pg_mec/src/cache/shared.rs).
 GRANT EXECUTE ON FUNCTION mec_data.shared_cache_stats() TO mec_admin;

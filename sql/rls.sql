@@ -14,7 +14,8 @@ BEGIN
                              'plan_entitlements', 'accounts', 'entitlements', 'usage_counters',
                              'consumption', 'leases', 'reservations', 'idempotency_keys', 'audit_log',
                              'stripe_events', 'stripe_subscriptions', 'auth0_events',
-                             'stripe_usage_outbox', 'stripe_usage_items']
+                             'stripe_usage_outbox', 'stripe_usage_items', 'webhook_endpoints',
+                             'alert_crossings', 'webhook_events', 'webhook_deliveries']
     LOOP
         EXECUTE format('ALTER TABLE mec_data.%I ENABLE ROW LEVEL SECURITY', t);
         EXECUTE format('ALTER TABLE mec_data.%I FORCE ROW LEVEL SECURITY', t);

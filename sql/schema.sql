@@ -390,3 +390,77 @@ CREATE TABLE mec_data.stripe_usage_items (
     FOREIGN KEY (namespace_id, identifier) REFERENCES mec_data.stripe_usage_outbox (namespace_id, identifier) ON DELETE CASCADE
 );
 CREATE INDEX stripe_usage_items_by_event ON mec_data.stripe_usage_items (namespace_id, identifier);
+
+-- Outbound webhooks (pg_mec/src/events/): the endpoints a namespace registered, the events pg_mec
+-- emitted, one delivery per event and endpoint. An event and its deliveries are written in the
+-- transaction that caused them (the usage that crossed a threshold, the plan change), so a rolled
+-- back call emits nothing and a committed one is delivered even if the gateway was down.
+CREATE TABLE mec_data.webhook_endpoints (
+    namespace_id uuid        NOT NULL,
+    endpoint_id  uuid        NOT NULL DEFAULT gen_random_uuid(),
+    url          text        NOT NULL CHECK (url ~ '^https?://' AND length(url) <= 2000),
+    -- Standard Webhooks: "whsec_" + base64 of the key
+    secret       text        NOT NULL CHECK (secret LIKE 'whsec\_%'),
+    -- empty: every event type
+    event_types  text[]      NOT NULL DEFAULT '{}',
+    description  text        CHECK (length(description) <= 500),
+    enabled      boolean     NOT NULL DEFAULT true,
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    updated_at   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (namespace_id, endpoint_id),
+    FOREIGN KEY (namespace_id) REFERENCES mec_data.namespaces (namespace_id) ON DELETE CASCADE
+);
+
+-- Each crossing of a usage alert (a catalog threshold in percent of the limit, or the limit itself
+-- for usage.limit_reached), once per account × resource × period × threshold: the primary key.
+CREATE TABLE mec_data.alert_crossings (
+    namespace_id   uuid        NOT NULL,
+    account_id     uuid        NOT NULL,
+    resource_type  text        NOT NULL,
+    period_start   timestamptz NOT NULL,
+    event_type     text        NOT NULL CHECK (event_type IN ('usage.threshold_crossed', 'usage.limit_reached')),
+    threshold      numeric     NOT NULL,
+    period_end     timestamptz,
+    quantity_limit numeric     NOT NULL,
+    quantity_used  numeric     NOT NULL,
+    consumption_id uuid,
+    event_id       uuid        NOT NULL,
+    crossed_at     timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (namespace_id, account_id, resource_type, period_start, event_type, threshold),
+    FOREIGN KEY (namespace_id, account_id) REFERENCES mec_data.accounts (namespace_id, account_id) ON DELETE CASCADE
+);
+
+CREATE TABLE mec_data.webhook_events (
+    namespace_id uuid        NOT NULL,
+    -- webhook-id is "msg_" + this id without dashes
+    event_id     uuid        NOT NULL,
+    event_type   text        NOT NULL,
+    account_id   uuid,
+    payload      jsonb       NOT NULL,
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (namespace_id, event_id),
+    FOREIGN KEY (namespace_id, account_id) REFERENCES mec_data.accounts (namespace_id, account_id) ON DELETE CASCADE
+);
+CREATE INDEX webhook_events_by_time ON mec_data.webhook_events (namespace_id, created_at);
+
+CREATE TABLE mec_data.webhook_deliveries (
+    namespace_id    uuid        NOT NULL,
+    delivery_id     uuid        NOT NULL DEFAULT gen_random_uuid(),
+    event_id        uuid        NOT NULL,
+    endpoint_id     uuid        NOT NULL,
+    state           text        NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'delivered', 'dead')),
+    attempts        integer     NOT NULL DEFAULT 0,
+    next_attempt_at timestamptz NOT NULL DEFAULT now(),
+    last_attempt_at timestamptz,
+    last_status     integer,
+    last_error      text,
+    delivered_at    timestamptz,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (namespace_id, delivery_id),
+    UNIQUE (namespace_id, event_id, endpoint_id),
+    FOREIGN KEY (namespace_id, event_id) REFERENCES mec_data.webhook_events (namespace_id, event_id) ON DELETE CASCADE,
+    FOREIGN KEY (namespace_id, endpoint_id) REFERENCES mec_data.webhook_endpoints (namespace_id, endpoint_id) ON DELETE CASCADE
+);
+CREATE INDEX webhook_deliveries_due
+    ON mec_data.webhook_deliveries (namespace_id, next_attempt_at) WHERE state = 'pending';
+CREATE INDEX webhook_deliveries_by_endpoint ON mec_data.webhook_deliveries (namespace_id, endpoint_id);

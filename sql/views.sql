@@ -93,6 +93,33 @@ FROM mec_data.stripe_usage_outbox;
 -- owner (no security_invoker): the extension's owner, a superuser, whom row-level security does
 -- not narrow.
 CREATE VIEW mec_data.worker_namespaces AS
-SELECT n.namespace_id, coalesce((n.settings->>'stripe_usage_sync')::boolean, false) AS stripe_usage_sync
+SELECT n.namespace_id, coalesce((n.settings->>'stripe_usage_sync')::boolean, false) AS stripe_usage_sync,
+       EXISTS (SELECT 1 FROM mec_data.webhook_deliveries d
+               WHERE d.namespace_id = n.namespace_id AND d.state = 'pending'
+                 AND d.next_attempt_at <= now()) AS webhooks_due
 FROM mec_data.namespaces n
-WHERE coalesce((n.settings->>'stripe_usage_sync')::boolean, false);
+WHERE coalesce((n.settings->>'stripe_usage_sync')::boolean, false)
+   OR EXISTS (SELECT 1 FROM mec_data.webhook_deliveries d
+              WHERE d.namespace_id = n.namespace_id AND d.state = 'pending' AND d.next_attempt_at <= now());
+
+-- Outbound webhooks (mec_admin only): the endpoints, without their secrets (the secret is shown
+-- once, by create_webhook_endpoint), and the delivery log (GET /admin/deliveries).
+CREATE VIEW mec.webhook_endpoints WITH (security_invoker = true) AS
+SELECT namespace_id, endpoint_id, url, event_types, description, enabled, created_at, updated_at
+FROM mec_data.webhook_endpoints;
+
+CREATE VIEW mec.webhook_deliveries WITH (security_invoker = true) AS
+SELECT d.namespace_id, d.delivery_id, 'msg_' || replace(d.event_id::text, '-', '') AS webhook_id,
+       e.event_type, e.account_id, d.endpoint_id, p.url, d.state, d.attempts, d.next_attempt_at,
+       d.last_attempt_at, d.last_status, d.last_error, d.delivered_at, d.created_at, e.payload
+FROM mec_data.webhook_deliveries d
+JOIN mec_data.webhook_events e ON e.namespace_id = d.namespace_id AND e.event_id = d.event_id
+JOIN mec_data.webhook_endpoints p ON p.namespace_id = d.namespace_id AND p.endpoint_id = d.endpoint_id;
+
+-- Usage alerts that fired (mec_service and mec_admin): one row per account × resource × period ×
+-- threshold.
+CREATE VIEW mec.alert_crossings WITH (security_invoker = true) AS
+SELECT namespace_id, account_id, resource_type, period_start, period_end, event_type, threshold,
+       quantity_limit, quantity_used, consumption_id,
+       'msg_' || replace(event_id::text, '-', '') AS webhook_id, crossed_at
+FROM mec_data.alert_crossings;

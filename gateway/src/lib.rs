@@ -45,6 +45,8 @@ pub struct Inner {
     pub metrics: Metrics,
     /// Outbound HTTP (Stripe), with its connection pool.
     pub http: reqwest::Client,
+    /// Outbound webhooks: no redirects followed (an endpoint answers for itself).
+    pub webhook_http: reqwest::Client,
 }
 
 #[derive(Clone)]
@@ -68,6 +70,12 @@ impl AppState {
             .timeout(config.stripe_timeout)
             .build()
             .map_err(|e| StartupError::HttpClient(e.to_string()))?;
+        let webhook_http = reqwest::Client::builder()
+            .user_agent(concat!("pg_mec-webhooks/", env!("CARGO_PKG_VERSION")))
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(config.webhook_timeout)
+            .build()
+            .map_err(|e| StartupError::HttpClient(e.to_string()))?;
         Ok(AppState(Arc::new(Inner {
             config,
             pools,
@@ -75,6 +83,7 @@ impl AppState {
             schema: SchemaStore::default(),
             metrics: Metrics::default(),
             http,
+            webhook_http,
         })))
     }
 
@@ -185,6 +194,10 @@ pub fn app(state: AppState) -> Router {
             post(routes::admin::expire_stale_leases).fallback(routes::method_not_allowed),
         )
         .route(
+            "/admin/deliveries",
+            get(routes::admin::deliveries).fallback(routes::method_not_allowed),
+        )
+        .route(
             "/admin/sync-usage-to-stripe",
             post(routes::admin::sync_usage_to_stripe).fallback(routes::method_not_allowed),
         )
@@ -246,8 +259,8 @@ pub async fn serve(config: Config) -> Result<(), StartupError> {
         _ = deadline => tracing::warn!("shutdown timeout reached; dropping remaining requests"),
     }
     listener_task.abort();
-    if let Some(jobs) = jobs_task {
-        jobs.abort();
+    for job in jobs_task {
+        job.abort();
     }
     state.pools.close();
     tracing::info!("stopped");

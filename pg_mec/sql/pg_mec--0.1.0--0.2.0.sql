@@ -459,3 +459,209 @@ GRANT EXECUTE ON FUNCTION
 GRANT EXECUTE ON FUNCTION mec.stripe_usage_retry(text) TO mec_admin;
 GRANT USAGE ON SCHEMA mec, mec_data TO mec_worker;
 GRANT SELECT ON mec_data.worker_namespaces TO mec_worker;
+
+-- ================================================================ alerts and outbound webhooks
+-- ---------------------------------------------------------------- tables (sql/schema.sql)
+-- Outbound webhooks (pg_mec/src/events/): the endpoints a namespace registered, the events pg_mec
+-- emitted, one delivery per event and endpoint. An event and its deliveries are written in the
+-- transaction that caused them (the usage that crossed a threshold, the plan change), so a rolled
+-- back call emits nothing and a committed one is delivered even if the gateway was down.
+CREATE TABLE mec_data.webhook_endpoints (
+    namespace_id uuid        NOT NULL,
+    endpoint_id  uuid        NOT NULL DEFAULT gen_random_uuid(),
+    url          text        NOT NULL CHECK (url ~ '^https?://' AND length(url) <= 2000),
+    -- Standard Webhooks: "whsec_" + base64 of the key
+    secret       text        NOT NULL CHECK (secret LIKE 'whsec\_%'),
+    -- empty: every event type
+    event_types  text[]      NOT NULL DEFAULT '{}',
+    description  text        CHECK (length(description) <= 500),
+    enabled      boolean     NOT NULL DEFAULT true,
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    updated_at   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (namespace_id, endpoint_id),
+    FOREIGN KEY (namespace_id) REFERENCES mec_data.namespaces (namespace_id) ON DELETE CASCADE
+);
+
+-- Each crossing of a usage alert (a catalog threshold in percent of the limit, or the limit itself
+-- for usage.limit_reached), once per account × resource × period × threshold: the primary key.
+CREATE TABLE mec_data.alert_crossings (
+    namespace_id   uuid        NOT NULL,
+    account_id     uuid        NOT NULL,
+    resource_type  text        NOT NULL,
+    period_start   timestamptz NOT NULL,
+    event_type     text        NOT NULL CHECK (event_type IN ('usage.threshold_crossed', 'usage.limit_reached')),
+    threshold      numeric     NOT NULL,
+    period_end     timestamptz,
+    quantity_limit numeric     NOT NULL,
+    quantity_used  numeric     NOT NULL,
+    consumption_id uuid,
+    event_id       uuid        NOT NULL,
+    crossed_at     timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (namespace_id, account_id, resource_type, period_start, event_type, threshold),
+    FOREIGN KEY (namespace_id, account_id) REFERENCES mec_data.accounts (namespace_id, account_id) ON DELETE CASCADE
+);
+
+CREATE TABLE mec_data.webhook_events (
+    namespace_id uuid        NOT NULL,
+    -- webhook-id is "msg_" + this id without dashes
+    event_id     uuid        NOT NULL,
+    event_type   text        NOT NULL,
+    account_id   uuid,
+    payload      jsonb       NOT NULL,
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (namespace_id, event_id),
+    FOREIGN KEY (namespace_id, account_id) REFERENCES mec_data.accounts (namespace_id, account_id) ON DELETE CASCADE
+);
+CREATE INDEX webhook_events_by_time ON mec_data.webhook_events (namespace_id, created_at);
+
+CREATE TABLE mec_data.webhook_deliveries (
+    namespace_id    uuid        NOT NULL,
+    delivery_id     uuid        NOT NULL DEFAULT gen_random_uuid(),
+    event_id        uuid        NOT NULL,
+    endpoint_id     uuid        NOT NULL,
+    state           text        NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'delivered', 'dead')),
+    attempts        integer     NOT NULL DEFAULT 0,
+    next_attempt_at timestamptz NOT NULL DEFAULT now(),
+    last_attempt_at timestamptz,
+    last_status     integer,
+    last_error      text,
+    delivered_at    timestamptz,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (namespace_id, delivery_id),
+    UNIQUE (namespace_id, event_id, endpoint_id),
+    FOREIGN KEY (namespace_id, event_id) REFERENCES mec_data.webhook_events (namespace_id, event_id) ON DELETE CASCADE,
+    FOREIGN KEY (namespace_id, endpoint_id) REFERENCES mec_data.webhook_endpoints (namespace_id, endpoint_id) ON DELETE CASCADE
+);
+CREATE INDEX webhook_deliveries_due
+    ON mec_data.webhook_deliveries (namespace_id, next_attempt_at) WHERE state = 'pending';
+CREATE INDEX webhook_deliveries_by_endpoint ON mec_data.webhook_deliveries (namespace_id, endpoint_id);
+
+-- ---------------------------------------------------------------- views (sql/views.sql)
+CREATE OR REPLACE VIEW mec_data.worker_namespaces AS
+SELECT n.namespace_id, coalesce((n.settings->>'stripe_usage_sync')::boolean, false) AS stripe_usage_sync,
+       EXISTS (SELECT 1 FROM mec_data.webhook_deliveries d
+               WHERE d.namespace_id = n.namespace_id AND d.state = 'pending'
+                 AND d.next_attempt_at <= now()) AS webhooks_due
+FROM mec_data.namespaces n
+WHERE coalesce((n.settings->>'stripe_usage_sync')::boolean, false)
+   OR EXISTS (SELECT 1 FROM mec_data.webhook_deliveries d
+              WHERE d.namespace_id = n.namespace_id AND d.state = 'pending' AND d.next_attempt_at <= now());
+
+-- Outbound webhooks (mec_admin only): the endpoints, without their secrets (the secret is shown
+-- once, by create_webhook_endpoint), and the delivery log (GET /admin/deliveries).
+CREATE VIEW mec.webhook_endpoints WITH (security_invoker = true) AS
+SELECT namespace_id, endpoint_id, url, event_types, description, enabled, created_at, updated_at
+FROM mec_data.webhook_endpoints;
+
+CREATE VIEW mec.webhook_deliveries WITH (security_invoker = true) AS
+SELECT d.namespace_id, d.delivery_id, 'msg_' || replace(d.event_id::text, '-', '') AS webhook_id,
+       e.event_type, e.account_id, d.endpoint_id, p.url, d.state, d.attempts, d.next_attempt_at,
+       d.last_attempt_at, d.last_status, d.last_error, d.delivered_at, d.created_at, e.payload
+FROM mec_data.webhook_deliveries d
+JOIN mec_data.webhook_events e ON e.namespace_id = d.namespace_id AND e.event_id = d.event_id
+JOIN mec_data.webhook_endpoints p ON p.namespace_id = d.namespace_id AND p.endpoint_id = d.endpoint_id;
+
+-- Usage alerts that fired (mec_service and mec_admin): one row per account × resource × period ×
+-- threshold.
+CREATE VIEW mec.alert_crossings WITH (security_invoker = true) AS
+SELECT namespace_id, account_id, resource_type, period_start, period_end, event_type, threshold,
+       quantity_limit, quantity_used, consumption_id,
+       'msg_' || replace(event_id::text, '-', '') AS webhook_id, crossed_at
+FROM mec_data.alert_crossings;
+
+-- ---------------------------------------------------------------- row-level security (sql/rls.sql)
+DO $rls$
+DECLARE
+    t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['webhook_endpoints', 'alert_crossings', 'webhook_events', 'webhook_deliveries']
+    LOOP
+        EXECUTE format('ALTER TABLE mec_data.%I ENABLE ROW LEVEL SECURITY', t);
+        EXECUTE format('ALTER TABLE mec_data.%I FORCE ROW LEVEL SECURITY', t);
+        EXECUTE format($p$CREATE POLICY tenant_isolation ON mec_data.%I AS RESTRICTIVE
+                           USING (namespace_id = mec.current_namespace())
+                           WITH CHECK (namespace_id = mec.current_namespace())$p$, t);
+        EXECUTE format('CREATE POLICY namespace_staff ON mec_data.%I TO mec_service USING (true) WITH CHECK (true)', t);
+        EXECUTE format('CREATE POLICY pg_mec_functions ON mec_data.%I TO mec_owner USING (true) WITH CHECK (true)', t);
+    END LOOP;
+END
+$rls$;
+
+-- ---------------------------------------------------------------- functions (pg_mec/src/api/webhooks.rs)
+CREATE FUNCTION mec."create_webhook_endpoint"(
+	"p_url" TEXT, /* Option < & str > */
+	"p_event_types" TEXT[] DEFAULT NULL, /* :: std :: option :: Option < Vec < Option < String > > > */
+	"p_description" TEXT DEFAULT NULL, /* Option < & str > */
+	"p_secret" TEXT DEFAULT NULL /* Option < & str > */
+) RETURNS jsonb /* Jsonb */
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'create_webhook_endpoint_wrapper';
+
+CREATE FUNCTION mec."update_webhook_endpoint"(
+	"p_endpoint_id" uuid, /* Option < Uuid > */
+	"p_url" TEXT DEFAULT NULL, /* Option < & str > */
+	"p_event_types" TEXT[] DEFAULT NULL, /* :: std :: option :: Option < Vec < Option < String > > > */
+	"p_description" TEXT DEFAULT NULL, /* Option < & str > */
+	"p_enabled" bool DEFAULT NULL, /* Option < bool > */
+	"p_rotate_secret" bool DEFAULT false /* Option < bool > */
+) RETURNS jsonb /* Jsonb */
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'update_webhook_endpoint_wrapper';
+
+CREATE FUNCTION mec."delete_webhook_endpoint"(
+	"p_endpoint_id" uuid /* Option < Uuid > */
+) RETURNS jsonb /* Jsonb */
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'delete_webhook_endpoint_wrapper';
+
+CREATE FUNCTION mec."retry_webhook_delivery"(
+	"p_delivery_id" uuid DEFAULT NULL /* Option < Uuid > */
+) RETURNS jsonb /* Jsonb */
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'retry_webhook_delivery_wrapper';
+
+CREATE FUNCTION mec."webhook_deliveries_due"(
+	"p_limit" INT DEFAULT 100 /* Option < i32 > */
+) RETURNS jsonb /* Jsonb */
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'webhook_deliveries_due_wrapper';
+
+CREATE FUNCTION mec."webhook_delivery_result"(
+	"p_delivery_id" uuid, /* Option < Uuid > */
+	"p_status" INT, /* Option < i32 > */
+	"p_error" TEXT DEFAULT NULL, /* Option < & str > */
+	"p_retry_after" INT DEFAULT NULL /* Option < i32 > */
+) RETURNS jsonb /* Jsonb */
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'webhook_delivery_result_wrapper';
+
+-- ---------------------------------------------------------------- privileges (sql/grants.sql)
+REVOKE ALL ON mec.webhook_endpoints, mec.webhook_deliveries, mec.alert_crossings, mec_data.webhook_endpoints,
+              mec_data.alert_crossings, mec_data.webhook_events, mec_data.webhook_deliveries FROM PUBLIC;
+REVOKE ALL ON FUNCTION mec.create_webhook_endpoint(text, text[], text, text),
+              mec.update_webhook_endpoint(uuid, text, text[], text, boolean, boolean),
+              mec.delete_webhook_endpoint(uuid), mec.retry_webhook_delivery(uuid),
+              mec.webhook_deliveries_due(integer), mec.webhook_delivery_result(uuid, integer, text, integer)
+       FROM PUBLIC;
+-- Alerts and outbound webhooks (pg_mec/src/events/): the admin registers endpoints and reads the
+-- delivery log; the gateway's worker delivers. Secrets are read only by pg_mec's functions.
+REVOKE SELECT ON mec.webhook_endpoints, mec.webhook_deliveries, mec.alert_crossings FROM mec_user;
+GRANT SELECT ON mec.webhook_endpoints, mec.webhook_deliveries TO mec_admin;
+GRANT SELECT ON mec.alert_crossings TO mec_service;
+GRANT SELECT (namespace_id, endpoint_id, url, event_types, description, enabled, created_at, updated_at)
+      ON mec_data.webhook_endpoints TO mec_admin;
+GRANT SELECT ON mec_data.webhook_events, mec_data.webhook_deliveries TO mec_admin;
+GRANT SELECT ON mec_data.alert_crossings TO mec_service;
+GRANT SELECT, INSERT, UPDATE, DELETE ON mec_data.webhook_endpoints, mec_data.alert_crossings,
+      mec_data.webhook_events, mec_data.webhook_deliveries
+      TO mec_owner;
+GRANT EXECUTE ON FUNCTION
+    mec.create_webhook_endpoint(text, text[], text, text),
+    mec.update_webhook_endpoint(uuid, text, text[], text, boolean, boolean),
+    mec.delete_webhook_endpoint(uuid),
+    mec.retry_webhook_delivery(uuid)
+    TO mec_admin;
+GRANT EXECUTE ON FUNCTION
+    mec.webhook_deliveries_due(integer),
+    mec.webhook_delivery_result(uuid, integer, text, integer)
+    TO mec_admin, mec_worker;

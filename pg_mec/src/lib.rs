@@ -6,6 +6,7 @@
 //! |---|---|
 //! | `api/` | every `#[pg_extern]` and `#[pg_trigger]`: arguments in, one entry shape, errors raised |
 //! | `ops/` | the operations: metering, batches, reservations, leases, corrections, provisioning, catalog, namespaces, bindings, summaries |
+//! | `events/` | what pg_mec tells the product: usage alerts, the outbox of signed webhooks |
 //! | `counters/` | usage counters: their keys, hot counters' stripes, reading usage |
 //! | `ledger/` | the append-only ledger: events, results and replays, idempotency keys, audit |
 //! | `cache/` | the entitlement in force, cached per backend and in shared memory |
@@ -23,6 +24,7 @@ use pgrx::prelude::*;
 mod api;
 mod cache;
 mod counters;
+mod events;
 mod ledger;
 mod ops;
 mod pg;

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # Per crate: its src folder and its rooms from the top down. A module of a room may import modules
 # of its own room and of every room below it; the crate root (lib.rs) may import anything.
 CRATES = {
-    "pg_mec": ("pg_mec/src", ["api", "ops", "counters", "ledger", "cache", "pg"]),
+    "pg_mec": ("pg_mec/src", ["api", "ops", "events", "counters", "ledger", "cache", "pg"]),
     "mec_gateway": ("gateway/src", ["routes", "jobs", "sql", "plan", "request", "db", "infra", "error"]),
 }
 

@@ -53,6 +53,10 @@ pub struct Config {
     pub stripe_timeout: Duration,
     /// How often the background worker sends usage to Stripe; `None`: never (the default).
     pub stripe_sync_interval: Option<Duration>,
+    /// How often the background worker delivers due webhooks; `None`: never.
+    pub webhook_interval: Option<Duration>,
+    /// How long one webhook delivery may take.
+    pub webhook_timeout: Duration,
 }
 
 pub const MIN_SECRET_LEN: usize = 32;
@@ -113,6 +117,7 @@ impl Config {
             ));
         }
         let sync = millis(&get, "MEC_STRIPE_SYNC_INTERVAL_MS", 0, true)?;
+        let webhooks = millis(&get, "MEC_WEBHOOK_INTERVAL_MS", 1_000, true)?;
         Ok(Config {
             addr,
             database_url,
@@ -129,6 +134,8 @@ impl Config {
             stripe_api_base,
             stripe_timeout: millis(&get, "MEC_STRIPE_TIMEOUT_MS", 5_000, false)?,
             stripe_sync_interval: (!sync.is_zero()).then_some(sync),
+            webhook_interval: (!webhooks.is_zero()).then_some(webhooks),
+            webhook_timeout: millis(&get, "MEC_WEBHOOK_TIMEOUT_MS", 10_000, false)?,
         })
     }
 }

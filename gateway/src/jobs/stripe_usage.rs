@@ -2,27 +2,24 @@
 //! answer (`mec.stripe_usage_prepare`, `_due`, `_result`: pg_mec/src/ops/stripe_usage.rs); this
 //! module only speaks Stripe's wire format. Each event is sent with its pg_mec identifier as the
 //! meter event's `identifier` and as the request's `Idempotency-Key`, so sending it again after a
-//! crash is recognised by Stripe. One run per namespace at a time, in every replica: a session
-//! advisory lock on a connection of the worker pool, released at the end (or when the connection
-//! goes, with the process).
+//! crash is recognised by Stripe. One run per namespace at a time, in every replica
+//! (`lock.rs`).
 
 use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, StatusCode};
-use deadpool_postgres::Object;
 use serde_json::{json, Value};
 
 use crate::db::{self, Caller, RequestCtx};
 use crate::error::ApiError;
 use crate::infra::auth::Claims;
+use crate::jobs::lock::{Job, RunLock};
 use crate::AppState;
 
 const PREPARE: &str = "SELECT mec.stripe_usage_prepare()::text";
 const DUE: &str = "SELECT mec.stripe_usage_due($1::text::int4)::text";
 const RESULT: &str =
     "SELECT mec.stripe_usage_result($1::text, $2::text::int4, $3::text, $4::text::int4)::text";
-const TRY_LOCK: &str = "SELECT pg_try_advisory_lock(1835361122, hashtext($1::text))";
-const UNLOCK: &str = "SELECT pg_advisory_unlock(1835361122, hashtext($1::text))";
 /// Events fetched per round.
 const BATCH: i32 = 100;
 /// How much of a Stripe error body is kept.
@@ -54,47 +51,6 @@ impl Who<'_> {
                         "The token names no namespace (namespace_id claim)",
                     )
                 }),
-        }
-    }
-}
-
-/// The session lock of one namespace's run; the connection is dropped, not pooled, unless the
-/// lock was released.
-struct RunLock {
-    obj: Option<Object>,
-    key: String,
-}
-
-impl RunLock {
-    async fn acquire(state: &AppState, ns: uuid::Uuid) -> Result<Option<RunLock>, ApiError> {
-        let obj = state.pools.worker().get().await?;
-        let key = ns.to_string();
-        let got: bool = obj
-            .query_one(TRY_LOCK, &[&key])
-            .await
-            .map_err(ApiError::from)?
-            .try_get(0)
-            .map_err(|e| ApiError::Internal(format!("advisory lock: {e}")))?;
-        Ok(got.then_some(RunLock {
-            obj: Some(obj),
-            key,
-        }))
-    }
-
-    async fn release(mut self) {
-        if let Some(obj) = self.obj.take() {
-            if obj.query_one(UNLOCK, &[&self.key]).await.is_err() {
-                drop(Object::take(obj));
-            }
-        }
-    }
-}
-
-impl Drop for RunLock {
-    fn drop(&mut self) {
-        if let Some(obj) = self.obj.take() {
-            // Never pool a connection that may still hold the lock.
-            drop(Object::take(obj));
         }
     }
 }
@@ -210,7 +166,7 @@ async fn send(state: &AppState, api_key: &str, ev: &Value) -> (i32, Option<Strin
 /// namespace.
 pub async fn run(state: &AppState, who: Who<'_>, budget: Duration) -> Result<Value, ApiError> {
     let ns = who.namespace()?;
-    let Some(lock) = RunLock::acquire(state, ns).await? else {
+    let Some(lock) = RunLock::acquire(state, Job::StripeUsage, ns).await? else {
         return Err(ApiError::Unavailable {
             status: StatusCode::SERVICE_UNAVAILABLE,
             code: "ME503",

@@ -1,7 +1,8 @@
 //! The operator's endpoints (a `mec_admin` token; Postgres refuses any other role with `42501`):
 //! `POST /admin/bulk-provision` and `POST /admin/expire-stale-leases`, each one call of a pg_mec
 //! function in the token's role, as `/api/rpc` calls are, and `POST /admin/sync-usage-to-stripe`,
-//! a run of the usage job (`jobs/stripe_usage.rs`) in the token's role.
+//! a run of the usage job (`jobs/stripe_usage.rs`) in the token's role; `GET /admin/deliveries`,
+//! the outbound webhook log (a read of `mec.webhook_deliveries`).
 
 use axum::body::Body;
 use axum::extract::State;
@@ -117,4 +118,25 @@ pub async fn sync_usage_to_stripe(
         summary.to_string(),
     )
         .into_response())
+}
+
+/// The outbound webhook delivery log: a PostgREST read of `mec.webhook_deliveries` (filters,
+/// `select`, `order`, `limit`, `Range` as on `/api`), newest first unless `order` says otherwise.
+pub async fn deliveries(
+    State(state): State<AppState>,
+    claims: Claims,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    super::views::read_view(
+        &state,
+        &claims,
+        "webhook_deliveries",
+        &method,
+        &uri,
+        &headers,
+        Some("created_at.desc"),
+    )
+    .await
 }

@@ -28,18 +28,37 @@ pub async fn read(
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    // Parse.
     let name = path.map(|Path(v)| v).unwrap_or_default();
-    check_profile(&headers)?;
-    let accept = negotiate(&headers)?;
-    let req = parse_read(&query_pairs(uri.query()))?;
+    read_view(&state, &claims, &name, &method, &uri, &headers, None).await
+}
+
+/// A PostgREST read of view `name` with the request's query, `default_order` when it names none.
+pub async fn read_view(
+    state: &AppState,
+    claims: &Claims,
+    name: &str,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    default_order: Option<&str>,
+) -> Result<Response, ApiError> {
+    // Parse.
+    check_profile(headers)?;
+    let accept = negotiate(headers)?;
+    let mut pairs = query_pairs(uri.query());
+    if let Some(order) = default_order {
+        if !pairs.iter().any(|(k, _)| k == "order") {
+            pairs.push(("order".into(), order.into()));
+        }
+    }
+    let req = parse_read(&pairs)?;
     let range = (method == Method::GET)
-        .then(|| parse_range_header(&headers))
+        .then(|| parse_range_header(headers))
         .flatten();
     // Plan.
     let cache = state.schema.get().ok_or_else(not_loaded)?;
-    let Some(view) = cache.views.get(&name) else {
-        let hint = closest(&name, cache.views.keys())
+    let Some(view) = cache.views.get(name) else {
+        let hint = closest(name, cache.views.keys())
             .map(|n| format!("Perhaps you meant the view {SCHEMA}.{n}"));
         return Err(ApiError::sqlstate(
             "42P01",
@@ -47,14 +66,14 @@ pub async fn read(
             hint,
         ));
     };
-    let plan = ReadPlan::new(view, &req, range, prefers_count(&headers))?;
+    let plan = ReadPlan::new(view, &req, range, prefers_count(headers))?;
     // SQL, run.
     let sql = sql::read::build(&plan)?;
     let ctx = RequestCtx {
-        caller: Caller::Token(&claims),
+        caller: Caller::Token(claims),
         method: method.as_str(),
         path: uri.path(),
-        headers: &headers,
+        headers,
         read_only: true,
     };
     let rows = db::run(&state.pools, &ctx, &sql.text, &sql.params).await?;

@@ -13,7 +13,10 @@
 //!   hold quota, so every event past the limit is decided on slot 0 with the exact total and the
 //!   overage flag is exact;
 //! * when a stripe runs dry and slot 0 has no headroom left to grant, the stripes are folded back
-//!   into slot 0 (their usage moved, their quota returned) and the event is decided there.
+//!   into slot 0 (their usage moved, their quota returned) and the event is decided there;
+//! * quota stops strictly short of the next alert value (`events/alerts.rs`; the limit is one),
+//!   and slot 0 may not cross one while stripes hold quota, so the event that crosses an alert is
+//!   decided on the exact total and the alert is recorded in its transaction.
 //!
 //! Lock order is always slot 0 first, then stripes in slot order. Unlimited counters get
 //! unbounded stripes (quota NULL); a plan or override change folds the account's stripes first.
@@ -363,8 +366,8 @@ enum Grant {
     Exhausted,
 }
 
-/// Under slot 0's lock, grants this backend's stripe enough quota for `qty`, if the limit leaves
-/// room; otherwise the stripes must be folded.
+/// Under slot 0's lock, grants this backend's stripe enough quota for `qty`, if the limit and the
+/// next of `fences` (alert values, ascending) leave room; otherwise the stripes must be folded.
 fn grant(
     client: &mut SpiClient<'_>,
     ns: Uuid,
@@ -372,6 +375,7 @@ fn grant(
     slot: i32,
     limit: Option<Decimal>,
     qty: Decimal,
+    fences: &[Decimal],
 ) -> MecResult<Grant> {
     let (used0, granted, stale) = {
         let mut args = c.args(ns, true);
@@ -396,8 +400,12 @@ fn grant(
                 .map(to_decimal)
                 .transpose()?
                 .unwrap_or_default();
-            let headroom = limit - used0 - granted;
-            if headroom < qty {
+            // Quota stops short of the next fence (an alert value, the limit among them), strictly:
+            // the event that reaches one is decided on slot 0 with the exact total.
+            let upper = used0 + granted;
+            let fenced = pg_mec_core::alerts::next_fence(fences, upper).filter(|f| *f <= limit);
+            let headroom = fenced.unwrap_or(limit) - upper;
+            if headroom < qty || (fenced.is_some() && headroom == qty) {
                 return Ok(Grant::Exhausted);
             }
             let share = (headroom / Decimal::from(2 * STRIPES)).floor();
@@ -421,6 +429,7 @@ pub fn meter(
     ev: &Event,
     eff: &Effective,
     c: &CounterKey<'_>,
+    fences: &[Decimal],
 ) -> MecResult<Option<Value>> {
     let slot = my_slot();
     for _ in 0..3 {
@@ -470,7 +479,8 @@ pub fn meter(
                 if let Some(v) = replay_if_recorded(client, ns, ev)? {
                     return Ok(Some(v));
                 }
-                if let Grant::Exhausted = grant(client, ns, c, slot, eff.policy.limit, ev.quantity)?
+                if let Grant::Exhausted =
+                    grant(client, ns, c, slot, eff.policy.limit, ev.quantity, fences)?
                 {
                     fold(client, ns, c)?;
                     return Ok(None);

@@ -93,6 +93,14 @@ stmt! {
 }
 
 stmt! {
+    /// The catalog's alert thresholds, read by metering (events/alerts.rs).
+    static SET_ALERT_THRESHOLDS: write (ns: uuid, thresholds: jsonb) =
+        "UPDATE mec_data.namespaces
+                 SET settings = jsonb_set(settings, '{alert_thresholds}', $2), updated_at = now()
+              WHERE namespace_id = $1 AND settings->'alert_thresholds' IS DISTINCT FROM $2";
+}
+
+stmt! {
     static ACCOUNTS_ON_PLAN: read (ns: uuid, plan_id: text) =
         "SELECT account_id FROM mec_data.accounts WHERE namespace_id = $1 AND plan_id = $2 ORDER BY account_id";
 }
@@ -143,6 +151,16 @@ pub fn load(client: &mut SpiClient<'_>, ns: Uuid, doc: &Value) -> MecResult<Valu
             &[ns.into(), default.plan_id.as_str().into()],
         )?;
     }
+    let thresholds: Vec<Value> = cat
+        .alert_thresholds
+        .iter()
+        .map(|t| crate::pg::values::num(*t))
+        .collect();
+    spi::write(
+        client,
+        &SET_ALERT_THRESHOLDS,
+        &[ns.into(), JsonB(Value::Array(thresholds)).into()],
+    )?;
     spi::write(
         client,
         &STORE_CATALOG,

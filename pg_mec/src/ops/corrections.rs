@@ -7,6 +7,7 @@ use pgrx::spi::SpiClient;
 use serde_json::{json, Value};
 
 use crate::cache::entitlement;
+use crate::events::alerts;
 use crate::ledger::audit::audit;
 use crate::ledger::keys::{claim_key, store_result};
 use crate::ledger::validate_key;
@@ -396,15 +397,31 @@ pub fn adjust(client: &mut SpiClient<'_>, ns: Uuid, req: &Adjustment) -> MecResu
         ],
     )?
     .one::<pgrx::AnyNumeric>()?;
-    if used
+    let used = used
         .as_ref()
         .map(crate::pg::values::to_decimal)
-        .transpose()?
-        .is_some_and(|u| u < Decimal::ZERO)
-    {
+        .transpose()?;
+    if used.is_some_and(|u| u < Decimal::ZERO) {
         return Err(MecError::invalid(
             "the adjustment would take usage below zero",
         ));
+    }
+    // A correction upwards crosses alerts as usage does (the stripes were folded: exact).
+    if let (Some(used), true) = (used, req.quantity > Decimal::ZERO) {
+        alerts::after_usage(
+            client,
+            ns,
+            &alerts::Usage {
+                account_id: req.account_id,
+                eff: &eff,
+                window: &window,
+                used,
+                consumption_id: row
+                    .get("consumption_id")
+                    .and_then(Value::as_str)
+                    .and_then(crate::pg::context::parse_uuid),
+            },
+        )?;
     }
 
     audit(

@@ -19,10 +19,12 @@ use pg_mec_core::quantity::{counter_ceiling, passes_bound};
 use pg_mec_core::Decimal;
 use pgrx::datum::{AnyNumeric, TimestampWithTimeZone, Uuid};
 use pgrx::spi::SpiClient;
+use pgrx::JsonB;
 use serde_json::Value;
 
 use crate::cache::entitlement::{self, Effective};
 use crate::counters::{stripes, usage, CounterKey};
+use crate::events::alerts;
 use crate::ledger::replay::{replay, replay_if_recorded};
 use crate::ledger::{Event, UsageResult};
 use crate::pg::spi::{self, stmt};
@@ -47,18 +49,23 @@ stmt! {
     /// quota granted to stripes (stripe_quota): while stripes hold quota, slot 0 alone may not cross
     /// the limit, nor act under a limit other than the one the quota was granted under (the stripes
     /// are folded back first), so limits and the overage flag stay exact. The parameters are the
-    /// first eleven of METER_PLAIN's (key, occurred_at and period_end unused, for the numbering).
+    /// first eleven of METER_PLAIN's (key, occurred_at and period_end unused, for the numbering),
+    /// then the alert values (`fences`, jsonb): while stripes hold quota, slot 0 may not cross one
+    /// either, so the event that crosses it is decided after a fold, on the exact total.
     static METER_SLOT0: write (ns: uuid, key: text, account_id: uuid, resource_type: text,
                                quantity: numeric, occurred_at: timestamptz, period_start: timestamptz,
                                period_end: timestamptz, ceiling: numeric, overage_from: numeric,
-                               floor: numeric) =
+                               floor: numeric, fences: jsonb) =
         "UPDATE mec_data.usage_counters
             SET used = used + $5, updated_at = now()
           WHERE namespace_id = $1 AND account_id = $3 AND resource_type = $4
             AND period_start = $7 AND slot = 0
             AND ($9::numeric IS NULL OR used + stripe_quota + $5 <= $9)
             AND (NOT striped OR (stripe_limit IS NOT DISTINCT FROM $10::numeric
-                                 AND ($10::numeric IS NULL OR used + stripe_quota + $5 <= $10)))
+                                 AND ($10::numeric IS NULL OR used + stripe_quota + $5 <= $10)
+                                 AND ($12::jsonb IS NULL OR NOT EXISTS (
+                                        SELECT 1 FROM jsonb_array_elements_text($12) f
+                                         WHERE f::numeric > used AND f::numeric <= used + stripe_quota + $5))))
             AND ($11::numeric IS NULL OR used + $5 >= $11)
           RETURNING used";
 }
@@ -201,17 +208,24 @@ pub fn meter(client: &mut SpiClient<'_>, ns: Uuid, ev: &Event, now_us: i64) -> M
         resource_type: &ev.resource_type,
         window,
     };
-    // Hot metered counters: meter on this backend's stripe (see counters/stripes.rs).
+    // Hot metered counters: meter on this backend's stripe (see counters/stripes.rs), which stops
+    // short of every alert value (events/alerts.rs).
     let stripable = eff.kind == Kind::Metered;
+    let fences = alerts::fences(client, ns, &eff)?;
     if stripable && stripes::is_hot(ns, &counter) {
-        if let Some(v) = stripes::meter(client, ns, ev, &eff, &counter)? {
+        if let Some(v) = stripes::meter(client, ns, ev, &eff, &counter, &fences)? {
             return Ok(v);
         }
     }
+    let fences_arg = (!fences.is_empty()).then(|| {
+        JsonB(Value::Array(
+            fences.iter().map(|f| Value::from(f.to_string())).collect(),
+        ))
+    });
     let mut slot0_locked = false;
     for attempt in 0..4 {
         let started = Instant::now();
-        let metered = run_meter(client, ns, ev, &window, guard)?;
+        let metered = run_meter(client, ns, ev, &window, guard, fences_arg.as_ref())?;
         if stripable && started.elapsed() >= stripes::CONTENDED {
             stripes::saw_slow(ns, &counter);
         }
@@ -222,6 +236,17 @@ pub fn meter(client: &mut SpiClient<'_>, ns: Uuid, ev: &Event, now_us: i64) -> M
                     // may be over; idle stripes go back into slot 0 (the total stays the same).
                     stripes::fold_if_idle(client, ns, &counter).map_err(MecError::after_write)?;
                 }
+                alerts::after_usage_written(
+                    client,
+                    ns,
+                    &alerts::Usage {
+                        account_id: ev.account_id,
+                        eff: &eff,
+                        window: &window,
+                        used,
+                        consumption_id: Some(id),
+                    },
+                )?;
                 return Ok(UsageResult {
                     consumption_id: id,
                     duplicate: false,
@@ -310,6 +335,7 @@ fn run_meter(
     ev: &Event,
     window: &Window,
     guard: Guard,
+    fences: Option<&JsonB>,
 ) -> MecResult<Metered> {
     let mut args = ev.ledger_args(ns, window);
     args.extend([
@@ -335,7 +361,14 @@ fn run_meter(
         }
     }
     // Striped, missing or refused: slot 0 decides, then the ledger row counts the stripes.
-    let Some(slot0) = spi::write(client, &METER_SLOT0, &args[..11])?.one::<AnyNumeric>()? else {
+    let mut slot0_args = ev.ledger_args(ns, window);
+    slot0_args.extend([
+        guard.ceiling.map(to_numeric).into(),
+        guard.overage_from.map(to_numeric).into(),
+        guard.floor.map(to_numeric).into(),
+        fences.map(|f| JsonB(f.0.clone())).into(),
+    ]);
+    let Some(slot0) = spi::write(client, &METER_SLOT0, &slot0_args)?.one::<AnyNumeric>()? else {
         return Ok(Metered {
             used: None,
             consumption_id: None,

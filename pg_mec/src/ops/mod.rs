@@ -1,7 +1,7 @@
 //! The operations of the SQL API, one module per contract group: each decides and records what
 //! its entry point (`api/`) was asked, with the rooms below.
 //!
-//! Imports: `counters`, `ledger`, `cache`, `pg`.
+//! Imports: `events`, `counters`, `ledger`, `cache`, `pg`.
 
 pub mod auth0;
 pub mod batch;
@@ -17,3 +17,4 @@ pub mod reservations;
 pub mod stripe;
 pub mod stripe_usage;
 pub mod summary;
+pub mod webhooks;

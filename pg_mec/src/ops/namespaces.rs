@@ -57,6 +57,23 @@ fn int_setting(key: &str, v: &Value, min: i64, max: i64) -> MecResult<()> {
     }
 }
 
+/// `webhook_retry_schedule`: the pauses (seconds) before each retry of a failed webhook delivery;
+/// past the last, a delivery is dead. At most 20, each up to a week.
+fn retry_schedule(v: &Value) -> MecResult<()> {
+    let ok = v.as_array().is_some_and(|a| {
+        a.len() <= 20
+            && a.iter()
+                .all(|x| x.as_i64().is_some_and(|n| (0..=604_800).contains(&n)))
+    });
+    if !ok {
+        return Err(MecError::invalid_hint(
+            format!("setting webhook_retry_schedule must be an array of at most 20 pauses in seconds (0 to 604800), got {v}"),
+            "The default, as Standard Webhooks suggests: [5, 300, 1800, 7200, 18000, 36000, 36000] (8 attempts over about a day).",
+        ));
+    }
+    Ok(())
+}
+
 /// Checks every key of `settings`; `null` removes a key. Unknown keys are refused (typos must not
 /// pass silently).
 fn validate(settings: &Map<String, Value>) -> MecResult<()> {
@@ -75,6 +92,7 @@ fn validate(settings: &Map<String, Value>) -> MecResult<()> {
                 return Err(MecError::invalid("setting stripe_usage_sync must be true or false"));
             }
             "stripe_usage_sync" => {}
+            "webhook_retry_schedule" => retry_schedule(v)?,
             "key_retention_days" => int_setting(key, v, 45, 3650)?,
             "late_event_days" => int_setting(key, v, 0, 365)?,
             "billing_anchor" => int_setting(key, v, 1, 31)?,
@@ -91,7 +109,7 @@ fn validate(settings: &Map<String, Value>) -> MecResult<()> {
             other => {
                 return Err(MecError::invalid_hint(
                     format!("unknown setting \"{other}\""),
-                    "Settings: default_plan_id, stripe_webhook_secret, stripe_webhook_tolerance_seconds, stripe_api_key, stripe_usage_sync, auth0_secret, key_retention_days, late_event_days, billing_anchor, overdue_action.",
+                    "Settings: default_plan_id, stripe_webhook_secret, stripe_webhook_tolerance_seconds, stripe_api_key, stripe_usage_sync, auth0_secret, key_retention_days, late_event_days, billing_anchor, overdue_action, webhook_retry_schedule.",
                 ))
             }
         }

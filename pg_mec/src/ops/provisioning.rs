@@ -6,6 +6,7 @@ use pgrx::datum::{JsonB, TimestampWithTimeZone, Uuid};
 use pgrx::spi::SpiClient;
 use serde_json::{json, Value};
 
+use crate::events::outbox;
 use crate::ledger::audit::audit;
 use crate::ledger::keys::{claim_key, store_result};
 use crate::pg::spi::{self, stmt};
@@ -224,7 +225,28 @@ pub fn remove_plan(
         &account.to_string(),
         json!({"previous_plan_id": previous}),
     )?;
+    plan_changed(client, ns, account, None, Some(&previous), effective_us)?;
     Ok(true)
+}
+
+/// Emits `account.plan_changed` (events/outbox.rs).
+fn plan_changed(
+    client: &mut SpiClient<'_>,
+    ns: Uuid,
+    account: Uuid,
+    plan_id: Option<&str>,
+    previous: Option<&str>,
+    effective_us: i64,
+) -> MecResult<()> {
+    outbox::emit(
+        client,
+        ns,
+        "account.plan_changed",
+        Some(account),
+        json!({"account_id": account.to_string(), "plan_id": plan_id, "previous_plan_id": previous,
+               "effective_at": crate::pg::values::iso8601(effective_us)}),
+    )?;
+    Ok(())
 }
 
 pub fn provision(client: &mut SpiClient<'_>, ns: Uuid, req: &Provision) -> MecResult<Value> {
@@ -317,6 +339,16 @@ pub fn provision(client: &mut SpiClient<'_>, ns: Uuid, req: &Provision) -> MecRe
             "provision_plan",
             &req.account_id.to_string(),
             json!({"plan_id": req.plan_id, "previous_plan_id": previous, "created": created}),
+        )?;
+    }
+    if !created && previous.as_deref() != Some(req.plan_id.as_str()) {
+        plan_changed(
+            client,
+            ns,
+            req.account_id,
+            Some(&req.plan_id),
+            previous.as_deref(),
+            req.effective_us,
         )?;
     }
     let result = json!({

@@ -15,6 +15,7 @@ use crate::cache::entitlement;
 use crate::counters::stripes;
 use crate::counters::usage;
 use crate::counters::CounterKey;
+use crate::events::alerts;
 use crate::ledger::replay::replay_if_recorded;
 use crate::ledger::{validate_key, Event, UsageResult};
 use crate::pg::spi::{self, stmt};
@@ -355,6 +356,17 @@ pub fn commit(
             "committed".into(),
             to_numeric(actual).into(),
         ],
+    )?;
+    alerts::after_usage(
+        client,
+        ns,
+        &alerts::Usage {
+            account_id: h.account_id,
+            eff: &eff,
+            window: &h.window,
+            used,
+            consumption_id: Some(consumption_id),
+        },
     )?;
     let ev = as_event(&h, actual, now_us);
     let overage = eff.policy.limit.is_some_and(|l| used > l);

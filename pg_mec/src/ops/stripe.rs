@@ -24,6 +24,7 @@ use pgrx::datum::{JsonB, TimestampWithTimeZone, Uuid};
 use pgrx::spi::SpiClient;
 use serde_json::{json, Value};
 
+use crate::events::outbox;
 use crate::ledger::audit::audit;
 use crate::ops::provisioning::{self, Provision};
 use crate::pg::context::parse_uuid;
@@ -850,13 +851,40 @@ fn set_payment(
     overdue: bool,
     event_at: TimestampWithTimeZone,
 ) -> MecResult<bool> {
-    Ok(spi::write(
+    let changed = spi::write(
         client,
         &SET_PAYMENT,
         &[ns.into(), account.into(), overdue.into(), event_at.into()],
     )?
     .one::<bool>()?
-    .unwrap_or(false))
+    .unwrap_or(false);
+    if changed {
+        payment_changed(client, ns, account, overdue, "stripe")?;
+    }
+    Ok(changed)
+}
+
+/// Emits `account.payment_overdue` or `account.payment_recovered` for a flag that changed.
+fn payment_changed(
+    client: &mut SpiClient<'_>,
+    ns: Uuid,
+    account: Uuid,
+    overdue: bool,
+    source: &str,
+) -> MecResult<()> {
+    let event = if overdue {
+        "account.payment_overdue"
+    } else {
+        "account.payment_recovered"
+    };
+    outbox::emit(
+        client,
+        ns,
+        event,
+        Some(account),
+        json!({"account_id": account.to_string(), "payment_overdue": overdue, "source": source}),
+    )?;
+    Ok(())
 }
 
 fn payment(
@@ -902,11 +930,14 @@ fn payment(
             ev.created().into(),
         ],
     )?;
-    if row.is_empty() {
+    let Some(changed) = row.first().map(|r| r.get::<bool>("changed")).transpose()? else {
         return Ok(Outcome::stale(
             account,
             "a newer payment event was applied already",
         ));
+    };
+    if changed == Some(true) {
+        payment_changed(client, ns, account, overdue, "stripe")?;
     }
     Ok(Outcome::applied(
         account,
@@ -953,6 +984,9 @@ pub fn set_payment_overdue(
     )?
     .one::<bool>()?
     .unwrap_or(false);
+    if changed {
+        payment_changed(client, ns, account, overdue, "admin")?;
+    }
     audit(
         client,
         ns,
