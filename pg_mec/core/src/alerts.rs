@@ -70,6 +70,18 @@ pub fn fences(thresholds: &[Decimal], limit: Decimal) -> Vec<Decimal> {
     v
 }
 
+/// The lowest alert value of `limit`: usage below it crosses nothing (a cheap first test).
+pub fn lowest(thresholds: &[Decimal], limit: Decimal) -> Option<Decimal> {
+    if limit <= Decimal::ZERO {
+        return None;
+    }
+    let first = thresholds
+        .first()
+        .and_then(|t| limit.checked_mul(*t))
+        .map(|v| v / Decimal::ONE_HUNDRED);
+    Some(first.map_or(limit, |f| f.min(limit)))
+}
+
 /// The first fence above `upper` (the most a counter may hold with what it granted), or `limit`.
 pub fn next_fence(fences: &[Decimal], upper: Decimal) -> Option<Decimal> {
     fences.iter().copied().find(|f| *f > upper)
@@ -101,6 +113,14 @@ mod tests {
         assert_eq!(next_fence(&f, d("4.5")), Some(d("5")));
         assert_eq!(next_fence(&f, d("5")), Some(d("10")));
         assert_eq!(next_fence(&f, d("10")), None);
+    }
+
+    #[test]
+    fn lowest_is_the_first_point() {
+        assert_eq!(lowest(&[d("50"), d("80")], d("200")), Some(d("100")));
+        assert_eq!(lowest(&[d("120")], d("200")), Some(d("200")));
+        assert_eq!(lowest(&[], d("7")), Some(d("7")));
+        assert_eq!(lowest(&[d("50")], Decimal::ZERO), None);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 
-use pg_mec_core::alerts::{fences as fences_of, parse_thresholds, points, Point};
+use pg_mec_core::alerts::{fences as fences_of, lowest, parse_thresholds, points, Point};
 use pg_mec_core::catalog::Kind;
 use pg_mec_core::period::Window;
 use pg_mec_core::Decimal;
@@ -124,6 +124,9 @@ pub fn after_usage(client: &mut SpiClient<'_>, ns: Uuid, u: &Usage<'_>) -> MecRe
         return Ok(0);
     };
     let thresholds = thresholds(client, ns)?;
+    if lowest(&thresholds, limit).is_none_or(|v| u.used < v) {
+        return Ok(0);
+    }
     let crossed: Vec<Point> = points(&thresholds, limit)
         .into_iter()
         .filter(|p| u.used >= p.value)

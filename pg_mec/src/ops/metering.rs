@@ -211,21 +211,16 @@ pub fn meter(client: &mut SpiClient<'_>, ns: Uuid, ev: &Event, now_us: i64) -> M
     // Hot metered counters: meter on this backend's stripe (see counters/stripes.rs), which stops
     // short of every alert value (events/alerts.rs).
     let stripable = eff.kind == Kind::Metered;
-    let fences = alerts::fences(client, ns, &eff)?;
     if stripable && stripes::is_hot(ns, &counter) {
+        let fences = alerts::fences(client, ns, &eff)?;
         if let Some(v) = stripes::meter(client, ns, ev, &eff, &counter, &fences)? {
             return Ok(v);
         }
     }
-    let fences_arg = (!fences.is_empty()).then(|| {
-        JsonB(Value::Array(
-            fences.iter().map(|f| Value::from(f.to_string())).collect(),
-        ))
-    });
     let mut slot0_locked = false;
     for attempt in 0..4 {
         let started = Instant::now();
-        let metered = run_meter(client, ns, ev, &window, guard, fences_arg.as_ref())?;
+        let metered = run_meter(client, ns, ev, &eff, &window, guard)?;
         if stripable && started.elapsed() >= stripes::CONTENDED {
             stripes::saw_slow(ns, &counter);
         }
@@ -333,9 +328,9 @@ fn run_meter(
     client: &mut SpiClient<'_>,
     ns: Uuid,
     ev: &Event,
+    eff: &Effective,
     window: &Window,
     guard: Guard,
-    fences: Option<&JsonB>,
 ) -> MecResult<Metered> {
     let mut args = ev.ledger_args(ns, window);
     args.extend([
@@ -361,12 +356,18 @@ fn run_meter(
         }
     }
     // Striped, missing or refused: slot 0 decides, then the ledger row counts the stripes.
+    let fences = alerts::fences(client, ns, eff)?;
+    let fences = (!fences.is_empty()).then(|| {
+        JsonB(Value::Array(
+            fences.iter().map(|f| Value::from(f.to_string())).collect(),
+        ))
+    });
     let mut slot0_args = ev.ledger_args(ns, window);
     slot0_args.extend([
         guard.ceiling.map(to_numeric).into(),
         guard.overage_from.map(to_numeric).into(),
         guard.floor.map(to_numeric).into(),
-        fences.map(|f| JsonB(f.0.clone())).into(),
+        fences.into(),
     ]);
     let Some(slot0) = spi::write(client, &METER_SLOT0, &slot0_args)?.one::<AnyNumeric>()? else {
         return Ok(Metered {
