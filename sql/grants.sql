@@ -67,7 +67,7 @@ GRANT EXECUTE ON FUNCTION
     TO mec_admin;
 GRANT EXECUTE ON FUNCTION mec.meter_consumption_batch(jsonb) TO mec_service;
 GRANT EXECUTE ON FUNCTION
-    mec.set_override(uuid, text, numeric, text, timestamptz, timestamptz, text, text),
+    mec.set_override(uuid, text, numeric, text, timestamptz, timestamptz, text, text, numeric, numeric),
     mec.grant_credits(uuid, text, numeric, timestamptz, text, text),
     mec.adjust_consumption(text, uuid, text, numeric, text, timestamptz),
     mec.forget_account(uuid)

@@ -665,3 +665,23 @@ GRANT EXECUTE ON FUNCTION
     mec.webhook_deliveries_due(integer),
     mec.webhook_delivery_result(uuid, integer, text, integer)
     TO mec_admin, mec_worker;
+
+-- ================================================================ controls: overrides follow the catalog's rule
+-- set_override takes p_overage_cap and p_grace (pg_mec/src/api/corrections.rs)
+DROP FUNCTION mec.set_override(uuid, text, numeric, text, timestamptz, timestamptz, text, text);
+CREATE FUNCTION mec."set_override"(
+	"p_account_id" uuid, /* Option < Uuid > */
+	"p_resource_type" TEXT, /* Option < & str > */
+	"p_limit" NUMERIC, /* Option < AnyNumeric > */
+	"p_enforcement" TEXT DEFAULT NULL, /* Option < & str > */
+	"p_valid_from" timestamp with time zone DEFAULT now(), /* Option < TimestampWithTimeZone > */
+	"p_valid_until" timestamp with time zone DEFAULT NULL, /* Option < TimestampWithTimeZone > */
+	"p_reason" TEXT DEFAULT NULL, /* Option < & str > */
+	"p_idempotency_key" TEXT DEFAULT NULL, /* Option < & str > */
+	"p_overage_cap" NUMERIC DEFAULT NULL, /* Option < AnyNumeric > */
+	"p_grace" NUMERIC DEFAULT NULL /* Option < AnyNumeric > */
+) RETURNS jsonb /* Jsonb */
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'set_override_wrapper';
+REVOKE ALL ON FUNCTION mec.set_override(uuid, text, numeric, text, timestamptz, timestamptz, text, text, numeric, numeric) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION mec.set_override(uuid, text, numeric, text, timestamptz, timestamptz, text, text, numeric, numeric) TO mec_admin;

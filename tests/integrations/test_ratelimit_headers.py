@@ -18,7 +18,7 @@ CAPPED = {
     "resources": [{"resource_type": "renders", "kind": "metered"},
                   {"resource_type": "calls", "kind": "rate", "window_seconds": 60}],
     "plans": [{"plan_id": "p", "default": True, "entitlements": {
-        "renders": {"limit": 3, "period": "month", "enforcement": "capped", "overage_cap": 2},
+        "renders": {"limit": 3, "period": "month", "enforcement": "capped", "overage_cap": 2, "grace": 0},
         "calls": {"limit": 2, "grace": 0}}}],
 }
 

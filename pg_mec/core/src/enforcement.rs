@@ -11,9 +11,9 @@
 //! | `within_limit` | yes | no | `used + requested <= limit` |
 //! | `soft_limit_exceeded` | yes | yes | soft, `used + requested > limit` |
 //! | `grace` | yes | yes | hard, over the limit but within `limit + grace` |
-//! | `overage_allowed` | yes | yes | capped, over the limit but within `limit + overage_cap` |
+//! | `overage_allowed` | yes | yes | capped, over the limit but within `limit + overage_cap + grace` |
 //! | `limit_exceeded` | no | no | hard, `used + requested > limit + grace` |
-//! | `overage_cap_reached` | no | no | capped, `used + requested > limit + overage_cap` |
+//! | `overage_cap_reached` | no | no | capped, `used + requested > limit + overage_cap + grace` |
 
 use std::fmt;
 use std::str::FromStr;
@@ -143,7 +143,7 @@ impl Policy {
 
     /// The grace in units: the configured `grace`, else `min(1% of limit, 100)`; zero when unlimited.
     ///
-    /// Only hard enforcement uses it (see [`Policy::ceiling`]).
+    /// Hard and capped enforcement use it (see [`Policy::ceiling`]); soft never denies.
     pub fn effective_grace(&self) -> Decimal {
         let Some(limit) = self.limit else {
             return Decimal::ZERO;
@@ -157,16 +157,18 @@ impl Policy {
         }
     }
 
-    /// The highest total usage ever allowed: hard → `limit + grace`; capped → `limit + overage_cap`
-    /// (no grace); soft or unlimited → `None`.
+    /// The highest total usage ever allowed: hard → `limit + grace`; capped → `limit + overage_cap +
+    /// grace` (the contract's "hard overage cap with grace"); soft or unlimited → `None`.
     pub fn ceiling(&self) -> Option<Decimal> {
         let limit = self.limit?;
         match self.enforcement {
             Enforcement::Soft => None,
             Enforcement::Hard => Some(limit.saturating_add(self.effective_grace())),
-            Enforcement::Capped => {
-                Some(limit.saturating_add(self.overage_cap.unwrap_or(Decimal::ZERO)))
-            }
+            Enforcement::Capped => Some(
+                limit
+                    .saturating_add(self.overage_cap.unwrap_or(Decimal::ZERO))
+                    .saturating_add(self.effective_grace()),
+            ),
         }
     }
 
@@ -201,7 +203,8 @@ impl Policy {
             .map(|limit| limit.saturating_sub(used).max(Decimal::ZERO))
     }
 
-    /// `used / limit * 100`, rounded half away from zero to 2 decimal places; `None` when unlimited.
+    /// `used / limit * 100`, truncated to 2 decimal places (so 100 only at the limit: 19 999.9 of
+    /// 20 000 is 99.99, not 100); `None` when unlimited.
     ///
     /// Not clamped: overage gives values above 100. A limit of 0 gives 100 when `used > 0`, else 0.
     pub fn percent_used(&self, used: Decimal) -> Option<Decimal> {
@@ -221,8 +224,45 @@ impl Policy {
                     .and_then(|r| r.checked_mul(Decimal::ONE_HUNDRED))
             })
             .unwrap_or(Decimal::MAX);
-        Some(pct.round_dp_with_strategy(2, RoundingStrategy::MidpointAwayFromZero))
+        Some(pct.round_dp_with_strategy(2, RoundingStrategy::ToZero))
     }
+}
+
+/// Which field of an entitlement a [`check_fields`] problem is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    Entitlement,
+    Grace,
+    OverageCap,
+}
+
+/// The rules of `enforcement`, `overage_cap` and `grace` together, for the catalog and for
+/// `set_override` alike: `capped` needs an overage cap and only `capped` has one; a soft limit never
+/// denies, so its grace can only be 0 (an explicit 0 is never an error).
+pub fn check_fields(
+    enforcement: Enforcement,
+    overage_cap: Option<Decimal>,
+    grace: Option<Decimal>,
+) -> Vec<(Field, String)> {
+    let mut out = Vec::new();
+    match (enforcement, overage_cap) {
+        (Enforcement::Capped, None) => out.push((
+            Field::Entitlement,
+            "capped enforcement needs 'overage_cap' (units allowed beyond the limit)".to_string(),
+        )),
+        (e, Some(_)) if e != Enforcement::Capped => out.push((
+            Field::OverageCap,
+            format!("overage_cap applies only to capped enforcement, not to {e} (add \"enforcement\": \"capped\")"),
+        )),
+        _ => {}
+    }
+    if enforcement == Enforcement::Soft && grace.is_some_and(|g| !g.is_zero()) {
+        out.push((
+            Field::Grace,
+            "grace applies only to hard and capped enforcement, not to soft".to_string(),
+        ));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -272,6 +312,25 @@ mod tests {
     }
 
     #[test]
+    fn fields_follow_one_rule() {
+        let cap = Some(Decimal::ONE);
+        assert!(check_fields(Enforcement::Capped, cap, Some(d("2"))).is_empty());
+        assert_eq!(
+            check_fields(Enforcement::Capped, None, None)[0].0,
+            Field::Entitlement
+        );
+        assert_eq!(
+            check_fields(Enforcement::Hard, cap, None)[0].0,
+            Field::OverageCap
+        );
+        assert_eq!(
+            check_fields(Enforcement::Soft, None, Some(d("1")))[0].0,
+            Field::Grace
+        );
+        assert!(check_fields(Enforcement::Soft, None, Some(Decimal::ZERO)).is_empty());
+    }
+
+    #[test]
     fn ceilings() {
         assert_eq!(
             pol(Some("100"), Enforcement::Hard).ceiling(),
@@ -279,10 +338,13 @@ mod tests {
         );
         assert_eq!(pol(Some("100"), Enforcement::Soft).ceiling(), None);
         assert_eq!(pol(None, Enforcement::Hard).ceiling(), None);
+        // capped: limit + overage_cap + grace (default grace min(1% of the limit, 100))
         let mut c = pol(Some("100"), Enforcement::Capped);
-        assert_eq!(c.ceiling(), Some(d("100")));
         c.overage_cap = Some(d("50"));
-        c.grace = Some(d("10")); // ignored for capped
+        assert_eq!(c.ceiling(), Some(d("151")));
+        c.grace = Some(d("10"));
+        assert_eq!(c.ceiling(), Some(d("160")));
+        c.grace = Some(Decimal::ZERO);
         assert_eq!(c.ceiling(), Some(d("150")));
     }
 
@@ -333,11 +395,16 @@ mod tests {
             (r.allowed, r.overage, r.reason),
             (true, true, "overage_allowed")
         );
+        // the cap's grace (default 1 % of the limit): 151 is the most
         let r = c.decide(d("120"), d("31"));
+        assert_eq!((r.allowed, r.reason), (true, "overage_allowed"));
+        let r = c.decide(d("120"), d("32"));
         assert_eq!(
             (r.allowed, r.overage, r.reason),
             (false, false, "overage_cap_reached")
         );
+        c.grace = Some(Decimal::ZERO);
+        assert_eq!(c.decide(d("120"), d("31")).reason, "overage_cap_reached");
         c.overage_cap = None;
         assert_eq!(c.decide(d("100"), d("0.5")).reason, "overage_cap_reached");
     }
@@ -369,7 +436,11 @@ mod tests {
         assert_eq!(p.percent_used(d("300")), Some(d("150")));
         let p = pol(Some("3"), Enforcement::Hard);
         assert_eq!(p.percent_used(d("1")), Some(d("33.33")));
-        assert_eq!(p.percent_used(d("2")), Some(d("66.67")));
+        assert_eq!(p.percent_used(d("2")), Some(d("66.66")));
+        // never 100 before the limit
+        let big = pol(Some("20000"), Enforcement::Hard);
+        assert_eq!(big.percent_used(d("19999.9")), Some(d("99.99")));
+        assert_eq!(big.percent_used(d("20000")), Some(d("100")));
         let z = pol(Some("0"), Enforcement::Hard);
         assert_eq!(z.percent_used(d("0")), Some(d("0")));
         assert_eq!(z.percent_used(d("1")), Some(d("100")));

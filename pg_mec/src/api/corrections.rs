@@ -10,7 +10,9 @@ use crate::pg::clock;
 use crate::pg::jsonb::Jsonb;
 
 /// Replaces the plan's limit for one account and resource from `p_valid_from` (until
-/// `p_valid_until`); `p_limit` NULL = unlimited. Returns the new entitlement row with
+/// `p_valid_until`); `p_limit` NULL = unlimited. `p_enforcement`, `p_overage_cap` and `p_grace`
+/// default to the plan row's, and follow the catalog's rule (capped needs an overage cap, only
+/// capped has one, soft has no grace). Returns the new entitlement row with
 /// `duplicate: false` (a replay of `p_idempotency_key`: the same row, `duplicate: true`).
 /// Raises `ME404` (unknown account/resource), `ME409` (key reused), `22023`, `42501`.
 #[pg_extern]
@@ -24,10 +26,15 @@ fn set_override(
     p_valid_until: default!(Option<TimestampWithTimeZone>, "NULL"),
     p_reason: default!(Option<&str>, "NULL"),
     p_idempotency_key: default!(Option<&str>, "NULL"),
+    p_overage_cap: default!(Option<AnyNumeric>, "NULL"),
+    p_grace: default!(Option<AnyNumeric>, "NULL"),
 ) -> Jsonb {
     Jsonb(api::write(|caller, client| {
         let ns = caller.namespace;
+        let dec = |v: Option<AnyNumeric>| v.map(|n| crate::pg::values::to_decimal(&n)).transpose();
         let req = Override {
+            overage_cap: dec(p_overage_cap)?,
+            grace: dec(p_grace)?,
             account_id: args::required(p_account_id, "p_account_id")?,
             resource_type: args::text(p_resource_type, "p_resource_type")?,
             limit: p_limit

@@ -15,11 +15,19 @@ use crate::pg::{MecError, MecResult};
 
 stmt! {
     /// The counter's slots (one row unless the counter is striped), summed in Rust: an aggregate
-    /// node would cost more to start per call than the rows cost to add.
+    /// node would cost more to start per call than the rows cost to add. Holds of reservations that
+    /// expired but were not given back yet (that happens lazily, when quota runs short) are taken
+    /// off, so a read never counts them.
     static COUNTER_SLOTS: read (ns: uuid, account_id: uuid, resource_type: text, period_start: timestamptz) =
         "SELECT used, updated_at
               FROM mec_data.usage_counters
-              WHERE namespace_id = $1 AND account_id = $2 AND resource_type = $3 AND period_start = $4";
+              WHERE namespace_id = $1 AND account_id = $2 AND resource_type = $3 AND period_start = $4
+         UNION ALL
+         SELECT -sum(quantity), NULL
+              FROM mec_data.reservations
+              WHERE namespace_id = $1 AND account_id = $2 AND resource_type = $3 AND period_start = $4
+                AND state = 'held' AND expires_at <= clock_timestamp()
+              HAVING count(*) > 0";
 }
 
 stmt! {

@@ -38,11 +38,11 @@ stmt! {
 stmt! {
     /// New accounts in one statement, each with its plan's rows valid from the Unix epoch (as
     /// `provision_plan` gives a new account) and its audit entry. Returns the accounts created.
-    static CREATE_MANY: write (ns: uuid, rows: jsonb, rows_from: timestamptz, actor: text) =
+    static CREATE_MANY: write (ns: uuid, rows: jsonb, rows_from: timestamptz, actor: text, plan_effective_at: timestamptz) =
         "WITH r AS (SELECT * FROM jsonb_to_recordset($2) AS r(account_id uuid, external_id text, plan_id text)),
               acc AS (INSERT INTO mec_data.accounts
                              (namespace_id, account_id, external_id, plan_id, plan_effective_at, billing_anchor_day)
-                      SELECT $1, r.account_id, r.external_id, r.plan_id, $3,
+                      SELECT $1, r.account_id, r.external_id, r.plan_id, $5,
                              (SELECT (n.settings->>'billing_anchor')::smallint
                                 FROM mec_data.namespaces n WHERE n.namespace_id = $1)
                         FROM r
@@ -415,6 +415,7 @@ fn create_new(
             JsonB(Value::Array(new_rows)).into(),
             timestamptz(0).into(),
             crate::pg::owner::caller_role().into(),
+            timestamptz(crate::pg::clock::now_us()).into(),
         ],
     )?
     .first()

@@ -187,7 +187,8 @@ pub fn load(client: &mut SpiClient<'_>, ns: Uuid, doc: &Value) -> MecResult<Valu
                 }
             }
             for account in accounts {
-                provisioning::apply_plan(client, ns, account, plan_id, crate::pg::clock::now_us())?;
+                let now = crate::pg::clock::now_us();
+                provisioning::apply_plan(client, ns, account, plan_id, now, now)?;
                 reprovisioned += 1;
             }
         }

@@ -1,6 +1,7 @@
 //! Operator corrections: per-account overrides and grants (new entitlement rows, never edits of
 //! the plan's), signed ledger adjustments, and forgetting an account.
 
+use pg_mec_core::enforcement::{check_fields, Enforcement, Field};
 use pg_mec_core::Decimal;
 use pgrx::datum::{JsonB, TimestampWithTimeZone, Uuid};
 use pgrx::spi::SpiClient;
@@ -20,6 +21,10 @@ pub struct Override {
     pub resource_type: String,
     pub limit: Option<Decimal>,
     pub enforcement: Option<String>,
+    /// `None`: the plan row's.
+    pub overage_cap: Option<Decimal>,
+    /// `None`: the plan row's.
+    pub grace: Option<Decimal>,
     pub valid_from_us: i64,
     pub valid_until_us: Option<i64>,
     pub reason: Option<String>,
@@ -52,7 +57,9 @@ stmt! {
 }
 
 stmt! {
-    static INSERT_ENTITLEMENT: write (ns: uuid, account_id: uuid, resource_type: text, source: text, quantity_limit: numeric, valid_from: timestamptz, valid_until: timestamptz, enforcement: text, reason: text) =
+    /// A new override or grant row. Its period, and unless `$12` (explicit) its enforcement, overage
+    /// cap and grace, come from the plan row in force at `$6`.
+    static INSERT_ENTITLEMENT: write (ns: uuid, account_id: uuid, resource_type: text, source: text, quantity_limit: numeric, valid_from: timestamptz, valid_until: timestamptz, enforcement: text, reason: text, overage_cap: numeric, grace: numeric, explicit: bool) =
         "WITH base AS (
                   SELECT period, enforcement, overage_cap, grace FROM mec_data.entitlements
                   WHERE namespace_id = $1 AND account_id = $2 AND resource_type = $3 AND source = 'plan'
@@ -63,8 +70,18 @@ stmt! {
                    overage_cap, grace, valid_from, valid_until, reason)
               SELECT $1, $2, $3, $4, $5, (SELECT period FROM base),
                      coalesce($8, (SELECT enforcement FROM base), 'hard'),
-                     (SELECT overage_cap FROM base), (SELECT grace FROM base), $6, $7, $9
+                     CASE WHEN $12 THEN $10 ELSE (SELECT overage_cap FROM base) END,
+                     CASE WHEN $12 THEN $11 ELSE (SELECT grace FROM base) END, $6, $7, $9
               RETURNING to_jsonb(e) - 'namespace_id'";
+}
+
+stmt! {
+    /// The plan row's enforcement, overage cap and grace at `$4` (what an override inherits).
+    static BASE_FIELDS: read (ns: uuid, account_id: uuid, resource_type: text, at: timestamptz) =
+        "SELECT enforcement, overage_cap, grace FROM mec_data.entitlements
+          WHERE namespace_id = $1 AND account_id = $2 AND resource_type = $3 AND source = 'plan'
+            AND valid_from <= $4 AND (valid_until IS NULL OR valid_until > $4)
+          ORDER BY valid_from DESC LIMIT 1";
 }
 
 stmt! {
@@ -127,6 +144,8 @@ struct NewEntitlement<'a> {
     from_us: i64,
     until_us: Option<i64>,
     enforcement: Option<&'a str>,
+    /// Explicit overage cap and grace (`None`: the plan row's).
+    fields: Option<(Option<Decimal>, Option<Decimal>)>,
     reason: Option<&'a str>,
 }
 
@@ -150,6 +169,9 @@ fn insert_entitlement(
             until.into(),
             e.enforcement.into(),
             e.reason.into(),
+            e.fields.and_then(|f| f.0).map(to_numeric).into(),
+            e.fields.and_then(|f| f.1).map(to_numeric).into(),
+            e.fields.is_some().into(),
         ],
     )?
     .one::<JsonB>()?
@@ -177,8 +199,8 @@ pub fn set_override(client: &mut SpiClient<'_>, ns: Uuid, req: &Override) -> Mec
         ));
     }
     let fingerprint = format!(
-        "{}|{}|{:?}|{:?}",
-        req.account_id, req.resource_type, req.limit, req.enforcement
+        "{}|{}|{:?}|{:?}|{:?}|{:?}",
+        req.account_id, req.resource_type, req.limit, req.enforcement, req.overage_cap, req.grace
     );
     if let Some(key) = &req.key {
         if let Some(v) = claim_key(client, ns, "set_override", key, &fingerprint)? {
@@ -192,6 +214,7 @@ pub fn set_override(client: &mut SpiClient<'_>, ns: Uuid, req: &Override) -> Mec
         &req.resource_type,
         req.valid_from_us,
     )?;
+    let fields = override_fields(client, ns, req)?;
     crate::counters::stripes::fold_account(client, ns, req.account_id)?;
     let from: TimestampWithTimeZone = timestamptz(req.valid_from_us);
     spi::write(
@@ -214,7 +237,8 @@ pub fn set_override(client: &mut SpiClient<'_>, ns: Uuid, req: &Override) -> Mec
             limit: req.limit,
             from_us: req.valid_from_us,
             until_us: req.valid_until_us,
-            enforcement: req.enforcement.as_deref(),
+            enforcement: Some(fields.0.as_str()),
+            fields: Some((fields.1, fields.2)),
             reason: req.reason.as_deref(),
         },
     )?;
@@ -229,6 +253,73 @@ pub fn set_override(client: &mut SpiClient<'_>, ns: Uuid, req: &Override) -> Mec
         store_result(client, ns, "set_override", key, &row)?;
     }
     Ok(first_time(row))
+}
+
+/// The override's enforcement, overage cap and grace: what it gives, else the plan row's, checked
+/// by the catalog's own rule (`pg_mec_core::enforcement::check_fields`).
+fn override_fields(
+    client: &SpiClient<'_>,
+    ns: Uuid,
+    req: &Override,
+) -> MecResult<(String, Option<Decimal>, Option<Decimal>)> {
+    let at: TimestampWithTimeZone = timestamptz(req.valid_from_us);
+    let (base_e, base_cap, base_grace) = match spi::read(
+        client,
+        &BASE_FIELDS,
+        &[
+            ns.into(),
+            req.account_id.into(),
+            req.resource_type.as_str().into(),
+            at.into(),
+        ],
+    )?
+    .first()
+    {
+        Some(row) => (
+            row.get::<String>("enforcement")?,
+            row.get::<pgrx::AnyNumeric>("overage_cap")?
+                .as_ref()
+                .map(crate::pg::values::to_decimal)
+                .transpose()?,
+            row.get::<pgrx::AnyNumeric>("grace")?
+                .as_ref()
+                .map(crate::pg::values::to_decimal)
+                .transpose()?,
+        ),
+        None => (None, None, None),
+    };
+    let name = req
+        .enforcement
+        .clone()
+        .or(base_e)
+        .unwrap_or_else(|| "hard".into());
+    let e: Enforcement = name
+        .parse()
+        .map_err(|_| MecError::invalid(format!("unknown enforcement \"{name}\"")))?;
+    let cap = match e {
+        Enforcement::Capped => req.overage_cap.or(base_cap),
+        _ => req.overage_cap,
+    };
+    let grace = match e {
+        Enforcement::Soft => req.grace,
+        _ => req.grace.or(base_grace),
+    };
+    if let Some((field, message)) = check_fields(e, cap, grace).into_iter().next() {
+        let arg = match field {
+            Field::Entitlement | Field::OverageCap => "p_overage_cap",
+            Field::Grace => "p_grace",
+        };
+        return Err(MecError::invalid_hint(
+            format!("{arg}: {message}"),
+            "Overrides follow the catalog's rule: capped needs p_overage_cap (or a plan row that has one), only capped has one, and soft has no grace.",
+        ));
+    }
+    if [cap, grace].iter().flatten().any(|d| *d < Decimal::ZERO) {
+        return Err(MecError::invalid(
+            "p_overage_cap and p_grace must not be negative",
+        ));
+    }
+    Ok((name, cap, grace))
 }
 
 /// A result as the first call returns it: `duplicate: false` (a replay's stored copy says true).
@@ -273,6 +364,7 @@ pub fn grant_credits(
             from_us: now_us,
             until_us: req.expires_us,
             enforcement: None,
+            fields: None,
             reason: req.reason.as_deref(),
         },
     )?;

@@ -96,15 +96,21 @@ stmt! {
         "SELECT coalesce((settings->>'late_event_days')::int4, 7) FROM mec_data.namespaces WHERE namespace_id = $1";
 }
 
+/// Events up to `FUTURE_TOLERANCE_US` ahead of the server's clock, and up to `late_event_days`
+/// plus the same tolerance behind it, are accepted (clients' clocks drift both ways; with
+/// `late_event_days = 0` only that tolerance).
 fn check_time(client: &SpiClient<'_>, ns: Uuid, occurred_us: i64, now_us: i64) -> MecResult<()> {
     if occurred_us > now_us + FUTURE_TOLERANCE_US {
-        return Err(MecError::invalid("p_occurred_at is in the future"));
+        return Err(MecError::invalid_hint(
+            "p_occurred_at is in the future",
+            "Events may be dated at most 5 minutes ahead of the database's clock.",
+        ));
     }
-    if occurred_us < now_us - DAY_US {
+    if occurred_us < now_us - FUTURE_TOLERANCE_US {
         let days = spi::read(client, &LATE_EVENT_DAYS, &[ns.into()])?
             .one::<i32>()?
             .unwrap_or(7);
-        if occurred_us < now_us - i64::from(days) * DAY_US {
+        if occurred_us < now_us - i64::from(days) * DAY_US - FUTURE_TOLERANCE_US {
             return Err(MecError::invalid_hint(
                 format!("p_occurred_at is more than {days} days in the past"),
                 "Late events are accepted for late_event_days (a namespace setting); record a correction with adjust_consumption instead.",

@@ -121,6 +121,7 @@ pub fn apply_plan(
     account: Uuid,
     plan_id: &str,
     effective_us: i64,
+    plan_effective_us: i64,
 ) -> MecResult<bool> {
     let at: TimestampWithTimeZone = timestamptz(effective_us);
     let diff = spi::read(
@@ -149,10 +150,11 @@ pub fn apply_plan(
             &[ns.into(), account.into(), plan_id.into(), at.into()],
         )?;
     }
+    let plan_at: TimestampWithTimeZone = timestamptz(plan_effective_us);
     spi::write(
         client,
         &SET_PLAN,
-        &[ns.into(), account.into(), plan_id.into(), at.into()],
+        &[ns.into(), account.into(), plan_id.into(), plan_at.into()],
     )?;
     Ok(diff > 0)
 }
@@ -323,7 +325,14 @@ pub fn provision(client: &mut SpiClient<'_>, ns: Uuid, req: &Provision) -> MecRe
     } else {
         req.effective_us
     };
-    let changed = apply_plan(client, ns, req.account_id, &req.plan_id, rows_from)?;
+    let changed = apply_plan(
+        client,
+        ns,
+        req.account_id,
+        &req.plan_id,
+        rows_from,
+        req.effective_us,
+    )?;
     let entitlements = spi::read(
         client,
         &PLAN_ENTITLEMENTS,

@@ -12,7 +12,7 @@ use serde_json::Value;
 use super::json::{boolean, check_keys, non_negative, parsed, required, type_name};
 use super::kind::Kind;
 use super::problem::{key_path, Problems};
-use crate::enforcement::{Enforcement, Policy};
+use crate::enforcement::{check_fields, Enforcement, Field, Policy};
 use crate::period::Period;
 
 const LIMIT_KEYS: &[&str] = &["limit", "period", "enforcement", "grace", "overage_cap"];
@@ -162,36 +162,25 @@ fn limited(
         Some(e) => parsed(e, &key_path(path, "enforcement"), probs),
     };
 
-    let grace = obj.get("grace").and_then(|g| {
-        let g_path = key_path(path, "grace");
-        let g = non_negative(g, &g_path, probs);
-        if let Some(e) = enforcement.filter(|e| *e != Enforcement::Hard) {
-            probs.push(
-                &g_path,
-                format!("grace applies only to hard enforcement, not to {e}"),
-            );
+    let grace = obj
+        .get("grace")
+        .and_then(|g| non_negative(g, &key_path(path, "grace"), probs));
+    let overage_cap = obj
+        .get("overage_cap")
+        .and_then(|c| non_negative(c, &key_path(path, "overage_cap"), probs));
+    if let Some(e) = enforcement {
+        // The presence of overage_cap counts, even when its value was refused above.
+        let cap = obj
+            .get("overage_cap")
+            .map(|_| overage_cap.unwrap_or_default());
+        for (field, message) in check_fields(e, cap, grace) {
+            let at = match field {
+                Field::Entitlement => path.to_string(),
+                Field::Grace => key_path(path, "grace"),
+                Field::OverageCap => key_path(path, "overage_cap"),
+            };
+            probs.push(&at, message);
         }
-        g
-    });
-
-    let overage_cap = obj.get("overage_cap").and_then(|c| {
-        let c_path = key_path(path, "overage_cap");
-        let c = non_negative(c, &c_path, probs);
-        if let Some(e) = enforcement.filter(|e| *e != Enforcement::Capped) {
-            probs.push(
-                &c_path,
-                format!(
-                    "overage_cap applies only to capped enforcement, not to {e} (add \"enforcement\": \"capped\")"
-                ),
-            );
-        }
-        c
-    });
-    if enforcement == Some(Enforcement::Capped) && !obj.contains_key("overage_cap") {
-        probs.push(
-            path,
-            "capped enforcement needs 'overage_cap' (units allowed beyond the limit)",
-        );
     }
 
     Some(PlanEntitlement {
@@ -335,13 +324,22 @@ mod tests {
         );
         assert_eq!(
             p,
-            vec!["$.e.res.grace: grace applies only to hard enforcement, not to soft"]
+            vec!["$.e.res.grace: grace applies only to hard and capped enforcement, not to soft"]
         );
-        let (_, p) = run(
+        let (e, p) = run(
             Kind::Metered,
             json!({"limit": 5, "enforcement": "capped", "overage_cap": 1, "grace": 1}),
         );
-        assert_eq!(p.len(), 1);
+        assert!(p.is_empty(), "{p:?}");
+        assert_eq!(e.unwrap().grace, Some(d("1")));
+        let (_, p) = run(
+            Kind::Metered,
+            json!({"limit": 5, "enforcement": "soft", "grace": 0}),
+        );
+        assert!(
+            p.is_empty(),
+            "an explicit grace of 0 is never an error: {p:?}"
+        );
         let (_, p) = run(
             Kind::Metered,
             json!({"limit": 5, "enforcement": "capped", "overage_cap": -1}),

@@ -275,7 +275,8 @@ mod tests {
         let runs = starter.entitlement("benchmark_runs").unwrap();
         assert_eq!(runs.enforcement, Enforcement::Capped);
         assert_eq!(runs.period, Some(Period::Month));
-        assert_eq!(runs.policy().ceiling(), Some(d("150")));
+        // limit 100 + overage_cap 50 + the default grace, 1
+        assert_eq!(runs.policy().ceiling(), Some(d("151")));
         assert_eq!(c.resource("api_requests").unwrap().window_seconds, Some(60));
         assert_eq!(
             c.plan_by_stripe_price("price_123").unwrap().plan_id,
