@@ -66,6 +66,7 @@ GRANT EXECUTE ON FUNCTION
     mec.expire_stale_leases()
     TO mec_admin;
 GRANT EXECUTE ON FUNCTION mec.meter_consumption_batch(jsonb) TO mec_service;
+GRANT EXECUTE ON FUNCTION mec.meter_usage(text, uuid, jsonb, timestamptz, jsonb, integer) TO mec_service;
 GRANT EXECUTE ON FUNCTION
     mec.set_override(uuid, text, numeric, text, timestamptz, timestamptz, text, text, numeric, numeric),
     mec.grant_credits(uuid, text, numeric, timestamptz, text, text),

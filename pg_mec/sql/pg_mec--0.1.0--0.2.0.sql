@@ -685,3 +685,17 @@ LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'set_override_wrapper';
 REVOKE ALL ON FUNCTION mec.set_override(uuid, text, numeric, text, timestamptz, timestamptz, text, text, numeric, numeric) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION mec.set_override(uuid, text, numeric, text, timestamptz, timestamptz, text, text, numeric, numeric) TO mec_admin;
+
+-- ---------------------------------------------------------------- meter_usage (pg_mec/src/api/metering.rs)
+CREATE FUNCTION mec."meter_usage"(
+	"p_idempotency_key" TEXT, /* Option < & str > */
+	"p_account_id" uuid, /* Option < Uuid > */
+	"p_items" jsonb, /* Option < JsonbArg > */
+	"p_occurred_at" timestamp with time zone DEFAULT now(), /* Option < TimestampWithTimeZone > */
+	"p_metadata" jsonb DEFAULT '{}', /* Option < JsonbArg > */
+	"p_http_status" INT DEFAULT NULL /* Option < i32 > */
+) RETURNS jsonb /* Jsonb */
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'meter_usage_wrapper';
+REVOKE ALL ON FUNCTION mec.meter_usage(text, uuid, jsonb, timestamptz, jsonb, integer) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION mec.meter_usage(text, uuid, jsonb, timestamptz, jsonb, integer) TO mec_service;

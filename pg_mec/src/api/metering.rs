@@ -65,3 +65,38 @@ fn meter_consumption_batch(p_events: Option<JsonbArg>) -> Jsonb {
         crate::ops::batch::meter_batch(client, ns, &events, clock::now_us())
     }))
 }
+
+/// Records several resources in one decision under one idempotency key, all or nothing:
+/// `p_items` is `[{"resource_type", "quantity"}, …]` (1 to 100, each resource once), each metered
+/// as `meter_consumption` meters an event (its ledger row keyed `<p_idempotency_key>/<resource_type>`).
+/// A refused item raises, and no item of the call is recorded.
+///
+/// Returns `{idempotency_key, account_id, duplicate, items: [{index, …the meter_consumption
+/// result}]}`; a replay of the key with the same items returns the first result with
+/// `duplicate: true`. Raises what `meter_consumption` raises (`ME429` naming the refused resource,
+/// `ME404`, `ME400`, `ME402`), `ME409` (key reused with other items), `22023` (bad items),
+/// `42501`.
+#[pg_extern]
+fn meter_usage(
+    p_idempotency_key: Option<&str>,
+    p_account_id: Option<Uuid>,
+    p_items: Option<JsonbArg>,
+    p_occurred_at: default!(Option<TimestampWithTimeZone>, "now()"),
+    p_metadata: default!(Option<JsonbArg>, "'{}'"),
+    p_http_status: default!(Option<i32>, "NULL"),
+) -> Jsonb {
+    Jsonb(api::write(|caller, client| {
+        let req = crate::ops::usage_items::Usage {
+            key: args::required(p_idempotency_key, "p_idempotency_key")?.to_string(),
+            account_id: args::required(p_account_id, "p_account_id")?,
+            items: args::required(p_items, "p_items")?.parse("p_items")?,
+            occurred_us: args::instant(p_occurred_at, "p_occurred_at")?,
+            metadata: p_metadata
+                .map(|j| j.parse("p_metadata"))
+                .transpose()?
+                .unwrap_or_else(|| serde_json::json!({})),
+            http_status: p_http_status,
+        };
+        crate::ops::usage_items::meter_usage(client, caller.namespace, &req, clock::now_us())
+    }))
+}

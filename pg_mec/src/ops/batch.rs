@@ -29,7 +29,8 @@ fn field_error(index: usize, message: String) -> MecError {
     MecError::invalid(format!("event {index}: {message}"))
 }
 
-fn decimal(v: &Value) -> Option<Decimal> {
+/// A JSON number or a decimal string, as an exact decimal.
+pub(crate) fn decimal(v: &Value) -> Option<Decimal> {
     match v {
         Value::Number(n) => Decimal::from_str(&n.to_string())
             .or_else(|_| Decimal::from_scientific(&n.to_string()))

@@ -17,4 +17,5 @@ pub mod reservations;
 pub mod stripe;
 pub mod stripe_usage;
 pub mod summary;
+pub mod usage_items;
 pub mod webhooks;
