@@ -144,3 +144,31 @@ def test_the_override_signature_is_the_one_granted(db):
     with pytest.raises(psycopg.Error):
         db.execute("SELECT 'mec.set_override(uuid, text, numeric, text, timestamptz, timestamptz, text, text)'"
                    "::regprocedure")
+
+
+def test_json_numbers_are_exact_decimals(ns_with, new_namespace, connect):
+    conn, account = ns_with({"limit": 100})
+    batch = conn.execute(
+        "SELECT mec.meter_consumption_batch(%s::jsonb)",
+        ('[{"idempotency_key": "j1", "account_id": "%s", "resource_type": "r", '
+         '"quantity": 0.1234567890123456789012345678},'
+         ' {"idempotency_key": "j2", "account_id": "%s", "resource_type": "r", "quantity": 0.1234567891}]'
+         % (account, account),)).fetchone()[0]
+    first, second = batch["results"]
+    assert first["status"] == "rejected" and first["error"]["code"] == "22023", first
+    assert "decimal places" in first["error"]["message"]
+    assert second["status"] == "recorded"
+    exact = conn.execute("SELECT quantity FROM mec.consumption WHERE idempotency_key = 'j2' "
+                         "AND account_id = %s::uuid", (account,)).fetchone()[0]
+    assert str(exact) == "0.1234567891"
+    # catalogs: a limit is what the document says, digit for digit (raw JSON text: Python's floats
+    # would round it before it is sent)
+    ns = new_namespace(catalog=None)
+    c = connect(namespace_id=ns)
+    c.execute("SELECT mec.load_catalog(%s::jsonb)", (
+        '{"resources": [{"resource_type": "r", "kind": "metered"}], "plans": ['
+        '{"plan_id": "p", "entitlements": {"r": {"limit": 99999999999999999999}}},'
+        '{"plan_id": "q", "entitlements": {"r": {"limit": 1.0000000000000001}}}]}',))
+    limits = dict(c.execute("SELECT plan_id, quantity_limit::text FROM mec_data.plan_entitlements "
+                            "WHERE namespace_id = %s::uuid", (ns,)).fetchall())
+    assert limits == {"p": "99999999999999999999", "q": "1.0000000000000001"}
