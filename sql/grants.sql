@@ -50,7 +50,8 @@ GRANT EXECUTE ON FUNCTION mec.current_namespace(), mec.current_account() TO mec_
 GRANT EXECUTE ON FUNCTION
     mec.current_namespace(), mec.current_account(),
     mec.check_entitlement(uuid, text, numeric),
-    mec.usage_summary(uuid)
+    mec.usage_summary(uuid),
+    mec.usage_history(uuid, text, timestamptz, timestamptz, text, text)
     TO mec_user;
 GRANT EXECUTE ON FUNCTION
     mec.meter_consumption(text, uuid, text, numeric, timestamptz, jsonb, integer),

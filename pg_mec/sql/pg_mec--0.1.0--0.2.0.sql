@@ -699,3 +699,18 @@ LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'meter_usage_wrapper';
 REVOKE ALL ON FUNCTION mec.meter_usage(text, uuid, jsonb, timestamptz, jsonb, integer) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION mec.meter_usage(text, uuid, jsonb, timestamptz, jsonb, integer) TO mec_service;
+
+-- ---------------------------------------------------------------- usage_history (pg_mec/src/api/entitlements.rs)
+CREATE FUNCTION mec."usage_history"(
+	"p_account_id" uuid, /* Option < Uuid > */
+	"p_resource_type" TEXT, /* Option < & str > */
+	"p_from" timestamp with time zone, /* Option < TimestampWithTimeZone > */
+	"p_to" timestamp with time zone DEFAULT now(), /* Option < TimestampWithTimeZone > */
+	"p_bucket" TEXT DEFAULT 'day', /* Option < & str > */
+	"p_group_by" TEXT DEFAULT NULL /* Option < & str > */
+) RETURNS jsonb /* Jsonb */
+STABLE PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'usage_history_wrapper';
+REVOKE ALL ON FUNCTION mec.usage_history(uuid, text, timestamptz, timestamptz, text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION mec.usage_history(uuid, text, timestamptz, timestamptz, text, text) TO mec_user;

@@ -48,3 +48,40 @@ fn usage_summary(p_account_id: Option<Uuid>) -> Jsonb {
         summary::usage_summary(client, ns, account, clock::now_us())
     }))
 }
+
+/// An account's usage of one resource from `p_from` to `p_to` (exclusive), from the ledger: usage
+/// events and corrections, summed per `p_bucket` (`hour`, `day` or `month`: UTC, by `occurred_at`),
+/// and per value of the metadata key `p_group_by` when given (e.g. `model_class`). Read-only.
+///
+/// Returns `{account_id, resource_type, from, to, bucket, group_by, total, billable_total,
+/// buckets: [{start, group, quantity, billable_quantity, events, adjustments}]}` (empty buckets
+/// left out). Raises `22023` (bad bucket or range, more than 10 000 buckets), `ME404` (unknown
+/// account or resource type), `42501` (no namespace; a `mec_user` asking about another account).
+#[pg_extern(stable, parallel_safe)]
+fn usage_history(
+    p_account_id: Option<Uuid>,
+    p_resource_type: Option<&str>,
+    p_from: Option<TimestampWithTimeZone>,
+    p_to: default!(Option<TimestampWithTimeZone>, "now()"),
+    p_bucket: default!(Option<&str>, "'day'"),
+    p_group_by: default!(Option<&str>, "NULL"),
+) -> Jsonb {
+    Jsonb(api::read(|caller, client| {
+        let account = args::required(p_account_id, "p_account_id")?;
+        caller.require_account_access(account)?;
+        let resource = args::text(p_resource_type, "p_resource_type")?;
+        let from = args::instant(p_from, "p_from")?;
+        let to = args::instant(p_to, "p_to")?;
+        let bucket = args::text(p_bucket, "p_bucket")?;
+        crate::ops::history::usage_history(
+            client,
+            caller.namespace,
+            account,
+            &resource,
+            from,
+            to,
+            &bucket,
+            p_group_by,
+        )
+    }))
+}

@@ -9,6 +9,7 @@ pub mod bindings;
 pub mod bulk;
 pub mod catalog;
 pub mod corrections;
+pub mod history;
 pub mod leases;
 pub mod metering;
 pub mod namespaces;
