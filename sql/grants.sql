@@ -49,8 +49,8 @@ GRANT EXECUTE ON FUNCTION mec.current_namespace(), mec.current_account() TO mec_
 -- Functions. create_namespace, bind_role and unbind_role are for the database owner only (no grant).
 GRANT EXECUTE ON FUNCTION
     mec.current_namespace(), mec.current_account(),
-    mec.check_entitlement(uuid, text, numeric),
-    mec.usage_summary(uuid),
+    mec.check_entitlement(uuid, text, numeric, timestamptz),
+    mec.usage_summary(uuid, timestamptz),
     mec.usage_history(uuid, text, timestamptz, timestamptz, text, text)
     TO mec_user;
 GRANT EXECUTE ON FUNCTION

@@ -714,3 +714,27 @@ LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'usage_history_wrapper';
 REVOKE ALL ON FUNCTION mec.usage_history(uuid, text, timestamptz, timestamptz, text, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION mec.usage_history(uuid, text, timestamptz, timestamptz, text, text) TO mec_user;
+
+-- ---------------------------------------------------------------- as-of reads (pg_mec/src/api/entitlements.rs)
+DROP FUNCTION mec.check_entitlement(uuid, text, numeric);
+DROP FUNCTION mec.usage_summary(uuid);
+CREATE FUNCTION mec."check_entitlement"(
+	"p_account_id" uuid, /* Option < Uuid > */
+	"p_resource_type" TEXT, /* Option < & str > */
+	"p_requested_qty" NUMERIC DEFAULT 1, /* Option < AnyNumeric > */
+	"p_as_of" timestamp with time zone DEFAULT NULL /* Option < TimestampWithTimeZone > */
+) RETURNS jsonb /* Jsonb */
+STABLE PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'check_entitlement_wrapper';
+
+CREATE FUNCTION mec."usage_summary"(
+	"p_account_id" uuid, /* Option < Uuid > */
+	"p_as_of" timestamp with time zone DEFAULT NULL /* Option < TimestampWithTimeZone > */
+) RETURNS jsonb /* Jsonb */
+STABLE PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'usage_summary_wrapper';
+
+REVOKE ALL ON FUNCTION mec.check_entitlement(uuid, text, numeric, timestamptz), mec.usage_summary(uuid, timestamptz) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION mec.check_entitlement(uuid, text, numeric, timestamptz), mec.usage_summary(uuid, timestamptz) TO mec_user;

@@ -15,13 +15,18 @@ use crate::pg::jsonb::Jsonb;
 /// quantity_remaining, percent_used, period_start, period_end, enforcement}`; a denial is an
 /// answer (HTTP 200), not an error. Features answer with `quantity_allowed` 1 or 0.
 ///
-/// Raises `22023` (NULL or negative quantity), `42501` (no namespace; a `mec_user` asking about
-/// another account), `ME404` (unknown account or resource type).
+/// With `p_as_of`, answers as it would have at that instant: the entitlement in force then
+/// (plan rows, overrides and grants by their validity windows) and the usage the ledger had
+/// recorded by then (adds `as_of`).
+///
+/// Raises `22023` (NULL or negative quantity, `p_as_of` in the future), `42501` (no namespace; a
+/// `mec_user` asking about another account), `ME404` (unknown account or resource type).
 #[pg_extern(stable, parallel_safe)]
 fn check_entitlement(
     p_account_id: Option<Uuid>,
     p_resource_type: Option<&str>,
     p_requested_qty: default!(Option<AnyNumeric>, 1),
+    p_as_of: default!(Option<TimestampWithTimeZone>, "NULL"),
 ) -> Jsonb {
     Jsonb(api::read(|caller, client| {
         let ns = caller.namespace;
@@ -29,23 +34,47 @@ fn check_entitlement(
         let resource = args::text(p_resource_type, "p_resource_type")?;
         let qty = args::quantity(p_requested_qty, "p_requested_qty")?;
         caller.require_account_access(account)?;
-        summary::check(client, ns, account, &resource, qty, clock::now_us())
+        match as_of(p_as_of)? {
+            None => summary::check(client, ns, account, &resource, qty, clock::now_us()),
+            Some(at) => summary::check_as_of(client, ns, account, &resource, qty, at),
+        }
     }))
+}
+
+/// `p_as_of`, which may not be in the future.
+fn as_of(p_as_of: Option<TimestampWithTimeZone>) -> crate::pg::MecResult<Option<i64>> {
+    let Some(at) = p_as_of else {
+        return Ok(None);
+    };
+    let at = args::instant(Some(at), "p_as_of")?;
+    if at > clock::now_us() {
+        return Err(crate::pg::MecError::invalid(
+            "p_as_of must not be in the future",
+        ));
+    }
+    Ok(Some(at))
 }
 
 /// Everything an account may use and has used: `{account_id, external_id, plan, plan_name,
 /// payment_overdue, features: {<resource>: {kind, current, limit, remaining, reset_date,
-/// last_updated, enforcement}}}`. Read-only.
+/// last_updated, enforcement}}}`. Read-only. With `p_as_of`, as it stood at that instant (see
+/// `check_entitlement`; adds `as_of`).
 ///
 /// Raises `22023` (NULL account), `42501` (no namespace; a `mec_user` asking about another
 /// account), `ME404` (unknown account).
 #[pg_extern(stable, parallel_safe)]
-fn usage_summary(p_account_id: Option<Uuid>) -> Jsonb {
+fn usage_summary(
+    p_account_id: Option<Uuid>,
+    p_as_of: default!(Option<TimestampWithTimeZone>, "NULL"),
+) -> Jsonb {
     Jsonb(api::read(|caller, client| {
         let ns = caller.namespace;
         let account = args::required(p_account_id, "p_account_id")?;
         caller.require_account_access(account)?;
-        summary::usage_summary(client, ns, account, clock::now_us())
+        match as_of(p_as_of)? {
+            None => summary::usage_summary(client, ns, account, clock::now_us(), false),
+            Some(at) => summary::usage_summary(client, ns, account, at, true),
+        }
     }))
 }
 

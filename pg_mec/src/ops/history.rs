@@ -1,14 +1,22 @@
-//! `usage_history`: an account's usage of one resource over time, from the ledger — usage events
-//! and corrections, bucketed by hour, day or calendar month (UTC) of `occurred_at`, optionally
-//! grouped by a key of the events' metadata (e.g. `model_class`). Read-only; one indexed scan of
-//! the account's ledger rows in the range (`consumption_by_account`).
+//! Usage in the past, from the ledger: `usage_history` (an account's usage of one resource over
+//! time — usage events and corrections, bucketed by hour, day or calendar month (UTC) of
+//! `occurred_at`, optionally grouped by a key of the events' metadata) and the usage an
+//! `as of` answer counts ([`usage_at`]: what was recorded by that instant). Read-only; indexed
+//! scans of the account's ledger rows in a range (`consumption_by_account`).
 
 use pgrx::datum::{JsonB, TimestampWithTimeZone, Uuid};
 use pgrx::spi::SpiClient;
 use serde_json::{json, Value};
 
+use pg_mec_core::catalog::Kind;
+use pg_mec_core::period::sliding_estimate;
+use pg_mec_core::Decimal;
+use pgrx::datum::AnyNumeric;
+
+use crate::cache::entitlement::Effective;
+use crate::counters::usage::Usage;
 use crate::pg::spi::{self, stmt};
-use crate::pg::values::{iso8601, timestamptz};
+use crate::pg::values::{iso8601, timestamptz, to_decimal, unix_us};
 use crate::pg::{MecError, MecResult};
 
 /// Buckets in one answer at most (a year of hours is 8 760).
@@ -43,6 +51,115 @@ stmt! {
                 coalesce(sum(quantity), 0)::text AS total,
                 coalesce(sum(billable_quantity), 0)::text AS billable_total
            FROM b";
+}
+
+stmt! {
+    /// What the ledger held for one counter at `$6`: billable rows of the period recorded by then
+    /// (late events and corrections recorded later were not known yet).
+    static RECORDED_BY: read (ns: uuid, account_id: uuid, resource_type: text, period_start: timestamptz,
+                              period_end: timestamptz, at: timestamptz) =
+        "SELECT coalesce(sum(quantity), 0) AS used, max(recorded_at) AS updated
+           FROM mec_data.consumption
+          WHERE namespace_id = $1 AND account_id = $2 AND resource_type = $3
+            AND occurred_at >= $4 AND ($5::timestamptz IS NULL OR occurred_at < $5)
+            AND period_start = $4 AND billable AND recorded_at <= $6";
+}
+
+stmt! {
+    /// Leases held at `$4` (by their acquisition and release; a renewal's earlier expiry is not kept).
+    static LEASES_AT: read (ns: uuid, account_id: uuid, resource_type: text, at: timestamptz) =
+        "SELECT count(*)::int4 AS active, max(acquired_at) AS last_acquired, min(expires_at) AS soonest_expiry
+           FROM mec_data.leases
+          WHERE namespace_id = $1 AND account_id = $2 AND resource_type = $3
+            AND acquired_at <= $4 AND (released_at IS NULL OR released_at > $4) AND expires_at > $4";
+}
+
+fn recorded_by(
+    client: &SpiClient<'_>,
+    ns: Uuid,
+    account: Uuid,
+    resource: &str,
+    window: &pg_mec_core::period::Window,
+    at_us: i64,
+) -> MecResult<(Decimal, Option<i64>)> {
+    let start: TimestampWithTimeZone = timestamptz(window.start_us);
+    let end: Option<TimestampWithTimeZone> = window.end_us.map(timestamptz);
+    let at: TimestampWithTimeZone = timestamptz(at_us);
+    let (used, updated) = spi::read(
+        client,
+        &RECORDED_BY,
+        &[
+            ns.into(),
+            account.into(),
+            resource.into(),
+            start.into(),
+            end.into(),
+            at.into(),
+        ],
+    )?
+    .two::<AnyNumeric, TimestampWithTimeZone>("used", "updated")?;
+    Ok((
+        used.as_ref()
+            .map(to_decimal)
+            .transpose()?
+            .unwrap_or_default(),
+        updated.and_then(|t| unix_us(t).ok()),
+    ))
+}
+
+/// The usage `eff` limited at `at_us`, as the ledger knew it then (the `as of` answers).
+pub fn usage_at(
+    client: &SpiClient<'_>,
+    ns: Uuid,
+    account: Uuid,
+    eff: &Effective,
+    at_us: i64,
+) -> MecResult<Usage> {
+    let window = eff.window(at_us);
+    let resource = eff.resource_type.as_str();
+    match eff.kind {
+        Kind::Concurrency => {
+            let at: TimestampWithTimeZone = timestamptz(at_us);
+            let (count, last, soonest) = spi::read(
+                client,
+                &LEASES_AT,
+                &[ns.into(), account.into(), resource.into(), at.into()],
+            )?
+            .three::<i32, TimestampWithTimeZone, TimestampWithTimeZone>(
+                "active",
+                "last_acquired",
+                "soonest_expiry",
+            )?;
+            Ok(Usage {
+                used: Decimal::from(count.unwrap_or(0)),
+                window,
+                updated_us: last.and_then(|t| unix_us(t).ok()),
+                reset_us: soonest.and_then(|t| unix_us(t).ok()),
+            })
+        }
+        Kind::Rate => {
+            let (current, updated) = recorded_by(client, ns, account, resource, &window, at_us)?;
+            let len = window.len_us().unwrap_or(0);
+            let previous_window = eff.window(window.start_us - len);
+            let (previous, _) =
+                recorded_by(client, ns, account, resource, &previous_window, at_us)?;
+            Ok(Usage {
+                used: sliding_estimate(previous, current, &window, at_us),
+                window,
+                updated_us: updated,
+                reset_us: window.end_us,
+            })
+        }
+        _ => {
+            let (used, updated) = recorded_by(client, ns, account, resource, &window, at_us)?;
+            Ok(Usage {
+                used,
+                window,
+                updated_us: updated,
+                reset_us: window.end_us,
+            })
+        }
+    }
 }
 
 fn bucket_seconds(bucket: &str) -> Option<i64> {

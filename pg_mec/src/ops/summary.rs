@@ -8,6 +8,7 @@ use serde_json::{json, Map, Value};
 
 use crate::cache::entitlement;
 use crate::counters::usage;
+use crate::ops::history;
 use crate::pg::spi::{self, stmt};
 use crate::pg::values::{num, opt_num, timestamptz, ts_json};
 use crate::pg::{MecError, MecResult};
@@ -18,6 +19,16 @@ stmt! {
               FROM mec_data.accounts a
               LEFT JOIN mec_data.plans p ON p.namespace_id = a.namespace_id AND p.plan_id = a.plan_id
               WHERE a.namespace_id = $1 AND a.account_id = $2";
+}
+
+stmt! {
+    /// The plan whose rows were in force at `$3` (an `as of` summary's plan).
+    static PLAN_AT: read (ns: uuid, account_id: uuid, at: timestamptz) =
+        "SELECT e.plan_id, p.name AS plan_name FROM mec_data.entitlements e
+              LEFT JOIN mec_data.plans p ON p.namespace_id = e.namespace_id AND p.plan_id = e.plan_id
+              WHERE e.namespace_id = $1 AND e.account_id = $2 AND e.source = 'plan'
+                AND e.valid_from <= $3 AND (e.valid_until IS NULL OR e.valid_until > $3)
+              ORDER BY e.valid_from DESC LIMIT 1";
 }
 
 stmt! {
@@ -46,11 +57,38 @@ pub fn check(
     Ok(usage::check_result(&eff, &used, requested))
 }
 
+/// `check` as it would have answered at `at_us`: the entitlement in force then (plan rows,
+/// overrides, grants by their validity windows) and the usage the ledger had recorded by then.
+pub fn check_as_of(
+    client: &SpiClient<'_>,
+    ns: Uuid,
+    account: Uuid,
+    resource: &str,
+    requested: Decimal,
+    at_us: i64,
+) -> MecResult<Value> {
+    if requested < Decimal::ZERO {
+        return Err(MecError::invalid(format!(
+            "p_requested_qty must not be negative, got {requested}"
+        )));
+    }
+    let eff = entitlement::resolve(client, ns, account, resource, at_us)?;
+    let used = history::usage_at(client, ns, account, &eff, at_us)?;
+    let mut out = usage::check_result(&eff, &used, requested);
+    if let Some(o) = out.as_object_mut() {
+        o.insert("as_of".into(), ts_json(Some(at_us)));
+    }
+    Ok(out)
+}
+
+/// Everything an account may use and has used at `now_us`; with `as_of`, as the ledger and the
+/// entitlements' validity windows say it stood at that instant.
 pub fn usage_summary(
     client: &SpiClient<'_>,
     ns: Uuid,
     account: Uuid,
     now_us: i64,
+    as_of: bool,
 ) -> MecResult<Value> {
     let Some(row) = spi::read(client, &ACCOUNT, &[ns.into(), account.into()])?
         .into_iter()
@@ -59,8 +97,16 @@ pub fn usage_summary(
         return Err(MecError::unknown("account", account.to_string()));
     };
     let external_id = row.get::<String>("external_id")?;
-    let plan_id = row.get::<String>("plan_id")?;
-    let plan_name = row.get::<String>("plan_name")?;
+    let mut plan_id = row.get::<String>("plan_id")?;
+    let mut plan_name = row.get::<String>("plan_name")?;
+    if as_of {
+        let at: TimestampWithTimeZone = timestamptz(now_us);
+        (plan_id, plan_name) =
+            match spi::read(client, &PLAN_AT, &[ns.into(), account.into(), at.into()])?.first() {
+                Some(r) => (r.get::<String>("plan_id")?, r.get::<String>("plan_name")?),
+                None => (None, None),
+            };
+    }
     let overdue = row.get::<bool>("payment_overdue")?.unwrap_or(false);
 
     let now: TimestampWithTimeZone = timestamptz(now_us);
@@ -81,7 +127,11 @@ pub fn usage_summary(
             json!({"kind": "feature", "enabled": eff.enabled, "current": Value::Null, "limit": if eff.enabled { 1 } else { 0 },
                    "remaining": Value::Null, "reset_date": Value::Null, "last_updated": Value::Null})
         } else {
-            let u = usage::read(client, ns, account, &eff, now_us)?;
+            let u = if as_of {
+                history::usage_at(client, ns, account, &eff, now_us)?
+            } else {
+                usage::read(client, ns, account, &eff, now_us)?
+            };
             json!({
                 "kind": eff.kind.as_str(),
                 "current": num(u.used),
@@ -96,12 +146,16 @@ pub fn usage_summary(
         };
         features.insert(resource, entry);
     }
-    Ok(json!({
+    let mut out = json!({
         "account_id": account.to_string(),
         "external_id": external_id,
         "plan": plan_id,
         "plan_name": plan_name,
         "payment_overdue": overdue,
         "features": features,
-    }))
+    });
+    if as_of {
+        out["as_of"] = ts_json(Some(now_us));
+    }
+    Ok(out)
 }

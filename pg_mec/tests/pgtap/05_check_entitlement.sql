@@ -126,7 +126,7 @@ SELECT ok(pg_temp.chk('f_off') ->> 'reason' IS NOT NULL, 'a feature denial has a
 
 -- ---------------------------------------------------------------- read-only
 SELECT is(
-    (SELECT provolatile FROM pg_proc WHERE oid = 'mec.check_entitlement(uuid, text, numeric)'::regprocedure),
+    (SELECT provolatile FROM pg_proc WHERE oid = 'mec.check_entitlement(uuid, text, numeric, timestamptz)'::regprocedure),
     's', 'check_entitlement is declared STABLE (read-only)');
 SELECT is(pg_temp.state(), (SELECT s FROM snap WHERE k = 'before'),
     'the checks above changed no row (ledger, counters, leases, accounts)');

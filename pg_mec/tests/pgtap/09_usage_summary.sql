@@ -95,7 +95,7 @@ SELECT is(mec.usage_summary('7e570000-0009-4000-8000-000000000102') -> 'payment_
     'payment_overdue reflects the account');
 
 SELECT is(
-    (SELECT provolatile FROM pg_proc WHERE oid = 'mec.usage_summary(uuid)'::regprocedure),
+    (SELECT provolatile FROM pg_proc WHERE oid = 'mec.usage_summary(uuid, timestamptz)'::regprocedure),
     's', 'usage_summary is declared STABLE (read-only)');
 SELECT throws_ok($$SELECT mec.usage_summary('7e570000-0009-4000-8000-000000000199')$$, 'ME404', NULL, 'unknown account: ME404');
 SELECT throws_ok($$SELECT mec.usage_summary(NULL)$$, '22023', NULL, 'NULL account: 22023');
