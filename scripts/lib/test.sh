@@ -2,7 +2,7 @@
 # `scripts/mec test`: `up`, then every suite against the real cluster.
 # All suites run even when one fails; the exit code is non-zero on any failure.
 #
-# Switches: MEC_TEST_ONLY="cargo pgtap isolation pytest" runs a subset. Which test goes in
+# Switches: MEC_TEST_ONLY="cargo pgtap isolation pytest crash" runs a subset. Which test goes in
 # which suite: CONTRIBUTING.md.
 
 SUITE_PASSED=()
@@ -62,7 +62,7 @@ suite_counts() {
     isolation)
       grep -Eo '(All [0-9]+ tests passed|[0-9]+ of [0-9]+ tests failed)' "$log" | tail -n 1 || true
       ;;
-    pytest)
+    pytest | crash)
       grep -E '^=*[ ]*[0-9]+ (passed|failed|error)' "$log" | tail -n 1 | sed -E 's/^=+ //; s/ =+$//' || true
       ;;
   esac
@@ -147,8 +147,22 @@ suite_pytest() {
   fi
   cd "$MEC_ROOT"
   local rc=0
-  "$venv/bin/python" -m pytest -q -p no:cacheprovider --timeout="${MEC_PYTEST_TIMEOUT:-600}" tests/ || rc=$?
+  "$venv/bin/python" -m pytest -q -p no:cacheprovider --timeout="${MEC_PYTEST_TIMEOUT:-600}" \
+    --ignore=tests/crash tests/ || rc=$?
   # 5 = no tests collected
+  if ((rc == 5)); then exit 77; fi
+  exit "$rc"
+}
+
+# The crash tests kill the cluster and the gateway (then bring them back with `up`), so they run
+# last, on their own, in the pytest suite's virtualenv.
+suite_crash() {
+  local venv="$MEC_DIR/venv"
+  [[ -d $MEC_ROOT/tests/crash && -x $venv/bin/python ]] || exit 77
+  cd "$MEC_ROOT"
+  local rc=0
+  "$venv/bin/python" -m pytest -q -s -p no:cacheprovider --timeout="${MEC_PYTEST_TIMEOUT:-600}" \
+    tests/crash || rc=$?
   if ((rc == 5)); then exit 77; fi
   exit "$rc"
 }
@@ -167,6 +181,7 @@ cmd_test() {
   run_suite pgtap suite_pgtap
   run_suite isolation suite_isolation
   run_suite pytest suite_pytest
+  run_suite crash suite_crash
 
   echo
   step "summary"
