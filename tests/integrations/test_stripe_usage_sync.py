@@ -6,13 +6,8 @@ all end with Stripe holding every billable unit once. See docs/integrations.md."
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
-import socket
-import subprocess
 import threading
 import time
-import urllib.request
 import uuid
 from decimal import Decimal
 from pathlib import Path
@@ -23,6 +18,7 @@ from psycopg.types.json import Jsonb
 
 import stripe_events as se
 from stripe_helpers import PRICE_STARTER
+from own_gateway import Gateway as OwnGateway
 from stripe_standin import StandIn
 
 pytestmark = [pytest.mark.gateway, pytest.mark.slow]
@@ -31,50 +27,11 @@ REPO = Path(__file__).resolve().parents[2]
 API_KEY = "sk_test_" + uuid.uuid4().hex
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Gateway:
-    """A mec-gateway process of the test's own (the release binary `scripts/mec up` built)."""
-
-    def __init__(self, standin_url: str, **extra: str):
-        env = dict(os.environ)
-        for line in (REPO / ".mec" / "gateway.env").read_text().splitlines():
-            k, _, v = line.partition("=")
-            if k:
-                env[k] = v
-        self.url = f"http://127.0.0.1:{_free_port()}"
-        env.update({"MEC_GATEWAY_ADDR": self.url.removeprefix("http://"),
-                    "MEC_STRIPE_API_BASE": standin_url, "MEC_STRIPE_TIMEOUT_MS": "1500",
-                    "MEC_LOG": "warn"})
-        env.update(extra)
-        binary = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target")) / "release" / "mec-gateway"
-        self.proc = subprocess.Popen([str(binary)], env=env, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
-        deadline = time.time() + 20
-        while time.time() < deadline:
-            try:
-                urllib.request.urlopen(self.url + "/ready", timeout=1)
-                return
-            except OSError:
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError("the test gateway did not become ready")
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill()
+def Gateway(standin_url: str, **extra: str) -> OwnGateway:  # noqa: N802 (reads as the class it makes)
+    """A gateway of the test's own pointed at the Stripe stand-in."""
+    settings = {"MEC_STRIPE_API_BASE": standin_url, "MEC_STRIPE_TIMEOUT_MS": "1500"}
+    settings.update(extra)
+    return OwnGateway(**settings)
 
 
 @pytest.fixture(scope="module")
