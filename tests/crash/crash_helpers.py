@@ -89,3 +89,24 @@ def ledger_counts(conn: psycopg.Connection, namespace: str, keys: list[str]) -> 
 def record(results: dict[str, Any], lock, key: str, value: Any) -> None:
     with lock:
         results[key] = value
+
+
+def gateway_pid(e: dict[str, str]) -> int:
+    """The running gateway's pid: its pid file (the supervised gateway), else the mec-gateway
+    process serving MEC_GATEWAY_ADDR (the systemd unit's)."""
+    pid_file = REPO / ".mec" / "gateway.pid"
+    if pid_file.exists():
+        pid = int(pid_file.read_text().strip())
+        if Path(f"/proc/{pid}").exists():
+            return pid
+    addr = e.get("MEC_GATEWAY_ADDR", "127.0.0.1:8000").encode()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if (b"mec-gateway" in (proc / "cmdline").read_bytes()
+                    and b"MEC_GATEWAY_ADDR=" + addr in (proc / "environ").read_bytes()):
+                return int(proc.name)
+        except OSError:
+            continue
+    raise AssertionError("no running gateway found")

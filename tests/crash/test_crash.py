@@ -16,7 +16,7 @@ import uuid
 import psycopg
 from psycopg.types.json import Jsonb
 
-from crash_helpers import (REPO, bring_back, check_counters_equal_ledger, connect, kill_postmaster, ledger_counts,
+from crash_helpers import (REPO, bring_back, gateway_pid, check_counters_equal_ledger, connect, kill_postmaster, ledger_counts,
                       wait_for)
 
 CATALOG = {
@@ -200,8 +200,7 @@ def test_gateway_killed_mid_request_clients_retry(mec_env):
     for t in threads:
         t.start()
     time.sleep(1.0)
-    pid = int((REPO / ".mec" / "gateway.pid").read_text().strip())
-    os.kill(pid, signal.SIGKILL)
+    os.kill(gateway_pid(e), signal.SIGKILL)
     killed_at = time.time()
     wait_for(lambda: requests.get(e["MEC_GATEWAY_URL"] + "/ready", timeout=1).status_code == 200, 60,
              "the supervised gateway to come back")
