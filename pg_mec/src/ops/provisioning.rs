@@ -169,6 +169,21 @@ pub fn default_plan(client: &SpiClient<'_>, ns: Uuid) -> MecResult<Option<String
     spi::read(client, &DEFAULT_PLAN, &[ns.into()])?.one::<String>()
 }
 
+/// External ids are not blank and at most 255 bytes (they are indexed, and `bulk_provision` has
+/// the same bound).
+pub fn check_external_id(ext: &str) -> MecResult<()> {
+    if ext.trim().is_empty() {
+        return Err(MecError::invalid("p_external_id must not be empty"));
+    }
+    if ext.len() > 255 {
+        return Err(MecError::invalid(format!(
+            "p_external_id is {} bytes long; at most 255",
+            ext.len()
+        )));
+    }
+    Ok(())
+}
+
 /// Creates the account with no plan unless it exists. Returns whether it was created.
 pub fn create_account(
     client: &mut SpiClient<'_>,
@@ -176,6 +191,9 @@ pub fn create_account(
     account: Uuid,
     external_id: Option<&str>,
 ) -> MecResult<bool> {
+    if let Some(ext) = external_id {
+        check_external_id(ext)?;
+    }
     Ok(!spi::write(
         client,
         &CREATE_ACCOUNT,
@@ -283,9 +301,7 @@ pub fn provision(client: &mut SpiClient<'_>, ns: Uuid, req: &Provision) -> MecRe
         Some(true) => {}
     }
     if let Some(ext) = &req.external_id {
-        if ext.trim().is_empty() {
-            return Err(MecError::invalid("p_external_id must not be empty"));
-        }
+        check_external_id(ext)?;
         let owner = spi::read(
             client,
             &EXTERNAL_ID_OWNER,
