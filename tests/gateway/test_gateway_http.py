@@ -73,7 +73,8 @@ def test_no_token_is_401(http, demo_account):
 
 @pytest.mark.parametrize("case", ["bad_signature", "expired", "role_postgres",
                                   "role_authenticator", "role_anon", "no_role", "garbage",
-                                  "alg_none"])
+                                  "alg_none", "not_yet_valid", "role_quoted", "role_injection",
+                                  "role_owner", "alg_hs512", "alg_rs256_header"])
 def test_bad_tokens_are_401(http, secret, demo_ns, demo_account, case):
     now = int(time.time())
     claims = {"role": "mec_service", "namespace_id": demo_ns, "exp": now + 600}
@@ -91,6 +92,30 @@ def test_bad_tokens_are_401(http, secret, demo_ns, demo_account, case):
         t = jwt.encode({k: v for k, v in claims.items() if k != "role"}, secret, algorithm="HS256")
     elif case == "alg_none":
         t = jwt.encode(claims, None, algorithm="none")
+    elif case == "not_yet_valid":
+        t = jwt.encode({**claims, "nbf": now + 600}, secret, algorithm="HS256")
+    elif case == "role_quoted":
+        t = jwt.encode({**claims, "role": '"mec_admin"'}, secret, algorithm="HS256")
+    elif case == "role_injection":
+        t = jwt.encode({**claims, "role": "mec_admin; RESET ROLE"}, secret, algorithm="HS256")
+    elif case == "role_owner":
+        t = jwt.encode({**claims, "role": "mec_owner"}, secret, algorithm="HS256")
+    elif case == "alg_hs512":
+        t = jwt.encode(claims, secret, algorithm="HS512")
+    elif case == "alg_rs256_header":
+        # key confusion: an RS256 header over an HMAC made with the shared secret
+        import base64
+        import hashlib
+        import hmac
+        import json as _json
+
+        def b64(b: bytes) -> str:
+            return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+
+        head = b64(_json.dumps({"alg": "RS256", "typ": "JWT"}).encode())
+        body = b64(_json.dumps(claims).encode())
+        sig = hmac.new(secret.encode(), f"{head}.{body}".encode(), hashlib.sha256).digest()
+        t = f"{head}.{body}.{b64(sig)}"
     else:
         t = "not.a.jwt"
     r = http.post("/api/rpc/check_entitlement", headers=bearer(t),
