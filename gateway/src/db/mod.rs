@@ -307,6 +307,23 @@ pub async fn call(
     finish(&mut checkout, ctx, result)
 }
 
+/// [`call`] of a function returning one jsonb (selected `::text`): its value. `what` names the
+/// function family in the error when the answer is not one JSON row.
+pub async fn call_json(
+    pools: &Pools,
+    ctx: &RequestCtx<'_>,
+    select: &str,
+    params: &[Option<String>],
+    what: &str,
+) -> Result<serde_json::Value, ApiError> {
+    let rows = call(pools, ctx, select, params).await?;
+    let row = rows
+        .first()
+        .ok_or_else(|| ApiError::Internal(format!("{what} returned no row")))?;
+    let text: String = column(row, 0)?;
+    serde_json::from_str(&text).map_err(|e| ApiError::Internal(format!("{what} JSON: {e}")))
+}
+
 /// Run `sql` with text parameters in the caller's role, in one transaction with the request
 /// settings set first (what a view read needs).
 pub async fn run(

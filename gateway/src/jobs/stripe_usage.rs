@@ -83,12 +83,7 @@ async fn call(
             read_only: false,
         },
     };
-    let rows = db::call(&state.pools, &ctx, select, params).await?;
-    let row = rows
-        .first()
-        .ok_or_else(|| ApiError::Internal("a usage function returned no row".into()))?;
-    let text: String = db::column(row, 0)?;
-    serde_json::from_str(&text).map_err(|e| ApiError::Internal(format!("usage function JSON: {e}")))
+    db::call_json(&state.pools, &ctx, select, params, "a usage function").await
 }
 
 /// The form and path of one outbox row, as Stripe's API takes them.

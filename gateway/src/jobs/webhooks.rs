@@ -40,13 +40,7 @@ async fn call(
         headers: &empty,
         read_only: false,
     };
-    let rows = db::call(&state.pools, &ctx, select, params).await?;
-    let row = rows
-        .first()
-        .ok_or_else(|| ApiError::Internal("a webhook function returned no row".into()))?;
-    let text: String = db::column(row, 0)?;
-    serde_json::from_str(&text)
-        .map_err(|e| ApiError::Internal(format!("webhook function JSON: {e}")))
+    db::call_json(&state.pools, &ctx, select, params, "a webhook function").await
 }
 
 /// What one attempt got: the HTTP status (0: none), the error, the endpoint's `Retry-After`.
