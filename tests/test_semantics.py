@@ -172,3 +172,26 @@ def test_json_numbers_are_exact_decimals(ns_with, new_namespace, connect):
     limits = dict(c.execute("SELECT plan_id, quantity_limit::text FROM mec_data.plan_entitlements "
                             "WHERE namespace_id = %s::uuid", (ns,)).fetchall())
     assert limits == {"p": "99999999999999999999", "q": "1.0000000000000001"}
+
+
+def test_a_rate_denials_reset_at_is_when_the_retry_is_allowed(new_namespace, connect, expect_sqlstate):
+    import json as _json
+
+    ns = new_namespace(catalog={"resources": [{"resource_type": "r", "kind": "rate", "window_seconds": 60}],
+                                "plans": [{"plan_id": "p", "default": True,
+                                           "entitlements": {"r": {"limit": 10, "grace": 0}}}]})
+    conn = connect(namespace_id=ns)
+    account = str(uuid.uuid4())
+    conn.execute("SELECT mec.provision_plan(p_account_id => %s::uuid, p_plan_id => 'p')", (account,))
+    for i in range(10):
+        meter(conn, account, 1, key=f"k{i}")
+    with expect_sqlstate("ME429") as err:
+        meter(conn, account, 1, key="over")
+    [policy] = _json.loads(err.value.diag.message_detail)["violated_policies"]
+    reset = datetime.fromisoformat(policy["reset_at"].replace("Z", "+00:00"))
+    assert reset > datetime.now(timezone.utc)
+    # a second before reset_at the retry is still refused; at reset_at it is allowed
+    if reset - timedelta(seconds=1) > datetime.now(timezone.utc):
+        with expect_sqlstate("ME429"):
+            meter(conn, account, 1, key="early", occurred_at=reset - timedelta(seconds=1))
+    assert meter(conn, account, 1, key="on-time", occurred_at=reset + timedelta(milliseconds=1))["billable"] is True

@@ -2,7 +2,7 @@
 //! gauge and rate resources (sliding estimate for rates), held leases for concurrency.
 
 use pg_mec_core::catalog::Kind;
-use pg_mec_core::period::{sliding_estimate, Window};
+use pg_mec_core::period::{sliding_estimate, sliding_fit_at, Window};
 use pg_mec_core::Decimal;
 use pgrx::datum::{AnyNumeric, TimestampWithTimeZone, Uuid};
 use pgrx::spi::SpiClient;
@@ -134,6 +134,34 @@ pub fn read(
             })
         }
     }
+}
+
+/// For a rate: when `requested` more units first fit under the ceiling if nothing else is counted
+/// meanwhile (a denial's true `reset_at`); `None` for other kinds, no ceiling, or never.
+pub fn rate_fit_at(
+    client: &SpiClient<'_>,
+    ns: Uuid,
+    account: Uuid,
+    eff: &Effective,
+    at_us: i64,
+    requested: Decimal,
+) -> MecResult<Option<i64>> {
+    let (Kind::Rate, Some(ceiling)) = (eff.kind, eff.policy.ceiling()) else {
+        return Ok(None);
+    };
+    let window = eff.window(at_us);
+    let len = window.len_us().unwrap_or(0);
+    let (current, _) = counter(client, ns, account, &eff.resource_type, window.start_us)?;
+    let (previous, _) = counter(
+        client,
+        ns,
+        account,
+        &eff.resource_type,
+        window.start_us - len,
+    )?;
+    Ok(sliding_fit_at(
+        previous, current, &window, at_us, ceiling, requested,
+    ))
 }
 
 /// The answer of `check_entitlement` for `requested` more units.

@@ -441,10 +441,16 @@ fn record_unbilled(
 
 /// Why the guarded update matched nothing: over the ceiling (ME429) or, for gauges, below zero.
 fn refusal(client: &SpiClient<'_>, ns: Uuid, ev: &Event, eff: &Effective) -> MecError {
-    let usage = match usage::read(client, ns, ev.account_id, eff, ev.occurred_us) {
+    let mut usage = match usage::read(client, ns, ev.account_id, eff, ev.occurred_us) {
         Ok(u) => u,
         Err(e) => return e,
     };
+    // A rate's window slides: its reset is when this request would fit, not the bucket's end.
+    match usage::rate_fit_at(client, ns, ev.account_id, eff, ev.occurred_us, ev.quantity) {
+        Ok(Some(at)) => usage.reset_us = Some(at),
+        Ok(None) => {}
+        Err(e) => return e,
+    }
     if passes_bound(usage.used, ev.quantity) {
         return MecError::invalid_hint(
             format!(
