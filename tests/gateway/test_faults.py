@@ -109,6 +109,7 @@ def test_a_statement_timeout_records_nothing(tenant):
         started = time.time()
         r = meter(gw, token, account, "t1")
         assert r.status_code == 500 and r.json()["code"] == "57014", r.text
+        assert "statement timeout" in r.json()["message"] and "idempotency key" in r.json()["hint"], r.text
         assert time.time() - started < 3
         assert conn.execute("SELECT count(*) FROM mec_data.consumption WHERE namespace_id = %s "
                             "AND idempotency_key = 't1'", (ns,)).fetchone()[0] == 0

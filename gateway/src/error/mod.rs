@@ -277,15 +277,24 @@ impl IntoResponse for ApiError {
                     return problem::payment_required(&err, instance.as_deref());
                 }
                 if status.is_server_error() {
+                    // A timeout, a lock not granted, a serialization failure or a deadlock says
+                    // nothing internal and is worth retrying: say so. Other server errors stay masked.
+                    let retryable =
+                        matches!(err.code.as_str(), "57014" | "55P03" | "40001" | "40P01");
                     let message = if status == StatusCode::SERVICE_UNAVAILABLE {
                         "Database unavailable"
+                    } else if retryable {
+                        err.message.as_str()
                     } else {
                         "Internal server error"
                     };
+                    let hint = retryable.then_some(
+                        "Retry the request; with the same idempotency key it is recorded once.",
+                    );
                     let mut resp = json_response(
                         status,
                         JSON,
-                        &pgrst_body(Some(&err.code), message, None, None),
+                        &pgrst_body(Some(&err.code), message, None, hint),
                     );
                     resp.extensions_mut().insert(ErrorCause(format!(
                         "{}: {} (detail: {:?}, hint: {:?})",
