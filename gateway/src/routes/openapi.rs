@@ -35,6 +35,14 @@ pub fn type_schema(t: &str) -> Value {
     }
 }
 
+/// `schema` that also admits null (OpenAPI 3.0's `nullable`).
+fn nullable(mut schema: Value) -> Value {
+    if let Value::Object(o) = &mut schema {
+        o.insert("nullable".into(), Value::Bool(true));
+    }
+    schema
+}
+
 fn error_ref() -> Value {
     json!({"description": "Error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}})
 }
@@ -52,16 +60,23 @@ fn function_paths(f: &Function) -> Value {
             required.push(Value::String(a.name.clone()));
         }
     }
+    // A function may return NULL (current_account without an account).
     let result = if f.returns_set {
-        json!({"type": "array", "items": type_schema(&f.return_type)})
+        json!({"type": "array", "items": nullable(type_schema(&f.return_type))})
     } else {
-        type_schema(&f.return_type)
+        nullable(type_schema(&f.return_type))
+    };
+    let problem = |what: &str| {
+        json!({"description": format!("{what} (RFC 9457 problem details)"),
+               "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}})
     };
     let responses = json!({
         "200": {"description": "Result", "content": {"application/json": {"schema": result}}},
         "400": error_ref(), "401": error_ref(), "403": error_ref(), "404": error_ref(),
-        "429": {"description": "Limit reached (RFC 9457 problem details)",
-                "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}},
+        "405": error_ref(), "409": error_ref(), "410": error_ref(), "413": error_ref(), "422": error_ref(),
+        "402": problem("Payment overdue"),
+        "429": problem("Limit reached"),
+        "503": error_ref(), "504": error_ref(),
     });
     let summary = f
         .description
@@ -107,7 +122,8 @@ fn view_schema(v: &View) -> Value {
         .columns
         .iter()
         .map(|c| {
-            let mut s = type_schema(&c.type_name);
+            // A view promises no NOT NULL: any column may be null.
+            let mut s = nullable(type_schema(&c.type_name));
             if let Value::Object(o) = &mut s {
                 o.insert("x-pg-type".into(), c.type_name.clone().into());
             }
@@ -143,7 +159,8 @@ fn view_path(v: &View) -> Value {
                 "application/json": {"schema": {"type": "array", "items": {"$ref": format!("#/components/schemas/{}", v.name)}}},
                 "application/vnd.pgrst.object+json": {"schema": {"$ref": format!("#/components/schemas/{}", v.name)}}}},
             "206": {"description": "Partial content (with Prefer: count=exact)"},
-            "400": error_ref(), "401": error_ref(), "403": error_ref(), "406": error_ref(), "416": error_ref(),
+            "400": error_ref(), "401": error_ref(), "403": error_ref(), "404": error_ref(), "406": error_ref(),
+            "416": error_ref(), "503": error_ref(), "504": error_ref(),
         },
     }})
 }
@@ -165,8 +182,13 @@ pub fn document(cache: &SchemaCache, role: Option<Role>) -> Value {
             "type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"},
             "detail": {"type": "string"}, "instance": {"type": "string"},
             "violated-policies": {"type": "array", "items": {"type": "object", "properties": {
-                "policy": {"type": "string"}, "limit": {"type": "number"}, "current": {"type": "number"},
-                "window": {"type": "integer", "nullable": true}, "reset_at": {"type": "string", "format": "date-time"}}}},
+                "policy": {"type": "string"}, "kind": {"type": "string"},
+                "limit": {"type": "number", "nullable": true}, "ceiling": {"type": "number", "nullable": true},
+                "current": {"type": "number"},
+                "window": {"nullable": true, "description": "the period (month, day, hour, lifetime) or a rate's seconds"},
+                "window_seconds": {"type": "integer", "nullable": true},
+                "reset_at": {"type": "string", "format": "date-time", "nullable": true},
+                "enforcement": {"type": "string"}}}},
             "code": {"type": "string"}, "message": {"type": "string"},
             "details": {"type": "string", "nullable": true}, "hint": {"type": "string", "nullable": true}}}),
     );
