@@ -158,6 +158,8 @@ CREATE TABLE mec_data.usage_counters (
     striped       boolean     NOT NULL DEFAULT false, -- slot 0: stripes may hold usage or quota
     stripe_limit  numeric,                          -- slot 0: the limit the quotas were granted under
     updated_at    timestamptz NOT NULL DEFAULT now(),
+    -- slot 0: a reservation has held quota here (reads then leave out expired holds)
+    has_holds     boolean     NOT NULL DEFAULT false,
     PRIMARY KEY (namespace_id, account_id, resource_type, period_start, slot),
     FOREIGN KEY (namespace_id, account_id) REFERENCES mec_data.accounts (namespace_id, account_id) ON DELETE CASCADE
 ) WITH (fillfactor = 70);

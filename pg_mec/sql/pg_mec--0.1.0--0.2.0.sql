@@ -738,3 +738,10 @@ AS 'MODULE_PATHNAME', 'usage_summary_wrapper';
 
 REVOKE ALL ON FUNCTION mec.check_entitlement(uuid, text, numeric, timestamptz), mec.usage_summary(uuid, timestamptz) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION mec.check_entitlement(uuid, text, numeric, timestamptz), mec.usage_summary(uuid, timestamptz) TO mec_user;
+
+-- ---------------------------------------------------------------- reads leave out expired holds (sql/schema.sql)
+ALTER TABLE mec_data.usage_counters ADD COLUMN has_holds boolean NOT NULL DEFAULT false;
+UPDATE mec_data.usage_counters c SET has_holds = true
+ WHERE c.slot = 0 AND EXISTS (SELECT 1 FROM mec_data.reservations r
+                              WHERE r.namespace_id = c.namespace_id AND r.account_id = c.account_id
+                                AND r.resource_type = c.resource_type AND r.period_start = c.period_start);

@@ -34,7 +34,7 @@ stmt! {
 
 stmt! {
     static HOLD: write (ns: uuid, account_id: uuid, resource_type: text, period_start: timestamptz, quantity: numeric, ceiling: numeric) =
-        "UPDATE mec_data.usage_counters SET used = used + $5, updated_at = now()
+        "UPDATE mec_data.usage_counters SET used = used + $5, updated_at = now(), has_holds = true
               WHERE namespace_id = $1 AND account_id = $2 AND resource_type = $3 AND period_start = $4 AND slot = 0
                 AND ($6::numeric IS NULL OR used + $5 <= $6) AND NOT striped
               RETURNING used";

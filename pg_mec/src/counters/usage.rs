@@ -15,19 +15,20 @@ use crate::pg::{MecError, MecResult};
 
 stmt! {
     /// The counter's slots (one row unless the counter is striped), summed in Rust: an aggregate
-    /// node would cost more to start per call than the rows cost to add. Holds of reservations that
-    /// expired but were not given back yet (that happens lazily, when quota runs short) are taken
-    /// off, so a read never counts them.
+    /// node would cost more to start per call than the rows cost to add.
     static COUNTER_SLOTS: read (ns: uuid, account_id: uuid, resource_type: text, period_start: timestamptz) =
-        "SELECT used, updated_at
+        "SELECT used, updated_at, has_holds
               FROM mec_data.usage_counters
-              WHERE namespace_id = $1 AND account_id = $2 AND resource_type = $3 AND period_start = $4
-         UNION ALL
-         SELECT -sum(quantity), NULL
+              WHERE namespace_id = $1 AND account_id = $2 AND resource_type = $3 AND period_start = $4";
+}
+
+stmt! {
+    /// Quota still held by reservations that expired (given back lazily, when quota runs short).
+    static EXPIRED_HOLDS: read (ns: uuid, account_id: uuid, resource_type: text, period_start: timestamptz) =
+        "SELECT coalesce(sum(quantity), 0)
               FROM mec_data.reservations
               WHERE namespace_id = $1 AND account_id = $2 AND resource_type = $3 AND period_start = $4
-                AND state = 'held' AND expires_at <= clock_timestamp()
-              HAVING count(*) > 0";
+                AND state = 'held' AND expires_at <= clock_timestamp()";
 }
 
 stmt! {
@@ -63,6 +64,7 @@ fn counter(
     )?;
     let mut used = Decimal::ZERO;
     let mut updated: Option<i64> = None;
+    let mut has_holds = false;
     for slot in slots {
         if let Some(n) = slot.get::<AnyNumeric>("used")? {
             used = used
@@ -73,6 +75,20 @@ fn counter(
             .get::<TimestampWithTimeZone>("updated_at")?
             .and_then(|t| crate::pg::values::unix_us(t).ok());
         updated = updated.max(at);
+        has_holds |= slot.get::<bool>("has_holds")?.unwrap_or(false);
+    }
+    // A read never counts a hold that expired, even before its quota is given back; only counters
+    // that ever held a reservation pay for the look.
+    if has_holds {
+        let expired = spi::read(
+            client,
+            &EXPIRED_HOLDS,
+            &[ns.into(), account.into(), resource.into(), start.into()],
+        )?
+        .one::<AnyNumeric>()?;
+        if let Some(e) = expired.as_ref().map(to_decimal).transpose()? {
+            used = used.saturating_sub(e);
+        }
     }
     Ok((used, updated))
 }
