@@ -195,3 +195,10 @@ def test_a_rate_denials_reset_at_is_when_the_retry_is_allowed(new_namespace, con
         with expect_sqlstate("ME429"):
             meter(conn, account, 1, key="early", occurred_at=reset - timedelta(seconds=1))
     assert meter(conn, account, 1, key="on-time", occurred_at=reset + timedelta(milliseconds=1))["billable"] is True
+
+
+def test_loading_a_catalog_into_a_namespace_that_does_not_exist(connect, expect_sqlstate):
+    conn = connect(namespace_id=str(uuid.uuid4()))
+    with expect_sqlstate("42501") as err:
+        conn.execute("SELECT mec.load_catalog(%s)", (Jsonb(catalog({"limit": 1})),))
+    assert "does not exist" in str(err.value)

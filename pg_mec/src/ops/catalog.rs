@@ -122,6 +122,7 @@ pub fn load(client: &mut SpiClient<'_>, ns: Uuid, doc: &Value) -> MecResult<Valu
         count: problems.len(),
         problems: serde_json::to_value(&problems).unwrap_or(Value::Null),
     })?;
+    crate::ops::namespaces::require_namespace(client, ns)?;
     let digest = catalog::digest(doc);
     let previous = spi::read(client, &CURRENT_DIGEST, &[ns.into()])?
         .one::<String>()

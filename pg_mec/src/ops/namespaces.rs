@@ -225,6 +225,19 @@ pub fn create(
     Ok(json!({"namespace_id": id.to_string(), "name": name, "created": created}))
 }
 
+/// `42501` unless the caller's namespace exists (and is visible to it): before a write that would
+/// otherwise meet a foreign key.
+pub fn require_namespace(client: &SpiClient<'_>, ns: Uuid) -> MecResult<()> {
+    let current =
+        spi::read(client, &NAMESPACE, &[ns.into()])?.two::<String, JsonB>("name", "settings")?;
+    if current.0.is_none() {
+        return Err(MecError::denied(
+            "the namespace of this session does not exist or is not visible to this role",
+        ));
+    }
+    Ok(())
+}
+
 /// Merges `settings` into the caller's namespace settings and returns them, secrets masked.
 pub fn update_settings(
     client: &mut SpiClient<'_>,
