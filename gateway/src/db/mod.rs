@@ -191,6 +191,20 @@ pub struct RequestCtx<'a> {
     pub read_only: bool,
 }
 
+impl<'a> RequestCtx<'a> {
+    /// A call of the gateway's background worker in `namespace` (`path` names the job in the
+    /// request settings; `headers` is empty: no client sent this).
+    pub fn worker(namespace: uuid::Uuid, path: &'a str, headers: &'a HeaderMap) -> Self {
+        RequestCtx {
+            caller: Caller::Worker { namespace },
+            method: "POST",
+            path,
+            headers,
+            read_only: false,
+        }
+    }
+}
+
 /// `request.headers`: lower-case names (as `http` keeps them), no cookies, repeated headers
 /// joined with ", ".
 pub fn headers_json(headers: &HeaderMap) -> String {

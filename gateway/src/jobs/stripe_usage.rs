@@ -75,13 +75,7 @@ async fn call(
             headers,
             read_only: false,
         },
-        Who::Worker(_) => RequestCtx {
-            caller: Caller::Worker { namespace: ns },
-            method: "POST",
-            path: "/jobs/stripe-usage",
-            headers: &empty,
-            read_only: false,
-        },
+        Who::Worker(_) => RequestCtx::worker(ns, "/jobs/stripe-usage", &empty),
     };
     db::call_json(&state.pools, &ctx, select, params, "a usage function").await
 }

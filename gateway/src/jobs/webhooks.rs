@@ -12,7 +12,7 @@ use axum::http::HeaderMap;
 use futures_util::stream::{self, StreamExt};
 use serde_json::{json, Value};
 
-use crate::db::{self, Caller, RequestCtx};
+use crate::db::{self, RequestCtx};
 use crate::error::ApiError;
 use crate::jobs::lock::{Job, RunLock};
 use crate::jobs::signature;
@@ -33,13 +33,7 @@ async fn call(
     params: &[Option<String>],
 ) -> Result<Value, ApiError> {
     let empty = HeaderMap::new();
-    let ctx = RequestCtx {
-        caller: Caller::Worker { namespace: ns },
-        method: "POST",
-        path: "/jobs/webhooks",
-        headers: &empty,
-        read_only: false,
-    };
+    let ctx = RequestCtx::worker(ns, "/jobs/webhooks", &empty);
     db::call_json(&state.pools, &ctx, select, params, "a webhook function").await
 }
 

@@ -10,6 +10,14 @@ use crate::pg::args;
 use crate::pg::clock;
 use crate::pg::jsonb::{Jsonb, JsonbArg};
 
+/// `p_metadata` as JSON; `{}` when NULL.
+fn metadata(p_metadata: Option<JsonbArg>) -> crate::pg::MecResult<serde_json::Value> {
+    Ok(p_metadata
+        .map(|j| j.parse("p_metadata"))
+        .transpose()?
+        .unwrap_or_else(|| serde_json::json!({})))
+}
+
 /// Records `p_quantity` of `p_resource_type` for `p_account_id`, deciding and counting in one
 /// statement under the counter's row lock, idempotently on `p_idempotency_key`.
 ///
@@ -40,10 +48,7 @@ fn meter_consumption(
             resource_type: args::text(p_resource_type, "p_resource_type")?,
             quantity: args::quantity(p_quantity, "p_quantity")?,
             occurred_us: args::instant(p_occurred_at, "p_occurred_at")?,
-            metadata: p_metadata
-                .map(|j| j.parse("p_metadata"))
-                .transpose()?
-                .unwrap_or_else(|| serde_json::json!({})),
+            metadata: metadata(p_metadata)?,
             http_status: p_http_status,
         };
         event.validate()?;
@@ -91,10 +96,7 @@ fn meter_usage(
             account_id: args::required(p_account_id, "p_account_id")?,
             items: args::required(p_items, "p_items")?.parse("p_items")?,
             occurred_us: args::instant(p_occurred_at, "p_occurred_at")?,
-            metadata: p_metadata
-                .map(|j| j.parse("p_metadata"))
-                .transpose()?
-                .unwrap_or_else(|| serde_json::json!({})),
+            metadata: metadata(p_metadata)?,
             http_status: p_http_status,
         };
         crate::ops::usage_items::meter_usage(client, caller.namespace, &req, clock::now_us())

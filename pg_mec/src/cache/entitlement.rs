@@ -484,25 +484,38 @@ pub fn resolve_for_use(
     Ok(eff)
 }
 
+/// `ME404` unless the account and the resource type both exist in the namespace.
+pub fn require_exists(
+    client: &SpiClient<'_>,
+    ns: Uuid,
+    account_id: Uuid,
+    resource_type: &str,
+) -> MecResult<()> {
+    let (account, resource) = match spi::read(
+        client,
+        &EXISTS,
+        &[ns.into(), account_id.into(), resource_type.into()],
+    )?
+    .first()
+    {
+        Some(row) => (row.get::<bool>("account")?, row.get::<bool>("resource")?),
+        None => (None, None),
+    };
+    match (account, resource) {
+        (Some(false), _) => Err(MecError::unknown("account", account_id.to_string())),
+        (_, Some(false)) => Err(MecError::unknown("resource type", resource_type)),
+        _ => Ok(()),
+    }
+}
+
 fn diagnose_missing(
     client: &SpiClient<'_>,
     ns: Uuid,
     account_id: Uuid,
     resource_type: &str,
 ) -> MecError {
-    let found = spi::read(
-        client,
-        &EXISTS,
-        &[ns.into(), account_id.into(), resource_type.into()],
-    )
-    .and_then(|rows| match rows.first() {
-        Some(row) => Ok((row.get::<bool>("account")?, row.get::<bool>("resource")?)),
-        None => Ok((None, None)),
-    });
-    match found {
-        Ok((Some(false), _)) => MecError::unknown("account", account_id.to_string()),
-        Ok((_, Some(false))) => MecError::unknown("resource type", resource_type),
-        Ok(_) => {
+    match require_exists(client, ns, account_id, resource_type) {
+        Ok(()) => {
             MecError::Internal("entitlement lookup found neither a row nor a missing key".into())
         }
         Err(e) => e,

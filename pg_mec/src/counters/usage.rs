@@ -122,16 +122,7 @@ pub fn read(
             })
         }
         Kind::Rate => {
-            let (current, updated) =
-                counter(client, ns, account, &eff.resource_type, window.start_us)?;
-            let len = window.len_us().unwrap_or(0);
-            let (previous, _) = counter(
-                client,
-                ns,
-                account,
-                &eff.resource_type,
-                window.start_us - len,
-            )?;
+            let (previous, current, updated) = rate_counts(client, ns, account, eff, &window)?;
             Ok(Usage {
                 used: sliding_estimate(previous, current, &window, at_us),
                 window,
@@ -166,8 +157,22 @@ pub fn rate_fit_at(
         return Ok(None);
     };
     let window = eff.window(at_us);
+    let (previous, current, _) = rate_counts(client, ns, account, eff, &window)?;
+    Ok(sliding_fit_at(
+        previous, current, &window, at_us, ceiling, requested,
+    ))
+}
+
+/// A rate's counts: the previous bucket's, this bucket's, and when this one last changed.
+fn rate_counts(
+    client: &SpiClient<'_>,
+    ns: Uuid,
+    account: Uuid,
+    eff: &Effective,
+    window: &Window,
+) -> MecResult<(Decimal, Decimal, Option<i64>)> {
     let len = window.len_us().unwrap_or(0);
-    let (current, _) = counter(client, ns, account, &eff.resource_type, window.start_us)?;
+    let (current, updated) = counter(client, ns, account, &eff.resource_type, window.start_us)?;
     let (previous, _) = counter(
         client,
         ns,
@@ -175,9 +180,7 @@ pub fn rate_fit_at(
         &eff.resource_type,
         window.start_us - len,
     )?;
-    Ok(sliding_fit_at(
-        previous, current, &window, at_us, ceiling, requested,
-    ))
+    Ok((previous, current, updated))
 }
 
 /// The answer of `check_entitlement` for `requested` more units.

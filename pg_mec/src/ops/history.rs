@@ -13,7 +13,7 @@ use pg_mec_core::period::sliding_estimate;
 use pg_mec_core::Decimal;
 use pgrx::datum::AnyNumeric;
 
-use crate::cache::entitlement::Effective;
+use crate::cache::entitlement::{self, Effective};
 use crate::counters::usage::Usage;
 use crate::pg::spi::{self, stmt};
 use crate::pg::values::{iso8601, timestamptz, to_decimal, unix_us};
@@ -21,12 +21,6 @@ use crate::pg::{MecError, MecResult};
 
 /// Buckets in one answer at most (a year of hours is 8 760).
 const MAX_BUCKETS: i64 = 10_000;
-
-stmt! {
-    static EXISTS: read (ns: uuid, account_id: uuid, resource_type: text) =
-        "SELECT EXISTS (SELECT 1 FROM mec_data.accounts WHERE namespace_id = $1 AND account_id = $2) AS account,
-                EXISTS (SELECT 1 FROM mec_data.resource_types WHERE namespace_id = $1 AND resource_type = $3) AS resource";
-}
 
 stmt! {
     /// The buckets, oldest first (within a bucket by group), and the range's totals.
@@ -205,18 +199,7 @@ pub fn usage_history(
             "p_group_by must be a metadata key of 1 to 100 characters",
         ));
     }
-    let (known_account, known_resource) = spi::read(
-        client,
-        &EXISTS,
-        &[ns.into(), account.into(), resource.into()],
-    )?
-    .two::<bool, bool>("account", "resource")?;
-    if known_account != Some(true) {
-        return Err(MecError::unknown("account", account.to_string()));
-    }
-    if known_resource != Some(true) {
-        return Err(MecError::unknown("resource type", resource));
-    }
+    entitlement::require_exists(client, ns, account, resource)?;
     let from: TimestampWithTimeZone = timestamptz(from_us);
     let to: TimestampWithTimeZone = timestamptz(to_us);
     let row = spi::read(
