@@ -1,6 +1,6 @@
 """Semantics decided in the controls issue (issue 14), each written down in docs/CONTRACT.md:
 grace on capped limits, explicit zero grace, overrides checked by the catalog's rule, expired
-holds not counted by reads, percent_used never 100 before the limit, the clock tolerances of
+holds not counted by reads nor by writes, percent_used never 100 before the limit, the clock tolerances of
 late_event_days, plan_effective_at of back-dated provisioning, and a retried key with another
 HTTP status being a duplicate."""
 
@@ -96,6 +96,39 @@ def test_reads_do_not_count_expired_holds(ns_with):
     assert check(conn, account)["quantity_used"] == 0
     summary = conn.execute("SELECT mec.usage_summary(p_account_id => %s::uuid)", (account,)).fetchone()[0]
     assert summary["features"]["r"]["current"] == 0, summary
+
+
+def test_writes_do_not_count_expired_holds_either(ns_with, expect_sqlstate):
+    """Found by the state machine (tests/test_model.py): before a sweep, an expired hold still sat
+    in the counter, so a meter, a reservation or a commit answered with it in `quantity_used`, and
+    a negative correction could take the account's recorded usage below zero."""
+    conn, account = ns_with({"limit": 10, "grace": 0})
+
+    def hold(key, qty, ttl=1):
+        return conn.execute("SELECT mec.reserve_consumption(p_idempotency_key => %s, p_account_id => %s::uuid, "
+                            "p_resource_type => 'r', p_quantity => %s, p_ttl_seconds => %s)",
+                            (key, account, qty, ttl)).fetchone()[0]
+
+    hold("gone-1", 6)
+    meter(conn, account, 2)
+    time.sleep(1.3)
+    assert meter(conn, account, 1)["quantity_used"] == 3  # 2 + 1, not 6 + 2 + 1
+    hold("gone-2", 4)
+    time.sleep(1.3)
+    live = hold("live", 2, ttl=600)
+    assert live["quantity_used"] == 5
+    committed = conn.execute("SELECT mec.commit_reservation(p_reservation_id => %s::uuid)",
+                             (live["reservation_id"],)).fetchone()[0]
+    assert committed["quantity_used"] == 5
+    # 5 recorded: a correction of -6 would leave -1
+    with expect_sqlstate("22023"):
+        conn.execute("SELECT mec.adjust_consumption(p_idempotency_key => 'fix', p_account_id => %s::uuid, "
+                     "p_resource_type => 'r', p_quantity => -6, p_reason => 'refund')", (account,))
+    counters = conn.execute("SELECT sum(used) FROM mec_data.usage_counters WHERE account_id = %s::uuid",
+                            (account,)).fetchone()[0]
+    ledger = conn.execute("SELECT sum(quantity) FROM mec_data.consumption WHERE account_id = %s::uuid",
+                          (account,)).fetchone()[0]
+    assert counters == ledger == 5
 
 
 def test_percent_used_is_never_100_before_the_limit(ns_with):

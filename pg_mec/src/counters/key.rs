@@ -41,12 +41,13 @@ stmt! {
 }
 
 stmt! {
-    static SWEEP_EXPIRED_HOLDS: write (ns: uuid, account_id: uuid, resource_type: text, period_start: timestamptz) =
+    static SWEEP_EXPIRED_HOLDS: write (ns: uuid, account_id: uuid, resource_type: text, period_start: timestamptz, except_id: uuid) =
         "WITH gone AS (
                   UPDATE mec_data.reservations SET state = 'expired', settled_at = now()
                   WHERE ctid IN (SELECT ctid FROM mec_data.reservations
                                  WHERE namespace_id = $1 AND account_id = $2 AND resource_type = $3
                                    AND period_start = $4 AND state = 'held' AND expires_at <= clock_timestamp()
+                                   AND reservation_id IS DISTINCT FROM $5
                                  FOR UPDATE SKIP LOCKED)
                   RETURNING quantity)
               UPDATE mec_data.usage_counters
@@ -110,8 +111,18 @@ impl<'a> CounterKey<'a> {
     }
 
     /// Gives back the quota of this counter's reservations that expired; true when any did.
-    pub fn sweep_expired_holds(&self, client: &mut SpiClient<'_>, ns: Uuid) -> MecResult<bool> {
-        let rows = spi::write(client, &SWEEP_EXPIRED_HOLDS, &self.args(ns, false))?;
+    /// A write decides and reports on the counter only after this: an expired hold no longer
+    /// counts for reads, so it must not for writes either (`except`: a reservation the caller has
+    /// locked and is settling, which is not the sweep's to expire).
+    pub fn sweep_expired_holds(
+        &self,
+        client: &mut SpiClient<'_>,
+        ns: Uuid,
+        except: Option<Uuid>,
+    ) -> MecResult<bool> {
+        let mut args = self.args(ns, false);
+        args.push(except.into());
+        let rows = spi::write(client, &SWEEP_EXPIRED_HOLDS, &args)?;
         Ok(!rows.is_empty())
     }
 }

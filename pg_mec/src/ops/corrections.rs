@@ -440,16 +440,15 @@ pub fn adjust(client: &mut SpiClient<'_>, ns: Uuid, req: &Adjustment) -> MecResu
         req.occurred_us,
     )?;
     let window = eff.window(req.occurred_us);
-    // The below-zero check and the counter need the exact total on slot 0.
-    crate::counters::stripes::fold(
-        client,
-        ns,
-        &crate::counters::CounterKey {
-            account_id: req.account_id,
-            resource_type: &req.resource_type,
-            window,
-        },
-    )?;
+    // The below-zero check and the counter need the exact total on slot 0: the stripes folded
+    // in, expired holds given back.
+    let counter = crate::counters::CounterKey {
+        account_id: req.account_id,
+        resource_type: &req.resource_type,
+        window,
+    };
+    crate::counters::stripes::fold(client, ns, &counter)?;
+    counter.sweep_expired_holds(client, ns, None)?;
     let occurred: TimestampWithTimeZone = timestamptz(req.occurred_us);
     let start: TimestampWithTimeZone = timestamptz(window.start_us);
     let end: Option<TimestampWithTimeZone> = window.end_us.map(timestamptz);

@@ -281,7 +281,7 @@ pub fn meter(client: &mut SpiClient<'_>, ns: Uuid, ev: &Event, now_us: i64) -> M
                     counter.create(client, ns)?;
                     continue;
                 }
-                if counter.sweep_expired_holds(client, ns)? {
+                if counter.sweep_expired_holds(client, ns, None)? {
                     continue;
                 }
                 if !slot0_locked {
@@ -361,7 +361,14 @@ fn run_meter(
             });
         }
     }
-    // Striped, missing or refused: slot 0 decides, then the ledger row counts the stripes.
+    // Striped, missing, refused or holding an expired reservation: expired holds leave, slot 0
+    // decides, then the ledger row counts the stripes.
+    let counter = CounterKey {
+        account_id: ev.account_id,
+        resource_type: &ev.resource_type,
+        window: *window,
+    };
+    counter.sweep_expired_holds(client, ns, None)?;
     let fences = alerts::fences(client, ns, eff)?;
     let fences = (!fences.is_empty()).then(|| {
         JsonB(Value::Array(

@@ -116,6 +116,8 @@ pub fn reserve(
         window: eff.window(now_us),
     };
     let ceiling = Some(counter_ceiling(eff.policy.ceiling()));
+    // Expired holds leave first, so the answer's usage is what a read shows.
+    counter.sweep_expired_holds(client, ns, None)?;
     let mut used = None;
     for attempt in 0..4 {
         used = counter.hold(client, ns, req.quantity, ceiling)?;
@@ -127,7 +129,7 @@ pub fn reserve(
         // the exact total): try again; otherwise refuse.
         if attempt == 0 {
             counter.create(client, ns)?;
-        } else if !(counter.sweep_expired_holds(client, ns)?
+        } else if !(counter.sweep_expired_holds(client, ns, None)?
             || stripes::fold(client, ns, &counter)?)
         {
             break;
@@ -319,8 +321,10 @@ pub fn commit(
         resource_type: &h.resource_type,
         window: h.window,
     };
-    // Slot 0 must hold the exact total for the ledger row's usage and overage.
+    // Slot 0 must hold the exact total for the ledger row's usage and overage: without the
+    // stripes' and without other reservations that expired (this one is locked and live).
     stripes::fold(client, ns, &counter)?;
+    counter.sweep_expired_holds(client, ns, Some(id))?;
     let delta = actual - h.quantity;
     let used = if delta > Decimal::ZERO {
         counter

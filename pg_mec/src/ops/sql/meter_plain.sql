@@ -6,7 +6,10 @@
 --   $10     overage_from: the limit past which usage is overage (NULL: none)
 --   $11     floor: the least the counter may hold (gauges: 0; others NULL)
 --   $12     http_status   $13  metadata (NULL: '{}')
--- Matches nothing on a striped counter, which then takes METER_SLOT0 and RECORD_STRIPED.
+-- Matches nothing on a striped counter, or on one still counting a reservation that expired
+-- (its answer would include the hold, which reads leave out); those take the sweep, METER_SLOT0
+-- and RECORD_STRIPED. The reservations are looked at only for a counter that ever held one:
+-- `has_holds AND (initplan)` does not run the initplan when has_holds is false.
 WITH upd AS (
     UPDATE mec_data.usage_counters
        SET used = used + $5, updated_at = now()
@@ -14,6 +17,10 @@ WITH upd AS (
        AND period_start = $7 AND slot = 0 AND NOT striped
        AND ($9::numeric IS NULL OR used + $5 <= $9)
        AND ($11::numeric IS NULL OR used + $5 >= $11)
+       AND NOT (has_holds AND EXISTS (
+             SELECT 1 FROM mec_data.reservations
+              WHERE namespace_id = $1 AND account_id = $3 AND resource_type = $4 AND period_start = $7
+                AND state = 'held' AND expires_at <= clock_timestamp()))
     RETURNING used
 ), ins AS (
     INSERT INTO mec_data.consumption
