@@ -49,6 +49,12 @@ def test_openapi_lists_what_the_role_may_reach(http, token, demo_ns):
     assert "/rpc/check_entitlement" in user["paths"]
     assert "/rpc/meter_consumption" not in user["paths"]
     assert "/rpc/load_catalog" in admin["paths"]
+    # The gateway's own routes outside /api are described too, each with its server `/`.
+    for path in ["/webhooks/stripe/{namespace_id}", "/webhooks/auth0/{namespace_id}", "/health"]:
+        assert user["paths"][path]["servers"] == [{"url": "/"}], path
+    for path in ["/admin/bulk-provision", "/admin/expire-stale-leases", "/admin/sync-usage-to-stripe",
+                 "/admin/deliveries"]:
+        assert path in admin["paths"] and path not in user["paths"], path
 
 
 def test_cors_exposes_content_range(http, token, demo_ns):

@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod health;
 pub mod openapi;
+pub mod openapi_gateway;
 pub mod respond;
 pub mod rpc;
 pub mod views;

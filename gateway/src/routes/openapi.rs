@@ -1,5 +1,6 @@
-//! `GET /api/`: an OpenAPI 3.0 document of the functions and views of schema `mec`.
-//! With a token, only what its role may execute or select; without one, everything.
+//! `GET /api/`: an OpenAPI 3.0 document of the functions and views of schema `mec`, and of the
+//! gateway's own routes outside `/api` (`openapi_gateway.rs`). With a token, only what its role
+//! may execute or select; without one, everything.
 
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -202,6 +203,8 @@ pub fn document(cache: &SchemaCache, role: Option<Role>) -> Value {
         paths.insert(format!("/{}", v.name), view_path(v));
         schemas.insert(v.name.clone(), view_schema(v));
     }
+    // The webhooks, admin endpoints and probes, each with its own server (`/`, not `/api`).
+    paths.extend(super::openapi_gateway::paths(role));
     json!({
         "openapi": "3.0.3",
         "info": {
