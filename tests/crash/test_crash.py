@@ -1,5 +1,5 @@
-"""Crash tests: metering, reservations and leases under load when the postmaster is killed -9
-mid-run, and when the gateway is killed -9 mid-request with its clients retrying. Every call that
+"""Crash tests: metering, reservations and leases under load, through SQL and through the gateway,
+when the postmaster is killed -9 mid-run, and when the gateway is killed -9 mid-request with its clients retrying. Every call that
 returned success is in the ledger exactly once; none that failed is there; a replay of every key
 counts nothing twice; every counter equals the ledger. Figures go to docs/reliability.md."""
 
@@ -52,6 +52,7 @@ def test_postmaster_killed_mid_load(mec_env):
     refused: dict[str, tuple] = {}    # ME429: must not be recorded
     unknown: dict[str, tuple] = {}    # in flight when the server died
     committed: dict[str, str] = {}    # reservation key -> reservation_id
+    sql_errors: list[BaseException] = []
     stop = threading.Event()
 
     def client(n: int) -> None:
@@ -108,20 +109,81 @@ def test_postmaster_killed_mid_load(mec_env):
             except psycopg.Error as err:
                 if err.sqlstate == "ME429":
                     continue  # a lease or reservation refused: nothing recorded
+                with lock:
+                    sql_errors.append(err)  # anything else is a failure, not the crash
                 return
 
+    # Beside the SQL clients, HTTP clients meter through the gateway and retry a failed call with
+    # the same key until it is answered, as the contract tells callers to: through the database's
+    # crash and recovery, each key they sent must land exactly once.
+    import jwt
+    import requests
+
+    token = jwt.encode({"role": "mec_service", "namespace_id": ns, "exp": int(time.time()) + 900},
+                       e["MEC_JWT_SECRET"], algorithm="HS256")
+    url = e["MEC_GATEWAY_URL"] + "/api/rpc/meter_consumption"
+    http_acked: dict[str, tuple] = {}  # key -> (account, qty, consumption_id, answered as duplicate)
+    http_retries = {"n": 0}
+    http_errors: list[BaseException] = []
+
+    def http_client(n: int) -> None:
+        try:
+            http_calls(n)
+        except BaseException as err:  # a thread's failure must fail the test, not vanish
+            http_errors.append(err)
+
+    def http_calls(n: int) -> None:
+        rnd = random.Random(1000 + n)
+        session = requests.Session()
+        i = 0
+        while not stop.is_set():
+            i += 1
+            key, account, qty = f"w{n}-{i}", rnd.choice(accounts), rnd.randint(1, 3)
+            body = {"p_idempotency_key": key, "p_account_id": account, "p_resource_type": "units", "p_quantity": qty}
+            deadline = time.time() + 120
+            while True:
+                try:
+                    r = session.post(url, json=body, headers={"Authorization": f"Bearer {token}"}, timeout=10)
+                    if r.status_code == 200:
+                        got = r.json()
+                        with lock:
+                            http_acked[key] = (account, qty, got["consumption_id"], got["duplicate"])
+                        break
+                    assert r.status_code in (502, 503, 504), (r.status_code, r.text)
+                except requests.RequestException:
+                    pass
+                with lock:
+                    http_retries["n"] += 1
+                assert time.time() < deadline, "the gateway never answered once the database was back"
+                time.sleep(0.2)
+
     threads = [threading.Thread(target=client, args=(n,)) for n in range(8)]
-    for t in threads:
+    http_threads = [threading.Thread(target=http_client, args=(n,)) for n in range(2)]
+    for t in threads + http_threads:
         t.start()
     time.sleep(2.0)
     kill_postmaster(e)
-    stop.set()
     for t in threads:
         t.join(30)
     seconds = bring_back(e)
+    time.sleep(1.0)  # the HTTP clients finish their retries against the recovered database
+    stop.set()
+    for t in http_threads:
+        t.join(150)
+    assert not any(t.is_alive() for t in http_threads), "an HTTP client is still retrying"
+    assert not http_errors, http_errors
     conn = connect(e, ns)
 
+    assert not sql_errors, sql_errors
     assert len(acked) > 100, f"the load recorded too little before the kill: {len(acked)}"
+    assert len(http_acked) > 20, f"the HTTP load recorded too little: {len(http_acked)}"
+    assert http_retries["n"] > 0, "the crash hit no HTTP call: that half proved nothing"
+    http_counts = ledger_counts(conn, ns, list(http_acked))
+    assert all(http_counts.get(k) == 1 for k in http_acked), "an HTTP call is missing or twice in the ledger"
+    for key, (_, qty, cid, _) in http_acked.items():
+        row = conn.execute("SELECT consumption_id::text, quantity FROM mec.consumption WHERE namespace_id = %s "
+                           "AND idempotency_key = %s", (ns, key)).fetchone()
+        assert row == (cid, qty), (key, row, cid, qty)
     counts = ledger_counts(conn, ns, list(acked) + list(refused) + list(unknown))
     assert all(counts.get(k) == 1 for k in acked), "an acknowledged call is missing or twice in the ledger"
     assert not any(k in counts for k in refused), "a refused call was recorded"
@@ -153,7 +215,10 @@ def test_postmaster_killed_mid_load(mec_env):
                           "AND released_at IS NULL AND expires_at > now() GROUP BY 1", (ns,)).fetchall()
     assert all(n <= 4 for _, n in active), active
     report("postmaster", acknowledged=len(acked), refused=len(refused), in_flight=len(unknown),
-           reservations_committed=len(committed), lost=0, twice=0, recovery_seconds=round(seconds, 1))
+           reservations_committed=len(committed), http_acknowledged=len(http_acked),
+           http_retried_attempts=http_retries["n"],
+           http_answered_as_duplicate=sum(1 for *_, dup in http_acked.values() if dup),
+           lost=0, twice=0, recovery_seconds=round(seconds, 1))
 
 
 def test_gateway_killed_mid_request_clients_retry(mec_env):
@@ -168,10 +233,17 @@ def test_gateway_killed_mid_request_clients_retry(mec_env):
     lock = threading.Lock()
     sent: dict[str, tuple] = {}
     retries = {"n": 0, "duplicates": 0}
+    errors: list[BaseException] = []
 
     stop = threading.Event()
 
     def client(n: int) -> None:
+        try:
+            calls(n)
+        except BaseException as err:  # a thread's failure must fail the test, not vanish
+            errors.append(err)
+
+    def calls(n: int) -> None:
         rnd = random.Random(100 + n)
         s = requests.Session()
         i = 0
@@ -209,6 +281,7 @@ def test_gateway_killed_mid_request_clients_retry(mec_env):
     stop.set()
     for t in threads:
         t.join(120)
+    assert not errors, errors
     assert len(sent) > 100, len(sent)
     conn = connect(e, ns)
     counts = ledger_counts(conn, ns, list(sent))
