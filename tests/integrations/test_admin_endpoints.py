@@ -5,7 +5,9 @@ gateway, refuses other roles."""
 from __future__ import annotations
 
 import json
+import time
 import uuid
+from types import SimpleNamespace
 
 import pytest
 
@@ -101,3 +103,38 @@ def test_expire_stale_leases(stripe_ns, admin):
     ns = stripe_ns()
     r = admin(ns, "/admin/expire-stale-leases")
     assert r.status_code == 200 and r.json() == {"expired": 0}, r.text
+
+
+LEASE_CATALOG = {"resources": [{"resource_type": "jobs", "kind": "concurrency"}],
+                 "plans": [{"plan_id": "p", "default": True, "entitlements": {"jobs": {"limit": 2}}}]}
+
+
+def test_expire_stale_leases_marks_the_expired_ones_only(new_namespace, connect, admin, http, gateway_url,
+                                                       make_token):
+    ns = SimpleNamespace(namespace_id=new_namespace(catalog=LEASE_CATALOG))
+    service = {"Authorization": f"Bearer {make_token(role='mec_service', namespace_id=ns.namespace_id)}"}
+    account = str(uuid.uuid4())
+
+    def acquire(ttl):
+        r = http.post(f"{gateway_url}/api/rpc/acquire_lease", headers=service, timeout=30,
+                      json={"p_account_id": account, "p_resource_type": "jobs", "p_ttl_seconds": ttl})
+        assert r.status_code == 200, r.text
+        return r.json()["lease_id"]
+
+    admin_token = {"Authorization": f"Bearer {make_token(role='mec_admin', namespace_id=ns.namespace_id)}"}
+    r = http.post(f"{gateway_url}/api/rpc/provision_plan", headers=admin_token, timeout=30,
+                  json={"p_account_id": account, "p_plan_id": "p"})
+    assert r.status_code == 200, r.text
+    short, long = acquire(1), acquire(600)
+    time.sleep(1.5)  # the short lease's TTL passes; it already stopped counting
+    r = admin(ns, "/admin/expire-stale-leases")
+    assert r.status_code == 200 and r.json() == {"expired": 1}, r.text
+    rows = dict(connect(namespace_id=ns.namespace_id).execute(
+        "SELECT lease_id::text, release_reason FROM mec_data.leases WHERE namespace_id = %s", (ns.namespace_id,)
+    ).fetchall())
+    assert rows == {short: "expired", long: None}, rows
+    again = admin(ns, "/admin/expire-stale-leases")
+    assert again.status_code == 200 and again.json() == {"expired": 0}, again.text
+    # Only a mec_admin may sweep: Postgres refuses the service role.
+    refused = admin(ns, "/admin/expire-stale-leases", role="mec_service")
+    assert refused.status_code == 403, refused.text

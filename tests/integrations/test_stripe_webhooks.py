@@ -342,6 +342,14 @@ def test_subscription_statuses(stripe_ns, deliver):
     assert send("active", price=PRICE_GROWTH).body["outcome"] == "applied"
     assert ns.account(account) | {"billing_anchor_day": None} == {
         "plan_id": "growth", "stripe_customer_id": cus, "payment_overdue": False, "billing_anchor_day": None}
+    # `unpaid` (retries exhausted) keeps the plan and marks the account overdue, like `past_due`.
+    assert send("unpaid", price=PRICE_GROWTH).body["outcome"] == "applied"
+    assert (ns.account(account)["plan_id"], ns.account(account)["payment_overdue"]) == ("growth", True)
+    # invoice.payment_succeeded clears it, as invoice.paid does.
+    t += 1
+    ok = deliver(ns, se.event("invoice.payment_succeeded", se.invoice(cus, sub, "paid"), created=t))
+    assert ok.body["outcome"] == "applied", ok.body
+    assert ns.account(account)["payment_overdue"] is False
     r = send("incomplete")
     assert r.body["outcome"] == "applied" and ns.account(account)["plan_id"] == "growth", r.body
     r = send("canceled", "customer.subscription.deleted")
