@@ -13,7 +13,9 @@ pytestmark = pytest.mark.sql
 
 TABLES = ["namespaces", "namespace_secrets", "catalogs", "resource_types", "plans",
           "plan_entitlements", "accounts", "entitlements", "usage_counters", "consumption",
-          "leases", "reservations", "idempotency_keys", "audit_log", "role_bindings"]
+          "leases", "reservations", "idempotency_keys", "audit_log", "role_bindings",
+          "stripe_events", "stripe_subscriptions", "stripe_usage_outbox", "stripe_usage_items",
+          "auth0_events", "webhook_endpoints", "webhook_events", "webhook_deliveries", "alert_crossings"]
 
 # Statements that must be refused with 42501 on every table.
 WRITES = {
@@ -44,6 +46,13 @@ def bound(db, app_role, security_namespace, new_account):
     role, connect = app_role(grant="mec_admin")
     db.execute("SELECT mec.bind_role(%s, %s, 'mec_admin')", (role, ns))
     return {"ns": ns, "account": account, "role": role, "connect": connect}
+
+
+def test_the_list_is_every_table_of_mec_data(db):
+    """A table added later is refused too only if it is listed here: the list must be whole."""
+    tables = {r[0] for r in db.execute(
+        "SELECT tablename FROM pg_tables WHERE schemaname = 'mec_data'").fetchall()}
+    assert tables == set(TABLES), {"unlisted": tables - set(TABLES), "gone": set(TABLES) - tables}
 
 
 @pytest.mark.parametrize("api_role", ["mec_user", "mec_service", "mec_admin"])
