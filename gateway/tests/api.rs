@@ -6,6 +6,8 @@
 //! `MEC_AUTHENTICATOR_URL` (their database replaced by the fixture's), else as a NOINHERIT
 //! login role made by the tests (`mec_gateway_test_login`).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test's panic is its failure
+
 use std::collections::HashMap;
 use std::time::Duration;
 

@@ -1,6 +1,8 @@
 //! RS256 and ES256 tokens verified with the keys of a JWKS file (`MEC_JWT_JWKS`).
 //! The private keys in `fixtures/test_only_*` exist only to sign these tests' tokens.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test's panic is its failure
+
 use std::path::PathBuf;
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};

@@ -7,6 +7,8 @@
 //! per nesting level without a bound fails here on the nested inputs the strategies make (up to
 //! thousands of levels), long before a request could abort the gateway.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test's panic is its failure
+
 use std::thread;
 
 use axum::http::StatusCode;

@@ -5,6 +5,8 @@
 //! kind-dependent entitlement shapes, uniqueness by key, decimal range): there the validator must
 //! reject and the schema must accept, so the marking itself is checked too.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test's panic is its failure
+
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
