@@ -290,7 +290,8 @@ class Account(RuleBasedStateMachine):
     def adjust(self, qty):
         args = dict(p_idempotency_key=str(uuid.uuid4()), p_account_id=self.account, p_resource_type="m",
                     p_quantity=qty, p_reason="model")
-        if self.used + qty < 0:
+        # Recorded usage (without the holds) may not go below zero.
+        if self.used - sum(self.held.values()) + qty < 0:
             self.refused("adjust_consumption", "22023", **args)
         else:
             self.call("adjust_consumption", **args)

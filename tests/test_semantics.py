@@ -131,6 +131,26 @@ def test_writes_do_not_count_expired_holds_either(ns_with, expect_sqlstate):
     assert counters == ledger == 5
 
 
+def test_a_correction_cannot_spend_a_held_reservation(ns_with, expect_sqlstate):
+    """Recorded usage is the counter less its holds: with 5 recorded and 6 held, a correction of
+    -6 would leave -1 recorded once the hold is cancelled (found in review)."""
+    conn, account = ns_with({"limit": 100, "grace": 0})
+    meter(conn, account, 5)
+    held = conn.execute("SELECT mec.reserve_consumption(p_idempotency_key => 'h', p_account_id => %s::uuid, "
+                        "p_resource_type => 'r', p_quantity => 6, p_ttl_seconds => 600)", (account,)).fetchone()[0]
+    with expect_sqlstate("22023"):
+        conn.execute("SELECT mec.adjust_consumption(p_idempotency_key => 'too-much', p_account_id => %s::uuid, "
+                     "p_resource_type => 'r', p_quantity => -6, p_reason => 'refund')", (account,))
+    conn.execute("SELECT mec.adjust_consumption(p_idempotency_key => 'all', p_account_id => %s::uuid, "
+                 "p_resource_type => 'r', p_quantity => -5, p_reason => 'refund')", (account,))
+    conn.execute("SELECT mec.cancel_reservation(p_reservation_id => %s::uuid)", (held["reservation_id"],))
+    counters = conn.execute("SELECT sum(used) FROM mec_data.usage_counters WHERE account_id = %s::uuid",
+                            (account,)).fetchone()[0]
+    ledger = conn.execute("SELECT sum(quantity) FROM mec_data.consumption WHERE account_id = %s::uuid",
+                          (account,)).fetchone()[0]
+    assert counters == ledger == 0
+
+
 def test_percent_used_is_never_100_before_the_limit(ns_with):
     conn, account = ns_with({"limit": 20000, "grace": 0})
     res = meter(conn, account, "19999.9")

@@ -57,6 +57,13 @@ stmt! {
               RETURNING used";
 }
 
+stmt! {
+    static HELD: read (ns: uuid, account_id: uuid, resource_type: text, period_start: timestamptz) =
+        "SELECT coalesce(sum(quantity), 0) AS held FROM mec_data.reservations
+              WHERE namespace_id = $1 AND account_id = $2 AND resource_type = $3 AND period_start = $4
+                AND state = 'held'";
+}
+
 impl<'a> CounterKey<'a> {
     /// `$1..$4` of every counter statement: namespace, account, resource, period start; with
     /// `with_end`, `$5` is the period end.
@@ -108,6 +115,18 @@ impl<'a> CounterKey<'a> {
         args.extend([to_numeric(qty).into(), ceiling.map(to_numeric).into()]);
         let used = spi::write(client, &HOLD, &args)?.one::<AnyNumeric>()?;
         used.as_ref().map(to_decimal).transpose()
+    }
+
+    /// What this counter's held reservations (live or expired, not yet settled or swept) add to
+    /// it: the counter less this is the recorded usage. Exact while the caller holds the counter's
+    /// row lock, as every change of a hold also takes it.
+    pub fn held(&self, client: &SpiClient<'_>, ns: Uuid) -> MecResult<Decimal> {
+        let held = spi::read(client, &HELD, &self.args(ns, false))?.one::<AnyNumeric>()?;
+        Ok(held
+            .as_ref()
+            .map(to_decimal)
+            .transpose()?
+            .unwrap_or_default())
     }
 
     /// Gives back the quota of this counter's reservations that expired; true when any did.

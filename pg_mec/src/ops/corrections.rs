@@ -492,7 +492,13 @@ pub fn adjust(client: &mut SpiClient<'_>, ns: Uuid, req: &Adjustment) -> MecResu
         .as_ref()
         .map(crate::pg::values::to_decimal)
         .transpose()?;
-    if used.is_some_and(|u| u < Decimal::ZERO) {
+    // Recorded usage is the counter less its holds (live ones, and expired ones another
+    // transaction kept from the sweep): a correction may not take that below zero.
+    let recorded_usage = match used {
+        Some(u) if req.quantity < Decimal::ZERO => Some(u - counter.held(client, ns)?),
+        other => other,
+    };
+    if recorded_usage.is_some_and(|u| u < Decimal::ZERO) {
         return Err(MecError::invalid(
             "the adjustment would take usage below zero",
         ));

@@ -304,7 +304,7 @@ pub fn commit(
                 detail: Some(if state == "cancelled" {
                     "the reservation was cancelled".into()
                 } else {
-                    "the reservation passed its expires_at; its quota was given back".into()
+                    "the reservation passed its expires_at; its hold no longer counts".into()
                 }),
             })
         }
