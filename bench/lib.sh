@@ -31,3 +31,17 @@ find_tools() {
   unset PGOPTIONS
   NPROC="$(nproc 2>/dev/null || echo 2)"
 }
+
+# bind_bench_role DB ROLE PASSWORD NAMESPACE: the login role the pg_mec workloads run as, created
+# or reset, bound to NAMESPACE as a mec_service (docs/security.md), like a vendor's backend: row-level
+# security applies to it as to a real caller.
+bind_bench_role() {
+  "$PSQL" -X -q -v ON_ERROR_STOP=1 -d "$1" -v db="$1" -v role="$2" -v pw="$3" -v ns="$4" >/dev/null <<'SQL'
+SET client_min_messages = warning;
+SELECT format('CREATE ROLE %I LOGIN', :'role')
+WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = :'role') \gexec
+SELECT format('ALTER ROLE %I LOGIN NOSUPERUSER INHERIT PASSWORD %L', :'role', :'pw') \gexec
+SELECT format('ALTER ROLE %I IN DATABASE %I RESET mec.namespace_id', :'role', :'db') \gexec
+SELECT mec.bind_role(p_role => :'role', p_namespace_id => :'ns', p_api_role => 'mec_service');
+SQL
+}

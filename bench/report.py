@@ -12,6 +12,9 @@
                                   prints "rps p50_ms p99_ms requests bad detail"
   report.py gateway RESULTS META  the Markdown report of bench/gateway.sh: RESULTS is its TSV
                                   (side function clients rps p50_ms p99_ms requests bad detail)
+  report.py scale RESULTS SOAK META  the Markdown report of bench/scale.sh: RESULTS its runs (stage
+                                  accounts ledger_rows workload clients tps p50_ms p99_ms transactions
+                                  failed cache_hit_pct), SOAK its samples
 """
 
 from __future__ import annotations
@@ -40,6 +43,11 @@ WORKLOADS: dict[str, tuple[str, str]] = {
                         "(`--churn` per second)"),
     "naive_check_churn": ("naive_check, sign-ups",
                           "hand-written check while new accounts are provisioned (the same sign-ups)"),
+    "mec_check_rate": ("**pg_mec check, rate window**", "`mec.check_entitlement` of a 60 s rate window, random account"),
+    "mec_meter_usage3": ("**pg_mec meter_usage, 3 items**",
+                         "`mec.meter_usage`: requests, input and output tokens in one decision"),
+    "mec_meter_single3": ("pg_mec 3 × meter_consumption",
+                          "the same three items as three `meter_consumption` calls in one transaction"),
 }
 
 # (label, numerator, denominator, target text, target test)
@@ -57,6 +65,9 @@ RATIOS = [
     ("pg_mec check: hot / spread", "mec_check_hot", "mec_check", "", None),
     ("pg_mec check hot / naive_check hot", "mec_check_hot", "naive_check_hot", "", None),
     ("pg_mec check: during sign-ups / quiet", "mec_check_churn", "mec_check", "report", None),
+    ("pg_mec rate-window check / select-only `-S`", "mec_check_rate", "select_only", "report", None),
+    ("pg_mec meter_usage (3 items) / 3 × meter_consumption in one transaction", "mec_meter_usage3",
+     "mec_meter_single3", "report", None),
     ("naive_check: during sign-ups / quiet (reference: the sign-ups' own cost)", "naive_check_churn",
      "naive_check", "", None),
 ]
@@ -138,13 +149,18 @@ def fmt_ms(v: float) -> str:
     return f"{v:.2f}" if v < 10 else f"{v:.1f}" if v < 100 else f"{v:.0f}"
 
 
-def markdown(results_path: str, meta_path: str) -> None:
+def read_meta(path: str) -> dict[str, str]:
     meta: dict[str, str] = {}
-    with open(meta_path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8") as f:
         for line in f:
             if "\t" in line:
                 k, v = line.rstrip("\n").split("\t", 1)
                 meta[k] = v
+    return meta
+
+
+def markdown(results_path: str, meta_path: str) -> None:
+    meta = read_meta(meta_path)
     runs = read_results(results_path)
     stats = {key: summarize(rs) for key, rs in runs.items()}
     clients = sorted({c for _, c in stats})
@@ -305,12 +321,7 @@ def wrk_line(line: str) -> None:
 
 
 def gateway(results_path: str, meta_path: str) -> None:
-    meta: dict[str, str] = {}
-    with open(meta_path, encoding="utf-8") as f:
-        for line in f:
-            if "\t" in line:
-                k, v = line.rstrip("\n").split("\t", 1)
-                meta[k] = v
+    meta = read_meta(meta_path)
 
     def num(s: str) -> float:
         try:
@@ -431,6 +442,53 @@ def gateway(results_path: str, meta_path: str) -> None:
     print("\n".join(out))
 
 
+def read_tsv(path: str) -> list[dict[str, str]]:
+    with open(path, encoding="utf-8") as f:
+        lines = [line.rstrip("\n").split("\t") for line in f if line.strip()]
+    return [dict(zip(lines[0], row)) for row in lines[1:]] if lines else []
+
+
+def scale(results: str, soak: str, meta_path: str) -> None:
+    """Each stage's throughput as a ratio of the smallest stage's, per workload and client count."""
+    meta = read_meta(meta_path)
+    runs = read_tsv(results)
+    out = ["# pg_mec at scale", ""]
+    if meta.get("label"):
+        out += [meta["label"], ""]
+    out += [f"{meta.get('date', '?')}, `{meta.get('command', '')}`; {meta.get('duration', '?')} s per run, "
+            f"{meta.get('cpus', '?')} CPUs, shared cache of {meta.get('shared_cache_entries') or '?'} entries.",
+            "", "| stage | workload | clients | tps | × smallest | p50 ms | p99 ms | shared-cache hits | failed |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    first: dict[tuple[str, str], float] = {}
+    for r in runs:
+        key = (r["workload"], r["clients"])
+        tps = float(r["tps"]) if r["tps"] not in ("", "nan") else float("nan")
+        first.setdefault(key, tps)
+        ratio = tps / first[key] if first[key] == first[key] and first[key] > 0 else float("nan")
+        hits = r.get("cache_hit_pct", "-")
+        out.append(f"| {r['stage']} | {r['workload']} | {r['clients']} | {fmt_tps(tps)} | "
+                   f"{'–' if ratio != ratio else f'{ratio:.2f}×'} | {fmt_ms(float(r['p50_ms']))} | "
+                   f"{fmt_ms(float(r['p99_ms']))} | {hits if hits == '-' else hits + ' %'} | {r['failed']} |")
+    samples = read_tsv(soak)
+    if len(samples) > 1:
+        out += ["", "Soak: `meter_consumption` at 8 clients on the largest stage, sampled as it runs.", "",
+                "| second | ledger inserts | consumption MB | counters MB | idempotency keys MB | their indexes MB "
+                "| HOT share of counter updates (interval) | dead rows | autovacuums |",
+                "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        prev = None
+        for s in samples:
+            # HOT share of the counter updates since the previous sample (pg_stat's are cumulative)
+            hot = "–"
+            if prev is not None:
+                upd = int(s["counter_updates"]) - int(prev["counter_updates"])
+                if upd > 0:
+                    hot = f"{100.0 * (int(s['hot_updates']) - int(prev['hot_updates'])) / upd:.1f} %"
+            prev = s
+            out.append(f"| {s['second']} | {s['ledger_inserts']} | {s['consumption_mb']} | {s['counters_mb']} | "
+                       f"{s['keys_mb']} | {s['indexes_mb']} | {hot} | {s['dead_rows']} | {s['autovacuums']} |")
+    print("\n".join(out))
+
+
 def main(argv: list[str]) -> int:
     if len(argv) >= 2 and argv[0] == "latency":
         latency(argv[1])
@@ -442,6 +500,8 @@ def main(argv: list[str]) -> int:
         wrk_line(argv[1])
     elif len(argv) >= 3 and argv[0] == "gateway":
         gateway(argv[1], argv[2])
+    elif len(argv) >= 4 and argv[0] == "scale":
+        scale(argv[1], argv[2], argv[3])
     else:
         print(__doc__, file=sys.stderr)
         return 2

@@ -15,6 +15,7 @@
 #   --keep-logs          keep pgbench's output and per-transaction logs (their folder is printed)
 #   --churn N            sign-ups per second beside the `*_churn` workloads (default 100)
 #   --gateway            the gateway benchmark instead: bench/gateway.sh (see its --help)
+#   --scale              the scale benchmark instead: bench/scale.sh (see its --help)
 #
 # Environment: PGHOST, PGPORT, PGUSER (superuser), PGPASSWORD as for psql; MEC_PG_BIN (from
 # .mec/env) picks the PostgreSQL binaries; MEC_BENCH_SHARED the baseline folder
@@ -25,12 +26,13 @@ BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)"
 REPO="$(cd "$BENCH_DIR/.." && pwd -P)"
 SHARED="${MEC_BENCH_SHARED:-$REPO/../shared/bench}"
 
-# --gateway: the gateway against pgbench (bench/gateway.sh), with the other arguments.
+# --gateway: the gateway against pgbench (bench/gateway.sh); --scale: growth with the data
+# (bench/scale.sh); each with the other arguments.
 for a in "$@"; do
-  if [[ $a == --gateway ]]; then
+  if [[ $a == --gateway || $a == --scale ]]; then
     rest=()
-    for b in "$@"; do [[ $b == --gateway ]] || rest+=("$b"); done
-    exec bash "$BENCH_DIR/gateway.sh" "${rest[@]}"
+    for b in "$@"; do [[ $b == "$a" ]] || rest+=("$b"); done
+    exec bash "$BENCH_DIR/${a#--}.sh" "${rest[@]}"
   fi
 done
 
@@ -147,6 +149,10 @@ workload_args() {
     mec_meter_hot) echo "mec -s $SCALE -f $BENCH_DIR/meter_hot.pgbench" ;;
     mec_check) echo "mec -s $SCALE -f $BENCH_DIR/check.pgbench" ;;
     mec_check_hot) echo "mec -s $SCALE -f $BENCH_DIR/check_hot.pgbench" ;;
+    # the controls issue's figures: a rate window's check, three items in one decision or three calls
+    mec_check_rate) echo "mec -s $SCALE -f $BENCH_DIR/check_rate.pgbench" ;;
+    mec_meter_usage3) echo "mec -s $SCALE -f $BENCH_DIR/meter_usage3.pgbench" ;;
+    mec_meter_single3) echo "mec -s $SCALE -f $BENCH_DIR/meter_single3.pgbench" ;;
     # mec_check / naive_check while a second pgbench provisions new accounts at --churn per second
     mec_check_churn) echo "mec -s $SCALE -f $BENCH_DIR/check.pgbench" ;;
     naive_check_churn) echo "base -s $SCALE -f $SHARED/check.pgbench" ;;
@@ -213,17 +219,7 @@ SQL
   say "setup done in $((SECONDS - t0)) s"
 }
 
-setup_role() {
-  sql "$DB" -v role="$ROLE" -v pw="$ROLE_PW" -v ns="$NS" -v db="$DB" >/dev/null <<'SQL'
-SET client_min_messages = warning;
-SELECT format('CREATE ROLE %I LOGIN', :'role')
-WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = :'role') \gexec
-SELECT format('ALTER ROLE %I LOGIN NOSUPERUSER INHERIT PASSWORD %L', :'role', :'pw') \gexec
-SELECT format('ALTER ROLE %I IN DATABASE %I RESET mec.namespace_id', :'role', :'db') \gexec
--- A login role of its own acts in the namespace it is bound to (docs/security.md), like a vendor's backend.
-SELECT mec.bind_role(p_role => :'role', p_namespace_id => :'ns', p_api_role => 'mec_service');
-SQL
-}
+setup_role() { bind_bench_role "$DB" "$ROLE" "$ROLE_PW" "$NS"; }
 
 as_role() { env PGUSER="$ROLE" PGPASSWORD="$ROLE_PW" "$@"; }
 
