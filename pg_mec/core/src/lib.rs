@@ -13,6 +13,7 @@
 //! * [`stripe_signature`] — Stripe's `Stripe-Signature` webhook header, verified.
 //! * [`time`] — instants as RFC 3339 text and back.
 //! * [`codec`] — the byte encoding of values kept in shared memory.
+//! * [`sql_text`] — what `stmt!` checks of an SQL text at compile time (its highest `$n`).
 //!
 //! ```
 //! use pg_mec_core::{catalog, period_window, Decimal};
@@ -47,6 +48,7 @@ pub mod entitlement;
 pub mod parse;
 pub mod period;
 pub mod quantity;
+pub mod sql_text;
 pub mod stripe_signature;
 pub mod time;
 

@@ -46,27 +46,9 @@ pub struct Stmt {
     pub writes: bool,
 }
 
-/// The highest `$n` in `sql`, 0 when there is none. A `const fn` for [`stmt!`]'s check.
-pub const fn placeholders(sql: &str) -> usize {
-    let b = sql.as_bytes();
-    let (mut i, mut max) = (0, 0);
-    while i < b.len() {
-        if b[i] == b'$' {
-            let (mut j, mut n) = (i + 1, 0usize);
-            while j < b.len() && b[j].is_ascii_digit() {
-                n = n * 10 + (b[j] - b'0') as usize;
-                j += 1;
-            }
-            if n > max {
-                max = n;
-            }
-            i = j;
-        } else {
-            i += 1;
-        }
-    }
-    max
-}
+/// The highest `$n` in an SQL text ([`stmt!`]'s compile-time check); pure, so it lives and is
+/// tested in `pg_mec_core`.
+pub use pg_mec_core::sql_text::placeholders;
 
 /// Declares a prepared statement (see the module documentation):
 /// `[pub] static NAME: read|write (name: type, …) = "SQL";`, with the types `uuid`, `text`,
@@ -266,17 +248,4 @@ pub fn write<'c>(
     let p = plan(client, stmt)?;
     let _generic = GenericPlans::force();
     Ok(Rows(client.update(&*p, None, args)?))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::placeholders;
-
-    #[test]
-    fn counts_the_highest_placeholder() {
-        assert_eq!(placeholders("SELECT 1"), 0);
-        assert_eq!(placeholders("WHERE a = $1 AND b = $2"), 2);
-        assert_eq!(placeholders("$3::numeric IS NULL OR used + $12 <= $3"), 12);
-        assert_eq!(placeholders("'$' || $1"), 1);
-    }
 }
