@@ -1,5 +1,6 @@
 # shellcheck shell=bash
-# Shared by bench/run.sh and bench/gateway.sh: messages and the client tools they need.
+# Shared by bench/run.sh, bench/gateway.sh and bench/scale.sh: messages, the client tools they need,
+# psql helpers and the bound login role the pg_mec workloads run as.
 # Source it after setting BENCH_NAME (the prefix of error messages).
 
 die() {
@@ -31,6 +32,14 @@ find_tools() {
   unset PGOPTIONS
   NPROC="$(nproc 2>/dev/null || echo 2)"
 }
+
+# Superuser psql into database $1 (rest: psql arguments); sql_value runs one query in $DB.
+sql() {
+  local db=$1
+  shift
+  "$PSQL" -X -q -v ON_ERROR_STOP=1 -d "$db" "$@"
+}
+sql_value() { sql "$DB" -At -c "$1"; }
 
 # bind_bench_role DB ROLE PASSWORD NAMESPACE: the login role the pg_mec workloads run as, created
 # or reset, bound to NAMESPACE as a mec_service (docs/security.md), like a vendor's backend: row-level

@@ -115,13 +115,6 @@ for c in $CLIENTS; do [[ $c =~ ^[0-9]+$ && $c -gt 0 ]] || die "bad client count:
 # ------------------------------------------------------------------ tools
 find_tools
 
-# Superuser psql into database $1 (rest: psql arguments).
-sql() {
-  local db=$1
-  shift
-  "$PSQL" -X -q -v ON_ERROR_STOP=1 -d "$db" "$@"
-}
-sql_value() { sql "$DB" -At -c "$1"; }
 
 sql postgres -At -c 'SELECT 1' >/dev/null 2>&1 ||
   die "cannot connect as ${PGUSER:-$USER} to ${PGHOST:-the local socket}:${PGPORT:-5432} (run scripts/mec up, or set PG*)"

@@ -74,12 +74,6 @@ LAST_STAGE="${STAGES##* }"
   die "--ledger-accounts must be between 1 and the last stage ($LAST_STAGE)"
 
 find_tools
-sql() {
-  local db=$1
-  shift
-  "$PSQL" -X -q -v ON_ERROR_STOP=1 -d "$db" "$@"
-}
-sql_value() { sql "$DB" -At -c "$1"; }
 [[ $(sql postgres -At -c 'SELECT rolsuper FROM pg_roles WHERE rolname = current_user' 2>/dev/null) == t ]] ||
   die "cannot connect as a superuser (run scripts/mec up, or set PG*)"
 
