@@ -4,8 +4,10 @@ every crash test ends with."""
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -110,3 +112,76 @@ def gateway_pid(e: dict[str, str]) -> int:
         except OSError:
             continue
     raise AssertionError("no running gateway found")
+
+
+class HttpMeters:
+    """Threads that meter `units` through the gateway as a mec_service of `ns`, each call with a key
+    of its own, and retry a call the crash failed (502, 503, 504, a dropped connection) with the
+    same key until it is answered, as the contract tells callers to. Any other answer or error is
+    collected in `errors`, so it fails the test and not just its thread."""
+
+    def __init__(self, e: dict[str, str], ns: str, accounts: list[str], prefix: str, seed: int,
+                 timeout: float, patience: float):
+        import jwt
+
+        self.url = e["MEC_GATEWAY_URL"] + "/api/rpc/meter_consumption"
+        self.token = jwt.encode({"role": "mec_service", "namespace_id": ns, "exp": int(time.time()) + 900},
+                                e["MEC_JWT_SECRET"], algorithm="HS256")
+        self.accounts, self.prefix, self.seed = accounts, prefix, seed
+        self.timeout, self.patience = timeout, patience
+        self.acked: dict[str, tuple] = {}  # key -> (account, qty, consumption_id, answered as duplicate)
+        self.retries = 0
+        self.errors: list[BaseException] = []
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.threads: list[threading.Thread] = []
+
+    def start(self, clients: int) -> None:
+        self.threads = [threading.Thread(target=self._client, args=(n,)) for n in range(clients)]
+        for t in self.threads:
+            t.start()
+
+    def finish(self, timeout: float) -> None:
+        """Stops issuing new calls; waits for the ones in flight to be answered."""
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout)
+        assert not any(t.is_alive() for t in self.threads), "an HTTP client is still retrying"
+        assert not self.errors, self.errors
+
+    def duplicates(self) -> int:
+        return sum(1 for *_, dup in self.acked.values() if dup)
+
+    def _client(self, n: int) -> None:
+        try:
+            self._calls(n)
+        except BaseException as err:  # a thread's failure must fail the test, not vanish
+            self.errors.append(err)
+
+    def _calls(self, n: int) -> None:
+        import requests
+
+        rnd = random.Random(self.seed + n)
+        session = requests.Session()
+        i = 0
+        while not self.stop.is_set():
+            i += 1
+            key, account, qty = f"{self.prefix}{n}-{i}", rnd.choice(self.accounts), rnd.randint(1, 3)
+            body = {"p_idempotency_key": key, "p_account_id": account, "p_resource_type": "units", "p_quantity": qty}
+            deadline = time.time() + self.patience
+            while True:
+                try:
+                    r = session.post(self.url, json=body, headers={"Authorization": f"Bearer {self.token}"},
+                                     timeout=self.timeout)
+                    if r.status_code == 200:
+                        got = r.json()
+                        with self.lock:
+                            self.acked[key] = (account, qty, got["consumption_id"], got["duplicate"])
+                        break
+                    assert r.status_code in (502, 503, 504), (r.status_code, r.text)
+                except requests.RequestException:
+                    pass
+                with self.lock:
+                    self.retries += 1
+                assert time.time() < deadline, "the gateway never answered the call"
+                time.sleep(0.1)

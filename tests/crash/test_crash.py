@@ -16,8 +16,8 @@ import uuid
 import psycopg
 from psycopg.types.json import Jsonb
 
-from crash_helpers import (REPO, bring_back, gateway_pid, check_counters_equal_ledger, connect, kill_postmaster, ledger_counts,
-                      wait_for)
+from crash_helpers import (REPO, HttpMeters, bring_back, check_counters_equal_ledger, connect, gateway_pid,
+                           kill_postmaster, ledger_counts, wait_for)
 
 CATALOG = {
     "resources": [{"resource_type": "units", "kind": "metered"}, {"resource_type": "scarce", "kind": "metered"},
@@ -114,53 +114,14 @@ def test_postmaster_killed_mid_load(mec_env):
                 return
 
     # Beside the SQL clients, HTTP clients meter through the gateway and retry a failed call with
-    # the same key until it is answered, as the contract tells callers to: through the database's
-    # crash and recovery, each key they sent must land exactly once.
-    import jwt
-    import requests
-
-    token = jwt.encode({"role": "mec_service", "namespace_id": ns, "exp": int(time.time()) + 900},
-                       e["MEC_JWT_SECRET"], algorithm="HS256")
-    url = e["MEC_GATEWAY_URL"] + "/api/rpc/meter_consumption"
-    http_acked: dict[str, tuple] = {}  # key -> (account, qty, consumption_id, answered as duplicate)
-    http_retries = {"n": 0}
-    http_errors: list[BaseException] = []
-
-    def http_client(n: int) -> None:
-        try:
-            http_calls(n)
-        except BaseException as err:  # a thread's failure must fail the test, not vanish
-            http_errors.append(err)
-
-    def http_calls(n: int) -> None:
-        rnd = random.Random(1000 + n)
-        session = requests.Session()
-        i = 0
-        while not stop.is_set():
-            i += 1
-            key, account, qty = f"w{n}-{i}", rnd.choice(accounts), rnd.randint(1, 3)
-            body = {"p_idempotency_key": key, "p_account_id": account, "p_resource_type": "units", "p_quantity": qty}
-            deadline = time.time() + 120
-            while True:
-                try:
-                    r = session.post(url, json=body, headers={"Authorization": f"Bearer {token}"}, timeout=10)
-                    if r.status_code == 200:
-                        got = r.json()
-                        with lock:
-                            http_acked[key] = (account, qty, got["consumption_id"], got["duplicate"])
-                        break
-                    assert r.status_code in (502, 503, 504), (r.status_code, r.text)
-                except requests.RequestException:
-                    pass
-                with lock:
-                    http_retries["n"] += 1
-                assert time.time() < deadline, "the gateway never answered once the database was back"
-                time.sleep(0.2)
+    # the same key until it is answered: through the database's crash and recovery, each key they
+    # sent must land exactly once.
+    http = HttpMeters(e, ns, accounts, prefix="w", seed=1000, timeout=10, patience=120)
 
     threads = [threading.Thread(target=client, args=(n,)) for n in range(8)]
-    http_threads = [threading.Thread(target=http_client, args=(n,)) for n in range(2)]
-    for t in threads + http_threads:
+    for t in threads:
         t.start()
+    http.start(2)
     time.sleep(2.0)
     kill_postmaster(e)
     for t in threads:
@@ -168,19 +129,16 @@ def test_postmaster_killed_mid_load(mec_env):
     seconds = bring_back(e)
     time.sleep(1.0)  # the HTTP clients finish their retries against the recovered database
     stop.set()
-    for t in http_threads:
-        t.join(150)
-    assert not any(t.is_alive() for t in http_threads), "an HTTP client is still retrying"
-    assert not http_errors, http_errors
+    http.finish(150)
     conn = connect(e, ns)
 
     assert not sql_errors, sql_errors
     assert len(acked) > 100, f"the load recorded too little before the kill: {len(acked)}"
-    assert len(http_acked) > 20, f"the HTTP load recorded too little: {len(http_acked)}"
-    assert http_retries["n"] > 0, "the crash hit no HTTP call: that half proved nothing"
-    http_counts = ledger_counts(conn, ns, list(http_acked))
-    assert all(http_counts.get(k) == 1 for k in http_acked), "an HTTP call is missing or twice in the ledger"
-    for key, (_, qty, cid, _) in http_acked.items():
+    assert len(http.acked) > 20, f"the HTTP load recorded too little: {len(http.acked)}"
+    assert http.retries > 0, "the crash hit no HTTP call: that half proved nothing"
+    http_counts = ledger_counts(conn, ns, list(http.acked))
+    assert all(http_counts.get(k) == 1 for k in http.acked), "an HTTP call is missing or twice in the ledger"
+    for key, (_, qty, cid, _) in http.acked.items():
         row = conn.execute("SELECT consumption_id::text, quantity FROM mec.consumption WHERE namespace_id = %s "
                            "AND idempotency_key = %s", (ns, key)).fetchone()
         assert row == (cid, qty), (key, row, cid, qty)
@@ -215,62 +173,18 @@ def test_postmaster_killed_mid_load(mec_env):
                           "AND released_at IS NULL AND expires_at > now() GROUP BY 1", (ns,)).fetchall()
     assert all(n <= 4 for _, n in active), active
     report("postmaster", acknowledged=len(acked), refused=len(refused), in_flight=len(unknown),
-           reservations_committed=len(committed), http_acknowledged=len(http_acked),
-           http_retried_attempts=http_retries["n"],
-           http_answered_as_duplicate=sum(1 for *_, dup in http_acked.values() if dup),
+           reservations_committed=len(committed), http_acknowledged=len(http.acked),
+           http_retried_attempts=http.retries, http_answered_as_duplicate=http.duplicates(),
            lost=0, twice=0, recovery_seconds=round(seconds, 1))
 
 
 def test_gateway_killed_mid_request_clients_retry(mec_env):
-    import jwt
     import requests
 
     e = mec_env
     ns, accounts = new_namespace(e)
-    token = jwt.encode({"role": "mec_service", "namespace_id": ns, "exp": int(time.time()) + 600},
-                       e["MEC_JWT_SECRET"], algorithm="HS256")
-    url = e["MEC_GATEWAY_URL"] + "/api/rpc/meter_consumption"
-    lock = threading.Lock()
-    sent: dict[str, tuple] = {}
-    retries = {"n": 0, "duplicates": 0}
-    errors: list[BaseException] = []
-
-    stop = threading.Event()
-
-    def client(n: int) -> None:
-        try:
-            calls(n)
-        except BaseException as err:  # a thread's failure must fail the test, not vanish
-            errors.append(err)
-
-    def calls(n: int) -> None:
-        rnd = random.Random(100 + n)
-        s = requests.Session()
-        i = 0
-        while not stop.is_set():
-            i += 1
-            key, account, qty = f"h{n}-{i}", rnd.choice(accounts), rnd.randint(1, 3)
-            body = {"p_idempotency_key": key, "p_account_id": account, "p_resource_type": "units", "p_quantity": qty}
-            deadline = time.time() + 60
-            while True:
-                try:
-                    r = s.post(url, json=body, headers={"Authorization": f"Bearer {token}"}, timeout=5)
-                    if r.status_code == 200:
-                        with lock:
-                            sent[key] = (account, qty, r.json()["consumption_id"])
-                            retries["duplicates"] += int(r.json()["duplicate"])
-                        break
-                    assert r.status_code in (502, 503, 504), r.text
-                except requests.RequestException:
-                    pass
-                with lock:
-                    retries["n"] += 1
-                assert time.time() < deadline, "the gateway did not come back"
-                time.sleep(0.1)
-
-    threads = [threading.Thread(target=client, args=(n,)) for n in range(8)]
-    for t in threads:
-        t.start()
+    http = HttpMeters(e, ns, accounts, prefix="h", seed=100, timeout=5, patience=60)
+    http.start(8)
     time.sleep(1.0)
     os.kill(gateway_pid(e), signal.SIGKILL)
     killed_at = time.time()
@@ -278,19 +192,17 @@ def test_gateway_killed_mid_request_clients_retry(mec_env):
              "the supervised gateway to come back")
     back = time.time() - killed_at
     time.sleep(1.0)
-    stop.set()
-    for t in threads:
-        t.join(120)
-    assert not errors, errors
+    http.finish(120)
+    sent = http.acked
     assert len(sent) > 100, len(sent)
     conn = connect(e, ns)
     counts = ledger_counts(conn, ns, list(sent))
     assert all(counts.get(k) == 1 for k in sent), "a call is missing or twice in the ledger"
     total = conn.execute("SELECT sum(quantity) FROM mec_data.consumption WHERE namespace_id = %s", (ns,)).fetchone()[0]
-    assert total == sum(q for _, q, _ in sent.values())
+    assert total == sum(q for _, q, _, _ in sent.values())
     check_counters_equal_ledger(conn, ns)
-    assert retries["n"] > 0, "the kill hit no request: the test proved nothing"
-    report("gateway", calls=len(sent), retried_attempts=retries["n"], answered_as_duplicate=retries["duplicates"],
+    assert http.retries > 0, "the kill hit no request: the test proved nothing"
+    report("gateway", calls=len(sent), retried_attempts=http.retries, answered_as_duplicate=http.duplicates(),
            lost=0, twice=0, gateway_back_seconds=round(back, 1))
 
 
