@@ -226,7 +226,7 @@ pub fn meter(client: &mut SpiClient<'_>, ns: Uuid, ev: &Event, now_us: i64) -> M
     let mut slot0_locked = false;
     for attempt in 0..4 {
         let started = Instant::now();
-        let metered = run_meter(client, ns, ev, &eff, &window, guard)?;
+        let metered = run_meter(client, ns, ev, &eff, &counter, guard)?;
         if stripable && started.elapsed() >= stripes::CONTENDED {
             stripes::saw_slow(ns, &counter);
         }
@@ -271,17 +271,14 @@ pub fn meter(client: &mut SpiClient<'_>, ns: Uuid, ev: &Event, now_us: i64) -> M
                 if let Some(v) = replay_if_recorded(client, ns, ev)? {
                     return Ok(v);
                 }
-                // Refused by the guard, or no row to update. Before refusing: create the counter
-                // (here, or concurrently after this statement's snapshot), give back quota held by
-                // expired reservations, and fold the stripes back under slot 0's lock. The fold
+                // Refused by the guard, or no row to update (each attempt's slot-0 path already gave
+                // back expired holds). Before refusing: create the counter (here, or concurrently
+                // after this statement's snapshot), and fold the stripes back under slot 0's lock. The fold
                 // keeps that lock to the end of the transaction, so no stripe is granted quota
                 // again and the next attempt decides on the exact total. (Whether the fold moved
                 // anything does not matter: another backend may have folded since our attempt.)
                 if attempt == 0 {
                     counter.create(client, ns)?;
-                    continue;
-                }
-                if counter.sweep_expired_holds(client, ns, None)? {
                     continue;
                 }
                 if !slot0_locked {
@@ -293,7 +290,7 @@ pub fn meter(client: &mut SpiClient<'_>, ns: Uuid, ev: &Event, now_us: i64) -> M
             }
         }
     }
-    // Holds kept expiring between attempts: decide on what is there now.
+    // Every path above returns within three attempts; refuse if that ever changes.
     Err(refusal(client, ns, ev, &eff))
 }
 
@@ -335,9 +332,10 @@ fn run_meter(
     ns: Uuid,
     ev: &Event,
     eff: &Effective,
-    window: &Window,
+    counter: &CounterKey<'_>,
     guard: Guard,
 ) -> MecResult<Metered> {
+    let window = &counter.window;
     let mut args = ev.ledger_args(ns, window);
     args.extend([
         guard.ceiling.map(to_numeric).into(),
@@ -363,11 +361,6 @@ fn run_meter(
     }
     // Striped, missing, refused or holding an expired reservation: expired holds leave, slot 0
     // decides, then the ledger row counts the stripes.
-    let counter = CounterKey {
-        account_id: ev.account_id,
-        resource_type: &ev.resource_type,
-        window: *window,
-    };
     counter.sweep_expired_holds(client, ns, None)?;
     let fences = alerts::fences(client, ns, eff)?;
     let fences = (!fences.is_empty()).then(|| {

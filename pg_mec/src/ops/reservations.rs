@@ -124,14 +124,12 @@ pub fn reserve(
         if used.is_some() {
             break;
         }
-        // Missing counter (maybe created concurrently after this statement's snapshot), quota
-        // held by expired reservations, or a striped counter (holds are decided on slot 0 with
-        // the exact total): try again; otherwise refuse.
+        // Missing counter (maybe created concurrently after this statement's snapshot) or a
+        // striped counter (holds are decided on slot 0 with the exact total): try again;
+        // otherwise refuse. Expired holds were given back before the first attempt.
         if attempt == 0 {
             counter.create(client, ns)?;
-        } else if !(counter.sweep_expired_holds(client, ns, None)?
-            || stripes::fold(client, ns, &counter)?)
-        {
+        } else if !stripes::fold(client, ns, &counter)? {
             break;
         }
     }
