@@ -41,6 +41,16 @@ sql() {
 }
 sql_value() { sql "$DB" -At -c "$1"; }
 
+# create_bench_namespace DB NAMESPACE NAME: pg_mec in DB, the namespace, the catalog bench/catalog.json.
+create_bench_namespace() {
+  sql "$1" -v ns="$2" -v name="$3" -v catalog="$(cat "$BENCH_DIR/catalog.json")" >/dev/null <<'SQL'
+CREATE EXTENSION pg_mec;
+SELECT mec.create_namespace(p_name => :'name', p_namespace_id => :'ns'::uuid);
+SELECT set_config('mec.namespace_id', :'ns', false);
+SELECT mec.load_catalog(p_catalog => :'catalog'::jsonb);
+SQL
+}
+
 # bind_bench_role DB ROLE PASSWORD NAMESPACE: the login role the pg_mec workloads run as, created
 # or reset, bound to NAMESPACE as a mec_service (docs/security.md), like a vendor's backend: row-level
 # security applies to it as to a real caller.

@@ -180,12 +180,7 @@ setup_db() {
   sql "$DB" -f "$SHARED/naive_load.sql" >/dev/null
 
   say "pg_mec: extension, namespace $NS, catalog bench/catalog.json"
-  sql "$DB" -v ns="$NS" -v catalog="$(cat "$BENCH_DIR/catalog.json")" >/dev/null <<'SQL'
-CREATE EXTENSION pg_mec;
-SELECT mec.create_namespace(p_name => 'bench', p_namespace_id => :'ns'::uuid);
-SELECT set_config('mec.namespace_id', :'ns', false);
-SELECT mec.load_catalog(p_catalog => :'catalog'::jsonb);
-SQL
+  create_bench_namespace "$DB" "$NS" bench
 
   # One statement over generate_series per 1000 accounts, so that progress can be shown.
   local step=1000 lo hi

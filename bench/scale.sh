@@ -88,12 +88,7 @@ as_role() { env PGUSER="$ROLE" PGPASSWORD="$ROLE_PW" "$@"; }
 say "recreating database $DB"
 sql postgres -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)"
 sql postgres -c "CREATE DATABASE $DB"
-sql "$DB" -v ns="$NS" -v catalog="$(cat "$BENCH_DIR/catalog.json")" >/dev/null <<'SQL'
-CREATE EXTENSION pg_mec;
-SELECT mec.create_namespace(p_name => 'scale', p_namespace_id => :'ns'::uuid);
-SELECT set_config('mec.namespace_id', :'ns', false);
-SELECT mec.load_catalog(p_catalog => :'catalog'::jsonb);
-SQL
+create_bench_namespace "$DB" "$NS" scale
 bind_bench_role "$DB" "$ROLE" "$ROLE_PW" "$NS"
 
 PROVISIONED=0

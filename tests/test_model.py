@@ -203,7 +203,8 @@ class Account(RuleBasedStateMachine):
 
     @rule(rid=holds)
     def expire_hold(self, rid):
-        """Time passes for one hold: it stops counting at once, and is swept when quota runs short."""
+        """Time passes for one hold: it stops counting at once, and the next write on its counter
+        gives its quota back."""
         if rid not in self.held:
             return
         self.conn.execute("UPDATE mec_data.reservations SET expires_at = clock_timestamp() - interval '1 second' "
