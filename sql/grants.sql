@@ -14,7 +14,8 @@ GRANT USAGE ON SCHEMA mec, mec_data TO mec_user;
 -- Reads (row-level security narrows them).
 GRANT SELECT ON ALL TABLES IN SCHEMA mec TO mec_user;
 GRANT SELECT (namespace_id, name, settings, created_at, updated_at) ON mec_data.namespaces TO mec_user;
-GRANT SELECT ON mec_data.resource_types, mec_data.plans, mec_data.plan_entitlements, mec_data.accounts,
+GRANT SELECT ON mec_data.resource_types, mec_data.plans, mec_data.plan_entitlements, mec_data.plan_versions,
+                mec_data.accounts,
                 mec_data.entitlements, mec_data.usage_counters, mec_data.consumption, mec_data.leases,
                 mec_data.reservations
       TO mec_user;
@@ -35,7 +36,7 @@ GRANT SELECT ON mec_data.stripe_events, mec_data.stripe_subscriptions, mec_data.
 -- ownership: mec_owner is bound by row-level security like any role.
 GRANT USAGE ON SCHEMA mec, mec_data TO mec_owner;
 GRANT SELECT, INSERT, UPDATE, DELETE ON mec_data.catalogs, mec_data.resource_types, mec_data.plans,
-      mec_data.plan_entitlements, mec_data.accounts, mec_data.entitlements, mec_data.usage_counters,
+      mec_data.plan_entitlements, mec_data.plan_versions, mec_data.accounts, mec_data.entitlements, mec_data.usage_counters,
       mec_data.consumption, mec_data.leases, mec_data.reservations, mec_data.idempotency_keys,
       mec_data.namespace_secrets, mec_data.stripe_events, mec_data.stripe_subscriptions,
       mec_data.auth0_events, mec_data.stripe_usage_outbox, mec_data.stripe_usage_items
@@ -130,3 +131,7 @@ GRANT EXECUTE ON FUNCTION
 
 -- Operators: the shared entitlement cache's state (pg_mec/src/cache/shared.rs).
 GRANT EXECUTE ON FUNCTION mec_data.shared_cache_stats() TO mec_admin;
+
+-- Plan versions and access policy (issue 14).
+GRANT EXECUTE ON FUNCTION mec.check_policy(uuid, jsonb) TO mec_user;
+GRANT EXECUTE ON FUNCTION mec.migrate_plan_version(text, text, text, uuid) TO mec_admin;

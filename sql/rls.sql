@@ -11,7 +11,7 @@ DECLARE
     t text;
 BEGIN
     FOREACH t IN ARRAY ARRAY['namespaces', 'namespace_secrets', 'catalogs', 'resource_types', 'plans',
-                             'plan_entitlements', 'accounts', 'entitlements', 'usage_counters',
+                             'plan_entitlements', 'plan_versions', 'accounts', 'entitlements', 'usage_counters',
                              'consumption', 'leases', 'reservations', 'idempotency_keys', 'audit_log',
                              'stripe_events', 'stripe_subscriptions', 'auth0_events',
                              'stripe_usage_outbox', 'stripe_usage_items', 'webhook_endpoints',
@@ -29,7 +29,7 @@ BEGIN
     END LOOP;
 
     -- mec_user reads the catalog of its namespace ...
-    FOREACH t IN ARRAY ARRAY['namespaces', 'resource_types', 'plans', 'plan_entitlements']
+    FOREACH t IN ARRAY ARRAY['namespaces', 'resource_types', 'plans', 'plan_entitlements', 'plan_versions']
     LOOP
         EXECUTE format('CREATE POLICY user_read_catalog ON mec_data.%I FOR SELECT TO mec_user USING (true)', t);
     END LOOP;

@@ -69,6 +69,10 @@ CREATE TABLE mec_data.plans (
     active          boolean     NOT NULL DEFAULT true,
     created_at      timestamptz NOT NULL DEFAULT now(),
     updated_at      timestamptz NOT NULL DEFAULT now(),
+    -- the version new provisioning gets (mec_data.plan_versions keeps every version loaded)
+    version         text        NOT NULL DEFAULT '1' CHECK (version <> ''),
+    -- the plan's access policy (mec.check_policy), as validated by pg_mec_core::catalog::policy
+    policy          jsonb,
     PRIMARY KEY (namespace_id, plan_id),
     UNIQUE (namespace_id, stripe_price_id),
     FOREIGN KEY (namespace_id) REFERENCES mec_data.namespaces (namespace_id) ON DELETE CASCADE
@@ -91,6 +95,21 @@ CREATE TABLE mec_data.plan_entitlements (
     FOREIGN KEY (namespace_id, resource_type) REFERENCES mec_data.resource_types (namespace_id, resource_type) ON DELETE CASCADE
 );
 
+-- Every version of a plan ever loaded, as loaded: what an account grandfathered on it keeps and
+-- what mec.migrate_plan_version moves accounts to. entitlements: plan_entitlements rows as JSON.
+-- explicit: the catalog named the version, so it may not be loaded again with other contents.
+CREATE TABLE mec_data.plan_versions (
+    namespace_id uuid        NOT NULL,
+    plan_id      text        NOT NULL,
+    version      text        NOT NULL CHECK (version <> ''),
+    entitlements jsonb       NOT NULL,
+    policy       jsonb,
+    explicit     boolean     NOT NULL,
+    loaded_at    timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (namespace_id, plan_id, version),
+    FOREIGN KEY (namespace_id, plan_id) REFERENCES mec_data.plans (namespace_id, plan_id) ON DELETE CASCADE
+);
+
 -- A customer of the vendor.
 CREATE TABLE mec_data.accounts (
     namespace_id       uuid        NOT NULL,
@@ -106,6 +125,8 @@ CREATE TABLE mec_data.accounts (
     -- when the payment event that last set payment_overdue happened (a Stripe event's created):
     -- an older event delivered later does not change it
     payment_event_at   timestamptz,
+    -- the version of plan_id the account is on (grandfathered until provisioned again or migrated)
+    plan_version       text,
     PRIMARY KEY (namespace_id, account_id),
     UNIQUE (namespace_id, external_id),
     UNIQUE (namespace_id, stripe_customer_id),
@@ -132,6 +153,7 @@ CREATE TABLE mec_data.entitlements (
     valid_until     timestamptz CHECK (valid_until > valid_from),
     reason          text,
     created_at      timestamptz NOT NULL DEFAULT now(),
+    plan_version    text,  -- source = 'plan': the plan version the row was copied from
     PRIMARY KEY (namespace_id, entitlement_id),
     FOREIGN KEY (namespace_id, account_id) REFERENCES mec_data.accounts (namespace_id, account_id) ON DELETE CASCADE,
     FOREIGN KEY (namespace_id, resource_type) REFERENCES mec_data.resource_types (namespace_id, resource_type) ON DELETE CASCADE

@@ -11,8 +11,12 @@ SELECT p.namespace_id, p.plan_id, p.name, p.price_amount, p.currency, p.price_in
                      || jsonb_build_object('limit', pe.quantity_limit))
                  FROM mec_data.plan_entitlements pe
                  WHERE pe.namespace_id = p.namespace_id AND pe.plan_id = p.plan_id), '{}') AS entitlements,
-       p.created_at, p.updated_at
+       p.created_at, p.updated_at, p.version, p.policy
 FROM mec_data.plans p;
+
+CREATE VIEW mec.plan_versions WITH (security_invoker = true) AS
+SELECT namespace_id, plan_id, version, entitlements, policy, explicit, loaded_at
+FROM mec_data.plan_versions;
 
 CREATE VIEW mec.resource_types WITH (security_invoker = true) AS
 SELECT namespace_id, resource_type, kind, unit, description, window_seconds, billable_statuses,
@@ -21,13 +25,13 @@ FROM mec_data.resource_types;
 
 CREATE VIEW mec.accounts WITH (security_invoker = true) AS
 SELECT namespace_id, account_id, external_id, plan_id, plan_effective_at, stripe_customer_id,
-       payment_overdue, billing_anchor_day, created_at, updated_at
+       payment_overdue, billing_anchor_day, created_at, updated_at, plan_version
 FROM mec_data.accounts;
 
 CREATE VIEW mec.entitlements WITH (security_invoker = true) AS
 SELECT e.namespace_id, e.entitlement_id, e.account_id, e.resource_type, r.kind, e.source, e.plan_id,
        e.quantity_limit, e.period, e.enforcement, e.overage_cap, e.grace, e.enabled,
-       e.valid_from, e.valid_until, e.reason, e.created_at
+       e.valid_from, e.valid_until, e.reason, e.created_at, e.plan_version
 FROM mec_data.entitlements e
 JOIN mec_data.resource_types r USING (namespace_id, resource_type);
 

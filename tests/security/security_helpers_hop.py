@@ -4,7 +4,8 @@ from __future__ import annotations
 
 TABLES = ["accounts", "entitlements", "usage_counters", "consumption", "leases", "reservations",
           "idempotency_keys", "audit_log", "webhook_endpoints", "webhook_events", "webhook_deliveries",
-          "alert_crossings", "namespace_secrets", "catalogs", "plans", "plan_entitlements", "resource_types",
+          "alert_crossings", "namespace_secrets", "catalogs", "plans", "plan_entitlements", "plan_versions",
+          "resource_types",
           "stripe_events", "stripe_subscriptions", "auth0_events", "stripe_usage_outbox", "stripe_usage_items",
           "role_bindings"]
 

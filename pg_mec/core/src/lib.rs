@@ -1,6 +1,7 @@
 //! Pure logic of pg_mec — periods, enforcement decisions, billability and catalog validation —
 //! with no pgrx types and no Postgres, so it can be tested with plain `cargo test`.
 //!
+//! * [`access`] — `check_policy`'s decision: a plan's access policy applied to one request.
 //! * [`alerts`] — the usage alerts a limit has: thresholds' shares of it, and where stripes stop.
 //! * [`period`] — period and rate windows in Unix microseconds UTC, sliding-window estimates.
 //! * [`enforcement`] — hard / soft / capped limits: [`Policy::decide`] and its stable reasons.
@@ -37,6 +38,7 @@
 //! assert_eq!(paths, ["$.resources", "$.plans[0].plan_id"]);
 //! ```
 
+pub mod access;
 pub mod alerts;
 pub mod bearer;
 pub mod billing;

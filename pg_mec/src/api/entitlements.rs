@@ -114,3 +114,33 @@ fn usage_history(
         )
     }))
 }
+
+/// Applies the access policy of the account's plan (the version it is on) to one request before the
+/// work: `p_request` is `{task, dimensions: {<dimension>: <value>}, input_tokens, max_output_tokens}`.
+/// Read-only. A denial is an answer, not an error.
+///
+/// Returns `{decision: "allow"|"deny", account_id, plan_id, plan_version, task, reasons: [{code,
+/// message, …}], shaped: {<dimension>: <value>, input_tokens, max_output_tokens}}`: every reason
+/// found (`task_not_allowed`, `unknown_dimension`, `dimension_value_not_allowed`,
+/// `input_tokens_over_cap`, `request_quota_exhausted`, `input_quota_exhausted`,
+/// `output_quota_exhausted` deny; `fallback` and `max_output_tokens_reduced` shape), and the request
+/// as it may run. Raises `22023` (a malformed request), `ME404` (unknown account), `ME400` (the
+/// account has no plan), `42501` (no namespace; a `mec_user` asking about another account).
+#[pg_extern(stable, parallel_safe)]
+fn check_policy(
+    p_account_id: Option<Uuid>,
+    p_request: Option<crate::pg::jsonb::JsonbArg>,
+) -> Jsonb {
+    Jsonb(api::read(|caller, client| {
+        let account = args::required(p_account_id, "p_account_id")?;
+        caller.require_account_access(account)?;
+        let request = args::required(p_request, "p_request")?.parse("p_request")?;
+        crate::ops::policy::check_policy(
+            client,
+            caller.namespace,
+            account,
+            &request,
+            clock::now_us(),
+        )
+    }))
+}

@@ -5,6 +5,7 @@ use pgrx::Uuid;
 
 use crate::api;
 use crate::ops::bulk;
+use crate::ops::plan_versions::{self, Migration};
 use crate::ops::provisioning::{self, Provision};
 use crate::pg::args;
 use crate::pg::jsonb::{Jsonb, JsonbArg};
@@ -61,5 +62,31 @@ fn bulk_provision(
             p_idempotency_key,
             crate::pg::clock::now_us(),
         )
+    }))
+}
+
+/// Moves the accounts on version `p_from_version` of plan `p_plan_id` (or only `p_account_id`) to
+/// `p_to_version` — any version of the plan ever loaded (`mec.plan_versions`), forward or back — from
+/// now on, in one transaction: their plan rows close now and the version's open now; usage counted
+/// so far and overrides and grants stay. Running it again moves nobody.
+///
+/// Returns `{plan_id, from_version, to_version, accounts_migrated, account_ids}`. Raises `ME404`
+/// (unknown plan, version or account), `ME409` (`p_account_id` is not on that plan version),
+/// `22023` (NULL argument, the same version twice), `42501`.
+#[pg_extern]
+fn migrate_plan_version(
+    p_plan_id: Option<&str>,
+    p_from_version: Option<&str>,
+    p_to_version: Option<&str>,
+    p_account_id: default!(Option<Uuid>, "NULL"),
+) -> Jsonb {
+    Jsonb(api::write(|caller, client| {
+        let m = Migration {
+            plan_id: args::text(p_plan_id, "p_plan_id")?,
+            from_version: args::text(p_from_version, "p_from_version")?,
+            to_version: args::text(p_to_version, "p_to_version")?,
+            account_id: p_account_id,
+        };
+        plan_versions::migrate(client, caller.namespace, &m)
     }))
 }

@@ -41,20 +41,23 @@ stmt! {
     static CREATE_MANY: write (ns: uuid, rows: jsonb, rows_from: timestamptz, actor: text, plan_effective_at: timestamptz) =
         "WITH r AS (SELECT * FROM jsonb_to_recordset($2) AS r(account_id uuid, external_id text, plan_id text)),
               acc AS (INSERT INTO mec_data.accounts
-                             (namespace_id, account_id, external_id, plan_id, plan_effective_at, billing_anchor_day)
+                             (namespace_id, account_id, external_id, plan_id, plan_effective_at, billing_anchor_day,
+                              plan_version)
                       SELECT $1, r.account_id, r.external_id, r.plan_id, $5,
                              (SELECT (n.settings->>'billing_anchor')::smallint
-                                FROM mec_data.namespaces n WHERE n.namespace_id = $1)
+                                FROM mec_data.namespaces n WHERE n.namespace_id = $1),
+                             (SELECT p.version FROM mec_data.plans p WHERE p.namespace_id = $1 AND p.plan_id = r.plan_id)
                         FROM r
                       ON CONFLICT (namespace_id, account_id) DO NOTHING
                       RETURNING account_id, plan_id),
               ent AS (INSERT INTO mec_data.entitlements
                              (namespace_id, account_id, resource_type, source, plan_id, quantity_limit, period,
-                              enforcement, overage_cap, grace, enabled, valid_from)
+                              enforcement, overage_cap, grace, enabled, valid_from, plan_version)
                       SELECT $1, acc.account_id, pe.resource_type, 'plan', pe.plan_id, pe.quantity_limit, pe.period,
-                             pe.enforcement, pe.overage_cap, pe.grace, pe.enabled, $3
+                             pe.enforcement, pe.overage_cap, pe.grace, pe.enabled, $3, p.version
                         FROM acc JOIN mec_data.plan_entitlements pe
                           ON pe.namespace_id = $1 AND pe.plan_id = acc.plan_id
+                        JOIN mec_data.plans p ON p.namespace_id = $1 AND p.plan_id = acc.plan_id
                       RETURNING 1),
               aud AS (INSERT INTO mec_data.audit_log (namespace_id, action, subject, details, actor)
                       SELECT $1, 'provision_plan', acc.account_id::text,
@@ -72,7 +75,7 @@ stmt! {
     /// current entitlement rows (what `provision_plan` would call unchanged). Locks every existing one.
     static UNCHANGED: write (ns: uuid, rows: jsonb, at: timestamptz) =
         "WITH r AS (SELECT * FROM jsonb_to_recordset($2) AS r(account_id uuid, external_id text, plan_id text)),
-              a AS (SELECT a.account_id, a.plan_id, a.external_id, r.plan_id AS wanted_plan,
+              a AS (SELECT a.account_id, a.plan_id, a.external_id, a.plan_version, r.plan_id AS wanted_plan,
                            r.external_id AS wanted_external_id
                       FROM r JOIN mec_data.accounts a ON a.namespace_id = $1 AND a.account_id = r.account_id
                        FOR UPDATE OF a)
@@ -80,19 +83,27 @@ stmt! {
            FROM a
           WHERE a.plan_id = a.wanted_plan
             AND (a.wanted_external_id IS NULL OR a.external_id = a.wanted_external_id)
+            AND a.plan_version IS NOT DISTINCT FROM
+                (SELECT p.version FROM mec_data.plans p WHERE p.namespace_id = $1 AND p.plan_id = a.wanted_plan)
             AND NOT EXISTS (
-                  (SELECT plan_id, resource_type, quantity_limit, period, enforcement, overage_cap, grace, enabled
+                  (SELECT plan_id, plan_version, resource_type, quantity_limit, period, enforcement, overage_cap,
+                          grace, enabled
                      FROM mec_data.entitlements e
                     WHERE e.namespace_id = $1 AND e.account_id = a.account_id AND e.source = 'plan'
                       AND e.valid_from <= $3 AND e.valid_until IS NULL
                    EXCEPT
-                   SELECT plan_id, resource_type, quantity_limit, period, enforcement, overage_cap, grace, enabled
-                     FROM mec_data.plan_entitlements pe WHERE pe.namespace_id = $1 AND pe.plan_id = a.wanted_plan)
+                   SELECT pe.plan_id, p.version, pe.resource_type, pe.quantity_limit, pe.period, pe.enforcement,
+                          pe.overage_cap, pe.grace, pe.enabled
+                     FROM mec_data.plan_entitlements pe JOIN mec_data.plans p USING (namespace_id, plan_id)
+                    WHERE pe.namespace_id = $1 AND pe.plan_id = a.wanted_plan)
                   UNION ALL
-                  (SELECT plan_id, resource_type, quantity_limit, period, enforcement, overage_cap, grace, enabled
-                     FROM mec_data.plan_entitlements pe WHERE pe.namespace_id = $1 AND pe.plan_id = a.wanted_plan
+                  (SELECT pe.plan_id, p.version, pe.resource_type, pe.quantity_limit, pe.period, pe.enforcement,
+                          pe.overage_cap, pe.grace, pe.enabled
+                     FROM mec_data.plan_entitlements pe JOIN mec_data.plans p USING (namespace_id, plan_id)
+                    WHERE pe.namespace_id = $1 AND pe.plan_id = a.wanted_plan
                    EXCEPT
-                   SELECT plan_id, resource_type, quantity_limit, period, enforcement, overage_cap, grace, enabled
+                   SELECT plan_id, plan_version, resource_type, quantity_limit, period, enforcement, overage_cap,
+                          grace, enabled
                      FROM mec_data.entitlements e
                     WHERE e.namespace_id = $1 AND e.account_id = a.account_id AND e.source = 'plan'
                       AND e.valid_from <= $3 AND e.valid_until IS NULL))";

@@ -34,17 +34,19 @@ stmt! {
 }
 
 stmt! {
-    static UPSERT_PLAN: write (ns: uuid, plan_id: text, name: text, price_amount: numeric, currency: text, price_interval: text, stripe_price_id: text, is_default: bool) =
+    static UPSERT_PLAN: write (ns: uuid, plan_id: text, name: text, price_amount: numeric, currency: text, price_interval: text, stripe_price_id: text, is_default: bool, version: text, policy: jsonb) =
         "INSERT INTO mec_data.plans AS p
-                  (namespace_id, plan_id, name, price_amount, currency, price_interval, stripe_price_id, is_default, active)
-              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, true)
+                  (namespace_id, plan_id, name, price_amount, currency, price_interval, stripe_price_id, is_default, active,
+                   version, policy)
+              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, true, $9, $10)
               ON CONFLICT (namespace_id, plan_id) DO UPDATE
                  SET name = excluded.name, price_amount = excluded.price_amount, currency = excluded.currency,
                      price_interval = excluded.price_interval, stripe_price_id = excluded.stripe_price_id,
-                     is_default = excluded.is_default, active = true, updated_at = now()
-               WHERE (p.name, p.price_amount, p.currency, p.price_interval, p.stripe_price_id, p.is_default, p.active)
+                     is_default = excluded.is_default, active = true, policy = excluded.policy, updated_at = now()
+               WHERE (p.name, p.price_amount, p.currency, p.price_interval, p.stripe_price_id, p.is_default, p.active,
+                      p.policy)
                      IS DISTINCT FROM (excluded.name, excluded.price_amount, excluded.currency, excluded.price_interval,
-                                       excluded.stripe_price_id, excluded.is_default, true)
+                                       excluded.stripe_price_id, excluded.is_default, true, excluded.policy)
               RETURNING (xmax = 0)";
 }
 
@@ -60,6 +62,51 @@ stmt! {
                      IS DISTINCT FROM (excluded.quantity_limit, excluded.period, excluded.enforcement,
                                        excluded.overage_cap, excluded.grace, excluded.enabled)
               RETURNING 1";
+}
+
+stmt! {
+    /// The plan's version before this load, and whether its policy changes (`$3`).
+    static PLAN_STATE: read (ns: uuid, plan_id: text, policy: jsonb) =
+        "SELECT version, policy IS DISTINCT FROM $3 AS policy_changed
+              FROM mec_data.plans WHERE namespace_id = $1 AND plan_id = $2";
+}
+
+stmt! {
+    /// The version new provisioning gets (a new plan's was set by UPSERT_PLAN).
+    static SET_PLAN_VERSION: write (ns: uuid, plan_id: text, version: text) =
+        "UPDATE mec_data.plans SET version = $3, updated_at = now()
+              WHERE namespace_id = $1 AND plan_id = $2 AND version <> $3
+              RETURNING 1";
+}
+
+stmt! {
+    /// Records the plan's version as now loaded (its plan_entitlements rows and policy). An explicit
+    /// version is never redefined: VERSION_CONFLICT then tells whether this load differs from it.
+    static UPSERT_PLAN_VERSION: write (ns: uuid, plan_id: text, version: text, policy: jsonb, explicit: bool) =
+        "INSERT INTO mec_data.plan_versions AS v (namespace_id, plan_id, version, entitlements, policy, explicit)
+              SELECT $1, $2, $3, (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                             'resource_type', pe.resource_type, 'quantity_limit', pe.quantity_limit, 'period', pe.period,
+                             'enforcement', pe.enforcement, 'overage_cap', pe.overage_cap, 'grace', pe.grace,
+                             'enabled', pe.enabled) ORDER BY pe.resource_type), '[]')
+                        FROM mec_data.plan_entitlements pe WHERE pe.namespace_id = $1 AND pe.plan_id = $2), $4, $5
+              ON CONFLICT (namespace_id, plan_id, version) DO UPDATE
+                 SET entitlements = excluded.entitlements, policy = excluded.policy,
+                     explicit = v.explicit OR excluded.explicit, loaded_at = now()
+               WHERE NOT v.explicit
+                 AND (v.entitlements, v.policy, v.explicit) IS DISTINCT FROM
+                     (excluded.entitlements, excluded.policy, excluded.explicit)";
+}
+
+stmt! {
+    /// (A write: it must see this load's plan_entitlements rows, which a read-only SPI call would not.)
+    static VERSION_CONFLICT: write (ns: uuid, plan_id: text, version: text, policy: jsonb) =
+        "SELECT (v.entitlements, v.policy) IS DISTINCT FROM ((SELECT coalesce(jsonb_agg(jsonb_build_object(
+                             'resource_type', pe.resource_type, 'quantity_limit', pe.quantity_limit, 'period', pe.period,
+                             'enforcement', pe.enforcement, 'overage_cap', pe.overage_cap, 'grace', pe.grace,
+                             'enabled', pe.enabled) ORDER BY pe.resource_type), '[]')
+                        FROM mec_data.plan_entitlements pe WHERE pe.namespace_id = $1 AND pe.plan_id = $2), $4)
+              FROM mec_data.plan_versions v
+              WHERE v.namespace_id = $1 AND v.plan_id = $2 AND v.version = $3";
 }
 
 stmt! {
@@ -242,7 +289,31 @@ fn apply_plans(
     cat: &Catalog,
 ) -> MecResult<(Vec<String>, Vec<String>)> {
     let (mut created, mut updated) = (Vec::new(), Vec::new());
-    for p in &cat.plans {
+    let mut problems = Vec::new();
+    for (i, p) in cat.plans.iter().enumerate() {
+        let policy = p
+            .policy
+            .as_ref()
+            .map(serde_json::to_value)
+            .transpose()
+            .map_err(|e| MecError::Internal(format!("policy as JSON: {e}")))?;
+        let (old_version, policy_changed) = match spi::read(
+            client,
+            &PLAN_STATE,
+            &[
+                ns.into(),
+                p.plan_id.as_str().into(),
+                policy.clone().map(JsonB).into(),
+            ],
+        )?
+        .first()
+        {
+            Some(r) => (
+                r.get::<String>("version")?,
+                r.get::<bool>("policy_changed")?.unwrap_or(true),
+            ),
+            None => (None, true),
+        };
         let row = spi::write(
             client,
             &UPSERT_PLAN,
@@ -255,10 +326,13 @@ fn apply_plans(
                 p.price_interval.as_deref().into(),
                 p.stripe_price_id.as_deref().into(),
                 p.is_default.into(),
+                cat.plan_version(p).into(),
+                policy.clone().map(JsonB).into(),
             ],
         )?
         .one::<bool>()?;
         let mut changed = row.is_some();
+        let mut content_changed = policy_changed;
         for e in &p.entitlements {
             let n = spi::write(
                 client,
@@ -276,20 +350,74 @@ fn apply_plans(
                 ],
             )?
             .len();
-            changed |= n > 0;
+            content_changed |= n > 0;
         }
         let keep = text_array(p.entitlements.iter().map(|e| e.resource_type.clone()));
-        changed |= !spi::write(
+        content_changed |= !spi::write(
             client,
             &DROP_STALE_PLAN_ENTITLEMENTS,
             &[ns.into(), p.plan_id.as_str().into(), keep.as_str().into()],
         )?
         .is_empty();
+        changed |= content_changed;
+        // A plan without a version of its own keeps the one it has while its contents stay the same:
+        // a new catalog version creates a plan version only for the plans it changes.
+        let version = match (&p.version, old_version) {
+            (Some(v), _) => v.clone(),
+            (None, Some(old)) if !content_changed => old,
+            (None, _) => cat.plan_version(p).to_string(),
+        };
+        let version = version.as_str();
+        changed |= !spi::write(
+            client,
+            &SET_PLAN_VERSION,
+            &[ns.into(), p.plan_id.as_str().into(), version.into()],
+        )?
+        .is_empty();
+        let policy_json = || policy.clone().map(JsonB);
+        spi::write(
+            client,
+            &UPSERT_PLAN_VERSION,
+            &[
+                ns.into(),
+                p.plan_id.as_str().into(),
+                version.into(),
+                policy_json().into(),
+                p.version.is_some().into(),
+            ],
+        )?;
+        let conflict = spi::write(
+            client,
+            &VERSION_CONFLICT,
+            &[
+                ns.into(),
+                p.plan_id.as_str().into(),
+                version.into(),
+                policy_json().into(),
+            ],
+        )?
+        .one::<bool>()?;
+        if conflict == Some(true) {
+            problems.push(json!({
+                "path": format!("$.plans[{i}].version"),
+                "message": format!(
+                    "version '{version}' of plan '{}' was loaded before with other entitlements or policy; \
+                     a version named in the catalog never changes: give the plan a new version",
+                    p.plan_id
+                ),
+            }));
+        }
         match row {
             Some(true) => created.push(p.plan_id.clone()),
             _ if changed => updated.push(p.plan_id.clone()),
             _ => {}
         }
+    }
+    if !problems.is_empty() {
+        return Err(MecError::CatalogInvalid {
+            count: problems.len(),
+            problems: Value::Array(problems),
+        });
     }
     Ok((created, updated))
 }

@@ -13,6 +13,8 @@ pub mod history;
 pub mod leases;
 pub mod metering;
 pub mod namespaces;
+pub mod plan_versions;
+pub mod policy;
 pub mod provisioning;
 pub mod reservations;
 pub mod stripe;

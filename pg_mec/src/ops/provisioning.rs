@@ -52,25 +52,23 @@ stmt! {
 }
 
 stmt! {
-    /// Rows that differ between the account's open plan entitlements and the plan's.
+    /// Rows that differ between the account's open plan entitlements and the plan's current version.
     static PLAN_DIFF: read (ns: uuid, account_id: uuid, plan_id: text, effective_at: timestamptz) =
-        "SELECT count(*)::int4 FROM (
-                  (SELECT plan_id, resource_type, quantity_limit, period, enforcement, overage_cap, grace, enabled
-                     FROM mec_data.entitlements
-                    WHERE namespace_id = $1 AND account_id = $2 AND source = 'plan'
-                      AND valid_from <= $4 AND valid_until IS NULL
-                   EXCEPT
-                   SELECT plan_id, resource_type, quantity_limit, period, enforcement, overage_cap, grace, enabled
-                     FROM mec_data.plan_entitlements WHERE namespace_id = $1 AND plan_id = $3)
-                  UNION ALL
-                  (SELECT plan_id, resource_type, quantity_limit, period, enforcement, overage_cap, grace, enabled
-                     FROM mec_data.plan_entitlements WHERE namespace_id = $1 AND plan_id = $3
-                   EXCEPT
-                   SELECT plan_id, resource_type, quantity_limit, period, enforcement, overage_cap, grace, enabled
-                     FROM mec_data.entitlements
-                    WHERE namespace_id = $1 AND account_id = $2 AND source = 'plan'
-                      AND valid_from <= $4 AND valid_until IS NULL)
-              ) d";
+        "WITH current AS (
+                  SELECT pe.plan_id, p.version AS plan_version, pe.resource_type, pe.quantity_limit, pe.period,
+                         pe.enforcement, pe.overage_cap, pe.grace, pe.enabled
+                    FROM mec_data.plan_entitlements pe
+                    JOIN mec_data.plans p USING (namespace_id, plan_id)
+                   WHERE pe.namespace_id = $1 AND pe.plan_id = $3),
+              held AS (
+                  SELECT plan_id, plan_version, resource_type, quantity_limit, period, enforcement, overage_cap,
+                         grace, enabled
+                    FROM mec_data.entitlements
+                   WHERE namespace_id = $1 AND account_id = $2 AND source = 'plan'
+                     AND valid_from <= $4 AND valid_until IS NULL)
+         SELECT count(*)::int4 FROM ((SELECT * FROM held EXCEPT SELECT * FROM current)
+                                     UNION ALL
+                                     (SELECT * FROM current EXCEPT SELECT * FROM held)) d";
 }
 
 stmt! {
@@ -90,15 +88,18 @@ stmt! {
     static OPEN_NEW: write (ns: uuid, account_id: uuid, plan_id: text, effective_at: timestamptz) =
         "INSERT INTO mec_data.entitlements
                   (namespace_id, account_id, resource_type, source, plan_id, quantity_limit, period, enforcement,
-                   overage_cap, grace, enabled, valid_from)
-              SELECT namespace_id, $2, resource_type, 'plan', plan_id, quantity_limit, period, enforcement,
-                     overage_cap, grace, enabled, $4
-              FROM mec_data.plan_entitlements WHERE namespace_id = $1 AND plan_id = $3";
+                   overage_cap, grace, enabled, valid_from, plan_version)
+              SELECT pe.namespace_id, $2, pe.resource_type, 'plan', pe.plan_id, pe.quantity_limit, pe.period,
+                     pe.enforcement, pe.overage_cap, pe.grace, pe.enabled, $4, p.version
+              FROM mec_data.plan_entitlements pe JOIN mec_data.plans p USING (namespace_id, plan_id)
+              WHERE pe.namespace_id = $1 AND pe.plan_id = $3";
 }
 
 stmt! {
     static SET_PLAN: write (ns: uuid, account_id: uuid, plan_id: text, effective_at: timestamptz) =
-        "UPDATE mec_data.accounts SET plan_id = $3, plan_effective_at = $4, updated_at = now()
+        "UPDATE mec_data.accounts
+                 SET plan_id = $3, plan_effective_at = $4, updated_at = now(),
+                     plan_version = (SELECT version FROM mec_data.plans WHERE namespace_id = $1 AND plan_id = $3)
               WHERE namespace_id = $1 AND account_id = $2";
 }
 

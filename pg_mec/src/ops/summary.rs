@@ -15,7 +15,7 @@ use crate::pg::{MecError, MecResult};
 
 stmt! {
     static ACCOUNT: read (ns: uuid, account_id: uuid) =
-        "SELECT a.external_id, a.plan_id, p.name AS plan_name, a.payment_overdue
+        "SELECT a.external_id, a.plan_id, p.name AS plan_name, a.payment_overdue, a.plan_version
               FROM mec_data.accounts a
               LEFT JOIN mec_data.plans p ON p.namespace_id = a.namespace_id AND p.plan_id = a.plan_id
               WHERE a.namespace_id = $1 AND a.account_id = $2";
@@ -24,7 +24,7 @@ stmt! {
 stmt! {
     /// The plan whose rows were in force at `$3` (an `as of` summary's plan).
     static PLAN_AT: read (ns: uuid, account_id: uuid, at: timestamptz) =
-        "SELECT e.plan_id, p.name AS plan_name FROM mec_data.entitlements e
+        "SELECT e.plan_id, p.name AS plan_name, e.plan_version FROM mec_data.entitlements e
               LEFT JOIN mec_data.plans p ON p.namespace_id = e.namespace_id AND p.plan_id = e.plan_id
               WHERE e.namespace_id = $1 AND e.account_id = $2 AND e.source = 'plan'
                 AND e.valid_from <= $3 AND (e.valid_until IS NULL OR e.valid_until > $3)
@@ -99,12 +99,17 @@ pub fn usage_summary(
     let external_id = row.get::<String>("external_id")?;
     let mut plan_id = row.get::<String>("plan_id")?;
     let mut plan_name = row.get::<String>("plan_name")?;
+    let mut plan_version = row.get::<String>("plan_version")?;
     if as_of {
         let at: TimestampWithTimeZone = timestamptz(now_us);
-        (plan_id, plan_name) =
+        (plan_id, plan_name, plan_version) =
             match spi::read(client, &PLAN_AT, &[ns.into(), account.into(), at.into()])?.first() {
-                Some(r) => (r.get::<String>("plan_id")?, r.get::<String>("plan_name")?),
-                None => (None, None),
+                Some(r) => (
+                    r.get::<String>("plan_id")?,
+                    r.get::<String>("plan_name")?,
+                    r.get::<String>("plan_version")?,
+                ),
+                None => (None, None, None),
             };
     }
     let overdue = row.get::<bool>("payment_overdue")?.unwrap_or(false);
@@ -151,6 +156,7 @@ pub fn usage_summary(
         "external_id": external_id,
         "plan": plan_id,
         "plan_name": plan_name,
+        "plan_version": plan_version,
         "payment_overdue": overdue,
         "features": features,
     });

@@ -34,6 +34,12 @@ pub enum MecError {
     NotFound { what: &'static str, id: String },
     /// `ME409`: the idempotency key was used before with another payload.
     IdempotencyConflict { key: String, detail: String },
+    /// `ME409`: the object is not in the state the call expects (e.g. an account not on the plan
+    /// version a migration moves).
+    StateConflict {
+        message: String,
+        hint: Option<String>,
+    },
     /// `ME410`: the lease or reservation expired.
     Expired {
         what: &'static str,
@@ -135,7 +141,7 @@ impl MecError {
             MecError::InvalidRequest { .. } => "ME400",
             MecError::UnknownObject { .. } => "ME404",
             MecError::NotFound { .. } => "P0002",
-            MecError::IdempotencyConflict { .. } => "ME409",
+            MecError::IdempotencyConflict { .. } | MecError::StateConflict { .. } => "ME409",
             MecError::Expired { .. } => "ME410",
             MecError::CatalogInvalid { .. } => "ME422",
             MecError::LimitReached { .. } => "ME429",
@@ -157,7 +163,8 @@ impl MecError {
             MecError::PermissionDenied { message, hint }
             | MecError::InvalidParameter { message, hint }
             | MecError::InvalidRequest { message, hint }
-            | MecError::Conflict { message, hint } => (message.clone(), None, hint.clone()),
+            | MecError::Conflict { message, hint }
+            | MecError::StateConflict { message, hint } => (message.clone(), None, hint.clone()),
             MecError::UnknownObject { what, id, hint } => {
                 (format!("unknown {what} \"{id}\""), None, hint.clone())
             }

@@ -24,6 +24,7 @@ mod entitlement;
 mod json;
 mod kind;
 mod plans;
+pub mod policy;
 mod problem;
 mod resources;
 mod statuses;
@@ -36,6 +37,7 @@ pub use digest::{canonical_json, digest};
 pub use entitlement::PlanEntitlement;
 pub use kind::Kind;
 pub use plans::{Plan, PRICE_INTERVALS};
+pub use policy::AccessPolicy;
 pub use problem::Problem;
 pub use resources::{Resource, MAX_WINDOW_SECONDS};
 
@@ -88,6 +90,14 @@ impl Catalog {
     /// The plan with `plan_id`.
     pub fn plan(&self, plan_id: &str) -> Option<&Plan> {
         self.plans.iter().find(|p| p.plan_id == plan_id)
+    }
+
+    /// The version of `plan`: its own `version`, else the catalog's, else `"1"`.
+    pub fn plan_version<'a>(&'a self, plan: &'a Plan) -> &'a str {
+        plan.version
+            .as_deref()
+            .or(self.version.as_deref())
+            .unwrap_or("1")
     }
 
     /// The plan marked `"default": true`, if any.

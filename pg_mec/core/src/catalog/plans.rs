@@ -10,6 +10,7 @@ use super::entitlement::{self, PlanEntitlement};
 use super::json::{
     boolean, check_keys, is_plan_id, non_negative, object, opt_string, required, string, suggest,
 };
+use super::policy::{self, AccessPolicy};
 use super::problem::{index_path, key_path, Problems};
 use super::resources::Declared;
 
@@ -20,6 +21,8 @@ const KEYS: &[&str] = &[
     "stripe_price_id",
     "default",
     "entitlements",
+    "version",
+    "policy",
 ];
 const PRICE_KEYS: &[&str] = &["amount", "interval"];
 /// Accepted `price.interval` values.
@@ -42,6 +45,10 @@ pub struct Plan {
     pub is_default: bool,
     /// Its entitlements, ordered by resource type.
     pub entitlements: Vec<PlanEntitlement>,
+    /// The version the catalog names for this plan (see [`super::Catalog::plan_version`]).
+    pub version: Option<String>,
+    /// Its access policy (`mec.check_policy`).
+    pub policy: Option<AccessPolicy>,
 }
 
 impl Plan {
@@ -139,6 +146,10 @@ pub(crate) fn validate(
             Some(e) => entitlements(e, declared, &key_path(&at, "entitlements"), probs),
             None => Vec::new(),
         };
+        let version = opt_string(obj, "version", &at, probs);
+        let policy = obj
+            .get("policy")
+            .and_then(|p| policy::validate(p, declared, &key_path(&at, "policy"), probs));
 
         if let (Some(plan_id), true) = (plan_id, probs.len() == before) {
             out.push(Plan {
@@ -149,6 +160,8 @@ pub(crate) fn validate(
                 stripe_price_id,
                 is_default,
                 entitlements,
+                version,
+                policy,
             });
         }
     }

@@ -1,0 +1,106 @@
+-- pg_mec 0.2.0 -> 0.3.0: plan versions and access policy (issue 14; docs/CONTRACT.md).
+--   * mec_data.plan_versions: every version of a plan loaded, as loaded; plans.version and .policy;
+--     accounts.plan_version and entitlements.plan_version (grandfathering).
+--   * mec.migrate_plan_version (mec_admin) and mec.check_policy (mec_user and up).
+-- Kept equal to a fresh 0.3.0 install by tests/upgrade/test_extension_upgrade.py.
+\echo Use "ALTER EXTENSION pg_mec UPDATE TO '0.3.0'" to load this file. \quit
+
+-- ---------------------------------------------------------------- plan versions (sql/schema.sql)
+ALTER TABLE mec_data.plans
+    ADD COLUMN version text NOT NULL DEFAULT '1' CHECK (version <> ''),
+    ADD COLUMN policy jsonb;
+ALTER TABLE mec_data.accounts ADD COLUMN plan_version text;
+ALTER TABLE mec_data.entitlements ADD COLUMN plan_version text;
+
+CREATE TABLE mec_data.plan_versions (
+    namespace_id uuid        NOT NULL,
+    plan_id      text        NOT NULL,
+    version      text        NOT NULL CHECK (version <> ''),
+    entitlements jsonb       NOT NULL,
+    policy       jsonb,
+    explicit     boolean     NOT NULL,
+    loaded_at    timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (namespace_id, plan_id, version),
+    FOREIGN KEY (namespace_id, plan_id) REFERENCES mec_data.plans (namespace_id, plan_id) ON DELETE CASCADE
+);
+
+-- What 0.2.0 held is version "1" of each plan: the accounts on a plan are on it.
+INSERT INTO mec_data.plan_versions (namespace_id, plan_id, version, entitlements, policy, explicit)
+SELECT p.namespace_id, p.plan_id, '1',
+       (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                   'resource_type', pe.resource_type, 'quantity_limit', pe.quantity_limit, 'period', pe.period,
+                   'enforcement', pe.enforcement, 'overage_cap', pe.overage_cap, 'grace', pe.grace,
+                   'enabled', pe.enabled) ORDER BY pe.resource_type), '[]')
+          FROM mec_data.plan_entitlements pe
+         WHERE pe.namespace_id = p.namespace_id AND pe.plan_id = p.plan_id),
+       NULL, false
+  FROM mec_data.plans p;
+UPDATE mec_data.accounts SET plan_version = '1' WHERE plan_id IS NOT NULL;
+UPDATE mec_data.entitlements SET plan_version = '1' WHERE source = 'plan';
+
+-- ---------------------------------------------------------------- row-level security (sql/rls.sql)
+ALTER TABLE mec_data.plan_versions ENABLE ROW LEVEL SECURITY;
+ALTER TABLE mec_data.plan_versions FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_isolation ON mec_data.plan_versions AS RESTRICTIVE
+    USING (namespace_id = mec.current_namespace())
+    WITH CHECK (namespace_id = mec.current_namespace());
+CREATE POLICY namespace_staff ON mec_data.plan_versions TO mec_service USING (true) WITH CHECK (true);
+CREATE POLICY pg_mec_functions ON mec_data.plan_versions TO mec_owner USING (true) WITH CHECK (true);
+CREATE POLICY user_read_catalog ON mec_data.plan_versions FOR SELECT TO mec_user USING (true);
+
+-- ---------------------------------------------------------------- views (sql/views.sql)
+CREATE OR REPLACE VIEW mec.plans WITH (security_invoker = true) AS
+SELECT p.namespace_id, p.plan_id, p.name, p.price_amount, p.currency, p.price_interval,
+       p.stripe_price_id, p.is_default, p.active,
+       coalesce((SELECT jsonb_object_agg(pe.resource_type, jsonb_strip_nulls(jsonb_build_object(
+                    'limit', pe.quantity_limit, 'period', pe.period, 'enforcement', pe.enforcement,
+                    'overage_cap', pe.overage_cap, 'grace', pe.grace, 'enabled', pe.enabled))
+                     || jsonb_build_object('limit', pe.quantity_limit))
+                 FROM mec_data.plan_entitlements pe
+                 WHERE pe.namespace_id = p.namespace_id AND pe.plan_id = p.plan_id), '{}') AS entitlements,
+       p.created_at, p.updated_at, p.version, p.policy
+FROM mec_data.plans p;
+
+CREATE VIEW mec.plan_versions WITH (security_invoker = true) AS
+SELECT namespace_id, plan_id, version, entitlements, policy, explicit, loaded_at
+FROM mec_data.plan_versions;
+
+CREATE OR REPLACE VIEW mec.accounts WITH (security_invoker = true) AS
+SELECT namespace_id, account_id, external_id, plan_id, plan_effective_at, stripe_customer_id,
+       payment_overdue, billing_anchor_day, created_at, updated_at, plan_version
+FROM mec_data.accounts;
+
+CREATE OR REPLACE VIEW mec.entitlements WITH (security_invoker = true) AS
+SELECT e.namespace_id, e.entitlement_id, e.account_id, e.resource_type, r.kind, e.source, e.plan_id,
+       e.quantity_limit, e.period, e.enforcement, e.overage_cap, e.grace, e.enabled,
+       e.valid_from, e.valid_until, e.reason, e.created_at, e.plan_version
+FROM mec_data.entitlements e
+JOIN mec_data.resource_types r USING (namespace_id, resource_type);
+
+-- ---------------------------------------------------------------- privileges (sql/grants.sql)
+REVOKE ALL ON mec_data.plan_versions, mec.plan_versions FROM PUBLIC;
+GRANT SELECT ON mec.plan_versions TO mec_user;
+GRANT SELECT ON mec_data.plan_versions TO mec_user;
+GRANT SELECT, INSERT, UPDATE, DELETE ON mec_data.plan_versions TO mec_owner;
+
+-- ---------------------------------------------------------------- functions (pg_mec/src/api/)
+CREATE FUNCTION mec."check_policy"(
+	"p_account_id" uuid, /* Option < Uuid > */
+	"p_request" jsonb /* Option < crate :: pg :: jsonb :: JsonbArg > */
+) RETURNS jsonb /* Jsonb */
+STABLE PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'check_policy_wrapper';
+REVOKE ALL ON FUNCTION mec.check_policy(uuid, jsonb) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION mec.check_policy(uuid, jsonb) TO mec_user;
+
+CREATE FUNCTION mec."migrate_plan_version"(
+	"p_plan_id" TEXT, /* Option < & str > */
+	"p_from_version" TEXT, /* Option < & str > */
+	"p_to_version" TEXT, /* Option < & str > */
+	"p_account_id" uuid DEFAULT NULL /* Option < Uuid > */
+) RETURNS jsonb /* Jsonb */
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'migrate_plan_version_wrapper';
+REVOKE ALL ON FUNCTION mec.migrate_plan_version(text, text, text, uuid) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION mec.migrate_plan_version(text, text, text, uuid) TO mec_admin;
