@@ -55,7 +55,7 @@ GRANT EXECUTE ON FUNCTION
     mec.usage_history(uuid, text, timestamptz, timestamptz, text, text)
     TO mec_user;
 GRANT EXECUTE ON FUNCTION
-    mec.meter_consumption(text, uuid, text, numeric, timestamptz, jsonb, integer),
+    mec.meter_consumption(text, uuid, text, numeric, timestamptz, jsonb, integer, jsonb),
     mec.acquire_lease(uuid, text, text, integer, text),
     mec.renew_lease(uuid, integer),
     mec.release_lease(uuid)
@@ -68,7 +68,7 @@ GRANT EXECUTE ON FUNCTION
     mec.expire_stale_leases()
     TO mec_admin;
 GRANT EXECUTE ON FUNCTION mec.meter_consumption_batch(jsonb) TO mec_service;
-GRANT EXECUTE ON FUNCTION mec.meter_usage(text, uuid, jsonb, timestamptz, jsonb, integer) TO mec_service;
+GRANT EXECUTE ON FUNCTION mec.meter_usage(text, uuid, jsonb, timestamptz, jsonb, integer, jsonb) TO mec_service;
 GRANT EXECUTE ON FUNCTION
     mec.set_override(uuid, text, numeric, text, timestamptz, timestamptz, text, text, numeric, numeric),
     mec.grant_credits(uuid, text, numeric, timestamptz, text, text),
@@ -135,3 +135,6 @@ GRANT EXECUTE ON FUNCTION mec_data.shared_cache_stats() TO mec_admin;
 -- Plan versions and access policy (issue 14).
 GRANT EXECUTE ON FUNCTION mec.check_policy(uuid, jsonb) TO mec_user;
 GRANT EXECUTE ON FUNCTION mec.migrate_plan_version(text, text, text, uuid) TO mec_admin;
+
+-- Account hierarchies (issue 14).
+GRANT EXECUTE ON FUNCTION mec.set_parent_account(uuid, uuid) TO mec_admin;

@@ -52,6 +52,8 @@ CREATE TABLE mec_data.resource_types (
     billable_statuses jsonb,
     -- the event_name of the Stripe meter its billable usage goes to (pg_mec/src/ops/stripe_usage.rs)
     stripe_meter_event text CHECK (length(stripe_meter_event) BETWEEN 1 AND 100),
+    -- the dimensions its events may carry: {"model_class": ["BASE_S", ...]}; NULL = none
+    dimensions        jsonb,
     CHECK ((kind = 'rate') = (window_seconds IS NOT NULL)),
     PRIMARY KEY (namespace_id, resource_type),
     FOREIGN KEY (namespace_id) REFERENCES mec_data.namespaces (namespace_id) ON DELETE CASCADE
@@ -90,6 +92,8 @@ CREATE TABLE mec_data.plan_entitlements (
     overage_cap    numeric CHECK (overage_cap >= 0),
     grace          numeric CHECK (grace >= 0),
     enabled        boolean NOT NULL DEFAULT true,
+    -- limits per dimension value: {"model_class": {"PRO_L": {"limit": 1000000, ...}}} (ops/dimensions.rs)
+    dimension_limits jsonb,
     PRIMARY KEY (namespace_id, plan_id, resource_type),
     FOREIGN KEY (namespace_id, plan_id) REFERENCES mec_data.plans (namespace_id, plan_id) ON DELETE CASCADE,
     FOREIGN KEY (namespace_id, resource_type) REFERENCES mec_data.resource_types (namespace_id, resource_type) ON DELETE CASCADE
@@ -127,12 +131,18 @@ CREATE TABLE mec_data.accounts (
     payment_event_at   timestamptz,
     -- the version of plan_id the account is on (grandfathered until provisioned again or migrated)
     plan_version       text,
+    -- its parent in the namespace's hierarchy (ops/hierarchy.rs); NULL: top-level
+    parent_account_id  uuid CHECK (parent_account_id <> account_id),
     PRIMARY KEY (namespace_id, account_id),
     UNIQUE (namespace_id, external_id),
     UNIQUE (namespace_id, stripe_customer_id),
     FOREIGN KEY (namespace_id) REFERENCES mec_data.namespaces (namespace_id) ON DELETE CASCADE,
-    FOREIGN KEY (namespace_id, plan_id) REFERENCES mec_data.plans (namespace_id, plan_id)
+    FOREIGN KEY (namespace_id, plan_id) REFERENCES mec_data.plans (namespace_id, plan_id),
+    FOREIGN KEY (namespace_id, parent_account_id) REFERENCES mec_data.accounts (namespace_id, account_id)
+        ON DELETE SET NULL (parent_account_id)
 );
+CREATE INDEX accounts_children ON mec_data.accounts (namespace_id, parent_account_id)
+    WHERE parent_account_id IS NOT NULL;
 
 -- An account's right to a resource over a validity window. source = 'plan' rows are copied
 -- from the plan at provisioning; 'override' replaces the plan's limit; 'grant' adds quantity.
@@ -154,6 +164,7 @@ CREATE TABLE mec_data.entitlements (
     reason          text,
     created_at      timestamptz NOT NULL DEFAULT now(),
     plan_version    text,  -- source = 'plan': the plan version the row was copied from
+    dimension_limits jsonb, -- source = 'plan': the plan's limits per dimension value
     PRIMARY KEY (namespace_id, entitlement_id),
     FOREIGN KEY (namespace_id, account_id) REFERENCES mec_data.accounts (namespace_id, account_id) ON DELETE CASCADE,
     FOREIGN KEY (namespace_id, resource_type) REFERENCES mec_data.resource_types (namespace_id, resource_type) ON DELETE CASCADE
@@ -210,6 +221,8 @@ CREATE TABLE mec_data.consumption (
     http_status      integer,
     metadata         jsonb       NOT NULL DEFAULT '{}',
     reason           text,
+    -- the event's dimensions ({"model_class": "PRO_L"}); NULL = none
+    dimensions       jsonb,
     PRIMARY KEY (namespace_id, idempotency_key)
 );
 CREATE INDEX consumption_by_account

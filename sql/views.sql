@@ -7,7 +7,8 @@ SELECT p.namespace_id, p.plan_id, p.name, p.price_amount, p.currency, p.price_in
        p.stripe_price_id, p.is_default, p.active,
        coalesce((SELECT jsonb_object_agg(pe.resource_type, jsonb_strip_nulls(jsonb_build_object(
                     'limit', pe.quantity_limit, 'period', pe.period, 'enforcement', pe.enforcement,
-                    'overage_cap', pe.overage_cap, 'grace', pe.grace, 'enabled', pe.enabled))
+                    'overage_cap', pe.overage_cap, 'grace', pe.grace, 'enabled', pe.enabled,
+                    'dimension_limits', pe.dimension_limits))
                      || jsonb_build_object('limit', pe.quantity_limit))
                  FROM mec_data.plan_entitlements pe
                  WHERE pe.namespace_id = p.namespace_id AND pe.plan_id = p.plan_id), '{}') AS entitlements,
@@ -20,18 +21,18 @@ FROM mec_data.plan_versions;
 
 CREATE VIEW mec.resource_types WITH (security_invoker = true) AS
 SELECT namespace_id, resource_type, kind, unit, description, window_seconds, billable_statuses,
-       stripe_meter_event
+       stripe_meter_event, dimensions
 FROM mec_data.resource_types;
 
 CREATE VIEW mec.accounts WITH (security_invoker = true) AS
 SELECT namespace_id, account_id, external_id, plan_id, plan_effective_at, stripe_customer_id,
-       payment_overdue, billing_anchor_day, created_at, updated_at, plan_version
+       payment_overdue, billing_anchor_day, created_at, updated_at, plan_version, parent_account_id
 FROM mec_data.accounts;
 
 CREATE VIEW mec.entitlements WITH (security_invoker = true) AS
 SELECT e.namespace_id, e.entitlement_id, e.account_id, e.resource_type, r.kind, e.source, e.plan_id,
        e.quantity_limit, e.period, e.enforcement, e.overage_cap, e.grace, e.enabled,
-       e.valid_from, e.valid_until, e.reason, e.created_at, e.plan_version
+       e.valid_from, e.valid_until, e.reason, e.created_at, e.plan_version, e.dimension_limits
 FROM mec_data.entitlements e
 JOIN mec_data.resource_types r USING (namespace_id, resource_type);
 
@@ -47,7 +48,7 @@ CREATE VIEW mec.consumption WITH (security_invoker = true) AS
 SELECT namespace_id, consumption_id, idempotency_key::text AS idempotency_key, account_id, resource_type,
        entry_type::text AS entry_type, quantity,
        occurred_at, recorded_at, period_start, period_end, billable, overage, overage_quantity,
-       quantity_used, quantity_allowed, http_status, metadata, reason
+       quantity_used, quantity_allowed, http_status, metadata, reason, dimensions
 FROM mec_data.consumption;
 
 -- Current usage per account, resource and period (stripes of hot counters summed).

@@ -2,6 +2,9 @@
 --   * mec_data.plan_versions: every version of a plan loaded, as loaded; plans.version and .policy;
 --     accounts.plan_version and entitlements.plan_version (grandfathering).
 --   * mec.migrate_plan_version (mec_admin) and mec.check_policy (mec_user and up).
+--   * Dimensions: resource_types.dimensions, plan_entitlements/entitlements.dimension_limits,
+--     consumption.dimensions; p_dimensions on mec.meter_consumption and mec.meter_usage.
+--   * Account hierarchies: accounts.parent_account_id, mec.set_parent_account (mec_admin).
 -- Kept equal to a fresh 0.3.0 install by tests/upgrade/test_extension_upgrade.py.
 \echo Use "ALTER EXTENSION pg_mec UPDATE TO '0.3.0'" to load this file. \quit
 
@@ -11,6 +14,20 @@ ALTER TABLE mec_data.plans
     ADD COLUMN policy jsonb;
 ALTER TABLE mec_data.accounts ADD COLUMN plan_version text;
 ALTER TABLE mec_data.entitlements ADD COLUMN plan_version text;
+
+-- ---------------------------------------------------------------- dimensions (sql/schema.sql)
+ALTER TABLE mec_data.resource_types ADD COLUMN dimensions jsonb;
+ALTER TABLE mec_data.plan_entitlements ADD COLUMN dimension_limits jsonb;
+ALTER TABLE mec_data.entitlements ADD COLUMN dimension_limits jsonb;
+ALTER TABLE mec_data.consumption ADD COLUMN dimensions jsonb;
+
+-- ---------------------------------------------------------------- hierarchies (sql/schema.sql)
+ALTER TABLE mec_data.accounts
+    ADD COLUMN parent_account_id uuid CHECK (parent_account_id <> account_id),
+    ADD FOREIGN KEY (namespace_id, parent_account_id) REFERENCES mec_data.accounts (namespace_id, account_id)
+        ON DELETE SET NULL (parent_account_id);
+CREATE INDEX accounts_children ON mec_data.accounts (namespace_id, parent_account_id)
+    WHERE parent_account_id IS NOT NULL;
 
 CREATE TABLE mec_data.plan_versions (
     namespace_id uuid        NOT NULL,
@@ -30,7 +47,7 @@ SELECT p.namespace_id, p.plan_id, '1',
        (SELECT coalesce(jsonb_agg(jsonb_build_object(
                    'resource_type', pe.resource_type, 'quantity_limit', pe.quantity_limit, 'period', pe.period,
                    'enforcement', pe.enforcement, 'overage_cap', pe.overage_cap, 'grace', pe.grace,
-                   'enabled', pe.enabled) ORDER BY pe.resource_type), '[]')
+                   'enabled', pe.enabled, 'dimension_limits', pe.dimension_limits) ORDER BY pe.resource_type), '[]')
           FROM mec_data.plan_entitlements pe
          WHERE pe.namespace_id = p.namespace_id AND pe.plan_id = p.plan_id),
        NULL, false
@@ -54,7 +71,8 @@ SELECT p.namespace_id, p.plan_id, p.name, p.price_amount, p.currency, p.price_in
        p.stripe_price_id, p.is_default, p.active,
        coalesce((SELECT jsonb_object_agg(pe.resource_type, jsonb_strip_nulls(jsonb_build_object(
                     'limit', pe.quantity_limit, 'period', pe.period, 'enforcement', pe.enforcement,
-                    'overage_cap', pe.overage_cap, 'grace', pe.grace, 'enabled', pe.enabled))
+                    'overage_cap', pe.overage_cap, 'grace', pe.grace, 'enabled', pe.enabled,
+                    'dimension_limits', pe.dimension_limits))
                      || jsonb_build_object('limit', pe.quantity_limit))
                  FROM mec_data.plan_entitlements pe
                  WHERE pe.namespace_id = p.namespace_id AND pe.plan_id = p.plan_id), '{}') AS entitlements,
@@ -67,15 +85,27 @@ FROM mec_data.plan_versions;
 
 CREATE OR REPLACE VIEW mec.accounts WITH (security_invoker = true) AS
 SELECT namespace_id, account_id, external_id, plan_id, plan_effective_at, stripe_customer_id,
-       payment_overdue, billing_anchor_day, created_at, updated_at, plan_version
+       payment_overdue, billing_anchor_day, created_at, updated_at, plan_version, parent_account_id
 FROM mec_data.accounts;
 
 CREATE OR REPLACE VIEW mec.entitlements WITH (security_invoker = true) AS
 SELECT e.namespace_id, e.entitlement_id, e.account_id, e.resource_type, r.kind, e.source, e.plan_id,
        e.quantity_limit, e.period, e.enforcement, e.overage_cap, e.grace, e.enabled,
-       e.valid_from, e.valid_until, e.reason, e.created_at, e.plan_version
+       e.valid_from, e.valid_until, e.reason, e.created_at, e.plan_version, e.dimension_limits
 FROM mec_data.entitlements e
 JOIN mec_data.resource_types r USING (namespace_id, resource_type);
+
+CREATE OR REPLACE VIEW mec.resource_types WITH (security_invoker = true) AS
+SELECT namespace_id, resource_type, kind, unit, description, window_seconds, billable_statuses,
+       stripe_meter_event, dimensions
+FROM mec_data.resource_types;
+
+CREATE OR REPLACE VIEW mec.consumption WITH (security_invoker = true) AS
+SELECT namespace_id, consumption_id, idempotency_key::text AS idempotency_key, account_id, resource_type,
+       entry_type::text AS entry_type, quantity,
+       occurred_at, recorded_at, period_start, period_end, billable, overage, overage_quantity,
+       quantity_used, quantity_allowed, http_status, metadata, reason, dimensions
+FROM mec_data.consumption;
 
 -- ---------------------------------------------------------------- privileges (sql/grants.sql)
 REVOKE ALL ON mec_data.plan_versions, mec.plan_versions FROM PUBLIC;
@@ -104,3 +134,45 @@ LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'migrate_plan_version_wrapper';
 REVOKE ALL ON FUNCTION mec.migrate_plan_version(text, text, text, uuid) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION mec.migrate_plan_version(text, text, text, uuid) TO mec_admin;
+
+-- ---------------------------------------------------------------- p_dimensions (pg_mec/src/api/metering.rs)
+DROP FUNCTION mec.meter_consumption(text, uuid, text, numeric, timestamptz, jsonb, integer);
+CREATE FUNCTION mec."meter_consumption"(
+	"p_idempotency_key" TEXT, /* Option < & str > */
+	"p_account_id" uuid, /* Option < Uuid > */
+	"p_resource_type" TEXT, /* Option < & str > */
+	"p_quantity" NUMERIC, /* Option < AnyNumeric > */
+	"p_occurred_at" timestamp with time zone DEFAULT now(), /* Option < TimestampWithTimeZone > */
+	"p_metadata" jsonb DEFAULT '{}', /* Option < JsonbArg > */
+	"p_http_status" INT DEFAULT NULL, /* Option < i32 > */
+	"p_dimensions" jsonb DEFAULT '{}' /* Option < JsonbArg > */
+) RETURNS jsonb /* Jsonb */
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'meter_consumption_wrapper';
+REVOKE ALL ON FUNCTION mec.meter_consumption(text, uuid, text, numeric, timestamptz, jsonb, integer, jsonb) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION mec.meter_consumption(text, uuid, text, numeric, timestamptz, jsonb, integer, jsonb) TO mec_service;
+
+DROP FUNCTION mec.meter_usage(text, uuid, jsonb, timestamptz, jsonb, integer);
+CREATE FUNCTION mec."meter_usage"(
+	"p_idempotency_key" TEXT, /* Option < & str > */
+	"p_account_id" uuid, /* Option < Uuid > */
+	"p_items" jsonb, /* Option < JsonbArg > */
+	"p_occurred_at" timestamp with time zone DEFAULT now(), /* Option < TimestampWithTimeZone > */
+	"p_metadata" jsonb DEFAULT '{}', /* Option < JsonbArg > */
+	"p_http_status" INT DEFAULT NULL, /* Option < i32 > */
+	"p_dimensions" jsonb DEFAULT '{}' /* Option < JsonbArg > */
+) RETURNS jsonb /* Jsonb */
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'meter_usage_wrapper';
+REVOKE ALL ON FUNCTION mec.meter_usage(text, uuid, jsonb, timestamptz, jsonb, integer, jsonb) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION mec.meter_usage(text, uuid, jsonb, timestamptz, jsonb, integer, jsonb) TO mec_service;
+
+-- ---------------------------------------------------------------- hierarchies (pg_mec/src/api/provisioning.rs)
+CREATE FUNCTION mec."set_parent_account"(
+	"p_account_id" uuid, /* Option < Uuid > */
+	"p_parent_account_id" uuid /* Option < Uuid > */
+) RETURNS jsonb /* Jsonb */
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'set_parent_account_wrapper';
+REVOKE ALL ON FUNCTION mec.set_parent_account(uuid, uuid) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION mec.set_parent_account(uuid, uuid) TO mec_admin;

@@ -32,6 +32,10 @@ pub struct Effective {
     /// The account is overdue and its namespace blocks overdue accounts: every use is refused
     /// (`ME402`), every check denies with reason `payment_overdue`.
     pub blocked: bool,
+    /// The account's parent in its hierarchy (uuid text); `None` for a top-level account.
+    pub parent: Option<String>,
+    /// The ancestor whose entitlement this is, when the account has none of its own (uuid text).
+    pub inherited_from: Option<String>,
 }
 
 impl Effective {
@@ -132,6 +136,8 @@ pub struct Entitlements {
     /// The rows are complete for every moment from this one on.
     pub since_us: i64,
     pub standing: Standing,
+    /// The account's parent (uuid text), if it has one.
+    pub parent: Option<String>,
 }
 
 impl Row {
@@ -201,7 +207,8 @@ impl Entitlements {
                 }
                 w.u8(u8::try_from(self.rows.len()).ok()?);
                 self.rows.iter().all(|row| row.encode(&mut w))
-            };
+            }
+            && w.opt(self.parent.as_ref(), |w, p| w.str(p));
         ok.then_some(w.0)
     }
 
@@ -222,6 +229,7 @@ impl Entitlements {
         let rows = (0..r.u8()?)
             .map(|_| Row::decode(&mut r))
             .collect::<Option<Vec<_>>>()?;
+        let parent = r.opt(Reader::string)?;
         r.is_empty().then_some(Entitlements {
             kind,
             window_seconds,
@@ -230,6 +238,7 @@ impl Entitlements {
             rows,
             since_us,
             standing,
+            parent,
         })
     }
 }
@@ -300,6 +309,8 @@ pub fn combine(resource_type: &str, f: &Entitlements, at_us: i64) -> Result<Effe
         anchor_day: f.anchor.and_then(|a| u8::try_from(a).ok()),
         billable: f.billable.clone(),
         blocked: f.standing == Standing::Blocked,
+        parent: f.parent.clone(),
+        inherited_from: None,
     })
 }
 
@@ -348,6 +359,7 @@ mod tests {
             rows,
             since_us: 0,
             standing: Standing::Good,
+            parent: None,
         }
     }
 
@@ -481,7 +493,10 @@ mod tests {
         assert_eq!(Entitlements::decode(&bytes[..bytes.len() - 1]), None);
         let mut blocked = e;
         blocked.standing = Standing::Blocked;
+        blocked.parent = Some("0a0a0a0a-0000-4000-8000-00000000a001".into());
         let bytes = blocked.encode().unwrap();
-        assert_eq!(Entitlements::decode(&bytes), Some(blocked));
+        assert_eq!(Entitlements::decode(&bytes), Some(blocked.clone()));
+        let eff = combine("x", &blocked, DAY / 2).unwrap();
+        assert_eq!(eff.parent, blocked.parent);
     }
 }

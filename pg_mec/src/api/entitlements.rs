@@ -80,7 +80,7 @@ fn usage_summary(
 
 /// An account's usage of one resource from `p_from` to `p_to` (exclusive), from the ledger: usage
 /// events and corrections, summed per `p_bucket` (`hour`, `day` or `month`: UTC, by `occurred_at`),
-/// and per value of the metadata key `p_group_by` when given (e.g. `model_class`). Read-only.
+/// and per value of the dimension (or, for events without it, the metadata key) `p_group_by` when given (e.g. `model_class`). Read-only.
 ///
 /// Returns `{account_id, resource_type, from, to, bucket, group_by, total, billable_total,
 /// buckets: [{start, group, quantity, billable_quantity, events, adjustments}]}` (empty buckets

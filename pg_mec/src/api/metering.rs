@@ -4,6 +4,7 @@ use pgrx::prelude::*;
 use pgrx::{AnyNumeric, Uuid};
 
 use crate::api;
+use crate::ledger::event::parse_dimensions;
 use crate::ledger::Event;
 use crate::ops::metering;
 use crate::pg::args;
@@ -25,10 +26,15 @@ fn metadata(p_metadata: Option<JsonbArg>) -> crate::pg::MecResult<serde_json::Va
 /// quantity_remaining, percent_used, period_start, period_end}`; a replay of the same key and
 /// payload returns the original result with `duplicate: true` and changes nothing.
 ///
+/// `p_dimensions` (`{"model_class": "PRO_L"}`) names values of the resource's declared dimensions:
+/// the event counts against the plan's limits for those values too (all decided together) and
+/// `usage_history` can group by them.
+///
 /// Raises `ME429` (limit reached; DETAIL `{"violated_policies": [...]}`), `ME409` (key reused
-/// with another account, resource or quantity), `ME404` (unknown account or resource type),
-/// `ME400` (a feature or concurrency resource), `22023` (empty key, non-positive quantity, bad
-/// status, event in the future or older than `late_event_days`), `42501` (no namespace).
+/// with another account, resource, quantity or dimensions), `ME404` (unknown account or resource
+/// type), `ME400` (a feature or concurrency resource), `22023` (empty key, non-positive quantity,
+/// bad status, event in the future or older than `late_event_days`, an undeclared dimension or
+/// value), `42501` (no namespace).
 #[pg_extern]
 #[allow(clippy::too_many_arguments)]
 fn meter_consumption(
@@ -39,9 +45,14 @@ fn meter_consumption(
     p_occurred_at: default!(Option<TimestampWithTimeZone>, "now()"),
     p_metadata: default!(Option<JsonbArg>, "'{}'"),
     p_http_status: default!(Option<i32>, "NULL"),
+    p_dimensions: default!(Option<JsonbArg>, "'{}'"),
 ) -> Jsonb {
     Jsonb(api::write(|caller, client| {
         let ns = caller.namespace;
+        let dimensions = match p_dimensions {
+            None => Default::default(),
+            Some(d) => parse_dimensions(Some(&d.parse("p_dimensions")?), "p_dimensions")?,
+        };
         let event = Event {
             key: args::required(p_idempotency_key, "p_idempotency_key")?.to_string(),
             account_id: args::required(p_account_id, "p_account_id")?,
@@ -50,6 +61,7 @@ fn meter_consumption(
             occurred_us: args::instant(p_occurred_at, "p_occurred_at")?,
             metadata: metadata(p_metadata)?,
             http_status: p_http_status,
+            dimensions,
         };
         event.validate()?;
         metering::meter(client, ns, &event, clock::now_us())
@@ -57,7 +69,8 @@ fn meter_consumption(
 }
 
 /// Meters an array of events (`p_events`: objects with `idempotency_key, account_id,
-/// resource_type, quantity, occurred_at, metadata, http_status`), each decided on its own.
+/// resource_type, quantity, occurred_at, metadata, http_status, dimensions`), each decided on its
+/// own.
 ///
 /// Returns `{accepted, duplicates, rejected, results: [...]}` with one result per event, in
 /// order: the `meter_consumption` result, or `{index, status: "rejected", error: {code, message,
@@ -72,8 +85,9 @@ fn meter_consumption_batch(p_events: Option<JsonbArg>) -> Jsonb {
 }
 
 /// Records several resources in one decision under one idempotency key, all or nothing:
-/// `p_items` is `[{"resource_type", "quantity"}, …]` (1 to 100, each resource once), each metered
-/// as `meter_consumption` meters an event (its ledger row keyed `<p_idempotency_key>/<resource_type>`).
+/// `p_items` is `[{"resource_type", "quantity", "dimensions"}, …]` (1 to 100, each resource once),
+/// each metered as `meter_consumption` meters an event (its ledger row keyed
+/// `<p_idempotency_key>/<resource_type>`) with the item's `dimensions` over `p_dimensions`.
 /// A refused item raises, and no item of the call is recorded.
 ///
 /// Returns `{idempotency_key, account_id, duplicate, items: [{index, …the meter_consumption
@@ -89,8 +103,13 @@ fn meter_usage(
     p_occurred_at: default!(Option<TimestampWithTimeZone>, "now()"),
     p_metadata: default!(Option<JsonbArg>, "'{}'"),
     p_http_status: default!(Option<i32>, "NULL"),
+    p_dimensions: default!(Option<JsonbArg>, "'{}'"),
 ) -> Jsonb {
     Jsonb(api::write(|caller, client| {
+        let dimensions = match p_dimensions {
+            None => Default::default(),
+            Some(d) => parse_dimensions(Some(&d.parse("p_dimensions")?), "p_dimensions")?,
+        };
         let req = crate::ops::usage_items::Usage {
             key: args::required(p_idempotency_key, "p_idempotency_key")?.to_string(),
             account_id: args::required(p_account_id, "p_account_id")?,
@@ -98,6 +117,7 @@ fn meter_usage(
             occurred_us: args::instant(p_occurred_at, "p_occurred_at")?,
             metadata: metadata(p_metadata)?,
             http_status: p_http_status,
+            dimensions,
         };
         crate::ops::usage_items::meter_usage(client, caller.namespace, &req, clock::now_us())
     }))

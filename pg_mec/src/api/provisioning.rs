@@ -90,3 +90,20 @@ fn migrate_plan_version(
         plan_versions::migrate(client, caller.namespace, &m)
     }))
 }
+
+/// Puts `p_account_id` under `p_parent_account_id` in its namespace's hierarchy (organisation →
+/// team → member → key: at most four levels), or makes it top-level with NULL; creates the account
+/// (without a plan) if missing. An account without an entitlement of its own inherits its nearest
+/// entitled ancestor's; its metered and gauge usage counts against every entitled ancestor too,
+/// decided all or nothing. Usage already counted stays where it was counted.
+///
+/// Returns `{account_id, parent_account_id, previous_parent_account_id, created, changed,
+/// ancestors}`. Raises `ME404` (unknown parent), `22023` (NULL account, itself as parent, a cycle,
+/// more than four levels), `42501`.
+#[pg_extern]
+fn set_parent_account(p_account_id: Option<Uuid>, p_parent_account_id: Option<Uuid>) -> Jsonb {
+    Jsonb(api::write(|caller, client| {
+        let account = args::required(p_account_id, "p_account_id")?;
+        crate::ops::hierarchy::set_parent(client, caller.namespace, account, p_parent_account_id)
+    }))
+}

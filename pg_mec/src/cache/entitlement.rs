@@ -31,6 +31,7 @@ stmt! {
     static LOOKUP: read (ns: uuid, account_id: uuid, resource_type: text, since: timestamptz) =
         "SELECT a.account_id, r.kind, r.window_seconds, r.billable_statuses::text,
                      a.billing_anchor_day::int4, a.payment_overdue, n.settings->>'overdue_action' AS overdue_action,
+                     a.parent_account_id::text AS parent,
                      e.source, e.quantity_limit, e.period, e.enforcement,
                      e.overage_cap, e.grace, e.enabled, e.valid_from, e.valid_until
               FROM mec_data.accounts a
@@ -49,9 +50,11 @@ stmt! {
     static LOOKUP_CHUNK: read (ns: uuid, resource_type: text, after_account: uuid, accounts: int8, since: timestamptz) =
         "SELECT a.account_id, r.kind, r.window_seconds, r.billable_statuses::text,
                      a.billing_anchor_day::int4, a.payment_overdue, n.settings->>'overdue_action' AS overdue_action,
+                     a.parent_account_id::text AS parent,
                      e.source, e.quantity_limit, e.period, e.enforcement,
                      e.overage_cap, e.grace, e.enabled, e.valid_from, e.valid_until
-              FROM (SELECT namespace_id, account_id, billing_anchor_day, payment_overdue FROM mec_data.accounts
+              FROM (SELECT namespace_id, account_id, billing_anchor_day, payment_overdue, parent_account_id
+                      FROM mec_data.accounts
                     WHERE namespace_id = $1 AND account_id > $3
                     ORDER BY account_id LIMIT $4) a
               JOIN mec_data.namespaces n ON n.namespace_id = $1
@@ -159,6 +162,7 @@ fn collect(
                         row.get::<bool>("payment_overdue")?.unwrap_or(false),
                         row.get::<String>("overdue_action")?.as_deref(),
                     ),
+                    parent: row.get::<String>("parent")?,
                 })
             }
         };
@@ -454,6 +458,45 @@ fn load(
 /// Resolves the entitlement of `account_id` for `resource_type` at `at_us`.
 /// Raises `ME404` for an unknown account or resource type.
 pub fn resolve(
+    client: &SpiClient<'_>,
+    ns: Uuid,
+    account_id: Uuid,
+    resource_type: &str,
+    at_us: i64,
+) -> MecResult<Effective> {
+    let mut eff = resolve_own(client, ns, account_id, resource_type, at_us)?;
+    // An account with no entitlement of its own inherits its nearest entitled ancestor's (as
+    // a tenant's members inherit the tenant's plan); its own usage then counts against that.
+    let mut next = eff.parent.clone();
+    for _ in 0..MAX_ANCESTORS {
+        if eff.entitled {
+            break;
+        }
+        let Some(parent) = next.as_deref().and_then(crate::pg::context::parse_uuid) else {
+            break;
+        };
+        let up = resolve_own(client, ns, parent, resource_type, at_us)?;
+        if up.entitled {
+            let (own_parent, blocked) = (eff.parent.take(), eff.blocked || up.blocked);
+            eff = Effective {
+                parent: own_parent,
+                blocked,
+                inherited_from: Some(parent.to_string()),
+                ..up
+            };
+            break;
+        }
+        next = up.parent;
+    }
+    Ok(eff)
+}
+
+/// Most ancestors an account has: a hierarchy is at most four levels (organisation, team,
+/// member, key).
+pub const MAX_ANCESTORS: usize = 3;
+
+/// The account's own entitlement, without inheriting from its ancestors.
+pub fn resolve_own(
     client: &SpiClient<'_>,
     ns: Uuid,
     account_id: Uuid,

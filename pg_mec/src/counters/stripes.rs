@@ -177,7 +177,7 @@ fn my_slot() -> i32 {
 }
 
 stmt! {
-    static STRIPE_METER: write (ns: uuid, key: text, account_id: uuid, resource_type: text, quantity: numeric, occurred_at: timestamptz, period_start: timestamptz, period_end: timestamptz, slot: int4, limit: numeric, http_status: int4, metadata: jsonb, bound: numeric) =
+    static STRIPE_METER: write (ns: uuid, key: text, account_id: uuid, resource_type: text, quantity: numeric, occurred_at: timestamptz, period_start: timestamptz, period_end: timestamptz, slot: int4, limit: numeric, http_status: int4, metadata: jsonb, bound: numeric, dimensions: jsonb) =
         include_str!("sql/stripe_meter.sql");
 }
 
@@ -442,6 +442,7 @@ pub fn meter(
                     ev.http_status.into(),
                     ev.metadata_arg(),
                     to_numeric(counter_ceiling(None)).into(),
+                    ev.dimensions_arg(),
                 ]);
                 spi::write(client, &STRIPE_METER, &args)?
                     .two::<AnyNumeric, Uuid>("used", "consumption_id")

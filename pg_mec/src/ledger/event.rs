@@ -1,5 +1,7 @@
 //! One usage event as a caller sent it, checked before anything is read or written.
 
+use std::collections::BTreeMap;
+
 use pg_mec_core::period::Window;
 use pg_mec_core::Decimal;
 use pgrx::datum::{DatumWithOid, JsonB, TimestampWithTimeZone, Uuid};
@@ -20,6 +22,47 @@ pub struct Event {
     pub occurred_us: i64,
     pub metadata: Value,
     pub http_status: Option<i32>,
+    /// The event's dimensions (`{"model_class": "PRO_L"}`), checked against the resource's
+    /// declared ones by ops/dimensions.rs; empty: none.
+    pub dimensions: BTreeMap<String, String>,
+}
+
+/// Most dimensions one event carries.
+const MAX_DIMENSIONS: usize = 16;
+
+/// `p_dimensions` (or an item's or a batch event's `dimensions`): a JSON object of non-empty
+/// strings; `null` and `{}` mean none.
+pub fn parse_dimensions(v: Option<&Value>, name: &str) -> MecResult<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    let obj = match v {
+        None | Some(Value::Null) => return Ok(out),
+        Some(Value::Object(o)) => o,
+        Some(_) => {
+            return Err(MecError::invalid_hint(
+                format!("{name} must be a JSON object"),
+                "Send dimensions as {\"model_class\": \"PRO_L\"}.",
+            ))
+        }
+    };
+    if obj.len() > MAX_DIMENSIONS {
+        return Err(MecError::invalid(format!(
+            "{name} has {} dimensions; at most {MAX_DIMENSIONS}",
+            obj.len()
+        )));
+    }
+    for (k, v) in obj {
+        match v {
+            Value::String(s) if !s.is_empty() && s.len() <= 255 => {
+                out.insert(k.clone(), s.clone());
+            }
+            _ => {
+                return Err(MecError::invalid(format!(
+                    "{name}.{k} must be a non-empty string of at most 255 bytes, not {v}"
+                )))
+            }
+        }
+    }
+    Ok(out)
 }
 
 impl Event {
@@ -28,6 +71,23 @@ impl Event {
     pub fn metadata_arg(&self) -> DatumWithOid<'static> {
         let empty = self.metadata.as_object().is_some_and(|m| m.is_empty());
         (!empty).then(|| JsonB(self.metadata.clone())).into()
+    }
+
+    /// The dimensions parameter: NULL when the event carries none.
+    pub fn dimensions_arg(&self) -> DatumWithOid<'static> {
+        (!self.dimensions.is_empty())
+            .then(|| JsonB(self.dimensions_json()))
+            .into()
+    }
+
+    /// The dimensions as the ledger stores them.
+    pub fn dimensions_json(&self) -> Value {
+        Value::Object(
+            self.dimensions
+                .iter()
+                .map(|(k, v)| (k.clone(), Value::from(v.as_str())))
+                .collect(),
+        )
     }
 
     /// `$1..$8` of every statement that writes a usage row of the ledger: `ns`, `key`,

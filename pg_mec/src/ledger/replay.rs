@@ -15,13 +15,14 @@ stmt! {
     /// The ledger row of an idempotency key.
     static RECORDED: read (ns: uuid, key: text) =
         "SELECT consumption_id, account_id, resource_type, quantity, billable, overage,
-                quantity_used, quantity_allowed, period_start, period_end, entry_type
+                quantity_used, quantity_allowed, period_start, period_end, entry_type,
+                coalesce(dimensions, '{}') AS dimensions
            FROM mec_data.consumption
           WHERE namespace_id = $1 AND idempotency_key = $2";
 }
 
 /// The original result of `ev.key` with `duplicate: true`; `None` when the key is new; `ME409`
-/// when it was recorded with another account, resource, quantity, or as a correction.
+/// when it was recorded with another account, resource, quantity or dimensions, or as a correction.
 pub fn replay_if_recorded(
     client: &SpiClient<'_>,
     ns: Uuid,
@@ -41,16 +42,21 @@ pub fn replay_if_recorded(
     let resource = row.get::<String>("resource_type")?;
     let quantity = decimal("quantity")?;
     let entry_type = row.get::<String>("entry_type")?;
+    let dimensions = row
+        .get::<pgrx::JsonB>("dimensions")?
+        .map(|j| j.0)
+        .unwrap_or_else(|| json!({}));
     if account != Some(ev.account_id)
         || resource.as_deref() != Some(ev.resource_type.as_str())
         || quantity != Some(ev.quantity)
         || entry_type.as_deref() != Some("usage")
+        || dimensions != ev.dimensions_json()
     {
         let detail = json!({
             "idempotency_key": ev.key,
             "recorded_entry_type": entry_type,
-            "recorded": {"account_id": account.map(|a| a.to_string()), "resource_type": resource, "quantity": opt_num(quantity)},
-            "sent": {"account_id": ev.account_id.to_string(), "resource_type": ev.resource_type, "quantity": num(ev.quantity)},
+            "recorded": {"account_id": account.map(|a| a.to_string()), "resource_type": resource, "quantity": opt_num(quantity), "dimensions": dimensions},
+            "sent": {"account_id": ev.account_id.to_string(), "resource_type": ev.resource_type, "quantity": num(ev.quantity), "dimensions": ev.dimensions_json()},
         });
         return Err(MecError::IdempotencyConflict {
             key: ev.key.clone(),

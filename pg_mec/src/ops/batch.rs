@@ -1,21 +1,20 @@
 //! `meter_consumption_batch`: many events in one call. Each event is decided on its own; a refused
 //! or malformed event is reported in its result and does not stop the others.
 
-use std::str::FromStr;
-
 use pg_mec_core::time::parse_rfc3339;
-use pg_mec_core::Decimal;
 use pgrx::datum::Uuid;
 use pgrx::spi::SpiClient;
 use serde_json::{json, Map, Value};
 
+use crate::ledger::event::parse_dimensions;
 use crate::ledger::Event;
 use crate::ops::metering;
 use crate::pg::context::parse_uuid;
+use crate::pg::values::json_decimal;
 use crate::pg::{MecError, MecResult};
 
 pub const MAX_EVENTS: usize = 1000;
-const FIELDS: [&str; 7] = [
+const FIELDS: [&str; 8] = [
     "idempotency_key",
     "account_id",
     "resource_type",
@@ -23,21 +22,11 @@ const FIELDS: [&str; 7] = [
     "occurred_at",
     "metadata",
     "http_status",
+    "dimensions",
 ];
 
 fn field_error(index: usize, message: String) -> MecError {
     MecError::invalid(format!("event {index}: {message}"))
-}
-
-/// A JSON number or a decimal string, as an exact decimal.
-pub(crate) fn decimal(v: &Value) -> Option<Decimal> {
-    match v {
-        Value::Number(n) => Decimal::from_str(&n.to_string())
-            .or_else(|_| Decimal::from_scientific(&n.to_string()))
-            .ok(),
-        Value::String(s) => Decimal::from_str(s.trim()).ok(),
-        _ => None,
-    }
 }
 
 /// Reads one event object; every problem is a `22023` naming the field.
@@ -61,7 +50,7 @@ fn parse_event(index: usize, v: &Value, now_us: i64) -> MecResult<Event> {
         .ok_or_else(|| field_error(index, "resource_type must be a string".into()))?;
     let quantity = o
         .get("quantity")
-        .and_then(decimal)
+        .and_then(json_decimal)
         .ok_or_else(|| field_error(index, "quantity must be a number".into()))?;
     let quantity =
         pg_mec_core::quantity::check(quantity, "quantity").map_err(|e| field_error(index, e.0))?;
@@ -96,6 +85,8 @@ fn parse_event(index: usize, v: &Value, now_us: i64) -> MecResult<Event> {
         occurred_us,
         metadata: o.get("metadata").cloned().unwrap_or_else(|| json!({})),
         http_status,
+        dimensions: parse_dimensions(o.get("dimensions"), "dimensions")
+            .map_err(|e| field_error(index, e.parts().0))?,
     })
 }
 

@@ -52,9 +52,9 @@ stmt! {
                       RETURNING account_id, plan_id),
               ent AS (INSERT INTO mec_data.entitlements
                              (namespace_id, account_id, resource_type, source, plan_id, quantity_limit, period,
-                              enforcement, overage_cap, grace, enabled, valid_from, plan_version)
+                              enforcement, overage_cap, grace, enabled, valid_from, plan_version, dimension_limits)
                       SELECT $1, acc.account_id, pe.resource_type, 'plan', pe.plan_id, pe.quantity_limit, pe.period,
-                             pe.enforcement, pe.overage_cap, pe.grace, pe.enabled, $3, p.version
+                             pe.enforcement, pe.overage_cap, pe.grace, pe.enabled, $3, p.version, pe.dimension_limits
                         FROM acc JOIN mec_data.plan_entitlements pe
                           ON pe.namespace_id = $1 AND pe.plan_id = acc.plan_id
                         JOIN mec_data.plans p ON p.namespace_id = $1 AND p.plan_id = acc.plan_id
@@ -87,23 +87,23 @@ stmt! {
                 (SELECT p.version FROM mec_data.plans p WHERE p.namespace_id = $1 AND p.plan_id = a.wanted_plan)
             AND NOT EXISTS (
                   (SELECT plan_id, plan_version, resource_type, quantity_limit, period, enforcement, overage_cap,
-                          grace, enabled
+                          grace, enabled, dimension_limits
                      FROM mec_data.entitlements e
                     WHERE e.namespace_id = $1 AND e.account_id = a.account_id AND e.source = 'plan'
                       AND e.valid_from <= $3 AND e.valid_until IS NULL
                    EXCEPT
                    SELECT pe.plan_id, p.version, pe.resource_type, pe.quantity_limit, pe.period, pe.enforcement,
-                          pe.overage_cap, pe.grace, pe.enabled
+                          pe.overage_cap, pe.grace, pe.enabled, pe.dimension_limits
                      FROM mec_data.plan_entitlements pe JOIN mec_data.plans p USING (namespace_id, plan_id)
                     WHERE pe.namespace_id = $1 AND pe.plan_id = a.wanted_plan)
                   UNION ALL
                   (SELECT pe.plan_id, p.version, pe.resource_type, pe.quantity_limit, pe.period, pe.enforcement,
-                          pe.overage_cap, pe.grace, pe.enabled
+                          pe.overage_cap, pe.grace, pe.enabled, pe.dimension_limits
                      FROM mec_data.plan_entitlements pe JOIN mec_data.plans p USING (namespace_id, plan_id)
                     WHERE pe.namespace_id = $1 AND pe.plan_id = a.wanted_plan
                    EXCEPT
                    SELECT plan_id, plan_version, resource_type, quantity_limit, period, enforcement, overage_cap,
-                          grace, enabled
+                          grace, enabled, dimension_limits
                      FROM mec_data.entitlements e
                     WHERE e.namespace_id = $1 AND e.account_id = a.account_id AND e.source = 'plan'
                       AND e.valid_from <= $3 AND e.valid_until IS NULL))";

@@ -18,18 +18,19 @@ stmt! {
 }
 
 stmt! {
-    static UPSERT_RESOURCE: write (ns: uuid, resource_type: text, kind: text, unit: text, description: text, window_seconds: int4, billable_statuses: jsonb, stripe_meter_event: text) =
+    static UPSERT_RESOURCE: write (ns: uuid, resource_type: text, kind: text, unit: text, description: text, window_seconds: int4, billable_statuses: jsonb, stripe_meter_event: text, dimensions: jsonb) =
         "INSERT INTO mec_data.resource_types AS r
                   (namespace_id, resource_type, kind, unit, description, window_seconds, billable_statuses,
-                   stripe_meter_event)
-              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                   stripe_meter_event, dimensions)
+              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
               ON CONFLICT (namespace_id, resource_type) DO UPDATE
                  SET kind = excluded.kind, unit = excluded.unit, description = excluded.description,
                      window_seconds = excluded.window_seconds, billable_statuses = excluded.billable_statuses,
-                     stripe_meter_event = excluded.stripe_meter_event
-               WHERE (r.kind, r.unit, r.description, r.window_seconds, r.billable_statuses, r.stripe_meter_event)
+                     stripe_meter_event = excluded.stripe_meter_event, dimensions = excluded.dimensions
+               WHERE (r.kind, r.unit, r.description, r.window_seconds, r.billable_statuses, r.stripe_meter_event,
+                      r.dimensions)
                      IS DISTINCT FROM (excluded.kind, excluded.unit, excluded.description, excluded.window_seconds,
-                                       excluded.billable_statuses, excluded.stripe_meter_event)
+                                       excluded.billable_statuses, excluded.stripe_meter_event, excluded.dimensions)
               RETURNING (xmax = 0)";
 }
 
@@ -51,16 +52,18 @@ stmt! {
 }
 
 stmt! {
-    static UPSERT_PLAN_ENTITLEMENT: write (ns: uuid, plan_id: text, resource_type: text, quantity_limit: numeric, period: text, enforcement: text, overage_cap: numeric, grace: numeric, enabled: bool) =
+    static UPSERT_PLAN_ENTITLEMENT: write (ns: uuid, plan_id: text, resource_type: text, quantity_limit: numeric, period: text, enforcement: text, overage_cap: numeric, grace: numeric, enabled: bool, dimension_limits: jsonb) =
         "INSERT INTO mec_data.plan_entitlements AS e
-                  (namespace_id, plan_id, resource_type, quantity_limit, period, enforcement, overage_cap, grace, enabled)
-              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                  (namespace_id, plan_id, resource_type, quantity_limit, period, enforcement, overage_cap, grace, enabled,
+                   dimension_limits)
+              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
               ON CONFLICT (namespace_id, plan_id, resource_type) DO UPDATE
                  SET quantity_limit = excluded.quantity_limit, period = excluded.period, enforcement = excluded.enforcement,
-                     overage_cap = excluded.overage_cap, grace = excluded.grace, enabled = excluded.enabled
-               WHERE (e.quantity_limit, e.period, e.enforcement, e.overage_cap, e.grace, e.enabled)
+                     overage_cap = excluded.overage_cap, grace = excluded.grace, enabled = excluded.enabled,
+                     dimension_limits = excluded.dimension_limits
+               WHERE (e.quantity_limit, e.period, e.enforcement, e.overage_cap, e.grace, e.enabled, e.dimension_limits)
                      IS DISTINCT FROM (excluded.quantity_limit, excluded.period, excluded.enforcement,
-                                       excluded.overage_cap, excluded.grace, excluded.enabled)
+                                       excluded.overage_cap, excluded.grace, excluded.enabled, excluded.dimension_limits)
               RETURNING 1";
 }
 
@@ -87,7 +90,7 @@ stmt! {
               SELECT $1, $2, $3, (SELECT coalesce(jsonb_agg(jsonb_build_object(
                              'resource_type', pe.resource_type, 'quantity_limit', pe.quantity_limit, 'period', pe.period,
                              'enforcement', pe.enforcement, 'overage_cap', pe.overage_cap, 'grace', pe.grace,
-                             'enabled', pe.enabled) ORDER BY pe.resource_type), '[]')
+                             'enabled', pe.enabled, 'dimension_limits', pe.dimension_limits) ORDER BY pe.resource_type), '[]')
                         FROM mec_data.plan_entitlements pe WHERE pe.namespace_id = $1 AND pe.plan_id = $2), $4, $5
               ON CONFLICT (namespace_id, plan_id, version) DO UPDATE
                  SET entitlements = excluded.entitlements, policy = excluded.policy,
@@ -103,7 +106,7 @@ stmt! {
         "SELECT (v.entitlements, v.policy) IS DISTINCT FROM ((SELECT coalesce(jsonb_agg(jsonb_build_object(
                              'resource_type', pe.resource_type, 'quantity_limit', pe.quantity_limit, 'period', pe.period,
                              'enforcement', pe.enforcement, 'overage_cap', pe.overage_cap, 'grace', pe.grace,
-                             'enabled', pe.enabled) ORDER BY pe.resource_type), '[]')
+                             'enabled', pe.enabled, 'dimension_limits', pe.dimension_limits) ORDER BY pe.resource_type), '[]')
                         FROM mec_data.plan_entitlements pe WHERE pe.namespace_id = $1 AND pe.plan_id = $2), $4)
               FROM mec_data.plan_versions v
               WHERE v.namespace_id = $1 AND v.plan_id = $2 AND v.version = $3";
@@ -270,6 +273,9 @@ fn apply_resources(
                 r.window_seconds.map(|w| w as i32).into(),
                 JsonB(statuses).into(),
                 r.stripe_meter_event.as_deref().into(),
+                (!r.dimensions.is_empty())
+                    .then(|| JsonB(json!(r.dimensions)))
+                    .into(),
             ],
         )?
         .one::<bool>()?;
@@ -347,6 +353,9 @@ fn apply_plans(
                     e.overage_cap.map(to_numeric).into(),
                     e.grace.map(to_numeric).into(),
                     e.enabled.into(),
+                    crate::ops::dimensions::limits_json(&e.dimension_limits)
+                        .map(JsonB)
+                        .into(),
                 ],
             )?
             .len();

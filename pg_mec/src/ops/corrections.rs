@@ -503,6 +503,15 @@ pub fn adjust(client: &mut SpiClient<'_>, ns: Uuid, req: &Adjustment) -> MecResu
             "the adjustment would take usage below zero",
         ));
     }
+    // The ancestors' pools count the account's usage, so they take its corrections too.
+    let pools = crate::ops::hierarchy::correction_pools(
+        client,
+        ns,
+        req.account_id,
+        &req.resource_type,
+        req.occurred_us,
+    )?;
+    crate::ops::hierarchy::count(client, ns, &pools, req.quantity)?;
     // A correction upwards crosses alerts as usage does (the stripes were folded: exact).
     if let (Some(used), true) = (used, req.quantity > Decimal::ZERO) {
         alerts::after_usage(

@@ -1,6 +1,6 @@
 //! Usage in the past, from the ledger: `usage_history` (an account's usage of one resource over
 //! time — usage events and corrections, bucketed by hour, day or calendar month (UTC) of
-//! `occurred_at`, optionally grouped by a key of the events' metadata) and the usage an
+//! `occurred_at`, optionally grouped by a dimension or metadata key of the events) and the usage an
 //! `as of` answer counts ([`usage_at`]: what was recorded by that instant). Read-only; indexed
 //! scans of the account's ledger rows in a range (`consumption_by_account`).
 
@@ -28,7 +28,8 @@ stmt! {
                           to: timestamptz, bucket: text, group_by: text) =
         "WITH b AS (
               SELECT date_trunc($6, occurred_at AT TIME ZONE 'UTC') AS bucket,
-                     CASE WHEN $7::text IS NULL THEN NULL ELSE metadata->>$7 END AS grp,
+                     -- the event's dimension of that name, else its metadata key of that name
+                     CASE WHEN $7::text IS NULL THEN NULL ELSE coalesce(dimensions->>$7, metadata->>$7) END AS grp,
                      sum(quantity) AS quantity,
                      coalesce(sum(quantity) FILTER (WHERE billable), 0) AS billable_quantity,
                      count(*) FILTER (WHERE entry_type = 'usage') AS events,
@@ -196,7 +197,7 @@ pub fn usage_history(
     }
     if group_by.is_some_and(|g| g.trim().is_empty() || g.len() > 100) {
         return Err(MecError::invalid(
-            "p_group_by must be a metadata key of 1 to 100 characters",
+            "p_group_by must be a dimension or metadata key of 1 to 100 characters",
         ));
     }
     entitlement::require_exists(client, ns, account, resource)?;

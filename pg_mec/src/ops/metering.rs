@@ -27,6 +27,8 @@ use crate::counters::{stripes, usage, CounterKey};
 use crate::events::alerts;
 use crate::ledger::replay::{replay, replay_if_recorded};
 use crate::ledger::{Event, UsageResult};
+use crate::ops::dimensions::{self, Prepared};
+use crate::ops::hierarchy::{self, Pools};
 use crate::pg::spi::{self, stmt};
 use crate::pg::values::{timestamptz, to_decimal, to_numeric};
 use crate::pg::{MecError, MecResult};
@@ -40,7 +42,7 @@ stmt! {
     static METER_PLAIN: write (ns: uuid, key: text, account_id: uuid, resource_type: text,
                                quantity: numeric, occurred_at: timestamptz, period_start: timestamptz,
                                period_end: timestamptz, ceiling: numeric, overage_from: numeric,
-                               floor: numeric, http_status: int4, metadata: jsonb) =
+                               floor: numeric, http_status: int4, metadata: jsonb, dimensions: jsonb) =
         include_str!("sql/meter_plain.sql");
 }
 
@@ -76,17 +78,17 @@ stmt! {
                                   quantity: numeric, occurred_at: timestamptz, period_start: timestamptz,
                                   period_end: timestamptz, ceiling: numeric, overage_from: numeric,
                                   floor: numeric, http_status: int4, metadata: jsonb,
-                                  slot_used: numeric) =
+                                  dimensions: jsonb, slot_used: numeric) =
         include_str!("sql/record_striped.sql");
 }
 
 stmt! {
-    static RECORD_UNBILLED: write (ns: uuid, key: text, account_id: uuid, resource_type: text, quantity: numeric, occurred_at: timestamptz, period_start: timestamptz, period_end: timestamptz, quantity_used: numeric, quantity_allowed: numeric, http_status: int4, metadata: jsonb) =
+    static RECORD_UNBILLED: write (ns: uuid, key: text, account_id: uuid, resource_type: text, quantity: numeric, occurred_at: timestamptz, period_start: timestamptz, period_end: timestamptz, quantity_used: numeric, quantity_allowed: numeric, http_status: int4, metadata: jsonb, dimensions: jsonb) =
         "INSERT INTO mec_data.consumption
                   (namespace_id, idempotency_key, consumption_id, account_id, resource_type, quantity,
                    occurred_at, period_start, period_end, billable, quantity_used, quantity_allowed,
-                   http_status, metadata)
-              VALUES ($1, $2, gen_random_uuid(), $3, $4, $5, $6, $7, $8, false, $9, $10, $11, coalesce($12, '{}'))
+                   http_status, metadata, dimensions)
+              VALUES ($1, $2, gen_random_uuid(), $3, $4, $5, $6, $7, $8, false, $9, $10, $11, coalesce($12, '{}'), $13)
               ON CONFLICT (namespace_id, idempotency_key) DO NOTHING
               RETURNING consumption_id";
 }
@@ -185,9 +187,24 @@ pub fn meter(client: &mut SpiClient<'_>, ns: Uuid, ev: &Event, now_us: i64) -> M
     };
     check_quantity(&eff, ev.quantity)?;
     let window = eff.window(ev.occurred_us);
-    if !is_billable(&eff.billable, ev.http_status) {
+    let billable = is_billable(&eff.billable, ev.http_status);
+    // Dimensions: checked against the resource's, and their limits locked and decided first.
+    let scoped = if ev.dimensions.is_empty() {
+        Vec::new()
+    } else {
+        match dimensions::prepare(client, ns, ev, &eff, &window, billable)? {
+            Prepared::Replay(v) => return Ok(v),
+            Prepared::Go(scoped) => scoped,
+        }
+    };
+    if !billable {
         return record_unbilled(client, ns, ev, &eff, &window);
     }
+    // Ancestors' pools: locked and decided before the account's own counter.
+    let pools = match hierarchy::prepare(client, ns, ev, &eff)? {
+        Pools::Replay(v) => return Ok(v),
+        Pools::Go(pools) => pools,
+    };
 
     // Rates: the previous bucket's weighted count lowers this bucket's ceiling.
     let carried = if eff.kind == Kind::Rate {
@@ -216,7 +233,8 @@ pub fn meter(client: &mut SpiClient<'_>, ns: Uuid, ev: &Event, now_us: i64) -> M
     };
     // Hot metered counters: meter on this backend's stripe (see counters/stripes.rs), which stops
     // short of every alert value (events/alerts.rs).
-    let stripable = eff.kind == Kind::Metered;
+    // (An event counted against a dimension limit or a pool also takes slot 0's lock: one decision.)
+    let stripable = eff.kind == Kind::Metered && scoped.is_empty() && pools.is_empty();
     if stripable && stripes::is_hot(ns, &counter) {
         let fences = alerts::fences(client, ns, &eff)?;
         if let Some(v) = stripes::meter(client, ns, ev, &eff, &counter, &fences)? {
@@ -232,6 +250,8 @@ pub fn meter(client: &mut SpiClient<'_>, ns: Uuid, ev: &Event, now_us: i64) -> M
         }
         match (metered.used, metered.consumption_id) {
             (Some(used), Some(id)) => {
+                dimensions::count(client, ns, ev, &scoped).map_err(MecError::after_write)?;
+                hierarchy::count(client, ns, &pools, ev.quantity).map_err(MecError::after_write)?;
                 if metered.via_slot0 && stripable {
                     // A striped counter metered by a backend that is not hot on it: the burst
                     // may be over; idle stripes go back into slot 0 (the total stays the same).
@@ -343,6 +363,7 @@ fn run_meter(
         guard.floor.map(to_numeric).into(),
         ev.http_status.into(),
         ev.metadata_arg(),
+        ev.dimensions_arg(),
     ]);
     let written = |v: Option<AnyNumeric>| -> MecResult<Option<Decimal>> {
         v.as_ref()
@@ -422,6 +443,7 @@ fn record_unbilled(
         eff.policy.limit.map(to_numeric).into(),
         ev.http_status.into(),
         ev.metadata_arg(),
+        ev.dimensions_arg(),
     ]);
     match spi::write(client, &RECORD_UNBILLED, &args)?.one::<Uuid>()? {
         Some(id) => Ok(UsageResult {

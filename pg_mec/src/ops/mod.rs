@@ -9,6 +9,8 @@ pub mod bindings;
 pub mod bulk;
 pub mod catalog;
 pub mod corrections;
+pub mod dimensions;
+pub mod hierarchy;
 pub mod history;
 pub mod leases;
 pub mod metering;

@@ -55,14 +55,14 @@ stmt! {
     static OPEN_VERSION: write (ns: uuid, accounts: text, plan_id: text, version: text, at: timestamptz) =
         "INSERT INTO mec_data.entitlements
                   (namespace_id, account_id, resource_type, source, plan_id, plan_version, quantity_limit, period,
-                   enforcement, overage_cap, grace, enabled, valid_from)
+                   enforcement, overage_cap, grace, enabled, valid_from, dimension_limits)
               SELECT $1, a.account_id, e.resource_type, 'plan', $3, $4, e.quantity_limit, e.period,
-                     e.enforcement, e.overage_cap, e.grace, e.enabled, $5
+                     e.enforcement, e.overage_cap, e.grace, e.enabled, $5, e.dimension_limits
               FROM unnest($2::uuid[]) AS a(account_id)
               CROSS JOIN mec_data.plan_versions v
               CROSS JOIN LATERAL jsonb_to_recordset(v.entitlements) AS e(
                      resource_type text, quantity_limit numeric, period text, enforcement text,
-                     overage_cap numeric, grace numeric, enabled boolean)
+                     overage_cap numeric, grace numeric, enabled boolean, dimension_limits jsonb)
               -- a resource retired from the catalog since that version was loaded has no row to point at
               JOIN mec_data.resource_types r ON r.namespace_id = $1 AND r.resource_type = e.resource_type
               WHERE v.namespace_id = $1 AND v.plan_id = $3 AND v.version = $4";

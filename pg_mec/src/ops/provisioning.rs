@@ -56,13 +56,13 @@ stmt! {
     static PLAN_DIFF: read (ns: uuid, account_id: uuid, plan_id: text, effective_at: timestamptz) =
         "WITH current AS (
                   SELECT pe.plan_id, p.version AS plan_version, pe.resource_type, pe.quantity_limit, pe.period,
-                         pe.enforcement, pe.overage_cap, pe.grace, pe.enabled
+                         pe.enforcement, pe.overage_cap, pe.grace, pe.enabled, pe.dimension_limits
                     FROM mec_data.plan_entitlements pe
                     JOIN mec_data.plans p USING (namespace_id, plan_id)
                    WHERE pe.namespace_id = $1 AND pe.plan_id = $3),
               held AS (
                   SELECT plan_id, plan_version, resource_type, quantity_limit, period, enforcement, overage_cap,
-                         grace, enabled
+                         grace, enabled, dimension_limits
                     FROM mec_data.entitlements
                    WHERE namespace_id = $1 AND account_id = $2 AND source = 'plan'
                      AND valid_from <= $4 AND valid_until IS NULL)
@@ -88,9 +88,9 @@ stmt! {
     static OPEN_NEW: write (ns: uuid, account_id: uuid, plan_id: text, effective_at: timestamptz) =
         "INSERT INTO mec_data.entitlements
                   (namespace_id, account_id, resource_type, source, plan_id, quantity_limit, period, enforcement,
-                   overage_cap, grace, enabled, valid_from, plan_version)
+                   overage_cap, grace, enabled, valid_from, plan_version, dimension_limits)
               SELECT pe.namespace_id, $2, pe.resource_type, 'plan', pe.plan_id, pe.quantity_limit, pe.period,
-                     pe.enforcement, pe.overage_cap, pe.grace, pe.enabled, $4, p.version
+                     pe.enforcement, pe.overage_cap, pe.grace, pe.enabled, $4, p.version, pe.dimension_limits
               FROM mec_data.plan_entitlements pe JOIN mec_data.plans p USING (namespace_id, plan_id)
               WHERE pe.namespace_id = $1 AND pe.plan_id = $3";
 }
@@ -108,7 +108,8 @@ stmt! {
         "SELECT coalesce(jsonb_agg(jsonb_build_object(
                          'resource_type', pe.resource_type, 'kind', r.kind, 'limit', pe.quantity_limit,
                          'period', pe.period, 'enforcement', pe.enforcement, 'overage_cap', pe.overage_cap,
-                         'grace', pe.grace, 'enabled', pe.enabled) ORDER BY pe.resource_type), '[]')
+                         'grace', pe.grace, 'enabled', pe.enabled, 'dimension_limits', pe.dimension_limits)
+                         ORDER BY pe.resource_type), '[]')
               FROM mec_data.plan_entitlements pe
               JOIN mec_data.resource_types r USING (namespace_id, resource_type)
               WHERE pe.namespace_id = $1 AND pe.plan_id = $2";

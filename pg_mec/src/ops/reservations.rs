@@ -110,6 +110,15 @@ pub fn reserve(
             "Use leases for concurrency, check_entitlement for features, meter_consumption for rates.",
         ));
     }
+    if crate::ops::hierarchy::has_pools(client, ns, &eff, now_us)? {
+        return Err(MecError::bad_request(
+            format!(
+                "account {} pools \"{}\" with its ancestors; reservations are not carried up a hierarchy yet",
+                req.account_id, req.resource_type
+            ),
+            "Meter the actual usage with meter_consumption (or meter_usage) when the work is done.",
+        ));
+    }
     let counter = CounterKey {
         account_id: req.account_id,
         resource_type: &req.resource_type,
@@ -275,6 +284,7 @@ fn as_event(h: &Held, quantity: Decimal, now_us: i64) -> Event {
         occurred_us: now_us,
         metadata: json!({}),
         http_status: None,
+        dimensions: Default::default(),
     }
 }
 

@@ -33,8 +33,15 @@ stmt! {
 
 stmt! {
     static RESOURCES_IN_FORCE: read (ns: uuid, account_id: uuid, at: timestamptz) =
-        "SELECT DISTINCT resource_type FROM mec_data.entitlements
-              WHERE namespace_id = $1 AND account_id = $2
+        "WITH RECURSIVE up(account_id, depth) AS (
+              SELECT $2::uuid, 0
+              UNION ALL
+              SELECT a.parent_account_id, up.depth + 1 FROM mec_data.accounts a
+                JOIN up ON a.namespace_id = $1 AND a.account_id = up.account_id
+               WHERE a.parent_account_id IS NOT NULL AND up.depth < 3)
+         -- the account's resources and, inherited, its ancestors'
+         SELECT DISTINCT resource_type FROM mec_data.entitlements
+              WHERE namespace_id = $1 AND account_id IN (SELECT account_id FROM up)
                 AND valid_from <= $3 AND (valid_until IS NULL OR valid_until > $3)
               ORDER BY resource_type";
 }
@@ -54,7 +61,49 @@ pub fn check(
     }
     let eff = entitlement::resolve(client, ns, account, resource, now_us)?;
     let used = usage::read(client, ns, account, &eff, now_us)?;
-    Ok(usage::check_result(&eff, &used, requested))
+    let mut out = usage::check_result(&eff, &used, requested);
+    with_hierarchy(client, ns, &eff, now_us, requested, &mut out)?;
+    Ok(out)
+}
+
+/// An account in a hierarchy: where its entitlement comes from (`inherited_from`) and its
+/// ancestors' pools (`pools`); a pool that would refuse makes the check deny (`pool_limit_reached`)
+/// and the least remaining of every level is what remains.
+fn with_hierarchy(
+    client: &SpiClient<'_>,
+    ns: Uuid,
+    eff: &entitlement::Effective,
+    at_us: i64,
+    requested: Decimal,
+    out: &mut Value,
+) -> MecResult<()> {
+    if eff.parent.is_none() {
+        return Ok(());
+    }
+    let pools = crate::ops::hierarchy::pool_answers(client, ns, eff, at_us, requested)?;
+    let Some(o) = out.as_object_mut() else {
+        return Ok(());
+    };
+    o.insert("inherited_from".into(), json!(eff.inherited_from));
+    if pools.is_empty() {
+        return Ok(());
+    }
+    let decimal = |v: &Value| crate::pg::values::json_decimal(v);
+    let mut remaining = o.get("quantity_remaining").and_then(decimal);
+    for p in &pools {
+        if let Some(r) = p.get("quantity_remaining").and_then(decimal) {
+            remaining = Some(remaining.map_or(r, |m| m.min(r)));
+        }
+    }
+    if o.get("decision").and_then(Value::as_str) == Some("allow")
+        && pools.iter().any(|p| p["decision"] == "deny")
+    {
+        o.insert("decision".into(), json!("deny"));
+        o.insert("reason".into(), json!("pool_limit_reached"));
+    }
+    o.insert("quantity_remaining".into(), opt_num(remaining));
+    o.insert("pools".into(), Value::Array(pools));
+    Ok(())
 }
 
 /// `check` as it would have answered at `at_us`: the entitlement in force then (plan rows,
@@ -137,7 +186,14 @@ pub fn usage_summary(
             } else {
                 usage::read(client, ns, account, &eff, now_us)?
             };
-            json!({
+            let scoped = if eff.kind == Kind::Metered {
+                crate::ops::dimensions::summary(
+                    client, ns, account, &resource, &u.window, now_us, as_of,
+                )?
+            } else {
+                None
+            };
+            let mut entry = json!({
                 "kind": eff.kind.as_str(),
                 "current": num(u.used),
                 "limit": opt_num(eff.policy.limit),
@@ -147,7 +203,19 @@ pub fn usage_summary(
                 "period": if matches!(eff.kind, Kind::Rate | Kind::Concurrency) { Value::Null } else { Value::from(eff.period.as_str()) },
                 "reset_date": ts_json(u.reset_us),
                 "last_updated": ts_json(u.updated_us),
-            })
+            });
+            if let (Some(scoped), Some(o)) = (scoped, entry.as_object_mut()) {
+                o.insert("dimensions".into(), scoped);
+            }
+            if eff.parent.is_some() && !as_of {
+                let pools =
+                    crate::ops::hierarchy::pool_answers(client, ns, &eff, now_us, Decimal::ZERO)?;
+                if let Some(o) = entry.as_object_mut() {
+                    o.insert("inherited_from".into(), json!(eff.inherited_from));
+                    o.insert("pools".into(), Value::Array(pools));
+                }
+            }
+            entry
         };
         features.insert(resource, entry);
     }

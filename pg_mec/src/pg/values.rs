@@ -88,3 +88,14 @@ pub fn num(d: Decimal) -> Value {
 pub fn opt_num(d: Option<Decimal>) -> Value {
     d.map(num).unwrap_or(Value::Null)
 }
+
+/// A JSON number or a decimal string, as an exact decimal.
+pub fn json_decimal(v: &Value) -> Option<Decimal> {
+    match v {
+        Value::Number(n) => Decimal::from_str(&n.to_string())
+            .or_else(|_| Decimal::from_scientific(&n.to_string()))
+            .ok(),
+        Value::String(s) => Decimal::from_str(s.trim()).ok(),
+        _ => None,
+    }
+}

@@ -254,7 +254,7 @@ SELECT is(
         has_schema_privilege('t07_nobody', 'mec', 'USAGE'),
         has_schema_privilege('t07_nobody', 'mec_data', 'USAGE'),
         has_function_privilege('t07_nobody', 'mec.check_entitlement(uuid, text, numeric, timestamptz)', 'EXECUTE'),
-        has_function_privilege('t07_nobody', 'mec.meter_consumption(text, uuid, text, numeric, timestamptz, jsonb, integer)', 'EXECUTE'),
+        has_function_privilege('t07_nobody', 'mec.meter_consumption(text, uuid, text, numeric, timestamptz, jsonb, integer, jsonb)', 'EXECUTE'),
         has_table_privilege('t07_nobody', 'mec.accounts', 'SELECT'),
         has_table_privilege('t07_nobody', 'mec_data.consumption', 'SELECT')),
     '[false, false, false, false, false, false]'::jsonb,

@@ -12,10 +12,19 @@ use serde_json::Value;
 use super::json::{boolean, check_keys, non_negative, parsed, required, type_name};
 use super::kind::Kind;
 use super::problem::{key_path, Problems};
+use super::resources::Dimensions;
 use crate::enforcement::{check_fields, Enforcement, Field, Policy};
 use crate::period::Period;
 
-const LIMIT_KEYS: &[&str] = &["limit", "period", "enforcement", "grace", "overage_cap"];
+const LIMIT_KEYS: &[&str] = &[
+    "limit",
+    "period",
+    "enforcement",
+    "grace",
+    "overage_cap",
+    "dimension_limits",
+];
+const SCOPED_KEYS: &[&str] = &["limit", "enforcement", "grace", "overage_cap"];
 const FEATURE_KEYS: &[&str] = &["enabled"];
 
 /// A plan's entitlement to one resource type.
@@ -36,6 +45,33 @@ pub struct PlanEntitlement {
     pub overage_cap: Option<Decimal>,
     /// For features: whether the feature is on. `true` for every other kind.
     pub enabled: bool,
+    /// Limits on the usage that carries one dimension value (metered only), decided together with
+    /// this one and counted over the same period; ordered by dimension, then value.
+    pub dimension_limits: Vec<ScopedLimit>,
+}
+
+/// A limit on the usage of a resource that carries one value of one dimension (e.g. tokens of
+/// `model_class` `PRO_L`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ScopedLimit {
+    pub dimension: String,
+    pub value: String,
+    pub limit: Option<Decimal>,
+    pub enforcement: Enforcement,
+    pub grace: Option<Decimal>,
+    pub overage_cap: Option<Decimal>,
+}
+
+impl ScopedLimit {
+    /// The enforcement policy of this limit.
+    pub fn policy(&self) -> Policy {
+        Policy {
+            limit: self.limit,
+            enforcement: self.enforcement,
+            grace: self.grace,
+            overage_cap: self.overage_cap,
+        }
+    }
 }
 
 impl PlanEntitlement {
@@ -50,10 +86,12 @@ impl PlanEntitlement {
     }
 }
 
-/// Validates the entitlement `v` at `path` for `resource_type` of `kind`.
+/// Validates the entitlement `v` at `path` for `resource_type` of `kind`, whose declared dimensions
+/// are `dims`.
 pub(crate) fn validate(
     resource_type: &str,
     kind: Kind,
+    dims: &Dimensions,
     v: &Value,
     path: &str,
     probs: &mut Problems,
@@ -62,7 +100,7 @@ pub(crate) fn validate(
     let ent = if kind == Kind::Feature {
         feature(resource_type, v, path, probs)
     } else {
-        limited(resource_type, kind, v, path, probs)
+        limited(resource_type, kind, dims, v, path, probs)
     };
     ent.filter(|_| probs.len() == before)
 }
@@ -100,12 +138,14 @@ fn feature(
         grace: None,
         overage_cap: None,
         enabled,
+        dimension_limits: Vec::new(),
     })
 }
 
 fn limited(
     resource_type: &str,
     kind: Kind,
+    dims: &Dimensions,
     v: &Value,
     path: &str,
     probs: &mut Problems,
@@ -183,6 +223,18 @@ fn limited(
         }
     }
 
+    let dimension_limits = match obj.get("dimension_limits") {
+        None => Vec::new(),
+        Some(d) => scoped_limits(
+            resource_type,
+            kind,
+            dims,
+            d,
+            &key_path(path, "dimension_limits"),
+            probs,
+        ),
+    };
+
     Some(PlanEntitlement {
         resource_type: resource_type.to_owned(),
         limit: limit?,
@@ -191,7 +243,117 @@ fn limited(
         grace,
         overage_cap,
         enabled: true,
+        dimension_limits,
     })
+}
+
+/// `dimension_limits`: `{"<dimension>": {"<value>": {"limit": …, "enforcement": …}}}` of a metered
+/// entitlement, naming the resource's declared dimensions and values.
+fn scoped_limits(
+    resource_type: &str,
+    kind: Kind,
+    dims: &Dimensions,
+    v: &Value,
+    path: &str,
+    probs: &mut Problems,
+) -> Vec<ScopedLimit> {
+    let mut out = Vec::new();
+    if kind != Kind::Metered {
+        probs.push(
+            path,
+            format!(
+                "dimension limits apply only to metered resources ('{resource_type}' is {kind})"
+            ),
+        );
+        return out;
+    }
+    let Some(obj) = v.as_object() else {
+        probs.push(
+            path,
+            format!("must be an object keyed by dimension, not {}", type_name(v)),
+        );
+        return out;
+    };
+    for (dimension, by_value) in obj {
+        let d_path = key_path(path, dimension);
+        let Some(values) = dims.get(dimension) else {
+            probs.push(
+                &d_path,
+                format!("'{resource_type}' declares no dimension '{dimension}' (see $.resources[].dimensions)"),
+            );
+            continue;
+        };
+        let Some(by_value) = by_value.as_object() else {
+            probs.push(
+                &d_path,
+                format!(
+                    "must be an object keyed by value, not {}",
+                    type_name(by_value)
+                ),
+            );
+            continue;
+        };
+        for (value, limit) in by_value {
+            let at = key_path(&d_path, value);
+            if !values.contains(value) {
+                probs.push(
+                    &at,
+                    format!(
+                        "'{value}' is not a value of dimension '{dimension}' ({})",
+                        values.join(", ")
+                    ),
+                );
+                continue;
+            }
+            let Some(l) = limit.as_object() else {
+                probs.push(
+                    &at,
+                    format!("must be an object with a 'limit', not {}", type_name(limit)),
+                );
+                continue;
+            };
+            check_keys(l, SCOPED_KEYS, &at, probs);
+            let quantity = match required(l, "limit", &at, probs) {
+                None => None,
+                Some(Value::Null) => Some(None),
+                Some(q) => non_negative(q, &key_path(&at, "limit"), probs).map(Some),
+            };
+            let enforcement: Option<Enforcement> = match l.get("enforcement") {
+                None => Some(Enforcement::Hard),
+                Some(e) => parsed(e, &key_path(&at, "enforcement"), probs),
+            };
+            let grace = l
+                .get("grace")
+                .and_then(|g| non_negative(g, &key_path(&at, "grace"), probs));
+            let overage_cap = l
+                .get("overage_cap")
+                .and_then(|c| non_negative(c, &key_path(&at, "overage_cap"), probs));
+            if let Some(e) = enforcement {
+                let cap = l
+                    .get("overage_cap")
+                    .map(|_| overage_cap.unwrap_or_default());
+                for (field, message) in check_fields(e, cap, grace) {
+                    let p = match field {
+                        Field::Entitlement => at.clone(),
+                        Field::Grace => key_path(&at, "grace"),
+                        Field::OverageCap => key_path(&at, "overage_cap"),
+                    };
+                    probs.push(&p, message);
+                }
+            }
+            if let (Some(limit), Some(enforcement)) = (quantity, enforcement) {
+                out.push(ScopedLimit {
+                    dimension: dimension.clone(),
+                    value: value.clone(),
+                    limit,
+                    enforcement,
+                    grace,
+                    overage_cap,
+                });
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -202,7 +364,7 @@ mod tests {
 
     fn run(kind: Kind, v: Value) -> (Option<PlanEntitlement>, Vec<String>) {
         let mut p = Problems::default();
-        let e = validate("res", kind, &v, "$.e.res", &mut p);
+        let e = validate("res", kind, &Dimensions::new(), &v, "$.e.res", &mut p);
         (e, p.into_vec().into_iter().map(|p| p.to_string()).collect())
     }
 

@@ -226,6 +226,37 @@ fn levenshtein(a: &str, b: &str) -> usize {
     row[b.len()]
 }
 
+/// Most values one list of names (dimension values, tasks) may hold.
+pub(crate) const MAX_NAMES: usize = 256;
+
+/// A list of 1 to [`MAX_NAMES`] distinct non-empty strings, or problems.
+pub(crate) fn string_list(v: &Value, path: &str, probs: &mut Problems) -> Option<Vec<String>> {
+    let Some(items) = v.as_array() else {
+        probs.push(
+            path,
+            format!("must be an array of strings, not {}", type_name(v)),
+        );
+        return None;
+    };
+    if items.is_empty() || items.len() > MAX_NAMES {
+        probs.push(path, format!("must list 1 to {MAX_NAMES} values"));
+        return None;
+    }
+    let before = probs.len();
+    let mut out: Vec<String> = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let at = super::problem::index_path(path, i);
+        if let Some(s) = string(item, &at, probs) {
+            if out.contains(&s) {
+                probs.push(&at, format!("'{s}' is listed twice"));
+            } else {
+                out.push(s);
+            }
+        }
+    }
+    (probs.len() == before).then_some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

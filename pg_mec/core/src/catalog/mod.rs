@@ -34,12 +34,12 @@ use serde::Serialize;
 use serde_json::Value;
 
 pub use digest::{canonical_json, digest};
-pub use entitlement::PlanEntitlement;
+pub use entitlement::{PlanEntitlement, ScopedLimit};
 pub use kind::Kind;
 pub use plans::{Plan, PRICE_INTERVALS};
 pub use policy::AccessPolicy;
 pub use problem::Problem;
-pub use resources::{Resource, MAX_WINDOW_SECONDS};
+pub use resources::{Dimensions, Resource, MAX_DIMENSIONS, MAX_WINDOW_SECONDS};
 
 use crate::billing::{default_billable, StatusClass};
 use json::{check_keys, object, opt_string, required, type_name};
@@ -159,7 +159,13 @@ pub fn validate(doc: &Value) -> Result<Catalog, Vec<Problem>> {
         None => Default::default(),
     };
     let plans = match required(obj, "plans", root, &mut probs) {
-        Some(p) => plans::validate(p, &declared, &key_path(root, "plans"), &mut probs),
+        Some(p) => {
+            let dims = resources
+                .iter()
+                .map(|r| (r.resource_type.clone(), r.dimensions.clone()))
+                .collect();
+            plans::validate(p, &declared, &dims, &key_path(root, "plans"), &mut probs)
+        }
         None => Vec::new(),
     };
     let alert_thresholds = obj

@@ -12,7 +12,7 @@ use super::json::{
 };
 use super::policy::{self, AccessPolicy};
 use super::problem::{index_path, key_path, Problems};
-use super::resources::Declared;
+use super::resources::{Declared, DeclaredDimensions};
 
 const KEYS: &[&str] = &[
     "plan_id",
@@ -64,6 +64,7 @@ impl Plan {
 pub(crate) fn validate(
     v: &Value,
     declared: &Declared,
+    dims: &DeclaredDimensions,
     path: &str,
     probs: &mut Problems,
 ) -> Vec<Plan> {
@@ -143,7 +144,7 @@ pub(crate) fn validate(
         }
 
         let entitlements = match obj.get("entitlements") {
-            Some(e) => entitlements(e, declared, &key_path(&at, "entitlements"), probs),
+            Some(e) => entitlements(e, declared, dims, &key_path(&at, "entitlements"), probs),
             None => Vec::new(),
         };
         let version = opt_string(obj, "version", &at, probs);
@@ -194,6 +195,7 @@ fn price(v: &Value, path: &str, probs: &mut Problems) -> (Option<Decimal>, Optio
 fn entitlements(
     v: &Value,
     declared: &Declared,
+    dims: &DeclaredDimensions,
     path: &str,
     probs: &mut Problems,
 ) -> Vec<PlanEntitlement> {
@@ -223,7 +225,9 @@ fn entitlements(
             // Declared but broken: its declaration already has a problem.
             Some(None) => {}
             Some(Some(kind)) => {
-                if let Some(e) = entitlement::validate(resource_type, *kind, value, &at, probs) {
+                let none = Default::default();
+                let d = dims.get(resource_type).unwrap_or(&none);
+                if let Some(e) = entitlement::validate(resource_type, *kind, d, value, &at, probs) {
                     out.push(e);
                 }
             }
@@ -250,7 +254,13 @@ mod tests {
 
     fn run(v: Value) -> (Vec<Plan>, Vec<String>) {
         let mut p = Problems::default();
-        let plans = validate(&v, &declared(), "$.plans", &mut p);
+        let plans = validate(
+            &v,
+            &declared(),
+            &DeclaredDimensions::new(),
+            "$.plans",
+            &mut p,
+        );
         (
             plans,
             p.into_vec().into_iter().map(|p| p.to_string()).collect(),

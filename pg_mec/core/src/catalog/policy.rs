@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::json::{check_keys, object, string, suggest, type_name};
+use super::json::{check_keys, object, string, string_list, suggest, MAX_NAMES};
 use super::kind::Kind;
 use super::problem::{index_path, key_path, Problems};
 use super::resources::Declared;
@@ -30,8 +30,6 @@ const RESERVED: &[&str] = &[
     "max_input_tokens",
     "max_output_tokens",
 ];
-/// Most values a dimension, and most tasks a policy, may list.
-const MAX_ITEMS: usize = 256;
 
 /// A plan's access policy.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,8 +110,8 @@ pub(crate) fn validate(
     if let Some(t) = obj.get("tasks") {
         let t_path = key_path(path, "tasks");
         if let Some(tasks) = object(t, &t_path, probs) {
-            if tasks.len() > MAX_ITEMS {
-                probs.push(&t_path, format!("at most {MAX_ITEMS} tasks"));
+            if tasks.len() > MAX_NAMES {
+                probs.push(&t_path, format!("at most {MAX_NAMES} tasks"));
             }
             let mut out = BTreeMap::new();
             for (name, rule) in tasks {
@@ -257,34 +255,6 @@ fn task_rule(
         }
     }
     Some(rule)
-}
-
-/// A non-empty list of distinct non-empty strings.
-fn string_list(v: &Value, path: &str, probs: &mut Problems) -> Option<Vec<String>> {
-    let Some(items) = v.as_array() else {
-        probs.push(
-            path,
-            format!("must be an array of strings, not {}", type_name(v)),
-        );
-        return None;
-    };
-    if items.is_empty() || items.len() > MAX_ITEMS {
-        probs.push(path, format!("must list 1 to {MAX_ITEMS} values"));
-        return None;
-    }
-    let before = probs.len();
-    let mut out: Vec<String> = Vec::with_capacity(items.len());
-    for (i, item) in items.iter().enumerate() {
-        let at = index_path(path, i);
-        if let Some(s) = string(item, &at, probs) {
-            if out.contains(&s) {
-                probs.push(&at, format!("'{s}' is listed twice"));
-            } else {
-                out.push(s);
-            }
-        }
-    }
-    (probs.len() == before).then_some(out)
 }
 
 /// A whole number of tokens at `obj[key]`, when present.

@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::json::{check_keys, is_resource_type, object, opt_string, parsed, required, string};
+use super::json::{
+    check_keys, is_resource_type, object, opt_string, parsed, required, string, string_list,
+};
 use super::kind::Kind;
 use super::problem::{index_path, key_path, Problems};
 use super::statuses::status_list;
@@ -22,7 +24,12 @@ const KEYS: &[&str] = &[
     "description",
     "billable_statuses",
     "stripe_meter_event",
+    "dimensions",
 ];
+/// Names a dimension may not take (keys of results and requests that carry dimensions).
+const RESERVED_DIMENSIONS: &[&str] = &["task", "dimensions", "resource_type", "quantity"];
+/// Most dimensions one resource declares.
+pub const MAX_DIMENSIONS: usize = 16;
 
 /// Longest Stripe meter event name.
 pub const MAX_STRIPE_EVENT_NAME: usize = 100;
@@ -45,12 +52,57 @@ pub struct Resource {
     /// The `event_name` of the Stripe meter its billable usage is sent to (metered and rate
     /// resources only); `None`: not sent to Stripe.
     pub stripe_meter_event: Option<String>,
+    /// Each dimension an event may carry (e.g. `model_class`) with its allowed values; empty: none.
+    pub dimensions: Dimensions,
 }
+
+/// A resource's dimensions: name → allowed values (in the catalog's order).
+pub type Dimensions = BTreeMap<String, Vec<String>>;
+
+/// Each declared resource's dimensions, by resource type.
+pub(crate) type DeclaredDimensions = BTreeMap<String, Dimensions>;
 
 /// What plan validation needs to know about declared resource types: each declared name with its
 /// kind, or `None` when the declaration itself is broken (its entitlements are then not checked
 /// further, to avoid follow-on noise).
 pub(crate) type Declared = BTreeMap<String, Option<Kind>>;
+
+/// `$.resources[i].dimensions`: `{"model_class": ["BASE_S", "PRO_M"], ...}`, for metered, rate and
+/// gauge resources (the ones events are metered on).
+fn dimensions(v: &Value, kind: Option<Kind>, path: &str, probs: &mut Problems) -> Dimensions {
+    let mut out = Dimensions::new();
+    let Some(obj) = object(v, path, probs) else {
+        return out;
+    };
+    if let Some(k @ (Kind::Feature | Kind::Concurrency)) = kind {
+        probs.push(
+            path,
+            format!("only metered, rate and gauge resources are metered with dimensions, not {k}"),
+        );
+        return out;
+    }
+    if obj.len() > MAX_DIMENSIONS {
+        probs.push(path, format!("at most {MAX_DIMENSIONS} dimensions"));
+    }
+    for (name, values) in obj {
+        let at = key_path(path, name);
+        if !is_resource_type(name) || RESERVED_DIMENSIONS.contains(&name.as_str()) {
+            probs.push(
+                &at,
+                format!(
+                    "'{name}' is not a dimension name: use lowercase letters, digits and '_', \
+                     starting with a letter (not {})",
+                    RESERVED_DIMENSIONS.join(", ")
+                ),
+            );
+            continue;
+        }
+        if let Some(list) = string_list(values, &at, probs) {
+            out.insert(name.clone(), list);
+        }
+    }
+    out
+}
 
 /// Validates the `resources` array at `path`.
 pub(crate) fn validate(v: &Value, path: &str, probs: &mut Problems) -> (Vec<Resource>, Declared) {
@@ -117,6 +169,10 @@ pub(crate) fn validate(v: &Value, path: &str, probs: &mut Problems) -> (Vec<Reso
                 }
             }
         });
+        let dimensions = obj
+            .get("dimensions")
+            .map(|d| dimensions(d, kind, &key_path(&at, "dimensions"), probs))
+            .unwrap_or_default();
 
         let Some(name) = name else { continue };
         if let Some(first) = first_at.get(&name) {
@@ -138,6 +194,7 @@ pub(crate) fn validate(v: &Value, path: &str, probs: &mut Problems) -> (Vec<Reso
                 description,
                 billable_statuses,
                 stripe_meter_event,
+                dimensions,
             });
         }
     }

@@ -5,6 +5,7 @@
 --   $10     limit: the limit in force (the quota must have been granted under it)
 --   $11     http_status   $12  metadata (NULL: '{}')
 --   $13     bound: the most one counter row holds (pg_mec_core::quantity::counter_ceiling)
+--   $14     dimensions (NULL: none)
 WITH upd AS (
     UPDATE mec_data.usage_counters
        SET used = used + $5, updated_at = clock_timestamp()
@@ -29,9 +30,9 @@ WITH upd AS (
     INSERT INTO mec_data.consumption
            (namespace_id, idempotency_key, consumption_id, account_id, resource_type, quantity,
             occurred_at, period_start, period_end, billable, overage, overage_quantity,
-            quantity_used, quantity_allowed, http_status, metadata)
+            quantity_used, quantity_allowed, http_status, metadata, dimensions)
     SELECT $1, $2, gen_random_uuid(), $3, $4, $5, $6, $7, $8, true,
-           false, 0, total.used, $10, $11, coalesce($12, '{}')
+           false, 0, total.used, $10, $11, coalesce($12, '{}'), $14
       FROM total
     ON CONFLICT (namespace_id, idempotency_key) DO NOTHING
     RETURNING consumption_id

@@ -5,7 +5,7 @@
 --   $9      ceiling: the most the counter may hold (never NULL: pg_mec_core::quantity)
 --   $10     overage_from: the limit past which usage is overage (NULL: none)
 --   $11     floor: the least the counter may hold (gauges: 0; others NULL)
---   $12     http_status   $13  metadata (NULL: '{}')
+--   $12     http_status   $13  metadata (NULL: '{}')   $14  dimensions (NULL: none)
 -- Matches nothing on a striped counter, or on one still counting a reservation that expired
 -- (its answer would include the hold, which reads leave out); those take the sweep, METER_SLOT0
 -- and RECORD_STRIPED. The reservations are looked at only for a counter that ever held one:
@@ -26,11 +26,11 @@ WITH upd AS (
     INSERT INTO mec_data.consumption
            (namespace_id, idempotency_key, consumption_id, account_id, resource_type, quantity,
             occurred_at, period_start, period_end, billable, overage, overage_quantity,
-            quantity_used, quantity_allowed, http_status, metadata)
+            quantity_used, quantity_allowed, http_status, metadata, dimensions)
     SELECT $1, $2, gen_random_uuid(), $3, $4, $5, $6, $7, $8, true,
            coalesce(upd.used > $10, false),
            coalesce(greatest(0, least($5, upd.used - $10)), 0),
-           upd.used, $10, $12, coalesce($13, '{}')
+           upd.used, $10, $12, coalesce($13, '{}'), $14
       FROM upd
     ON CONFLICT (namespace_id, idempotency_key) DO NOTHING
     RETURNING consumption_id
