@@ -47,8 +47,8 @@ DECLARE
 BEGIN
     FOR t IN
         SELECT * FROM (VALUES
-            ('accounts',       'UPDATE OF namespace_id, account_id, billing_anchor_day, payment_overdue'
-                               ' OR DELETE', 'rows'),
+            ('accounts',       'UPDATE OF namespace_id, account_id, billing_anchor_day, payment_overdue,'
+                               ' parent_account_id OR DELETE', 'rows'),
             ('entitlements',   'INSERT OR UPDATE OR DELETE', 'rows'),
             ('resource_types', 'UPDATE OF namespace_id, resource_type, kind, window_seconds, billable_statuses'
                                ' OR DELETE', 'all'),

@@ -665,3 +665,39 @@ def test_usage_summary_as_of_shows_the_dimension_limits_then(fresh):
         "IMPLEMENTATION BUG: usage_summary(p_as_of => ...) leaves out features.<resource>.dimensions, although "
         "the contract says `as of` windows carry dimension limits and usage_summary shows them: " + repr(then))
     assert (then["dimensions"][PRO_L]["limit"], then["dimensions"][PRO_L]["current"]) == (100, 30), then
+
+
+# ---------------------------------------------------------------- check_policy and dimension limits
+
+def test_check_policy_passes_over_a_model_class_whose_own_quota_is_spent(fresh):
+    """The policy's fallback order skips a class whose dimension limit cannot take the request, and
+    the chosen class's own remaining bounds the shaped output tokens (docs/CONTRACT.md, Access policy)."""
+    cat = catalog({"plan_id": "p", "default": True,
+                   "entitlements": {"tokens": {"limit": 1000, "grace": 0, "dimension_limits": {"model_class": {
+                       "PRO_L": {"limit": 100, "grace": 0}, "PRO_M": {"limit": 300, "grace": 0}}}}},
+                   "policy": {"dimensions": {"model_class": ["PRO_L", "PRO_M", "BASE_S"]},
+                              "tasks": {"DRAFT": {"model_class": {"allowed": ["PRO_L", "PRO_M"],
+                                                                  "default": "PRO_L"}}},
+                              "quota": {"output_tokens": "tokens"}}})
+    ns = fresh(cat)
+    a = ns.provision()
+
+    def ask(max_out: int) -> dict:
+        return ns.one("SELECT mec.check_policy(p_account_id => %s::uuid, p_request => %s)", a,
+                      {"task": "DRAFT", "max_output_tokens": max_out}, conn=ns.svc)
+
+    first = ask(500)
+    assert first["decision"] == "allow" and first["shaped"]["model_class"] == "PRO_L", first
+    assert first["shaped"]["max_output_tokens"] == 100, first  # PRO_L's own 100, not the resource's 1000
+    ns.meter(a, 100, dims={"model_class": "PRO_L"})            # PRO_L spent
+    ns.meter(a, 250, dims={"model_class": "PRO_M"})
+    second = ask(500)
+    assert second["decision"] == "allow" and second["shaped"]["model_class"] == "PRO_M", second
+    assert second["shaped"]["max_output_tokens"] == 50, second
+    fallback = [r for r in second["reasons"] if r["code"] == "fallback"]
+    assert fallback and fallback[0]["quota_exhausted"] is True, second
+    ns.meter(a, 50, dims={"model_class": "PRO_M"})             # PRO_M spent too: no allowed class left
+    third = ask(500)
+    assert third["decision"] == "deny", third
+    assert [r["code"] for r in third["reasons"]] == ["dimension_quota_exhausted"], third
+    assert ns.counters(a, dim="model_class=PRO_M") == (400, 300)  # the checks changed nothing

@@ -28,6 +28,23 @@ ALTER TABLE mec_data.accounts
         ON DELETE SET NULL (parent_account_id);
 CREATE INDEX accounts_children ON mec_data.accounts (namespace_id, parent_account_id)
     WHERE parent_account_id IS NOT NULL;
+-- A cached entitlement knows the account's parent: a new parent (or none, when the parent is
+-- forgotten) must reach every backend's cache as the account's other cached columns do (sql/cache.sql).
+DROP TRIGGER invalidate_cache ON mec_data.accounts;
+DROP TRIGGER invalidate_cache_before ON mec_data.accounts;
+DROP TRIGGER invalidate_cache_rows ON mec_data.accounts;
+CREATE TRIGGER invalidate_cache AFTER UPDATE OF namespace_id, account_id, billing_anchor_day, payment_overdue,
+    parent_account_id OR DELETE OR TRUNCATE ON mec_data.accounts
+    FOR EACH STATEMENT EXECUTE FUNCTION mec_data.invalidate_cache('rows');
+CREATE TRIGGER invalidate_cache_before BEFORE UPDATE OF namespace_id, account_id, billing_anchor_day, payment_overdue,
+    parent_account_id OR DELETE OR TRUNCATE ON mec_data.accounts
+    FOR EACH STATEMENT EXECUTE FUNCTION mec_data.invalidate_cache('rows');
+CREATE TRIGGER invalidate_cache_rows AFTER UPDATE OF namespace_id, account_id, billing_anchor_day, payment_overdue,
+    parent_account_id OR DELETE ON mec_data.accounts
+    FOR EACH ROW EXECUTE FUNCTION mec_data.invalidate_cache_rows();
+ALTER TABLE mec_data.accounts ENABLE ALWAYS TRIGGER invalidate_cache;
+ALTER TABLE mec_data.accounts ENABLE ALWAYS TRIGGER invalidate_cache_before;
+ALTER TABLE mec_data.accounts ENABLE ALWAYS TRIGGER invalidate_cache_rows;
 
 CREATE TABLE mec_data.plan_versions (
     namespace_id uuid        NOT NULL,

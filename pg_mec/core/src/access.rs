@@ -94,11 +94,46 @@ fn tokens(v: &Value, key: &str) -> Result<Option<u64>, String> {
 
 /// What is left of each quota the policy names: `None` when the policy names none or it is
 /// unlimited.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Remaining {
     pub input_tokens: Option<Decimal>,
     pub output_tokens: Option<Decimal>,
     pub requests: Option<Decimal>,
+    /// What is left under the quota resources' dimension limits, by (dimension, value): the usage
+    /// carrying that value is limited on its own too (tokens of `PRO_L` ≤ 1 M a month).
+    pub scoped: BTreeMap<(String, String), Left>,
+}
+
+/// What is left of the three quotas under one dimension value's limits (`None`: no limit there).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Left {
+    pub input_tokens: Option<Decimal>,
+    pub output_tokens: Option<Decimal>,
+    pub requests: Option<Decimal>,
+}
+
+impl Left {
+    /// The lesser of each quota here and in `other`.
+    fn min(self, other: Left) -> Left {
+        let m = |a: Option<Decimal>, b: Option<Decimal>| match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        Left {
+            input_tokens: m(self.input_tokens, other.input_tokens),
+            output_tokens: m(self.output_tokens, other.output_tokens),
+            requests: m(self.requests, other.requests),
+        }
+    }
+
+    /// Whether a request of `input` tokens cannot run here at all.
+    fn exhausted(&self, input: u64) -> bool {
+        self.requests.is_some_and(|r| r < Decimal::ONE)
+            || self.output_tokens.is_some_and(|r| whole(r) == 0)
+            || self
+                .input_tokens
+                .is_some_and(|r| whole(r) == 0 || input > whole(r))
+    }
 }
 
 /// The answer: allowed or not, every reason, and the request as it may run.
@@ -204,7 +239,14 @@ pub fn decide(policy: Option<&AccessPolicy>, req: &Request, left: &Remaining) ->
         }
     }
 
-    // Each dimension's value: the request's, the task's default, or a fallback after it.
+    // Each dimension's value: the request's, the task's default, or a fallback after it — past the
+    // values the task does not allow and those whose own quota cannot take the request.
+    let input = req.input_tokens.unwrap_or(0);
+    let mut left_here = Left {
+        input_tokens: left.input_tokens,
+        output_tokens: left.output_tokens,
+        requests: left.requests,
+    };
     for (name, order) in &policy.dimensions {
         // Every policy dimension has its key in `shaped`: null when no value may be used.
         shaped.insert(name.clone(), Value::Null);
@@ -212,42 +254,64 @@ pub fn decide(policy: Option<&AccessPolicy>, req: &Request, left: &Remaining) ->
         if req.dimensions.contains_key(name) && asked.is_none() {
             continue; // already a reason above
         }
-        let Some(dim_rule) = rule.and_then(|r| r.dimensions.get(name)) else {
-            shaped.insert(name.clone(), json!(asked));
-            continue;
-        };
+        let dim_rule = rule.and_then(|r| r.dimensions.get(name));
+        let allowed = |v: &String| dim_rule.is_none_or(|d| d.allowed.contains(v));
         let wanted = asked
-            .or(dim_rule.default.as_ref())
-            .or(dim_rule.allowed.first());
+            .or(dim_rule.and_then(|d| d.default.as_ref()))
+            .or(dim_rule.and_then(|d| d.allowed.first()));
         let Some(wanted) = wanted else {
             continue;
         };
-        if dim_rule.allowed.contains(wanted) {
-            shaped.insert(name.clone(), json!(wanted));
-            continue;
-        }
+        let scoped = |v: &String| {
+            left.scoped
+                .get(&(name.clone(), v.clone()))
+                .copied()
+                .unwrap_or_default()
+        };
         let start = order.iter().position(|v| v == wanted).unwrap_or(0);
-        match order[start..].iter().find(|v| dim_rule.allowed.contains(v)) {
+        let pick = order[start..]
+            .iter()
+            .find(|v| allowed(v) && !scoped(v).exhausted(input));
+        match pick {
             Some(to) => {
-                reasons.push(reason(
-                    "fallback",
-                    format!("'{wanted}' is not allowed for this task; using '{to}'"),
-                    json!({"dimension": name, "requested": wanted, "value": to}),
-                ));
+                if to != wanted {
+                    let why = if allowed(wanted) {
+                        format!("'{wanted}' has no quota left for this request; using '{to}'")
+                    } else {
+                        format!("'{wanted}' is not allowed for this task; using '{to}'")
+                    };
+                    reasons.push(reason(
+                        "fallback",
+                        why,
+                        json!({"dimension": name, "requested": wanted, "value": to,
+                               "quota_exhausted": allowed(wanted)}),
+                    ));
+                }
+                left_here = left_here.min(scoped(to));
                 shaped.insert(name.clone(), json!(to));
             }
+            None if order[start..].iter().any(allowed) => deny(
+                reason(
+                    "dimension_quota_exhausted",
+                    format!("no quota is left for '{wanted}' nor for any allowed value after it"),
+                    json!({"dimension": name, "value": wanted}),
+                ),
+                &mut reasons,
+            ),
             None => deny(
                 reason(
                     "dimension_value_not_allowed",
                     format!(
                         "'{wanted}' is not allowed for this task and no allowed value comes after it"
                     ),
-                    json!({"dimension": name, "value": wanted, "allowed": dim_rule.allowed}),
+                    json!({"dimension": name, "value": wanted,
+                           "allowed": dim_rule.map(|d| d.allowed.clone()).unwrap_or_default()}),
                 ),
                 &mut reasons,
             ),
         }
     }
+    let left = &left_here;
 
     // Caps per request (the task's replace the plan's).
     let input_cap = rule
@@ -413,6 +477,7 @@ mod tests {
             input_tokens: Some(Decimal::from(100)),
             output_tokens: Some(Decimal::new(5, 1)),
             requests: Some(Decimal::ZERO),
+            ..Remaining::default()
         };
         let d = decide(
             Some(&p),
@@ -452,6 +517,52 @@ mod tests {
         assert!(d.allowed);
         assert_eq!(d.shaped["max_output_tokens"], 300);
         assert_eq!(codes(&d), ["max_output_tokens_reduced"]);
+    }
+
+    #[test]
+    fn a_class_without_quota_left_falls_back_and_shapes_by_its_own() {
+        let p = policy();
+        let scoped = |dim: &str, v: &str| (dim.to_string(), v.to_string());
+        let mut left = Remaining {
+            output_tokens: Some(Decimal::from(5000)),
+            ..Remaining::default()
+        };
+        left.scoped.insert(
+            scoped("model_class", "PRO_M"),
+            Left {
+                output_tokens: Some(Decimal::ZERO),
+                ..Left::default()
+            },
+        );
+        left.scoped.insert(
+            scoped("model_class", "BASE_S"),
+            Left {
+                output_tokens: Some(Decimal::from(700)),
+                ..Left::default()
+            },
+        );
+        // PRO_M (the default) has nothing left: BASE_S, the next allowed, with its own 700
+        let d = decide(
+            Some(&p),
+            &req(json!({"task": "PRIOR_ART", "max_output_tokens": 2000})),
+            &left,
+        );
+        assert!(d.allowed, "{:?}", d.reasons);
+        assert_eq!(d.shaped["model_class"], "BASE_S");
+        assert_eq!(d.shaped["max_output_tokens"], 700);
+        assert_eq!(codes(&d), ["fallback", "max_output_tokens_reduced"]);
+        assert_eq!(d.reasons[0]["quota_exhausted"], true);
+        // nothing left after BASE_S either: denied for the quota, not the class
+        left.scoped.insert(
+            scoped("model_class", "BASE_S"),
+            Left {
+                output_tokens: Some(Decimal::ZERO),
+                ..Left::default()
+            },
+        );
+        let d = decide(Some(&p), &req(json!({"task": "PRIOR_ART"})), &left);
+        assert!(!d.allowed);
+        assert_eq!(codes(&d), ["dimension_quota_exhausted"]);
     }
 
     #[test]

@@ -313,10 +313,13 @@ pub fn count(client: &mut SpiClient<'_>, ns: Uuid, ev: &Event, scoped: &[Scoped]
     Ok(())
 }
 
-/// The usage under each dimension limit of the plan row in force at `at_us` for `resource` in
-/// `window`, keyed `<dimension>=<value>`: for `usage_summary`. `None` when the row has none.
-/// `as_of`: the usage the ledger had recorded by `at_us`, not the counter's.
-pub fn summary(
+/// One dimension limit and its usage: (dimension, value, limit, used).
+pub type ScopedUsage = (String, String, Policy, Decimal);
+
+/// The dimension limits of the plan row in force at `at_us` for `resource`, each with its usage
+/// in `window`: (dimension, value, limit, used). `as_of`: the usage the ledger had recorded by
+/// `at_us`, not the counter's.
+pub fn scoped_usage(
     client: &SpiClient<'_>,
     ns: Uuid,
     account: Uuid,
@@ -324,7 +327,7 @@ pub fn summary(
     window: &Window,
     at_us: i64,
     as_of: bool,
-) -> MecResult<Option<Value>> {
+) -> MecResult<Option<Vec<ScopedUsage>>> {
     let at: TimestampWithTimeZone = timestamptz(at_us);
     let limits = spi::read(
         client,
@@ -339,7 +342,7 @@ pub fn summary(
         return Ok(None);
     };
     let (start, end) = window_args(window);
-    let mut out = Map::new();
+    let mut out = Vec::new();
     for ((dimension, value), policy) in parse_limits(&limits.0) {
         let counter = counter_key(resource, &dimension, &value);
         let rows = if as_of {
@@ -375,6 +378,27 @@ pub fn summary(
             .map(to_decimal)
             .transpose()?
             .unwrap_or(Decimal::ZERO);
+        out.push((dimension, value, policy, used));
+    }
+    Ok(Some(out))
+}
+
+/// [`scoped_usage`] as `usage_summary` shows it, keyed `<dimension>=<value>`; `None` when the plan
+/// row has no dimension limits.
+pub fn summary(
+    client: &SpiClient<'_>,
+    ns: Uuid,
+    account: Uuid,
+    resource: &str,
+    window: &Window,
+    at_us: i64,
+    as_of: bool,
+) -> MecResult<Option<Value>> {
+    let Some(scoped) = scoped_usage(client, ns, account, resource, window, at_us, as_of)? else {
+        return Ok(None);
+    };
+    let mut out = Map::new();
+    for (dimension, value, policy, used) in scoped {
         out.insert(
             format!("{dimension}={value}"),
             json!({

@@ -13,7 +13,9 @@ use serde_json::{json, Value};
 
 use crate::cache::entitlement;
 use crate::counters::usage;
+use crate::ops::dimensions;
 use crate::pg::spi::{self, stmt};
+use crate::pg::values::json_decimal;
 use crate::pg::{MecError, MecResult};
 
 stmt! {
@@ -29,27 +31,48 @@ stmt! {
               WHERE a.namespace_id = $1 AND a.account_id = $2";
 }
 
-/// What is left of `resource` for `account` now: `None` when it cannot run out (unlimited or a
-/// soft limit), zero when the account is not entitled or is blocked for payment.
+/// What is left under each dimension limit, by (dimension, value).
+type ScopedLeft = Vec<((String, String), Option<Decimal>)>;
+
+/// What is left of `resource` for `account` now — `None` when it cannot run out (unlimited or a
+/// soft limit), zero when the account is not entitled or is blocked for payment — and what is left
+/// under each of its dimension limits, by (dimension, value).
 fn left(
     client: &SpiClient<'_>,
     ns: Uuid,
     account: Uuid,
     resource: Option<&str>,
     now_us: i64,
-) -> MecResult<Option<Decimal>> {
+) -> MecResult<(Option<Decimal>, ScopedLeft)> {
     let Some(resource) = resource else {
-        return Ok(None);
+        return Ok((None, Vec::new()));
     };
     let eff = entitlement::resolve(client, ns, account, resource, now_us)?;
     if !eff.entitled || eff.blocked || (eff.kind == Kind::Feature && !eff.enabled) {
-        return Ok(Some(Decimal::ZERO));
-    }
-    if eff.policy.enforcement == Enforcement::Soft {
-        return Ok(None);
+        return Ok((Some(Decimal::ZERO), Vec::new()));
     }
     let used = usage::read(client, ns, account, &eff, now_us)?;
-    Ok(eff.policy.remaining(used.used))
+    let scoped = if eff.kind == Kind::Metered && eff.inherited_from.is_none() {
+        dimensions::scoped_usage(client, ns, account, resource, &used.window, now_us, false)?
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(_, _, p, _)| p.enforcement != Enforcement::Soft)
+            .map(|(d, v, p, u)| ((d, v), p.remaining(u)))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    if eff.policy.enforcement == Enforcement::Soft {
+        return Ok((None, scoped));
+    }
+    // A member's pools limit it too: the least left at any level.
+    let mut remaining = eff.policy.remaining(used.used);
+    for pool in crate::ops::hierarchy::pool_answers(client, ns, &eff, now_us, Decimal::ZERO)? {
+        if let Some(r) = pool.get("quantity_remaining").and_then(json_decimal) {
+            remaining = Some(remaining.map_or(r, |m| m.min(r)));
+        }
+    }
+    Ok((remaining, scoped))
 }
 
 pub fn check_policy(
@@ -76,20 +99,32 @@ pub fn check_policy(
         .map(|j| serde_json::from_value(j.0))
         .transpose()
         .map_err(|e| MecError::Internal(format!("stored policy of plan {plan_id}: {e}")))?;
-    let remaining = match &policy {
-        None => Remaining::default(),
-        Some(p) => Remaining {
-            input_tokens: left(client, ns, account, p.quota.input_tokens.as_deref(), now_us)?,
-            output_tokens: left(
-                client,
-                ns,
-                account,
-                p.quota.output_tokens.as_deref(),
-                now_us,
-            )?,
-            requests: left(client, ns, account, p.quota.requests.as_deref(), now_us)?,
-        },
-    };
+    let mut remaining = Remaining::default();
+    if let Some(p) = &policy {
+        let (input, input_scoped) =
+            left(client, ns, account, p.quota.input_tokens.as_deref(), now_us)?;
+        let (output, output_scoped) = left(
+            client,
+            ns,
+            account,
+            p.quota.output_tokens.as_deref(),
+            now_us,
+        )?;
+        let (requests, requests_scoped) =
+            left(client, ns, account, p.quota.requests.as_deref(), now_us)?;
+        remaining.input_tokens = input;
+        remaining.output_tokens = output;
+        remaining.requests = requests;
+        for (key, r) in input_scoped {
+            remaining.scoped.entry(key).or_default().input_tokens = r;
+        }
+        for (key, r) in output_scoped {
+            remaining.scoped.entry(key).or_default().output_tokens = r;
+        }
+        for (key, r) in requests_scoped {
+            remaining.scoped.entry(key).or_default().requests = r;
+        }
+    }
     let d = access::decide(policy.as_ref(), &req, &remaining);
     Ok(json!({
         "decision": if d.allowed { "allow" } else { "deny" },
