@@ -48,6 +48,9 @@ WORKLOADS: dict[str, tuple[str, str]] = {
                          "`mec.meter_usage`: requests, input and output tokens in one decision"),
     "mec_meter_single3": ("pg_mec 3 × meter_consumption",
                           "the same three items as three `meter_consumption` calls in one transaction"),
+    "mec_meter_member3": ("**pg_mec meter, depth-3 member**",
+                          "`mec.meter_consumption` by a member under a team and an organisation "
+                          "(own limit + two pools), random member of 10 000"),
 }
 
 # (label, numerator, denominator, target text, target test)
@@ -68,6 +71,7 @@ RATIOS = [
     ("pg_mec rate-window check / select-only `-S`", "mec_check_rate", "select_only", "report", None),
     ("pg_mec meter_usage (3 items) / 3 × meter_consumption in one transaction", "mec_meter_usage3",
      "mec_meter_single3", "report", None),
+    ("pg_mec meter: depth-3 member / flat account", "mec_meter_member3", "mec_meter", "report", None),
     ("naive_check: during sign-ups / quiet (reference: the sign-ups' own cost)", "naive_check_churn",
      "naive_check", "", None),
 ]

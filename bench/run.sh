@@ -146,6 +146,8 @@ workload_args() {
     mec_check_rate) echo "mec -s $SCALE -f $BENCH_DIR/check_rate.pgbench" ;;
     mec_meter_usage3) echo "mec -s $SCALE -f $BENCH_DIR/meter_usage3.pgbench" ;;
     mec_meter_single3) echo "mec -s $SCALE -f $BENCH_DIR/meter_single3.pgbench" ;;
+    # a member at depth 3 (organisation → team → member), metered against its team's and organisation's pools
+    mec_meter_member3) echo "mec -s $SCALE -f $BENCH_DIR/meter_member3.pgbench" ;;
     # mec_check / naive_check while a second pgbench provisions new accounts at --churn per second
     mec_check_churn) echo "mec -s $SCALE -f $BENCH_DIR/check.pgbench" ;;
     naive_check_churn) echo "base -s $SCALE -f $SHARED/check.pgbench" ;;
@@ -202,9 +204,35 @@ setup_db() {
     say "  first event metered for $hi / $ACCOUNTS accounts"
   done
 
+  if [[ " ${WL[*]} " == *" mec_meter_member3 "* ]]; then setup_hierarchy; fi
+
   say "VACUUM ANALYZE"
   sql "$DB" -c "VACUUM ANALYZE"
   say "setup done in $((SECONDS - t0)) s"
+}
+
+# 100 organisations of 10 teams of 10 members (meter_member3.pgbench): organisations and teams on the
+# bench plan (so both pool), members without a plan of their own (they inherit their team's).
+setup_hierarchy() {
+  local set="SELECT set_config('mec.namespace_id', '$NS', false)"
+  sql "$DB" -At -c "$set" \
+    -c "SELECT count(mec.provision_plan(p_account_id => md5('org' || o)::uuid, p_plan_id => 'bench'))
+        FROM generate_series(1, 100) AS o" \
+    -c "SELECT count(mec.provision_plan(p_account_id => md5('team' || t)::uuid, p_plan_id => 'bench'))
+        FROM generate_series(1, 1000) AS t" \
+    -c "SELECT count(mec.set_parent_account(md5('team' || t)::uuid, md5('org' || ((t - 1) / 10 + 1))::uuid))
+        FROM generate_series(1, 1000) AS t" >/dev/null
+  say "  hierarchy: 100 organisations, 1000 teams"
+  local lo
+  for ((lo = 1; lo <= 10000; lo += 2500)); do
+    sql "$DB" -At -c "$set" \
+      -c "SELECT count(mec.set_parent_account(md5('member' || m)::uuid, md5('team' || ((m - 1) / 10 + 1))::uuid))
+          FROM generate_series($lo, $((lo + 2499))) AS m" \
+      -c "SELECT count(mec.meter_consumption(p_idempotency_key => 'warm-member-' || m,
+                 p_account_id => md5('member' || m)::uuid, p_resource_type => 'bench_units', p_quantity => 1))
+          FROM generate_series($lo, $((lo + 2499))) AS m" >/dev/null
+    say "  hierarchy: members placed and metered once: $((lo + 2499)) / 10000"
+  done
 }
 
 setup_role() { bind_bench_role "$DB" "$ROLE" "$ROLE_PW" "$NS"; }

@@ -17,7 +17,7 @@ GRANT SELECT (namespace_id, name, settings, created_at, updated_at) ON mec_data.
 GRANT SELECT ON mec_data.resource_types, mec_data.plans, mec_data.plan_entitlements, mec_data.plan_versions,
                 mec_data.accounts,
                 mec_data.entitlements, mec_data.usage_counters, mec_data.consumption, mec_data.leases,
-                mec_data.reservations
+                mec_data.reservations, mec_data.consumption_rollups
       TO mec_user;
 
 -- The vendor's backend and operator read more of their namespace (still only through RLS).
@@ -39,7 +39,8 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON mec_data.catalogs, mec_data.resource_typ
       mec_data.plan_entitlements, mec_data.plan_versions, mec_data.accounts, mec_data.entitlements, mec_data.usage_counters,
       mec_data.consumption, mec_data.leases, mec_data.reservations, mec_data.idempotency_keys,
       mec_data.namespace_secrets, mec_data.stripe_events, mec_data.stripe_subscriptions,
-      mec_data.auth0_events, mec_data.stripe_usage_outbox, mec_data.stripe_usage_items
+      mec_data.auth0_events, mec_data.stripe_usage_outbox, mec_data.stripe_usage_items,
+      mec_data.consumption_rollups
       TO mec_owner;
 GRANT SELECT, INSERT ON mec_data.audit_log TO mec_owner;
 GRANT SELECT, UPDATE (settings, updated_at) ON mec_data.namespaces TO mec_owner;
@@ -138,3 +139,6 @@ GRANT EXECUTE ON FUNCTION mec.migrate_plan_version(text, text, text, uuid) TO me
 
 -- Account hierarchies (issue 14).
 GRANT EXECUTE ON FUNCTION mec.set_parent_account(uuid, uuid) TO mec_admin;
+
+-- Retention (issue 14): the admin purges by hand, the gateway's worker on its schedule.
+GRANT EXECUTE ON FUNCTION mec.purge_expired(timestamptz, integer) TO mec_admin, mec_worker;

@@ -15,7 +15,7 @@ BEGIN
                              'consumption', 'leases', 'reservations', 'idempotency_keys', 'audit_log',
                              'stripe_events', 'stripe_subscriptions', 'auth0_events',
                              'stripe_usage_outbox', 'stripe_usage_items', 'webhook_endpoints',
-                             'alert_crossings', 'webhook_events', 'webhook_deliveries']
+                             'alert_crossings', 'webhook_events', 'webhook_deliveries', 'consumption_rollups']
     LOOP
         EXECUTE format('ALTER TABLE mec_data.%I ENABLE ROW LEVEL SECURITY', t);
         EXECUTE format('ALTER TABLE mec_data.%I FORCE ROW LEVEL SECURITY', t);
@@ -35,7 +35,8 @@ BEGIN
     END LOOP;
 
     -- ... and only the rows of its own account (the account_id claim).
-    FOREACH t IN ARRAY ARRAY['accounts', 'entitlements', 'usage_counters', 'consumption', 'leases', 'reservations']
+    FOREACH t IN ARRAY ARRAY['accounts', 'entitlements', 'usage_counters', 'consumption', 'leases', 'reservations',
+                             'consumption_rollups']
     LOOP
         EXECUTE format($p$CREATE POLICY user_own_account ON mec_data.%I FOR SELECT TO mec_user
                            USING (account_id = mec.current_account())$p$, t);

@@ -701,3 +701,20 @@ def test_check_policy_passes_over_a_model_class_whose_own_quota_is_spent(fresh):
     assert third["decision"] == "deny", third
     assert [r["code"] for r in third["reasons"]] == ["dimension_quota_exhausted"], third
     assert ns.counters(a, dim="model_class=PRO_M") == (400, 300)  # the checks changed nothing
+
+
+def test_a_member_inherits_its_organisations_dimension_limits(fresh, expect_sqlstate):
+    """A member without a plan of its own inherits the organisation's entitlement, dimension limits
+    included: its own PRO_L usage is limited as the organisation's plan says (and the pool counts it)."""
+    ns = fresh()
+    org = ns.provision()
+    member = str(uuid.uuid4())
+    ns.one("SELECT mec.set_parent_account(p_account_id => %s::uuid, p_parent_account_id => %s::uuid)",
+           member, org)
+    ns.meter(member, 100, dims={"model_class": "PRO_L"})
+    with expect_sqlstate("ME429") as err:
+        ns.meter(member, 1, dims={"model_class": "PRO_L"})
+    assert SCOPED in policies(err)
+    f = ns.summary(member)["features"]["tokens"]
+    assert f["inherited_from"] == org and f["dimensions"][PRO_L]["current"] == 100, f
+    assert ns.summary(org)["features"]["tokens"]["current"] == 100  # the organisation's pool

@@ -809,3 +809,57 @@ def test_32_clients_through_8_members_never_pass_the_pool_or_their_own_limits(fr
             assert state == "ME429", (key, r, state)
     assert {acc: ns.check(acc, "units", 0)["quantity_used"] for acc in limit_of} == counters
     assert ns.one("SELECT count(*) FROM mec.consumption WHERE namespace_id = %s::uuid", ns.id) == len(accepted)
+
+
+@pytest.mark.concurrency
+def test_three_levels_metering_and_correcting_together_never_deadlock(fresh, connect):
+    """Every level of org → team → member metered at once, with corrections among them: counter rows
+    are locked down the hierarchy in one order (ancestors first, the account's own last), so no call
+    fails with a deadlock (40P01) and every counter equals the ledger rows it counts."""
+    ns = fresh()
+    org = ns.provision("org_big")
+    team = ns.under(org, "team")
+    member = ns.under(team, "member")
+    levels = [org, team, member]
+
+    def work(conn, i):
+        out = []
+        rnd = random.Random(i)
+        for j in range(12):
+            a = levels[(i + j) % 3]
+            try:
+                if j % 4 == 3:
+                    conn.execute("SELECT mec.adjust_consumption(p_idempotency_key => %s, p_account_id => %s::uuid, "
+                                 "p_resource_type => 'units', p_quantity => 1, p_reason => 'race')",
+                                 (f"adj-{i}-{j}", a))
+                else:
+                    conn.execute("SELECT mec.meter_consumption(p_idempotency_key => %s, p_account_id => %s::uuid, "
+                                 "p_resource_type => 'units', p_quantity => %s)", (f"m-{i}-{j}", a, rnd.choice([1, 2])))
+                out.append(None)
+            except psycopg.Error as e:
+                out.append(e.sqlstate)
+        return out
+
+    def admin_conn(conn, i):
+        conn.execute("RESET ROLE")
+        conn.execute("SET ROLE mec_admin")
+        return work(conn, i)
+
+    per_client = _race(ns, connect, admin_conn)
+    codes = [c for outs in per_client for c in outs if c is not None]
+    assert "40P01" not in codes, codes
+    assert set(codes) <= {"ME429"}, codes
+    # each level's counter: its own ledger rows and its descendants'
+    assert ns.counter(member, team, org) == (ns.ledger(member), ns.ledger(team, member),
+                                             ns.ledger(org, team, member))
+
+
+def test_a_replay_answers_after_the_ancestor_falls_overdue(fresh):
+    ns = fresh()
+    org = ns.provision("org")
+    member = ns.under(org)
+    first = ns.meter(member, 3, key="before-block")
+    ns.one("SELECT mec.update_namespace_settings(p_settings => %s)", {"overdue_action": "block"}, conn=ns.adm)
+    ns.one("SELECT mec.set_payment_overdue(p_account_id => %s::uuid, p_overdue => true)", org, conn=ns.adm)
+    again = ns.meter(member, 3, key="before-block")
+    assert again["duplicate"] is True and again["consumption_id"] == first["consumption_id"], again

@@ -5,6 +5,7 @@
 --   * Dimensions: resource_types.dimensions, plan_entitlements/entitlements.dimension_limits,
 --     consumption.dimensions; p_dimensions on mec.meter_consumption and mec.meter_usage.
 --   * Account hierarchies: accounts.parent_account_id, mec.set_parent_account (mec_admin).
+--   * Retention: mec_data.consumption_rollups, mec.purge_expired (mec_admin, mec_worker).
 -- Kept equal to a fresh 0.3.0 install by tests/upgrade/test_extension_upgrade.py.
 \echo Use "ALTER EXTENSION pg_mec UPDATE TO '0.3.0'" to load this file. \quit
 
@@ -193,3 +194,40 @@ LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'set_parent_account_wrapper';
 REVOKE ALL ON FUNCTION mec.set_parent_account(uuid, uuid) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION mec.set_parent_account(uuid, uuid) TO mec_admin;
+
+-- ---------------------------------------------------------------- retention (sql/schema.sql, rls.sql, grants.sql)
+CREATE INDEX consumption_recorded ON mec_data.consumption USING brin (recorded_at);
+CREATE TABLE mec_data.consumption_rollups (
+    namespace_id   uuid        NOT NULL,
+    account_id     uuid        NOT NULL,
+    resource_type  text        NOT NULL,
+    day            date        NOT NULL,
+    period_start   timestamptz NOT NULL,
+    entry_type     mec_data.entry_type NOT NULL,
+    billable       boolean     NOT NULL,
+    dimensions     jsonb       NOT NULL DEFAULT '{}',
+    quantity       numeric     NOT NULL,
+    events         bigint      NOT NULL CHECK (events > 0),
+    recorded_until timestamptz NOT NULL,
+    PRIMARY KEY (namespace_id, account_id, resource_type, day, period_start, entry_type, billable, dimensions)
+);
+ALTER TABLE mec_data.consumption_rollups ENABLE ROW LEVEL SECURITY;
+ALTER TABLE mec_data.consumption_rollups FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_isolation ON mec_data.consumption_rollups AS RESTRICTIVE
+    USING (namespace_id = mec.current_namespace())
+    WITH CHECK (namespace_id = mec.current_namespace());
+CREATE POLICY namespace_staff ON mec_data.consumption_rollups TO mec_service USING (true) WITH CHECK (true);
+CREATE POLICY pg_mec_functions ON mec_data.consumption_rollups TO mec_owner USING (true) WITH CHECK (true);
+CREATE POLICY user_own_account ON mec_data.consumption_rollups FOR SELECT TO mec_user
+    USING (account_id = mec.current_account());
+REVOKE ALL ON mec_data.consumption_rollups FROM PUBLIC;
+GRANT SELECT ON mec_data.consumption_rollups TO mec_user;
+GRANT SELECT, INSERT, UPDATE, DELETE ON mec_data.consumption_rollups TO mec_owner;
+CREATE FUNCTION mec."purge_expired"(
+	"p_before" timestamp with time zone DEFAULT now(), /* Option < TimestampWithTimeZone > */
+	"p_batch_size" INT DEFAULT 10000 /* Option < i32 > */
+) RETURNS jsonb /* Jsonb */
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'purge_expired_wrapper';
+REVOKE ALL ON FUNCTION mec.purge_expired(timestamptz, integer) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION mec.purge_expired(timestamptz, integer) TO mec_admin, mec_worker;

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-TABLES = ["accounts", "entitlements", "usage_counters", "consumption", "leases", "reservations",
+TABLES = ["accounts", "entitlements", "usage_counters", "consumption", "consumption_rollups", "leases", "reservations",
           "idempotency_keys", "audit_log", "webhook_endpoints", "webhook_events", "webhook_deliveries",
           "alert_crossings", "namespace_secrets", "catalogs", "plans", "plan_entitlements", "plan_versions",
           "resource_types",

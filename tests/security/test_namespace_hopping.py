@@ -40,6 +40,9 @@ def two_namespaces(security_namespace, connect, make_token):
     ids["p_delivery_id"] = one("SELECT delivery_id::text FROM mec_data.webhook_deliveries WHERE namespace_id = %s "
                                "LIMIT 1", a)
     assert ids["p_delivery_id"], "the overdue event queued a delivery"
+    # The gateway's worker would attempt it (and change A's rows) while the hops run: not before tomorrow.
+    ca.execute("UPDATE mec_data.webhook_deliveries SET next_attempt_at = now() + interval '1 day' "
+               "WHERE namespace_id = %s", (a,))
     return a, b, ids, ca, make_token(role="mec_admin", namespace_id=b)
 
 

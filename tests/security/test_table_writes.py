@@ -13,6 +13,7 @@ pytestmark = pytest.mark.sql
 
 TABLES = ["namespaces", "namespace_secrets", "catalogs", "resource_types", "plans",
           "plan_entitlements", "plan_versions", "accounts", "entitlements", "usage_counters", "consumption",
+          "consumption_rollups",
           "leases", "reservations", "idempotency_keys", "audit_log", "role_bindings",
           "stripe_events", "stripe_subscriptions", "stripe_usage_outbox", "stripe_usage_items",
           "auth0_events", "webhook_endpoints", "webhook_events", "webhook_deliveries", "alert_crossings"]

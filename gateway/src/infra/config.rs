@@ -57,6 +57,8 @@ pub struct Config {
     pub webhook_interval: Option<Duration>,
     /// How long one webhook delivery may take.
     pub webhook_timeout: Duration,
+    /// How often the background worker runs `mec.purge_expired` in every namespace; `None`: never.
+    pub purge_interval: Option<Duration>,
 }
 
 pub const MIN_SECRET_LEN: usize = 32;
@@ -118,6 +120,7 @@ impl Config {
         }
         let sync = millis(&get, "MEC_STRIPE_SYNC_INTERVAL_MS", 0, true)?;
         let webhooks = millis(&get, "MEC_WEBHOOK_INTERVAL_MS", 1_000, true)?;
+        let purge = millis(&get, "MEC_PURGE_INTERVAL_MS", 3_600_000, true)?;
         Ok(Config {
             addr,
             database_url,
@@ -136,6 +139,7 @@ impl Config {
             stripe_sync_interval: (!sync.is_zero()).then_some(sync),
             webhook_interval: (!webhooks.is_zero()).then_some(webhooks),
             webhook_timeout: millis(&get, "MEC_WEBHOOK_TIMEOUT_MS", 10_000, false)?,
+            purge_interval: (!purge.is_zero()).then_some(purge),
         })
     }
 }

@@ -12,6 +12,7 @@ use crate::AppState;
 pub enum Job {
     StripeUsage = 1_835_361_122,
     Webhooks = 1_835_361_123,
+    Purge = 1_835_361_124,
 }
 
 const TRY_LOCK: &str = "SELECT pg_try_advisory_lock($1::text::int4, hashtext($2::text))";

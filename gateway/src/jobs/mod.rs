@@ -2,9 +2,11 @@
 //! (`POST /admin/sync-usage-to-stripe`) and, when `MEC_STRIPE_SYNC_INTERVAL_MS` is set, in the
 //! background for every namespace whose `stripe_usage_sync` setting is on; and delivering
 //! outbound webhooks (`webhooks.rs`) every `MEC_WEBHOOK_INTERVAL_MS` for every namespace with
-//! deliveries due. Each run holds its namespace's lock for its job (`lock.rs`).
+//! deliveries due; and purging what retention lets go (`purge.rs`) every `MEC_PURGE_INTERVAL_MS` for
+//! every namespace. Each run holds its namespace's lock for its job (`lock.rs`).
 
 pub mod lock;
+pub mod purge;
 pub mod signature;
 pub mod stripe_usage;
 pub mod webhooks;
@@ -16,6 +18,8 @@ use crate::AppState;
 /// Namespaces that asked for background usage sync.
 const SYNC_NAMESPACES: &str =
     "SELECT namespace_id::text FROM mec_data.worker_namespaces WHERE stripe_usage_sync";
+/// Every namespace (retention applies to all).
+const ALL_NAMESPACES: &str = "SELECT namespace_id::text FROM mec_data.worker_namespaces";
 /// Namespaces with webhook deliveries due.
 const WEBHOOK_NAMESPACES: &str =
     "SELECT namespace_id::text FROM mec_data.worker_namespaces WHERE webhooks_due";
@@ -52,6 +56,25 @@ pub fn spawn(state: &AppState) -> Vec<tokio::task::JoinHandle<()>> {
             }
         }));
     }
+    if let Some(interval) = state.config.purge_interval {
+        // Not at start-up: a restart should not purge every namespace at once.
+        tasks.push(every_after(
+            state,
+            interval,
+            interval,
+            |state, budget| async move {
+                for ns in namespaces(&state, ALL_NAMESPACES, "purge").await {
+                    match purge::run(&state, ns, budget).await {
+                        Ok(Some(summary)) => {
+                            tracing::info!(namespace = %ns, summary = %summary, "purge")
+                        }
+                        Ok(None) => {}
+                        Err(e) => tracing::warn!(namespace = %ns, error = %e, "purge failed"),
+                    }
+                }
+            },
+        ));
+    }
     tasks
 }
 
@@ -61,9 +84,23 @@ where
     F: Fn(AppState, Duration) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send,
 {
+    every_after(state, Duration::ZERO, interval, job)
+}
+
+/// [`every`], the first run `delay` after start-up.
+fn every_after<F, Fut>(
+    state: &AppState,
+    delay: Duration,
+    interval: Duration,
+    job: F,
+) -> tokio::task::JoinHandle<()>
+where
+    F: Fn(AppState, Duration) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
     let state = state.clone();
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(interval);
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + delay, interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;

@@ -36,6 +36,9 @@ pub struct Effective {
     pub parent: Option<String>,
     /// The ancestor whose entitlement this is, when the account has none of its own (uuid text).
     pub inherited_from: Option<String>,
+    /// The account is overdue under `overdue_action = default_plan`: it has the default plan's
+    /// entitlement (or none), and inherits nothing from its ancestors.
+    pub downgraded: bool,
 }
 
 impl Effective {
@@ -311,6 +314,7 @@ pub fn combine(resource_type: &str, f: &Entitlements, at_us: i64) -> Result<Effe
         blocked: f.standing == Standing::Blocked,
         parent: f.parent.clone(),
         inherited_from: None,
+        downgraded: on_default_plan,
     })
 }
 

@@ -14,6 +14,7 @@ pub mod metering;
 pub mod namespaces;
 pub mod provisioning;
 pub mod reservations;
+pub mod retention;
 pub mod webhooks;
 
 use pgrx::prelude::*;

@@ -469,7 +469,7 @@ pub fn resolve(
     // a tenant's members inherit the tenant's plan); its own usage then counts against that.
     let mut next = eff.parent.clone();
     for _ in 0..MAX_ANCESTORS {
-        if eff.entitled {
+        if eff.entitled || eff.downgraded {
             break;
         }
         let Some(parent) = next.as_deref().and_then(crate::pg::context::parse_uuid) else {

@@ -114,6 +114,8 @@ stmt! {
 stmt! {
     static FORGET: write (ns: uuid, account_id: uuid) =
         "WITH c AS (DELETE FROM mec_data.consumption WHERE namespace_id = $1 AND account_id = $2 RETURNING 1),
+                   r AS (DELETE FROM mec_data.consumption_rollups WHERE namespace_id = $1 AND account_id = $2
+                         RETURNING 1),
                    k AS (DELETE FROM mec_data.idempotency_keys
                          WHERE namespace_id = $1 AND fingerprint LIKE $2::text || '|%' RETURNING 1),
                    -- the Stripe inbox keeps each event id (a redelivery stays a no-op), not its content
@@ -447,6 +449,15 @@ pub fn adjust(client: &mut SpiClient<'_>, ns: Uuid, req: &Adjustment) -> MecResu
         resource_type: &req.resource_type,
         window,
     };
+    // The ancestors' pools take the correction too: locked first, as metering locks them.
+    let pools = crate::ops::hierarchy::correction_pools(
+        client,
+        ns,
+        req.account_id,
+        &req.resource_type,
+        req.occurred_us,
+    )?;
+    crate::ops::hierarchy::lock_all(client, ns, &pools)?;
     crate::counters::stripes::fold(client, ns, &counter)?;
     counter.sweep_expired_holds(client, ns, None)?;
     let occurred: TimestampWithTimeZone = timestamptz(req.occurred_us);
@@ -503,14 +514,6 @@ pub fn adjust(client: &mut SpiClient<'_>, ns: Uuid, req: &Adjustment) -> MecResu
             "the adjustment would take usage below zero",
         ));
     }
-    // The ancestors' pools count the account's usage, so they take its corrections too.
-    let pools = crate::ops::hierarchy::correction_pools(
-        client,
-        ns,
-        req.account_id,
-        &req.resource_type,
-        req.occurred_us,
-    )?;
     crate::ops::hierarchy::count(client, ns, &pools, req.quantity)?;
     // A correction upwards crosses alerts as usage does (the stripes were folded: exact).
     if let (Some(used), true) = (used, req.quantity > Decimal::ZERO) {

@@ -64,11 +64,17 @@ stmt! {
     /// (an `as of` summary: corrections carry no dimensions).
     static RECORDED_BY: read (ns: uuid, account_id: uuid, resource_type: text, period_start: timestamptz,
                               period_end: timestamptz, dimension: text, value: text, at: timestamptz) =
-        "SELECT coalesce(sum(quantity), 0) FROM mec_data.consumption
-          WHERE namespace_id = $1 AND account_id = $2 AND resource_type = $3
-            AND occurred_at >= $4 AND ($5::timestamptz IS NULL OR occurred_at < $5)
-            AND period_start = $4 AND billable AND recorded_at <= $8
-            AND dimensions ->> $6 = $7";
+        "SELECT coalesce(sum(quantity), 0) FROM (
+              SELECT quantity FROM mec_data.consumption
+               WHERE namespace_id = $1 AND account_id = $2 AND resource_type = $3
+                 AND occurred_at >= $4 AND ($5::timestamptz IS NULL OR occurred_at < $5)
+                 AND period_start = $4 AND billable AND recorded_at <= $8
+                 AND dimensions ->> $6 = $7
+              UNION ALL
+              SELECT quantity FROM mec_data.consumption_rollups
+               WHERE namespace_id = $1 AND account_id = $2 AND resource_type = $3
+                 AND period_start = $4 AND billable AND recorded_until <= $8
+                 AND dimensions ->> $6 = $7) u";
 }
 
 stmt! {
@@ -169,12 +175,14 @@ pub fn prepare(
     billable: bool,
 ) -> MecResult<Prepared> {
     let at: TimestampWithTimeZone = timestamptz(ev.occurred_us);
+    // An account that inherits its entitlement inherits its dimension limits with it.
+    let limits_from = limits_account(eff, ev.account_id);
     let row = spi::read(
         client,
         &DECLARED_AND_LIMITS,
         &[
             ns.into(),
-            ev.account_id.into(),
+            limits_from.into(),
             ev.resource_type.as_str().into(),
             at.into(),
         ],
@@ -313,6 +321,15 @@ pub fn count(client: &mut SpiClient<'_>, ns: Uuid, ev: &Event, scoped: &[Scoped]
     Ok(())
 }
 
+/// The account whose plan row holds the dimension limits that apply to `account`: the ancestor it
+/// inherits its entitlement from, else itself.
+pub fn limits_account(eff: &Effective, account: Uuid) -> Uuid {
+    eff.inherited_from
+        .as_deref()
+        .and_then(crate::pg::context::parse_uuid)
+        .unwrap_or(account)
+}
+
 /// One dimension limit and its usage: (dimension, value, limit, used).
 pub type ScopedUsage = (String, String, Policy, Decimal);
 
@@ -322,7 +339,7 @@ pub type ScopedUsage = (String, String, Policy, Decimal);
 pub fn scoped_usage(
     client: &SpiClient<'_>,
     ns: Uuid,
-    account: Uuid,
+    (account, limits_from): (Uuid, Uuid),
     resource: &str,
     window: &Window,
     at_us: i64,
@@ -332,7 +349,7 @@ pub fn scoped_usage(
     let limits = spi::read(
         client,
         &DECLARED_AND_LIMITS,
-        &[ns.into(), account.into(), resource.into(), at.into()],
+        &[ns.into(), limits_from.into(), resource.into(), at.into()],
     )?
     .first()
     .map(|r| r.get::<JsonB>("dimension_limits"))
@@ -383,18 +400,18 @@ pub fn scoped_usage(
     Ok(Some(out))
 }
 
-/// [`scoped_usage`] as `usage_summary` shows it, keyed `<dimension>=<value>`; `None` when the plan
+/// [`scoped_usage`] (of `accounts`: the account and the one its limits come from) as `usage_summary` shows it, keyed `<dimension>=<value>`; `None` when the plan
 /// row has no dimension limits.
 pub fn summary(
     client: &SpiClient<'_>,
     ns: Uuid,
-    account: Uuid,
+    accounts: (Uuid, Uuid),
     resource: &str,
     window: &Window,
     at_us: i64,
     as_of: bool,
 ) -> MecResult<Option<Value>> {
-    let Some(scoped) = scoped_usage(client, ns, account, resource, window, at_us, as_of)? else {
+    let Some(scoped) = scoped_usage(client, ns, accounts, resource, window, at_us, as_of)? else {
         return Ok(None);
     };
     let mut out = Map::new();

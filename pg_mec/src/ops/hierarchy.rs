@@ -72,6 +72,11 @@ stmt! {
 }
 
 stmt! {
+    static LOCK_HIERARCHY: write (ns: text) =
+        "SELECT pg_advisory_xact_lock(1835361125, hashtext($1))";
+}
+
+stmt! {
     static LOCK_ACCOUNT: write (ns: uuid, account_id: uuid) =
         "SELECT parent_account_id FROM mec_data.accounts WHERE namespace_id = $1 AND account_id = $2 FOR UPDATE";
 }
@@ -168,6 +173,10 @@ pub fn prepare(
         ev.occurred_us,
     )? {
         if a.blocked {
+            // A key recorded before the ancestor fell overdue still answers as the first time.
+            if let Some(v) = crate::ledger::replay::replay_if_recorded(client, ns, ev)? {
+                return Ok(Pools::Replay(v));
+            }
             return Err(MecError::PaymentOverdue {
                 account_id: account.to_string(),
             });
@@ -178,7 +187,9 @@ pub fn prepare(
     }
     let pools = pools_of(client, ns, eff, &ev.resource_type, ev.occurred_us)?;
     let mut violated = Vec::new();
-    for p in &pools {
+    // Farthest ancestor first: every call locks counter rows down the hierarchy (an ancestor's
+    // before a descendant's, the account's own last), so two levels never wait on each other.
+    for p in pools.iter().rev() {
         spi::write(
             client,
             &ENSURE_COUNTER,
@@ -191,10 +202,11 @@ pub fn prepare(
             ],
         )?;
         let mut state = lock(client, ns, p)?;
+        // Only the ceiling: a gauge's release is never refused by a pool (which may hold less than
+        // the account released if the account joined it with usage already counted elsewhere).
         let fits = |(used, quota): (Decimal, Decimal)| {
             let after = used.saturating_add(quota).saturating_add(ev.quantity);
-            p.eff.policy.ceiling().is_none_or(|c| after <= c)
-                && (p.eff.kind != Kind::Gauge || used.saturating_add(ev.quantity) >= Decimal::ZERO)
+            ev.quantity <= Decimal::ZERO || p.eff.policy.ceiling().is_none_or(|c| after <= c)
         };
         if !fits(state) && state.1 > Decimal::ZERO {
             // Quota granted to the pool's stripes counts as used until they give it back.
@@ -259,6 +271,26 @@ fn lock(client: &mut SpiClient<'_>, ns: Uuid, p: &Pool) -> MecResult<(Decimal, D
         Ok(v.as_ref().map(to_decimal).transpose()?.unwrap_or_default())
     };
     Ok((dec(used)?, dec(quota)?))
+}
+
+/// Creates and locks every pool's counter row, farthest ancestor first, without a check: for a
+/// correction, before it locks the account's own counter (the order metering keeps).
+pub fn lock_all(client: &mut SpiClient<'_>, ns: Uuid, pools: &[Pool]) -> MecResult<()> {
+    for p in pools.iter().rev() {
+        spi::write(
+            client,
+            &ENSURE_COUNTER,
+            &[
+                ns.into(),
+                p.account_id.into(),
+                p.counter.as_str().into(),
+                p.start.into(),
+                p.end.into(),
+            ],
+        )?;
+        lock(client, ns, p)?;
+    }
+    Ok(())
 }
 
 /// Counts `quantity` (a recorded event, or a correction) in each pool.
@@ -347,6 +379,9 @@ pub fn set_parent(
     account: Uuid,
     parent: Option<Uuid>,
 ) -> MecResult<Value> {
+    // One change of a namespace's hierarchy at a time: two concurrent moves could otherwise each
+    // pass the cycle and depth checks against the other's old state.
+    spi::write(client, &LOCK_HIERARCHY, &[ns.to_string().into()])?;
     let created = provisioning::create_account(client, ns, account, None)?;
     let previous =
         spi::write(client, &LOCK_ACCOUNT, &[ns.into(), account.into()])?.one::<Uuid>()?;

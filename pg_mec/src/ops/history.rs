@@ -26,17 +26,28 @@ stmt! {
     /// The buckets, oldest first (within a bucket by group), and the range's totals.
     static HISTORY: read (ns: uuid, account_id: uuid, resource_type: text, from: timestamptz,
                           to: timestamptz, bucket: text, group_by: text) =
-        "WITH b AS (
-              SELECT date_trunc($6, occurred_at AT TIME ZONE 'UTC') AS bucket,
+        "WITH rows AS (
+              SELECT occurred_at AT TIME ZONE 'UTC' AS at,
                      -- the event's dimension of that name, else its metadata key of that name
                      CASE WHEN $7::text IS NULL THEN NULL ELSE coalesce(dimensions->>$7, metadata->>$7) END AS grp,
-                     sum(quantity) AS quantity,
-                     coalesce(sum(quantity) FILTER (WHERE billable), 0) AS billable_quantity,
-                     count(*) FILTER (WHERE entry_type = 'usage') AS events,
-                     count(*) FILTER (WHERE entry_type = 'adjustment') AS adjustments
+                     quantity, billable, entry_type, 1::int8 AS n
                 FROM mec_data.consumption
                WHERE namespace_id = $1 AND account_id = $2 AND resource_type = $3
                  AND occurred_at >= $4 AND occurred_at < $5
+              UNION ALL
+              -- detail purged past the history retention: one row per day (mec.purge_expired)
+              SELECT day::timestamp, CASE WHEN $7::text IS NULL THEN NULL ELSE dimensions->>$7 END,
+                     quantity, billable, entry_type, events
+                FROM mec_data.consumption_rollups
+               WHERE namespace_id = $1 AND account_id = $2 AND resource_type = $3
+                 AND day >= ($4 AT TIME ZONE 'UTC')::date AND day::timestamp < ($5 AT TIME ZONE 'UTC')),
+              b AS (
+              SELECT date_trunc($6, at) AS bucket, grp,
+                     sum(quantity) AS quantity,
+                     coalesce(sum(quantity) FILTER (WHERE billable), 0) AS billable_quantity,
+                     coalesce(sum(n) FILTER (WHERE entry_type = 'usage'), 0) AS events,
+                     coalesce(sum(n) FILTER (WHERE entry_type = 'adjustment'), 0) AS adjustments
+                FROM rows
                GROUP BY 1, 2)
          SELECT coalesce(jsonb_agg(jsonb_strip_nulls(jsonb_build_object(
                     'start', to_char(bucket, 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
@@ -53,11 +64,16 @@ stmt! {
     /// (late events and corrections recorded later were not known yet).
     static RECORDED_BY: read (ns: uuid, account_id: uuid, resource_type: text, period_start: timestamptz,
                               period_end: timestamptz, at: timestamptz) =
-        "SELECT coalesce(sum(quantity), 0) AS used, max(recorded_at) AS updated
-           FROM mec_data.consumption
-          WHERE namespace_id = $1 AND account_id = $2 AND resource_type = $3
-            AND occurred_at >= $4 AND ($5::timestamptz IS NULL OR occurred_at < $5)
-            AND period_start = $4 AND billable AND recorded_at <= $6";
+        "SELECT coalesce(sum(quantity), 0) AS used, max(recorded) AS updated FROM (
+              SELECT quantity, recorded_at AS recorded FROM mec_data.consumption
+               WHERE namespace_id = $1 AND account_id = $2 AND resource_type = $3
+                 AND occurred_at >= $4 AND ($5::timestamptz IS NULL OR occurred_at < $5)
+                 AND period_start = $4 AND billable AND recorded_at <= $6
+              UNION ALL
+              -- purged detail (mec.purge_expired): a rolled-up day counts once all of it was recorded
+              SELECT quantity, recorded_until FROM mec_data.consumption_rollups
+               WHERE namespace_id = $1 AND account_id = $2 AND resource_type = $3
+                 AND period_start = $4 AND billable AND recorded_until <= $6) u";
 }
 
 stmt! {

@@ -19,6 +19,7 @@ pub mod plan_versions;
 pub mod policy;
 pub mod provisioning;
 pub mod reservations;
+pub mod retention;
 pub mod stripe;
 pub mod stripe_usage;
 pub mod summary;

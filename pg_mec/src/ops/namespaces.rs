@@ -94,6 +94,7 @@ fn validate(settings: &Map<String, Value>) -> MecResult<()> {
             "stripe_usage_sync" => {}
             "webhook_retry_schedule" => retry_schedule(v)?,
             "key_retention_days" => int_setting(key, v, 45, 3650)?,
+            "history_retention_days" => int_setting(key, v, 45, 36_500)?,
             "late_event_days" => int_setting(key, v, 0, 365)?,
             "billing_anchor" => int_setting(key, v, 1, 31)?,
             "stripe_webhook_tolerance_seconds" => int_setting(key, v, 1, 86_400)?,
@@ -109,7 +110,7 @@ fn validate(settings: &Map<String, Value>) -> MecResult<()> {
             other => {
                 return Err(MecError::invalid_hint(
                     format!("unknown setting \"{other}\""),
-                    "Settings: default_plan_id, stripe_webhook_secret, stripe_webhook_tolerance_seconds, stripe_api_key, stripe_usage_sync, auth0_secret, key_retention_days, late_event_days, billing_anchor, overdue_action, webhook_retry_schedule.",
+                    "Settings: default_plan_id, stripe_webhook_secret, stripe_webhook_tolerance_seconds, stripe_api_key, stripe_usage_sync, auth0_secret, key_retention_days, history_retention_days, late_event_days, billing_anchor, overdue_action, webhook_retry_schedule.",
                 ))
             }
         }
@@ -284,6 +285,7 @@ pub fn update_settings(
     out.extend(masked);
     for (k, v) in [
         ("key_retention_days", Value::from(45)),
+        ("history_retention_days", Value::from(400)),
         ("late_event_days", Value::from(7)),
         ("stripe_webhook_tolerance_seconds", Value::from(300)),
         ("overdue_action", Value::from("flag")),

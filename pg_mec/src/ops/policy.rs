@@ -52,13 +52,22 @@ fn left(
         return Ok((Some(Decimal::ZERO), Vec::new()));
     }
     let used = usage::read(client, ns, account, &eff, now_us)?;
-    let scoped = if eff.kind == Kind::Metered && eff.inherited_from.is_none() {
-        dimensions::scoped_usage(client, ns, account, resource, &used.window, now_us, false)?
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|(_, _, p, _)| p.enforcement != Enforcement::Soft)
-            .map(|(d, v, p, u)| ((d, v), p.remaining(u)))
-            .collect()
+    let scoped = if eff.kind == Kind::Metered {
+        let from = dimensions::limits_account(&eff, account);
+        dimensions::scoped_usage(
+            client,
+            ns,
+            (account, from),
+            resource,
+            &used.window,
+            now_us,
+            false,
+        )?
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(_, _, p, _)| p.enforcement != Enforcement::Soft)
+        .map(|(d, v, p, u)| ((d, v), p.remaining(u)))
+        .collect()
     } else {
         Vec::new()
     };

@@ -187,8 +187,15 @@ pub fn usage_summary(
                 usage::read(client, ns, account, &eff, now_us)?
             };
             let scoped = if eff.kind == Kind::Metered {
+                let from = crate::ops::dimensions::limits_account(&eff, account);
                 crate::ops::dimensions::summary(
-                    client, ns, account, &resource, &u.window, now_us, as_of,
+                    client,
+                    ns,
+                    (account, from),
+                    &resource,
+                    &u.window,
+                    now_us,
+                    as_of,
                 )?
             } else {
                 None
