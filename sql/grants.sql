@@ -78,7 +78,7 @@ GRANT EXECUTE ON FUNCTION
     TO mec_admin;
 GRANT EXECUTE ON FUNCTION
     mec.reserve_consumption(text, uuid, text, numeric, integer),
-    mec.commit_reservation(uuid, numeric),
+    mec.commit_reservation(uuid, numeric, jsonb),
     mec.cancel_reservation(uuid)
     TO mec_service;
 

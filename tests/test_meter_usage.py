@@ -150,3 +150,74 @@ def test_over_http(http, gateway_url, make_token, llm):
     user = make_token(role="mec_user", namespace_id=ns, account_id=a)
     r = http.post(f"{gateway_url}/api/rpc/meter_usage", json=body, headers={"Authorization": f"Bearer {user}"})
     assert r.status_code in (401, 403, 404), r.text
+
+
+# ---------------------------------------------------------------- commit_reservation with items
+
+def reserve(conn, key, account, resource, qty):
+    return conn.execute("SELECT mec.reserve_consumption(p_idempotency_key => %s, p_account_id => %s::uuid, "
+                        "p_resource_type => %s, p_quantity => %s)", (key, account, resource, qty)).fetchone()[0]
+
+
+def commit_items(conn, reservation, items):
+    return conn.execute("SELECT mec.commit_reservation(p_reservation_id => %s::uuid, p_items => %s)",
+                        (reservation, Jsonb(items))).fetchone()[0]
+
+
+def summary_used(conn, account, resource):
+    return conn.execute("SELECT mec.usage_summary(p_account_id => %s::uuid)", (account,)).fetchone()[0][
+        "features"][resource]["current"]
+
+
+def test_a_reserved_budget_is_committed_as_its_actual_split(llm, expect_sqlstate):
+    """Reserve a token budget, commit the actual split of input and output tokens and the request in
+    one decision: the hold is given back, every item recorded under the reservation's key, once."""
+    _, conn, new = llm
+    a = new()
+    r = reserve(conn, "job-1", a, "output_tokens", 1500)
+    assert summary_used(conn, a, "output_tokens") == 1500  # the hold counts
+    split = [{"resource_type": "input_tokens", "quantity": 900},
+             {"resource_type": "output_tokens", "quantity": 420},
+             {"resource_type": "requests", "quantity": 1}]
+    first = commit_items(conn, r["reservation_id"], split)
+    assert first["duplicate"] is False and first["reservation_id"] == r["reservation_id"], first
+    assert first["quantity_reserved"] == 1500 and len(first["items"]) == 3, first
+    assert [i["quantity"] for i in first["items"]] == [900, 420, 1]
+    assert (summary_used(conn, a, "output_tokens"), used(conn, a, "input_tokens"), used(conn, a, "requests")) == (
+        420, 900, 1)  # the hold is gone, the actual counted
+    keys = {row[0] for row in conn.execute("SELECT idempotency_key FROM mec.consumption WHERE account_id = %s::uuid",
+                                           (a,))}
+    assert keys == {"job-1/input_tokens", "job-1/output_tokens", "job-1/requests"}
+    assert conn.execute("SELECT state, actual_quantity FROM mec.reservations WHERE reservation_id = %s::uuid",
+                        (r["reservation_id"],)).fetchone() == ("committed", 420)
+    # again: the first result, nothing counted twice; other items or a plain commit: ME409
+    again = commit_items(conn, r["reservation_id"], split)
+    assert again["duplicate"] is True, again
+    assert [i["consumption_id"] for i in again["items"]] == [i["consumption_id"] for i in first["items"]]
+    assert summary_used(conn, a, "output_tokens") == 420
+    with expect_sqlstate("ME409"):
+        commit_items(conn, r["reservation_id"], split[:2])
+    with expect_sqlstate("ME409"):
+        conn.execute("SELECT mec.commit_reservation(p_reservation_id => %s::uuid)", (r["reservation_id"],))
+
+
+def test_an_item_over_its_limit_commits_nothing_and_keeps_the_hold(llm, expect_sqlstate):
+    _, conn, new = llm
+    a = new()
+    r = reserve(conn, "job-2", a, "output_tokens", 500)
+    with expect_sqlstate("ME429"):
+        commit_items(conn, r["reservation_id"], [{"resource_type": "output_tokens", "quantity": 400},
+                                                 {"resource_type": "input_tokens", "quantity": 10001}])
+    assert summary_used(conn, a, "output_tokens") == 500  # still held
+    assert used(conn, a, "output_tokens") == 0 and used(conn, a, "input_tokens") == 0
+    assert conn.execute("SELECT state FROM mec.reservations WHERE reservation_id = %s::uuid",
+                        (r["reservation_id"],)).fetchone()[0] == "held"
+    with expect_sqlstate("22023"):
+        conn.execute("SELECT mec.commit_reservation(p_reservation_id => %s::uuid, p_actual_quantity => 1, "
+                     "p_items => %s)", (r["reservation_id"], Jsonb([{"resource_type": "requests", "quantity": 1}])))
+    # a plain commit still works afterwards
+    done = conn.execute("SELECT mec.commit_reservation(p_reservation_id => %s::uuid, p_actual_quantity => 300)",
+                        (r["reservation_id"],)).fetchone()[0]
+    assert done["quantity_used"] == 300
+    with expect_sqlstate("ME409"):
+        commit_items(conn, r["reservation_id"], [{"resource_type": "requests", "quantity": 1}])

@@ -6,6 +6,7 @@
 --     consumption.dimensions; p_dimensions on mec.meter_consumption and mec.meter_usage.
 --   * Account hierarchies: accounts.parent_account_id, mec.set_parent_account (mec_admin).
 --   * Retention: mec_data.consumption_rollups, mec.purge_expired (mec_admin, mec_worker).
+--   * p_items on mec.commit_reservation.
 -- Kept equal to a fresh 0.3.0 install by tests/upgrade/test_extension_upgrade.py.
 \echo Use "ALTER EXTENSION pg_mec UPDATE TO '0.3.0'" to load this file. \quit
 
@@ -231,3 +232,15 @@ LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'purge_expired_wrapper';
 REVOKE ALL ON FUNCTION mec.purge_expired(timestamptz, integer) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION mec.purge_expired(timestamptz, integer) TO mec_admin, mec_worker;
+
+-- ---------------------------------------------------------------- commit_reservation with items (pg_mec/src/api/reservations.rs)
+DROP FUNCTION mec.commit_reservation(uuid, numeric);
+CREATE FUNCTION mec."commit_reservation"(
+	"p_reservation_id" uuid, /* Option < Uuid > */
+	"p_actual_quantity" NUMERIC DEFAULT NULL, /* Option < AnyNumeric > */
+	"p_items" jsonb DEFAULT NULL /* Option < JsonbArg > */
+) RETURNS jsonb /* Jsonb */
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'commit_reservation_wrapper';
+REVOKE ALL ON FUNCTION mec.commit_reservation(uuid, numeric, jsonb) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION mec.commit_reservation(uuid, numeric, jsonb) TO mec_service;

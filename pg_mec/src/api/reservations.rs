@@ -7,7 +7,7 @@ use crate::api;
 use crate::ops::reservations::{self, Reserve};
 use crate::pg::args;
 use crate::pg::clock;
-use crate::pg::jsonb::Jsonb;
+use crate::pg::jsonb::{Jsonb, JsonbArg};
 
 /// Holds `p_quantity` of a metered or gauge resource for `p_ttl_seconds` (1–86400), deciding under
 /// the counter's row lock like `meter_consumption`. Idempotent on `p_idempotency_key`.
@@ -35,14 +35,20 @@ fn reserve_consumption(
 }
 
 /// Settles a held reservation at `p_actual_quantity` (default: the reserved quantity) and records
-/// it in the ledger. Committing again returns the same result with `duplicate: true`.
-/// Returns the `meter_consumption` result plus `reservation_id`, `quantity_reserved`.
-/// Raises `ME410` (expired or cancelled), `ME429` (actual above the reservation and the limit),
-/// `P0002` (unknown reservation), `22023`, `42501`.
+/// it in the ledger; or, with `p_items` (`[{resource_type, quantity, dimensions}]`, as
+/// `meter_usage` takes them), gives the hold back and meters the items in one decision under the
+/// reservation's key (reserve a token budget, commit the actual split), all or nothing.
+/// Committing again returns the same result with `duplicate: true`.
+/// Returns the `meter_consumption` result (with items: the `meter_usage` result) plus
+/// `reservation_id`, `quantity_reserved`. Raises `ME410` (expired or cancelled), `ME429` (actual
+/// above the reservation and the limit, or an item over its limit: nothing recorded, the hold kept),
+/// `ME409` (committed before the other way, or with other items), `P0002` (unknown reservation),
+/// `22023` (both `p_actual_quantity` and `p_items`, bad items), `42501`.
 #[pg_extern]
 fn commit_reservation(
     p_reservation_id: Option<Uuid>,
     p_actual_quantity: default!(Option<AnyNumeric>, "NULL"),
+    p_items: default!(Option<JsonbArg>, "NULL"),
 ) -> Jsonb {
     Jsonb(api::write(|caller, client| {
         let ns = caller.namespace;
@@ -50,7 +56,8 @@ fn commit_reservation(
         let actual = p_actual_quantity
             .map(|n| args::quantity(Some(n), "p_actual_quantity"))
             .transpose()?;
-        reservations::commit(client, ns, id, actual, clock::now_us())
+        let items = p_items.map(|i| i.parse("p_items")).transpose()?;
+        reservations::commit(client, ns, id, actual, items.as_ref(), clock::now_us())
     }))
 }
 

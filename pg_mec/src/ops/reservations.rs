@@ -16,10 +16,14 @@ use crate::counters::stripes;
 use crate::counters::usage;
 use crate::counters::CounterKey;
 use crate::events::alerts;
+use crate::ledger::keys::{claim_key, store_result, stored_result};
 use crate::ledger::replay::replay_if_recorded;
 use crate::ledger::{validate_key, Event, UsageResult};
+use crate::ops::usage_items;
 use crate::pg::spi::{self, stmt};
-use crate::pg::values::{num, opt_num, timestamptz, to_decimal, to_numeric, ts_json, unix_us};
+use crate::pg::values::{
+    json_decimal, num, opt_num, timestamptz, to_decimal, to_numeric, ts_json, unix_us,
+};
 use crate::pg::{MecError, MecResult};
 
 pub struct Reserve {
@@ -288,20 +292,40 @@ fn as_event(h: &Held, quantity: Decimal, now_us: i64) -> Event {
     }
 }
 
-/// Settles a held reservation at `actual` (default: the reserved quantity) and records it.
+/// The operation under which a commit with items keeps its result (by the reservation's key).
+const COMMIT_ITEMS: &str = "commit_reservation";
+
+/// Settles a held reservation at `actual` (default: the reserved quantity) and records it; or, with
+/// `items`, releases the hold and meters the items in one decision (`meter_usage` under the
+/// reservation's key): reserve a budget, commit the actual split.
 pub fn commit(
     client: &mut SpiClient<'_>,
     ns: Uuid,
     id: Uuid,
     actual: Option<Decimal>,
+    items: Option<&Value>,
     now_us: i64,
 ) -> MecResult<Value> {
+    if actual.is_some() && items.is_some() {
+        return Err(MecError::invalid(
+            "give p_actual_quantity or p_items, not both",
+        ));
+    }
     let h = lock(client, ns, id)?;
+    if let Some(items) = items {
+        return commit_items(client, ns, id, &h, items, now_us);
+    }
     match (h.state.as_str(), h.live) {
         ("committed", _) => {
             let ev = as_event(&h, h.actual.unwrap_or(h.quantity), now_us);
-            return replay_if_recorded(client, ns, &ev)?.ok_or_else(|| {
-                MecError::Internal("committed reservation without its ledger row".into())
+            if let Some(v) = replay_if_recorded(client, ns, &ev)? {
+                return Ok(v);
+            }
+            return Err(MecError::IdempotencyConflict {
+                key: h.key.clone(),
+                detail: json!({"operation": "commit_reservation",
+                               "reason": "the reservation was committed with p_items"})
+                .to_string(),
             });
         }
         ("held", true) => {}
@@ -397,6 +421,97 @@ pub fn commit(
         o.insert("reservation_id".into(), Value::from(id.to_string()));
         o.insert("quantity_reserved".into(), num(h.quantity));
     }
+    Ok(result)
+}
+
+fn commit_items(
+    client: &mut SpiClient<'_>,
+    ns: Uuid,
+    id: Uuid,
+    h: &Held,
+    items: &Value,
+    now_us: i64,
+) -> MecResult<Value> {
+    let fingerprint = pg_mec_core::digest(items);
+    match (h.state.as_str(), h.live) {
+        ("committed", _) => {
+            return stored_result(client, ns, COMMIT_ITEMS, &h.key, &fingerprint)?.ok_or_else(|| {
+                MecError::IdempotencyConflict {
+                    key: h.key.clone(),
+                    detail: json!({"operation": "commit_reservation",
+                                   "reason": "the reservation was committed with p_actual_quantity"})
+                    .to_string(),
+                }
+            });
+        }
+        ("held", true) => {}
+        (state, _) => {
+            return Err(MecError::Expired {
+                what: "reservation",
+                id: id.to_string(),
+                detail: Some(if state == "cancelled" {
+                    "the reservation was cancelled".into()
+                } else {
+                    "the reservation passed its expires_at; its hold no longer counts".into()
+                }),
+            })
+        }
+    }
+    if let Some(v) = claim_key(client, ns, COMMIT_ITEMS, &h.key, &fingerprint)? {
+        return Ok(v);
+    }
+    // What the split uses of the reserved resource itself (none when it names other resources).
+    let actual = items
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .filter(|i| i.get("resource_type") == Some(&Value::from(h.resource_type.as_str())))
+                .filter_map(|i| i.get("quantity").and_then(json_decimal))
+                .fold(Decimal::ZERO, |a, q| a.saturating_add(q))
+        })
+        .unwrap_or_default();
+    // The hold goes and the reservation is settled first (so no sweep gives the hold back twice),
+    // then the items are decided on what is really used; a refused item raises, and the whole call
+    // is undone: the hold stays, as before it.
+    CounterKey {
+        account_id: h.account_id,
+        resource_type: &h.resource_type,
+        window: h.window,
+    }
+    .add(client, ns, -h.quantity)?;
+    spi::write(
+        client,
+        &SETTLE,
+        &[
+            ns.into(),
+            id.into(),
+            "committed".into(),
+            to_numeric(actual).into(),
+        ],
+    )?;
+    let mut result = usage_items::meter_usage(
+        client,
+        ns,
+        &usage_items::Usage {
+            key: h.key.clone(),
+            account_id: h.account_id,
+            items: items.clone(),
+            occurred_us: now_us,
+            metadata: json!({}),
+            http_status: None,
+            dimensions: Default::default(),
+        },
+        now_us,
+    )?;
+    if let Some(o) = result.as_object_mut() {
+        o.insert("reservation_id".into(), Value::from(id.to_string()));
+        o.insert("quantity_reserved".into(), num(h.quantity));
+        o.insert(
+            "resource_type".into(),
+            Value::from(h.resource_type.as_str()),
+        );
+    }
+    store_result(client, ns, COMMIT_ITEMS, &h.key, &result)?;
     Ok(result)
 }
 
