@@ -863,3 +863,25 @@ def test_a_replay_answers_after_the_ancestor_falls_overdue(fresh):
     ns.one("SELECT mec.set_payment_overdue(p_account_id => %s::uuid, p_overdue => true)", org, conn=ns.adm)
     again = ns.meter(member, 3, key="before-block")
     assert again["duplicate"] is True and again["consumption_id"] == first["consumption_id"], again
+
+
+def test_an_organisation_hears_of_its_members_usage_by_its_alerts(fresh):
+    """Usage alerts fire on a pool as on the account's own counter: members' events that take the
+    organisation past a threshold record its crossing once (and queue its webhook event)."""
+    ns = fresh({**CATALOG, "alerts": {"thresholds": [50, 80]}})
+    org = ns.provision("org")          # units: hard 100
+    members = [ns.under(org) for _ in range(3)]
+    ns.meter(members[0], 30)
+    ns.meter(members[1], 25)           # the organisation at 55: past 50
+    ns.meter(members[2], 30)           # at 85: past 80
+
+    def crossings(a):
+        return [(float(r[0]), float(r[1])) for r in ns.admin.execute(
+            "SELECT threshold, quantity_used FROM mec.alert_crossings WHERE namespace_id = %s::uuid "
+            "AND account_id = %s::uuid AND resource_type = 'units' ORDER BY threshold", (ns.id, a))]
+
+    assert crossings(org) == [(50.0, 55.0), (80.0, 85.0)]
+    ns.meter(members[0], 5)            # no new crossing
+    assert len(crossings(org)) == 2
+    # the members themselves (inheriting the organisation's limit of 100) crossed nothing
+    assert all(crossings(m) == [] for m in members)

@@ -43,9 +43,15 @@ stmt! {
 }
 
 stmt! {
+    /// Adds to slot 0 and answers the pool's total (its stripes, the pool's own hot metering, included).
     static ADD: write (ns: uuid, account_id: uuid, resource_type: text, period_start: timestamptz, quantity: numeric) =
-        "UPDATE mec_data.usage_counters SET used = used + $5, updated_at = now()
-              WHERE namespace_id = $1 AND account_id = $2 AND resource_type = $3 AND period_start = $4 AND slot = 0";
+        "WITH upd AS (
+              UPDATE mec_data.usage_counters SET used = used + $5, updated_at = now()
+               WHERE namespace_id = $1 AND account_id = $2 AND resource_type = $3 AND period_start = $4 AND slot = 0
+              RETURNING used)
+         SELECT (SELECT used FROM upd) + (SELECT coalesce(sum(used), 0) FROM mec_data.usage_counters
+                                           WHERE namespace_id = $1 AND account_id = $2 AND resource_type = $3
+                                             AND period_start = $4 AND slot > 0) AS used";
 }
 
 stmt! {
@@ -293,13 +299,15 @@ pub fn lock_all(client: &mut SpiClient<'_>, ns: Uuid, pools: &[Pool]) -> MecResu
     Ok(())
 }
 
-/// Counts `quantity` (a recorded event, or a correction) in each pool.
+/// Counts `quantity` (a recorded event, or a correction) in each pool. Returns each pool's total
+/// after it, in the order of `pools`.
 pub fn count(
     client: &mut SpiClient<'_>,
     ns: Uuid,
     pools: &[Pool],
     quantity: Decimal,
-) -> MecResult<()> {
+) -> MecResult<Vec<Decimal>> {
+    let mut totals = Vec::with_capacity(pools.len());
     for p in pools {
         spi::write(
             client,
@@ -312,7 +320,7 @@ pub fn count(
                 p.end.into(),
             ],
         )?;
-        spi::write(
+        let total = spi::write(
             client,
             &ADD,
             &[
@@ -322,6 +330,38 @@ pub fn count(
                 p.start.into(),
                 to_numeric(quantity).into(),
             ],
+        )?
+        .one::<AnyNumeric>()?
+        .as_ref()
+        .map(to_decimal)
+        .transpose()?
+        .unwrap_or_default();
+        totals.push(total);
+    }
+    Ok(totals)
+}
+
+/// The usage alerts the pools crossed with an event the account recorded (`consumption_id`): an
+/// organisation hears of its members' usage as of its own.
+pub fn alert(
+    client: &mut SpiClient<'_>,
+    ns: Uuid,
+    pools: &[Pool],
+    totals: &[Decimal],
+    at_us: i64,
+    consumption_id: Uuid,
+) -> MecResult<()> {
+    for (p, used) in pools.iter().zip(totals) {
+        crate::events::alerts::after_usage(
+            client,
+            ns,
+            &crate::events::alerts::Usage {
+                account_id: p.account_id,
+                eff: &p.eff,
+                window: &p.eff.window(at_us),
+                used: *used,
+                consumption_id: Some(consumption_id),
+            },
         )?;
     }
     Ok(())

@@ -251,7 +251,10 @@ pub fn meter(client: &mut SpiClient<'_>, ns: Uuid, ev: &Event, now_us: i64) -> M
         match (metered.used, metered.consumption_id) {
             (Some(used), Some(id)) => {
                 dimensions::count(client, ns, ev, &scoped).map_err(MecError::after_write)?;
-                hierarchy::count(client, ns, &pools, ev.quantity).map_err(MecError::after_write)?;
+                let totals = hierarchy::count(client, ns, &pools, ev.quantity)
+                    .map_err(MecError::after_write)?;
+                hierarchy::alert(client, ns, &pools, &totals, ev.occurred_us, id)
+                    .map_err(MecError::after_write)?;
                 if metered.via_slot0 && stripable {
                     // A striped counter metered by a backend that is not hot on it: the burst
                     // may be over; idle stripes go back into slot 0 (the total stays the same).
