@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import random
-import threading
 import time
 import uuid
 from collections import defaultdict
@@ -17,6 +16,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from race_helpers import race
 from psycopg.types.json import Jsonb
 
 pytestmark = pytest.mark.sql
@@ -328,49 +328,7 @@ CHOICES = [{"model_class": "BASE_S"}, {"model_class": "PRO_M"}, {"model_class": 
 
 def _race(ns: Ns, connect, work, monitor=None) -> list:
     """work(conn, i) for 32 clients, each on its own mec_service connection, released together."""
-    barrier = threading.Barrier(CLIENTS)
-    results: list[Any] = [None] * CLIENTS
-    errors: list[BaseException] = []
-    conns = [connect(namespace_id=ns.id, role="mec_service") for _ in range(CLIENTS)]
-    for c in conns:
-        c.execute("SET statement_timeout = '30s'")
-
-    def target(i: int) -> None:
-        try:
-            barrier.wait(timeout=30)
-            results[i] = work(conns[i], i)
-        except BaseException as e:  # reported below
-            errors.append(e)
-            barrier.abort()
-
-    threads = [threading.Thread(target=target, args=(i,), daemon=True) for i in range(CLIENTS)]
-    stop = threading.Event()
-    seen: list[tuple] = []
-    mon = None
-    if monitor is not None:
-        mconn = connect(namespace_id=ns.id)
-
-        def watch() -> None:
-            while not stop.is_set():
-                seen.append(monitor(mconn))
-                time.sleep(0.005)
-
-        mon = threading.Thread(target=watch, daemon=True)
-        mon.start()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    stop.set()
-    if mon is not None:
-        mon.join(10)
-    assert not any(t.is_alive() for t in threads), "clients still running after 60 s"
-    real = [e for e in errors if not isinstance(e, threading.BrokenBarrierError)]
-    if real or errors:
-        raise (real or errors)[0]
-    if monitor is not None:
-        results.append(seen)
-    return results
+    return race(ns.id, connect, work, monitor, CLIENTS)
 
 
 def _send(conn, key: str, account: str, dims: dict) -> tuple:

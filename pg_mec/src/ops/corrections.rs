@@ -450,13 +450,7 @@ pub fn adjust(client: &mut SpiClient<'_>, ns: Uuid, req: &Adjustment) -> MecResu
         window,
     };
     // The ancestors' pools take the correction too: locked first, as metering locks them.
-    let pools = crate::ops::hierarchy::correction_pools(
-        client,
-        ns,
-        req.account_id,
-        &req.resource_type,
-        req.occurred_us,
-    )?;
+    let pools = crate::ops::hierarchy::pools(client, ns, &eff, req.occurred_us)?;
     crate::ops::hierarchy::lock_all(client, ns, &pools)?;
     crate::counters::stripes::fold(client, ns, &counter)?;
     counter.sweep_expired_holds(client, ns, None)?;

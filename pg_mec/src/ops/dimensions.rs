@@ -14,7 +14,7 @@ use pg_mec_core::catalog::ScopedLimit;
 use pg_mec_core::enforcement::{Enforcement, Policy};
 use pg_mec_core::period::Window;
 use pg_mec_core::Decimal;
-use pgrx::datum::{AnyNumeric, TimestampWithTimeZone, Uuid};
+use pgrx::datum::{TimestampWithTimeZone, Uuid};
 use pgrx::spi::SpiClient;
 use pgrx::JsonB;
 use serde_json::{json, Map, Value};
@@ -23,7 +23,7 @@ use crate::cache::entitlement::Effective;
 use crate::ledger::replay::replay_if_recorded;
 use crate::ledger::Event;
 use crate::pg::spi::{self, stmt};
-use crate::pg::values::{iso8601, json_decimal, num, opt_num, timestamptz, to_decimal, to_numeric};
+use crate::pg::values::{iso8601, json_decimal, num, opt_num, timestamptz, to_numeric};
 use crate::pg::{MecError, MecResult};
 
 stmt! {
@@ -259,11 +259,7 @@ pub fn prepare(
                 start.into(),
             ],
         )?
-        .one::<AnyNumeric>()?
-        .as_ref()
-        .map(to_decimal)
-        .transpose()?
-        .unwrap_or_default();
+        .decimal_or_zero()?;
         if !policy.decide(used, ev.quantity).allowed {
             violated.push(json!({
                 "policy": counter,
@@ -389,12 +385,7 @@ pub fn scoped_usage(
                 ],
             )?
         };
-        let used = rows
-            .one::<AnyNumeric>()?
-            .as_ref()
-            .map(to_decimal)
-            .transpose()?
-            .unwrap_or(Decimal::ZERO);
+        let used = rows.decimal_or_zero()?;
         out.push((dimension, value, policy, used));
     }
     Ok(Some(out))

@@ -196,18 +196,7 @@ pub fn prepare(
     // Farthest ancestor first: every call locks counter rows down the hierarchy (an ancestor's
     // before a descendant's, the account's own last), so two levels never wait on each other.
     for p in pools.iter().rev() {
-        spi::write(
-            client,
-            &ENSURE_COUNTER,
-            &[
-                ns.into(),
-                p.account_id.into(),
-                p.counter.as_str().into(),
-                p.start.into(),
-                p.end.into(),
-            ],
-        )?;
-        let mut state = lock(client, ns, p)?;
+        let mut state = ensure_and_lock(client, ns, p)?;
         // Only the ceiling: a gauge's release is never refused by a pool (which may hold less than
         // the account released if the account joined it with usage already counted elsewhere).
         let fits = |(used, quota): (Decimal, Decimal)| {
@@ -260,6 +249,32 @@ pub fn prepare(
     Ok(Pools::Go(pools))
 }
 
+/// Creates the pool's counter row if it is missing.
+fn ensure(client: &mut SpiClient<'_>, ns: Uuid, p: &Pool) -> MecResult<()> {
+    spi::write(
+        client,
+        &ENSURE_COUNTER,
+        &[
+            ns.into(),
+            p.account_id.into(),
+            p.counter.as_str().into(),
+            p.start.into(),
+            p.end.into(),
+        ],
+    )?;
+    Ok(())
+}
+
+/// [`ensure`], then [`lock`].
+fn ensure_and_lock(
+    client: &mut SpiClient<'_>,
+    ns: Uuid,
+    p: &Pool,
+) -> MecResult<(Decimal, Decimal)> {
+    ensure(client, ns, p)?;
+    lock(client, ns, p)
+}
+
 /// Locks slot 0 of the pool's counter: (used, stripe_quota).
 fn lock(client: &mut SpiClient<'_>, ns: Uuid, p: &Pool) -> MecResult<(Decimal, Decimal)> {
     let (used, quota) = spi::write(
@@ -283,18 +298,7 @@ fn lock(client: &mut SpiClient<'_>, ns: Uuid, p: &Pool) -> MecResult<(Decimal, D
 /// correction, before it locks the account's own counter (the order metering keeps).
 pub fn lock_all(client: &mut SpiClient<'_>, ns: Uuid, pools: &[Pool]) -> MecResult<()> {
     for p in pools.iter().rev() {
-        spi::write(
-            client,
-            &ENSURE_COUNTER,
-            &[
-                ns.into(),
-                p.account_id.into(),
-                p.counter.as_str().into(),
-                p.start.into(),
-                p.end.into(),
-            ],
-        )?;
-        lock(client, ns, p)?;
+        ensure_and_lock(client, ns, p)?;
     }
     Ok(())
 }
@@ -309,17 +313,7 @@ pub fn count(
 ) -> MecResult<Vec<Decimal>> {
     let mut totals = Vec::with_capacity(pools.len());
     for p in pools {
-        spi::write(
-            client,
-            &ENSURE_COUNTER,
-            &[
-                ns.into(),
-                p.account_id.into(),
-                p.counter.as_str().into(),
-                p.start.into(),
-                p.end.into(),
-            ],
-        )?;
+        ensure(client, ns, p)?;
         let total = spi::write(
             client,
             &ADD,
@@ -331,11 +325,7 @@ pub fn count(
                 to_numeric(quantity).into(),
             ],
         )?
-        .one::<AnyNumeric>()?
-        .as_ref()
-        .map(to_decimal)
-        .transpose()?
-        .unwrap_or_default();
+        .decimal_or_zero()?;
         totals.push(total);
     }
     Ok(totals)
@@ -367,17 +357,15 @@ pub fn alert(
     Ok(())
 }
 
-/// The pools of a correction of `account`'s `resource` at `at_us` (counted without a limit check:
-/// a correction is the admin's statement of what happened).
-pub fn correction_pools(
+/// The pools of the account whose entitlement is `eff`, at `at_us`, nearest first (for a
+/// correction: counted without a limit check, the admin's statement of what happened).
+pub fn pools(
     client: &SpiClient<'_>,
     ns: Uuid,
-    account: Uuid,
-    resource: &str,
+    eff: &Effective,
     at_us: i64,
 ) -> MecResult<Vec<Pool>> {
-    let eff = entitlement::resolve(client, ns, account, resource, at_us)?;
-    pools_of(client, ns, &eff, resource, at_us)
+    pools_of(client, ns, eff, &eff.resource_type, at_us)
 }
 
 /// Each pool's usage as a check or summary shows it: `[{account_id, quantity_used,

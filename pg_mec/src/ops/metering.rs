@@ -325,7 +325,7 @@ fn current_bucket(
     window: &Window,
 ) -> MecResult<Decimal> {
     let start: TimestampWithTimeZone = timestamptz(window.start_us);
-    let row = spi::read(
+    spi::read(
         client,
         &COUNTER_AT,
         &[
@@ -335,12 +335,7 @@ fn current_bucket(
             start.into(),
         ],
     )?
-    .one::<AnyNumeric>()?;
-    Ok(row
-        .as_ref()
-        .map(to_decimal)
-        .transpose()?
-        .unwrap_or_default())
+    .decimal_or_zero()
 }
 
 stmt! {

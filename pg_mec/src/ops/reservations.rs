@@ -329,17 +329,7 @@ pub fn commit(
             });
         }
         ("held", true) => {}
-        (state, _) => {
-            return Err(MecError::Expired {
-                what: "reservation",
-                id: id.to_string(),
-                detail: Some(if state == "cancelled" {
-                    "the reservation was cancelled".into()
-                } else {
-                    "the reservation passed its expires_at; its hold no longer counts".into()
-                }),
-            })
-        }
+        (state, _) => return Err(not_committable(id, state)),
     }
     let actual = actual.unwrap_or(h.quantity);
     if actual < Decimal::ZERO {
@@ -424,6 +414,19 @@ pub fn commit(
     Ok(result)
 }
 
+/// `ME410` for a reservation that can no longer be committed (cancelled or expired).
+fn not_committable(id: Uuid, state: &str) -> MecError {
+    MecError::Expired {
+        what: "reservation",
+        id: id.to_string(),
+        detail: Some(if state == "cancelled" {
+            "the reservation was cancelled".into()
+        } else {
+            "the reservation passed its expires_at; its hold no longer counts".into()
+        }),
+    }
+}
+
 fn commit_items(
     client: &mut SpiClient<'_>,
     ns: Uuid,
@@ -445,17 +448,7 @@ fn commit_items(
             });
         }
         ("held", true) => {}
-        (state, _) => {
-            return Err(MecError::Expired {
-                what: "reservation",
-                id: id.to_string(),
-                detail: Some(if state == "cancelled" {
-                    "the reservation was cancelled".into()
-                } else {
-                    "the reservation passed its expires_at; its hold no longer counts".into()
-                }),
-            })
-        }
+        (state, _) => return Err(not_committable(id, state)),
     }
     if let Some(v) = claim_key(client, ns, COMMIT_ITEMS, &h.key, &fingerprint)? {
         return Ok(v);

@@ -186,6 +186,17 @@ impl<'c> Rows<'c> {
         }
     }
 
+    /// The only column of the first row as an exact decimal, zero when there is no row or it is
+    /// NULL: for statements that sum or read one counter.
+    pub fn decimal_or_zero(self) -> MecResult<pg_mec_core::Decimal> {
+        Ok(self
+            .one::<pgrx::AnyNumeric>()?
+            .as_ref()
+            .map(crate::pg::values::to_decimal)
+            .transpose()?
+            .unwrap_or_default())
+    }
+
     /// The only column of the first row; `None` when there is no row or it is NULL. For
     /// statements that return one column.
     pub fn one<A: FromDatum + IntoDatum>(self) -> MecResult<Option<A>> {

@@ -7,7 +7,7 @@
 
 use rust_decimal::Decimal;
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use super::json::{boolean, check_keys, non_negative, parsed, required, type_name};
 use super::kind::Kind;
@@ -164,11 +164,7 @@ fn limited(
     check_keys(obj, LIMIT_KEYS, path, probs);
 
     let limit_path = key_path(path, "limit");
-    let limit = match required(obj, "limit", path, probs) {
-        None => None,
-        Some(Value::Null) => Some(None),
-        Some(l) => non_negative(l, &limit_path, probs).map(Some),
-    };
+    let limit = limit_value(obj, path, probs);
     if let (Kind::Concurrency, Some(Some(l))) = (kind, limit) {
         if !l.fract().is_zero() {
             probs.push(
@@ -197,31 +193,7 @@ fn limited(
         }
     }
 
-    let enforcement: Option<Enforcement> = match obj.get("enforcement") {
-        None => Some(Enforcement::Hard),
-        Some(e) => parsed(e, &key_path(path, "enforcement"), probs),
-    };
-
-    let grace = obj
-        .get("grace")
-        .and_then(|g| non_negative(g, &key_path(path, "grace"), probs));
-    let overage_cap = obj
-        .get("overage_cap")
-        .and_then(|c| non_negative(c, &key_path(path, "overage_cap"), probs));
-    if let Some(e) = enforcement {
-        // The presence of overage_cap counts, even when its value was refused above.
-        let cap = obj
-            .get("overage_cap")
-            .map(|_| overage_cap.unwrap_or_default());
-        for (field, message) in check_fields(e, cap, grace) {
-            let at = match field {
-                Field::Entitlement => path.to_string(),
-                Field::Grace => key_path(path, "grace"),
-                Field::OverageCap => key_path(path, "overage_cap"),
-            };
-            probs.push(&at, message);
-        }
-    }
+    let (enforcement, grace, overage_cap) = enforcement_fields(obj, path, probs);
 
     let dimension_limits = match obj.get("dimension_limits") {
         None => Vec::new(),
@@ -245,6 +217,53 @@ fn limited(
         enabled: true,
         dimension_limits,
     })
+}
+
+/// A limit object's required `limit`: `Some(None)` for unlimited (`null`), `None` when refused.
+fn limit_value(
+    obj: &Map<String, Value>,
+    path: &str,
+    probs: &mut Problems,
+) -> Option<Option<Decimal>> {
+    match required(obj, "limit", path, probs) {
+        None => None,
+        Some(Value::Null) => Some(None),
+        Some(l) => non_negative(l, &key_path(path, "limit"), probs).map(Some),
+    }
+}
+
+/// A limit object's `enforcement` (default hard), `grace` and `overage_cap`, checked together
+/// (`enforcement::check_fields`): each `None` where refused or absent.
+fn enforcement_fields(
+    obj: &Map<String, Value>,
+    path: &str,
+    probs: &mut Problems,
+) -> (Option<Enforcement>, Option<Decimal>, Option<Decimal>) {
+    let enforcement: Option<Enforcement> = match obj.get("enforcement") {
+        None => Some(Enforcement::Hard),
+        Some(e) => parsed(e, &key_path(path, "enforcement"), probs),
+    };
+    let grace = obj
+        .get("grace")
+        .and_then(|g| non_negative(g, &key_path(path, "grace"), probs));
+    let overage_cap = obj
+        .get("overage_cap")
+        .and_then(|c| non_negative(c, &key_path(path, "overage_cap"), probs));
+    if let Some(e) = enforcement {
+        // The presence of overage_cap counts, even when its value was refused above.
+        let cap = obj
+            .get("overage_cap")
+            .map(|_| overage_cap.unwrap_or_default());
+        for (field, message) in check_fields(e, cap, grace) {
+            let at = match field {
+                Field::Entitlement => path.to_string(),
+                Field::Grace => key_path(path, "grace"),
+                Field::OverageCap => key_path(path, "overage_cap"),
+            };
+            probs.push(&at, message);
+        }
+    }
+    (enforcement, grace, overage_cap)
 }
 
 /// `dimension_limits`: `{"<dimension>": {"<value>": {"limit": …, "enforcement": …}}}` of a metered
@@ -313,34 +332,8 @@ fn scoped_limits(
                 continue;
             };
             check_keys(l, SCOPED_KEYS, &at, probs);
-            let quantity = match required(l, "limit", &at, probs) {
-                None => None,
-                Some(Value::Null) => Some(None),
-                Some(q) => non_negative(q, &key_path(&at, "limit"), probs).map(Some),
-            };
-            let enforcement: Option<Enforcement> = match l.get("enforcement") {
-                None => Some(Enforcement::Hard),
-                Some(e) => parsed(e, &key_path(&at, "enforcement"), probs),
-            };
-            let grace = l
-                .get("grace")
-                .and_then(|g| non_negative(g, &key_path(&at, "grace"), probs));
-            let overage_cap = l
-                .get("overage_cap")
-                .and_then(|c| non_negative(c, &key_path(&at, "overage_cap"), probs));
-            if let Some(e) = enforcement {
-                let cap = l
-                    .get("overage_cap")
-                    .map(|_| overage_cap.unwrap_or_default());
-                for (field, message) in check_fields(e, cap, grace) {
-                    let p = match field {
-                        Field::Entitlement => at.clone(),
-                        Field::Grace => key_path(&at, "grace"),
-                        Field::OverageCap => key_path(&at, "overage_cap"),
-                    };
-                    probs.push(&p, message);
-                }
-            }
+            let quantity = limit_value(l, &at, probs);
+            let (enforcement, grace, overage_cap) = enforcement_fields(l, &at, probs);
             if let (Some(limit), Some(enforcement)) = (quantity, enforcement) {
                 out.push(ScopedLimit {
                     dimension: dimension.clone(),
