@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
+from sql_helpers import adapt as _adapt
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ENV_FILE = REPO_ROOT / ".mec" / "env"
@@ -141,12 +142,6 @@ def demo_catalog() -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- SQL
-def _adapt(value: Any) -> Any:
-    from psycopg.types.json import Jsonb
-
-    if isinstance(value, (dict, list)):
-        return Jsonb(value)
-    return value
 
 
 @pytest.fixture

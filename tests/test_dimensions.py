@@ -16,7 +16,8 @@ from typing import Any
 
 import psycopg
 import pytest
-from race_helpers import race
+from sql_helpers import adapt as _adapt
+from sql_helpers import detail, race
 from psycopg.types.json import Jsonb
 
 pytestmark = pytest.mark.sql
@@ -119,16 +120,6 @@ class Ns:
         return self.admin.execute(
             "SELECT dimensions, billable, quantity FROM mec.consumption WHERE namespace_id = %s::uuid "
             "AND idempotency_key = %s", (self.id, key)).fetchone()
-
-
-def _adapt(value: Any) -> Any:
-    return Jsonb(value) if isinstance(value, (dict, list)) else value
-
-
-def detail(err: Any) -> dict:
-    raw = err.value.diag.message_detail
-    assert raw, f"no DETAIL: {err.value}"
-    return json.loads(raw)
 
 
 def policies(err: Any) -> dict:

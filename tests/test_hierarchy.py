@@ -17,8 +17,8 @@ from typing import Any
 
 import psycopg
 import pytest
-from race_helpers import race
-from psycopg.types.json import Jsonb
+from sql_helpers import adapt as _adapt
+from sql_helpers import detail, race
 
 pytestmark = pytest.mark.sql
 
@@ -131,16 +131,6 @@ class Ns:
         return self.admin.execute("SELECT count(*) FROM mec.consumption WHERE namespace_id = %s::uuid "
                                   "AND account_id = %s::uuid AND resource_type = %s",
                                   (self.id, a, resource)).fetchone()[0]
-
-
-def _adapt(value: Any) -> Any:
-    return Jsonb(value) if isinstance(value, (dict, list)) else value
-
-
-def detail(err: Any) -> dict:
-    raw = err.value.diag.message_detail
-    assert raw, f"no DETAIL: {err.value}"
-    return json.loads(raw)
 
 
 def pool_ids(err: Any) -> list:

@@ -466,22 +466,7 @@ fn commit_items(
     // The hold goes and the reservation is settled first (so no sweep gives the hold back twice),
     // then the items are decided on what is really used; a refused item raises, and the whole call
     // is undone: the hold stays, as before it.
-    CounterKey {
-        account_id: h.account_id,
-        resource_type: &h.resource_type,
-        window: h.window,
-    }
-    .add(client, ns, -h.quantity)?;
-    spi::write(
-        client,
-        &SETTLE,
-        &[
-            ns.into(),
-            id.into(),
-            "committed".into(),
-            to_numeric(actual).into(),
-        ],
-    )?;
+    release(client, ns, id, h, "committed", Some(actual))?;
     let mut result = usage_items::meter_usage(
         client,
         ns,
@@ -508,27 +493,41 @@ fn commit_items(
     Ok(result)
 }
 
+/// Gives the hold of reservation `h` back to its counter and settles it in `state` (with the
+/// quantity it used, when committed).
+fn release(
+    client: &mut SpiClient<'_>,
+    ns: Uuid,
+    id: Uuid,
+    h: &Held,
+    state: &str,
+    actual: Option<Decimal>,
+) -> MecResult<()> {
+    CounterKey {
+        account_id: h.account_id,
+        resource_type: &h.resource_type,
+        window: h.window,
+    }
+    .add(client, ns, -h.quantity)?;
+    spi::write(
+        client,
+        &SETTLE,
+        &[
+            ns.into(),
+            id.into(),
+            state.into(),
+            actual.map(to_numeric).into(),
+        ],
+    )?;
+    Ok(())
+}
+
 /// Gives a held reservation's quota back. Cancelling twice is not an error.
 pub fn cancel(client: &mut SpiClient<'_>, ns: Uuid, id: Uuid) -> MecResult<Value> {
     let h = lock(client, ns, id)?;
     match h.state.as_str() {
         "held" => {
-            CounterKey {
-                account_id: h.account_id,
-                resource_type: &h.resource_type,
-                window: h.window,
-            }
-            .add(client, ns, -h.quantity)?;
-            spi::write(
-                client,
-                &SETTLE,
-                &[
-                    ns.into(),
-                    id.into(),
-                    "cancelled".into(),
-                    Option::<AnyNumeric>::None.into(),
-                ],
-            )?;
+            release(client, ns, id, &h, "cancelled", None)?;
             Ok(
                 json!({"reservation_id": id.to_string(), "cancelled": true, "already_settled": false, "expired": !h.live, "quantity_released": num(h.quantity)}),
             )

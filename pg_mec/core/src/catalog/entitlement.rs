@@ -62,18 +62,6 @@ pub struct ScopedLimit {
     pub overage_cap: Option<Decimal>,
 }
 
-impl ScopedLimit {
-    /// The enforcement policy of this limit.
-    pub fn policy(&self) -> Policy {
-        Policy {
-            limit: self.limit,
-            enforcement: self.enforcement,
-            grace: self.grace,
-            overage_cap: self.overage_cap,
-        }
-    }
-}
-
 impl PlanEntitlement {
     /// The enforcement policy of this entitlement.
     pub fn policy(&self) -> Policy {

@@ -1,13 +1,28 @@
-"""32 clients released together, each on its own connection: what the concurrency tests of
-test_dimensions.py and test_hierarchy.py share."""
+"""What SQL tests share: JSON arguments for psycopg (`adapt`), an error's JSON DETAIL (`detail`), and
+32 clients released together, each on its own connection (`race`)."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from typing import Any, Callable
 
+from psycopg.types.json import Jsonb
+
 CLIENTS = 32
+
+
+def adapt(value: Any) -> Any:
+    """A dict or list as a jsonb parameter; anything else as it is."""
+    return Jsonb(value) if isinstance(value, (dict, list)) else value
+
+
+def detail(err: Any) -> dict:
+    """The JSON DETAIL of the error a pytest.raises (or expect_sqlstate) caught."""
+    raw = err.value.diag.message_detail
+    assert raw, f"no DETAIL: {err.value}"
+    return json.loads(raw)
 
 
 def race(namespace_id: str, connect, work: Callable[[Any, int], Any],
