@@ -5,7 +5,7 @@
                                   PREFIX.* (`pgbench -l --log-prefix PREFIX`); prints
                                   "p50_ms p99_ms transactions failed"
   report.py markdown RESULTS META  the Markdown report: RESULTS is the TSV run.sh appends to
-                                  (workload clients run tps p50_ms p99_ms transactions failed rc),
+                                  (workload clients run tps p50_ms p99_ms transactions failed rc [wal_bytes]),
                                   META a file of "key<TAB>value" lines about the run
   report.py build SOFILE          "debug" or "release": whether pg_mec.so carries DWARF debug info
   report.py wrk LINE              parse the "MECGW key=value ..." line of bench/gateway.lua's done();
@@ -44,6 +44,8 @@ WORKLOADS: dict[str, tuple[str, str]] = {
     "naive_check_churn": ("naive_check, sign-ups",
                           "hand-written check while new accounts are provisioned (the same sign-ups)"),
     "mec_check_rate": ("**pg_mec check, rate window**", "`mec.check_entitlement` of a 60 s rate window, random account"),
+    "mec_meter_rate": ("**pg_mec meter, rate window**",
+                       "`mec.meter_consumption` of a 60 s rate window, random account (window unlogged)"),
     "mec_meter_usage3": ("**pg_mec meter_usage, 3 items**",
                          "`mec.meter_usage`: requests, input and output tokens in one decision"),
     "mec_meter_single3": ("pg_mec 3 × meter_consumption",
@@ -69,6 +71,7 @@ RATIOS = [
     ("pg_mec check hot / naive_check hot", "mec_check_hot", "naive_check_hot", "", None),
     ("pg_mec check: during sign-ups / quiet", "mec_check_churn", "mec_check", "report", None),
     ("pg_mec rate-window check / select-only `-S`", "mec_check_rate", "select_only", "report", None),
+    ("pg_mec meter: rate window / metered counter", "mec_meter_rate", "mec_meter", "report", None),
     ("pg_mec meter_usage (3 items) / 3 × meter_consumption in one transaction", "mec_meter_usage3",
      "mec_meter_single3", "report", None),
     ("pg_mec meter: depth-3 member / flat account", "mec_meter_member3", "mec_meter", "report", None),
@@ -112,6 +115,7 @@ def read_results(path: str) -> dict[tuple[str, int], list[dict]]:
             if len(parts) < 9 or parts[0] == "workload":
                 continue
             w, c, r, tps, p50, p99, n, failed, rc = parts[:9]
+            wal = parts[9] if len(parts) > 9 else ""
 
             def num(s: str) -> float:
                 try:
@@ -123,6 +127,7 @@ def read_results(path: str) -> dict[tuple[str, int], list[dict]]:
                 "run": int(r), "tps": num(tps), "p50": num(p50), "p99": num(p99),
                 "n": int(num(n)) if n.isdigit() else 0, "failed": int(failed) if failed.isdigit() else 0,
                 "rc": int(rc) if rc.lstrip("-").isdigit() else 1,
+                "wal": num(wal) if wal else float("nan"),
             })
     return runs
 
@@ -140,6 +145,8 @@ def summarize(runs: list[dict]) -> dict:
         "runs": len(runs),
         "spread": (min(r["tps"] for r in runs), max(r["tps"] for r in runs)),
         "bad": sum(1 for r in runs if r["rc"] != 0 or r["failed"] > 0),
+        # WAL bytes per transaction (runs that recorded it)
+        "wal": med([r["wal"] / r["n"] for r in runs if r["n"] > 0 and r["wal"] == r["wal"]]),
     }
 
 
@@ -236,6 +243,20 @@ def markdown(results_path: str, meta_path: str) -> None:
         out.append("| ratio | " + " | ".join(f"@{c}" for c in clients) + " | target |")
         out.append("|---|" + "---:|" * len(clients) + "---|")
         out += rows
+        out.append("")
+    wal_rows = []
+    for w in order:
+        cells = [stats[(w, c)]["wal"] if (w, c) in stats else float("nan") for c in clients]
+        if any(v == v for v in cells):
+            label = WORKLOADS.get(w, (w, ""))[0]
+            wal_rows.append(f"| {label} | " + " | ".join("–" if v != v else f"{v:,.0f}".replace(",", " ")
+                                                         for v in cells) + " |")
+    if wal_rows:
+        out.append("## WAL per transaction (bytes, median of runs; `pg_current_wal_insert_lsn()` around each run)")
+        out.append("")
+        out.append("| workload | " + " | ".join(f"@{c}" for c in clients) + " |")
+        out.append("|---|" + "---:|" * len(clients))
+        out += wal_rows
         out.append("")
     spreads = []
     for (w, c), s in sorted(stats.items()):

@@ -144,6 +144,7 @@ workload_args() {
     mec_check_hot) echo "mec -s $SCALE -f $BENCH_DIR/check_hot.pgbench" ;;
     # the controls issue's figures: a rate window's check, three items in one decision or three calls
     mec_check_rate) echo "mec -s $SCALE -f $BENCH_DIR/check_rate.pgbench" ;;
+    mec_meter_rate) echo "mec -s $SCALE -f $BENCH_DIR/meter_rate.pgbench" ;;
     mec_meter_usage3) echo "mec -s $SCALE -f $BENCH_DIR/meter_usage3.pgbench" ;;
     mec_meter_single3) echo "mec -s $SCALE -f $BENCH_DIR/meter_single3.pgbench" ;;
     # a member at depth 3 (organisation → team → member), metered against its team's and organisation's pools
@@ -276,16 +277,18 @@ so="$("$(bin pg_config)" --pkglibdir 2>/dev/null)/pg_mec.so"
   printf 'duration\t%s\n' "$DURATION"
   printf 'runs\t%s\n' "$RUNS"
 } >"$META"
-printf 'workload\tclients\trun\ttps\tp50_ms\tp99_ms\ttransactions\tfailed\trc\n' >"$RESULTS"
+printf 'workload\tclients\trun\ttps\tp50_ms\tp99_ms\ttransactions\tfailed\trc\twal_bytes\n' >"$RESULTS"
 
 run_one() {
-  local w=$1 c=$2 r=$3 who args j out prefix rc tps lat
+  local w=$1 c=$2 r=$3 who args j out prefix rc tps lat lsn0 wal
   read -r who args <<<"$(workload_args "$w")"
   j=$((c < NPROC ? c : NPROC))
   out="$WORK/$w.c$c.r$r"
   prefix="$WORK/log/$w.c$c.r$r"
   mkdir -p "$WORK/log"
   sql "$DB" -c CHECKPOINT
+  # WAL written during the run (per transaction in the report): what durability costs each workload.
+  lsn0="$(sql_value 'SELECT pg_current_wal_insert_lsn()')"
   rc=0
   local churn=""
   if [[ $w == *_churn ]]; then
@@ -305,11 +308,13 @@ run_one() {
     wait "$churn" || rc=$?
     say "  beside it: $(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$out.churn") sign-ups"
   fi
+  wal="$(sql_value "SELECT pg_current_wal_insert_lsn() - '$lsn0'::pg_lsn")"
   tps="$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' "$out.out" | head -1)"
   lat="$("$PYTHON" "$BENCH_DIR/report.py" latency "$prefix")"
   ((KEEP)) || rm -f -- "$prefix".*
   read -r p50 p99 n failed <<<"$lat"
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$w" "$c" "$r" "${tps:-nan}" "$p50" "$p99" "$n" "$failed" "$rc" >>"$RESULTS"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$w" "$c" "$r" "${tps:-nan}" "$p50" "$p99" "$n" "$failed" "$rc" \
+    "${wal%%.*}" >>"$RESULTS"
   local problem=""
   if ((rc != 0 || failed != 0)); then
     problem="  (pgbench exit $rc, $failed failed: $(grep -m1 -iE 'error|abort' "$out.err" || true))"

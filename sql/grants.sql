@@ -40,7 +40,7 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON mec_data.catalogs, mec_data.resource_typ
       mec_data.consumption, mec_data.leases, mec_data.reservations, mec_data.idempotency_keys,
       mec_data.namespace_secrets, mec_data.stripe_events, mec_data.stripe_subscriptions,
       mec_data.auth0_events, mec_data.stripe_usage_outbox, mec_data.stripe_usage_items,
-      mec_data.consumption_rollups
+      mec_data.consumption_rollups, mec_data.rate_windows, mec_data.rate_entries
       TO mec_owner;
 GRANT SELECT, INSERT ON mec_data.audit_log TO mec_owner;
 GRANT SELECT, UPDATE (settings, updated_at) ON mec_data.namespaces TO mec_owner;

@@ -15,7 +15,8 @@ BEGIN
                              'consumption', 'leases', 'reservations', 'idempotency_keys', 'audit_log',
                              'stripe_events', 'stripe_subscriptions', 'auth0_events',
                              'stripe_usage_outbox', 'stripe_usage_items', 'webhook_endpoints',
-                             'alert_crossings', 'webhook_events', 'webhook_deliveries', 'consumption_rollups']
+                             'alert_crossings', 'webhook_events', 'webhook_deliveries', 'consumption_rollups',
+                             'rate_windows', 'rate_entries']
     LOOP
         EXECUTE format('ALTER TABLE mec_data.%I ENABLE ROW LEVEL SECURITY', t);
         EXECUTE format('ALTER TABLE mec_data.%I FORCE ROW LEVEL SECURITY', t);

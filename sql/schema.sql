@@ -251,6 +251,41 @@ CREATE TABLE mec_data.consumption_rollups (
     PRIMARY KEY (namespace_id, account_id, resource_type, day, period_start, entry_type, billable, dimensions)
 );
 
+-- Rate windows (kind = 'rate'): an exact sliding log per account × counter (the resource, or
+-- <resource>@<dimension>=<value> for a dimension-scoped limit), kept UNLOGGED so that counting a
+-- request writes no WAL beyond its ledger row. A crash empties both tables; the next event of a
+-- window rebuilds it from the ledger (counters/rate.rs). The row of rate_windows is locked by
+-- each event of its window (callers take turns) and keeps the running total; rate_entries keeps
+-- each counted event with the running total through it in time order, so the usage after any
+-- instant is total - (the running total at that instant): two index probes.
+CREATE UNLOGGED TABLE mec_data.rate_windows (
+    namespace_id uuid        NOT NULL,
+    account_id   uuid        NOT NULL,
+    counter      text        NOT NULL,
+    -- every quantity counted since the window was built
+    total        numeric     NOT NULL DEFAULT 0,
+    -- the running total of the entries dropped (at or before kept_from)
+    base         numeric     NOT NULL DEFAULT 0,
+    -- entries after this instant are all kept; earlier events are summed from the ledger
+    kept_from    timestamptz NOT NULL,
+    -- entries numbered so far (rate_entries.seq)
+    seq          bigint      NOT NULL DEFAULT 0,
+    updated_at   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (namespace_id, account_id, counter)
+);
+CREATE UNLOGGED TABLE mec_data.rate_entries (
+    namespace_id uuid        NOT NULL,
+    account_id   uuid        NOT NULL,
+    counter      text        NOT NULL,
+    at           timestamptz NOT NULL,
+    -- in the order entries of the window came: among entries at one instant, a later one has the
+    -- larger running total, so (at, seq) orders cum
+    seq          bigint      NOT NULL,
+    quantity     numeric     NOT NULL,
+    cum          numeric     NOT NULL,
+    PRIMARY KEY (namespace_id, account_id, counter, at, seq)
+);
+
 -- Held slots of concurrency resources. A lease counts while released_at IS NULL and
 -- expires_at > now(); an expired lease frees its slot at once, even before expire_stale_leases.
 CREATE TABLE mec_data.leases (

@@ -67,8 +67,12 @@ def check_counters_equal_ledger(conn: psycopg.Connection, namespace: str) -> int
         """
         WITH c AS (SELECT account_id, resource_type, period_start, sum(used) AS used
                      FROM mec_data.usage_counters WHERE namespace_id = %(ns)s GROUP BY 1, 2, 3),
+             -- rate resources count in their sliding windows, not in counters (check_rate_windows)
              l AS (SELECT account_id, resource_type, period_start, sum(quantity) AS used
-                     FROM mec_data.consumption WHERE namespace_id = %(ns)s AND billable GROUP BY 1, 2, 3),
+                     FROM mec_data.consumption WHERE namespace_id = %(ns)s AND billable
+                      AND resource_type NOT IN (SELECT resource_type FROM mec_data.resource_types
+                                                 WHERE namespace_id = %(ns)s AND kind = 'rate')
+                     GROUP BY 1, 2, 3),
              h AS (SELECT account_id, resource_type, period_start, sum(quantity) AS used
                      FROM mec_data.reservations WHERE namespace_id = %(ns)s AND state = 'held' GROUP BY 1, 2, 3)
         SELECT coalesce(c.account_id, l.account_id), coalesce(c.resource_type, l.resource_type),

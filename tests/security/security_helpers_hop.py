@@ -7,7 +7,7 @@ TABLES = ["accounts", "entitlements", "usage_counters", "consumption", "consumpt
           "alert_crossings", "namespace_secrets", "catalogs", "plans", "plan_entitlements", "plan_versions",
           "resource_types",
           "stripe_events", "stripe_subscriptions", "auth0_events", "stripe_usage_outbox", "stripe_usage_items",
-          "role_bindings"]
+          "role_bindings", "rate_windows", "rate_entries"]
 
 
 def fingerprint(conn, namespace: str) -> list:

@@ -16,7 +16,8 @@ TABLES = ["namespaces", "namespace_secrets", "catalogs", "resource_types", "plan
           "consumption_rollups",
           "leases", "reservations", "idempotency_keys", "audit_log", "role_bindings",
           "stripe_events", "stripe_subscriptions", "stripe_usage_outbox", "stripe_usage_items",
-          "auth0_events", "webhook_endpoints", "webhook_events", "webhook_deliveries", "alert_crossings"]
+          "auth0_events", "webhook_endpoints", "webhook_events", "webhook_deliveries", "alert_crossings",
+          "rate_windows", "rate_entries"]
 
 # Statements that must be refused with 42501 on every table.
 WRITES = {

@@ -3,7 +3,7 @@
 //!
 //! * [`access`] — `check_policy`'s decision: a plan's access policy applied to one request.
 //! * [`alerts`] — the usage alerts a limit has: thresholds' shares of it, and where stripes stop.
-//! * [`period`] — period and rate windows in Unix microseconds UTC, sliding-window estimates.
+//! * [`period`] — period and rate windows in Unix microseconds UTC.
 //! * [`enforcement`] — hard / soft / capped limits: [`Policy::decide`] and its stable reasons.
 //! * [`entitlement`] — the entitlement in force: the plan's row, an override, grants, at a moment.
 //! * [`bearer`] — shared bearer secrets (Auth0's log streams), compared in constant time.
@@ -60,5 +60,5 @@ pub use catalog::{
 };
 pub use enforcement::{Decision, Enforcement, Policy};
 pub use parse::ParseEnumError;
-pub use period::{period_window, rate_window, sliding_estimate, Period, Window};
+pub use period::{period_window, rate_window, Period, Window};
 pub use rust_decimal::Decimal;

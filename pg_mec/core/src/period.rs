@@ -6,7 +6,6 @@
 use std::fmt;
 use std::str::FromStr;
 
-use rust_decimal::Decimal;
 use serde::Serialize;
 
 use crate::civil::{
@@ -111,72 +110,6 @@ pub fn period_window(period: Period, at_us: i64, anchor_day: Option<u8>) -> Wind
 /// `window_seconds = 0` is treated as 1 second.
 pub fn rate_window(window_seconds: u32, at_us: i64) -> Window {
     fixed_window(i64::from(window_seconds.max(1)) * US_PER_SECOND, at_us)
-}
-
-/// Sliding-window-counter estimate of the events in the `window`-sized span that ends at `at_us`:
-/// `prev_count * (1 - elapsed) + curr_count`, where `elapsed` is the fraction (0..=1) of the current
-/// bucket `window` that has passed at `at_us`.
-///
-/// A window without an end (or of zero length) yields `curr_count`.
-pub fn sliding_estimate(
-    prev_count: Decimal,
-    curr_count: Decimal,
-    window: &Window,
-    at_us: i64,
-) -> Decimal {
-    let Some(len) = window.len_us().filter(|l| *l > 0) else {
-        return curr_count;
-    };
-    let elapsed = at_us.saturating_sub(window.start_us).clamp(0, len);
-    let remaining = len - elapsed;
-    // prev * remaining / len, computed in that order to keep precision; fall back to the
-    // fraction-first order should the product overflow.
-    let weighted = prev_count
-        .checked_mul(Decimal::from(remaining))
-        .and_then(|p| p.checked_div(Decimal::from(len)))
-        .or_else(|| {
-            Decimal::from(remaining)
-                .checked_div(Decimal::from(len))
-                .and_then(|f| prev_count.checked_mul(f))
-        })
-        .unwrap_or(prev_count);
-    weighted.saturating_add(curr_count)
-}
-
-/// The first instant at or after `at_us` at which `requested` more units fit under `ceiling` in a
-/// sliding window ([`sliding_estimate`]) if nothing else is counted meanwhile: later in the current
-/// bucket, as the previous bucket's weight fades, or in the next one, as this bucket's does. What a
-/// denial's `reset_at` must say for a retry then to be allowed. `None`: the request is larger
-/// than the ceiling (it never fits) or the window has no length.
-pub fn sliding_fit_at(
-    prev_count: Decimal,
-    curr_count: Decimal,
-    window: &Window,
-    at_us: i64,
-    ceiling: Decimal,
-    requested: Decimal,
-) -> Option<i64> {
-    let len = window.len_us().filter(|l| *l > 0)?;
-    let end = window.start_us.checked_add(len)?;
-    let len_d = Decimal::from(len);
-    // The longest time before `bucket_end` at which `count`'s fading weight leaves `room`.
-    let fade = |count: Decimal, room: Decimal, bucket_end: i64| -> Option<i64> {
-        if count <= Decimal::ZERO {
-            return Some(bucket_end - len);
-        }
-        let span = room.checked_mul(len_d)?.checked_div(count)?.floor();
-        let span = i64::try_from(span.min(len_d)).ok()?;
-        Some(bucket_end - span)
-    };
-    let room_now = ceiling - curr_count - requested;
-    if room_now >= Decimal::ZERO {
-        return fade(prev_count, room_now, end).map(|t| t.max(at_us));
-    }
-    let room_next = ceiling - requested;
-    if room_next < Decimal::ZERO {
-        return None;
-    }
-    fade(curr_count, room_next, end.checked_add(len)?).map(|t| t.max(end).max(at_us))
 }
 
 fn fixed_window(len_us: i64, at_us: i64) -> Window {
@@ -404,52 +337,5 @@ mod tests {
         assert_eq!(rate_window(60, 61 * s), w(60 * s, 120 * s));
         assert_eq!(rate_window(60, -1), w(-60 * s, 0));
         assert_eq!(rate_window(0, 5 * s + 3), w(5 * s, 6 * s));
-    }
-
-    #[test]
-    fn sliding_window_estimate() {
-        let s = US_PER_SECOND;
-        let win = rate_window(60, 60 * s);
-        let d = Decimal::from;
-        // at the start of the bucket the whole previous bucket counts
-        assert_eq!(sliding_estimate(d(100), d(0), &win, 60 * s), d(100));
-        // a quarter in: 75% of prev
-        assert_eq!(sliding_estimate(d(100), d(10), &win, 75 * s), d(85));
-        // half way
-        assert_eq!(sliding_estimate(d(100), d(10), &win, 90 * s), d(60));
-        // outside the bucket clamps
-        assert_eq!(sliding_estimate(d(100), d(10), &win, 500 * s), d(10));
-        assert_eq!(sliding_estimate(d(100), d(10), &win, 0), d(110));
-        let open = Window {
-            start_us: 0,
-            end_us: None,
-        };
-        assert_eq!(sliding_estimate(d(100), d(7), &open, 5), d(7));
-        // huge values do not panic
-        let _ = sliding_estimate(Decimal::MAX, Decimal::MAX, &win, 75 * s);
-    }
-
-    #[test]
-    fn sliding_fit_is_when_a_retry_is_allowed() {
-        let s = US_PER_SECOND;
-        let d = Decimal::from;
-        // the case: 10 per 60 s, 10 events at 10:00:59, now 10:01:30 with 0 in this bucket
-        let win = rate_window(60, 90 * s);
-        let at = sliding_fit_at(d(10), d(0), &win, 90 * s, d(10), d(1)).unwrap();
-        // 10 × 30/60 + 1 <= 10: it fits at once
-        assert_eq!(at, 90 * s);
-        assert!(sliding_estimate(d(10), d(0), &win, at) + d(1) <= d(10));
-        // full in this bucket: wait for the previous bucket to fade, then this one
-        let at = sliding_fit_at(d(10), d(10), &win, 90 * s, d(10), d(1)).unwrap();
-        assert!(at >= 120 * s, "not within this bucket: {at}");
-        let next = rate_window(60, at);
-        assert!(sliding_estimate(d(10), d(0), &next, at) + d(1) <= d(10));
-        assert!(sliding_estimate(d(10), d(0), &next, at - 1) + d(1) > d(10));
-        // room now, once the previous bucket's weight has faded enough
-        let at = sliding_fit_at(d(10), d(3), &win, 61 * s, d(10), d(1)).unwrap();
-        assert!(sliding_estimate(d(10), d(3), &win, at) + d(1) <= d(10));
-        assert!(sliding_estimate(d(10), d(3), &win, at - 1) + d(1) > d(10));
-        // larger than the ceiling: never
-        assert_eq!(sliding_fit_at(d(0), d(0), &win, 61 * s, d(10), d(11)), None);
     }
 }

@@ -10,6 +10,12 @@ use crate::pg::spi::{self, stmt};
 use crate::pg::values::{timestamptz, to_decimal, to_numeric};
 use crate::pg::MecResult;
 
+/// The counter name of the usage of `resource` carrying `value` of `dimension`. No resource type
+/// contains `@`, so it never names a resource's own counter.
+pub fn scoped_name(resource: &str, dimension: &str, value: &str) -> String {
+    format!("{resource}@{dimension}={value}")
+}
+
 /// Which counter: an account's resource in one period.
 pub struct CounterKey<'a> {
     pub account_id: Uuid,

@@ -1,14 +1,16 @@
-//! How much of a resource an account has used in the window that applies: counters for metered,
-//! gauge and rate resources (sliding estimate for rates), held leases for concurrency.
+//! How much of a resource an account has used in the window that applies: counters for metered
+//! and gauge resources, the sliding window for rates (`counters/rate.rs`), held leases for
+//! concurrency.
 
 use pg_mec_core::catalog::Kind;
-use pg_mec_core::period::{sliding_estimate, sliding_fit_at, Window};
+use pg_mec_core::period::Window;
 use pg_mec_core::Decimal;
 use pgrx::datum::{AnyNumeric, TimestampWithTimeZone, Uuid};
 use pgrx::spi::SpiClient;
 use serde_json::{json, Value};
 
 use crate::cache::entitlement::Effective;
+use crate::counters::rate::{self, RateKey};
 use crate::pg::spi::{self, stmt};
 use crate::pg::values::{iso8601, num, opt_num, timestamptz, to_decimal, ts_json};
 use crate::pg::{MecError, MecResult};
@@ -122,12 +124,14 @@ pub fn read(
             })
         }
         Kind::Rate => {
-            let (previous, current, updated) = rate_counts(client, ns, account, eff, &window)?;
+            let key = rate_key(eff, account);
+            let r = rate::used(client, ns, &key, at_us)?;
             Ok(Usage {
-                used: sliding_estimate(previous, current, &window, at_us),
+                used: r.used,
                 window,
-                updated_us: updated,
-                reset_us: window.end_us,
+                updated_us: r.updated_us,
+                // when this request fits is asked of rate::fit_at by the refusal that needs it
+                reset_us: None,
             })
         }
         _ => {
@@ -140,6 +144,16 @@ pub fn read(
                 reset_us: window.end_us,
             })
         }
+    }
+}
+
+/// The sliding window a rate resource's limit counts over, for `account`.
+pub fn rate_key<'a>(eff: &'a Effective, account: Uuid) -> RateKey<'a> {
+    RateKey {
+        account_id: account,
+        resource_type: &eff.resource_type,
+        scope: None,
+        window_us: i64::from(eff.window_seconds.unwrap_or(1)) * 1_000_000,
     }
 }
 
@@ -156,31 +170,14 @@ pub fn rate_fit_at(
     let (Kind::Rate, Some(ceiling)) = (eff.kind, eff.policy.ceiling()) else {
         return Ok(None);
     };
-    let window = eff.window(at_us);
-    let (previous, current, _) = rate_counts(client, ns, account, eff, &window)?;
-    Ok(sliding_fit_at(
-        previous, current, &window, at_us, ceiling, requested,
-    ))
-}
-
-/// A rate's counts: the previous bucket's, this bucket's, and when this one last changed.
-fn rate_counts(
-    client: &SpiClient<'_>,
-    ns: Uuid,
-    account: Uuid,
-    eff: &Effective,
-    window: &Window,
-) -> MecResult<(Decimal, Decimal, Option<i64>)> {
-    let len = window.len_us().unwrap_or(0);
-    let (current, updated) = counter(client, ns, account, &eff.resource_type, window.start_us)?;
-    let (previous, _) = counter(
+    rate::fit_at(
         client,
         ns,
-        account,
-        &eff.resource_type,
-        window.start_us - len,
-    )?;
-    Ok((previous, current, updated))
+        &rate_key(eff, account),
+        at_us,
+        ceiling,
+        requested,
+    )
 }
 
 /// The answer of `check_entitlement` for `requested` more units.

@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 
-use pg_mec_core::catalog::ScopedLimit;
+use pg_mec_core::catalog::{Kind, ScopedLimit};
 use pg_mec_core::enforcement::{Enforcement, Policy};
 use pg_mec_core::period::Window;
 use pg_mec_core::Decimal;
@@ -20,6 +20,8 @@ use pgrx::JsonB;
 use serde_json::{json, Map, Value};
 
 use crate::cache::entitlement::Effective;
+use crate::counters::rate::{self, RateKey};
+use crate::counters::scoped_name;
 use crate::ledger::replay::replay_if_recorded;
 use crate::ledger::Event;
 use crate::pg::spi::{self, stmt};
@@ -83,12 +85,6 @@ stmt! {
               WHERE namespace_id = $1 AND account_id = $2 AND resource_type = $3 AND period_start = $4 AND slot = 0";
 }
 
-/// The counter key of the usage of `resource` carrying `value` of `dimension`. No resource type
-/// contains `@`, so it never names a resource's own counter.
-pub fn counter_key(resource: &str, dimension: &str, value: &str) -> String {
-    format!("{resource}@{dimension}={value}")
-}
-
 /// `dimension_limits` as stored (quantities as decimal strings, so they read back exactly).
 pub fn limits_json(limits: &[ScopedLimit]) -> Option<Value> {
     if limits.is_empty() {
@@ -149,6 +145,21 @@ pub fn parse_limits(v: &Value) -> BTreeMap<(String, String), Policy> {
 pub struct Scoped {
     counter: String,
     start: TimestampWithTimeZone,
+    dimension: String,
+    value: String,
+    /// A rate resource's window (µs): the scope counts in a sliding window, not a counter row.
+    rate_window_us: Option<i64>,
+}
+
+impl Scoped {
+    fn rate_key<'a>(&'a self, ev: &'a Event, window_us: i64) -> RateKey<'a> {
+        RateKey {
+            account_id: ev.account_id,
+            resource_type: &ev.resource_type,
+            scope: Some((&self.dimension, &self.value)),
+            window_us,
+        }
+    }
 }
 
 /// What [`prepare`] found.
@@ -173,6 +184,7 @@ pub fn prepare(
     eff: &Effective,
     window: &Window,
     billable: bool,
+    now_us: i64,
 ) -> MecResult<Prepared> {
     let at: TimestampWithTimeZone = timestamptz(ev.occurred_us);
     // An account that inherits its entitlement inherits its dimension limits with it.
@@ -237,32 +249,62 @@ pub fn prepare(
         let Some(policy) = limits.get(&(name.clone(), value.clone())) else {
             continue;
         };
-        let counter = counter_key(&ev.resource_type, name, value);
-        spi::write(
-            client,
-            &ENSURE_COUNTER,
-            &[
-                ns.into(),
-                ev.account_id.into(),
-                counter.as_str().into(),
-                start.into(),
-                end.into(),
-            ],
-        )?;
-        let used = spi::write(
-            client,
-            &LOCK_COUNTER,
-            &[
-                ns.into(),
-                ev.account_id.into(),
-                counter.as_str().into(),
-                start.into(),
-            ],
-        )?
-        .decimal_or_zero()?;
+        let counter = scoped_name(&ev.resource_type, name, value);
+        let rate_window_us = (eff.kind == Kind::Rate)
+            .then(|| i64::from(eff.window_seconds.unwrap_or(1)) * 1_000_000);
+        let s = Scoped {
+            counter,
+            start,
+            dimension: name.clone(),
+            value: value.clone(),
+            rate_window_us,
+        };
+        let (used, window_seconds, reset_at) = match rate_window_us {
+            Some(w) => {
+                let key = s.rate_key(ev, w);
+                let used = rate::lock(client, ns, &key, ev.occurred_us, now_us)?;
+                let reset = match policy.ceiling() {
+                    Some(c) if !policy.decide(used, ev.quantity).allowed => {
+                        rate::fit_at(client, ns, &key, ev.occurred_us, c, ev.quantity)?
+                    }
+                    _ => None,
+                };
+                (used, Some(w / 1_000_000), reset)
+            }
+            None => {
+                let counter = s.counter.as_str();
+                spi::write(
+                    client,
+                    &ENSURE_COUNTER,
+                    &[
+                        ns.into(),
+                        ev.account_id.into(),
+                        counter.into(),
+                        start.into(),
+                        end.into(),
+                    ],
+                )?;
+                let used = spi::write(
+                    client,
+                    &LOCK_COUNTER,
+                    &[
+                        ns.into(),
+                        ev.account_id.into(),
+                        counter.into(),
+                        start.into(),
+                    ],
+                )?
+                .decimal_or_zero()?;
+                (
+                    used,
+                    window.end_us.map(|e| (e - window.start_us) / 1_000_000),
+                    window.end_us,
+                )
+            }
+        };
         if !policy.decide(used, ev.quantity).allowed {
             violated.push(json!({
-                "policy": counter,
+                "policy": s.counter,
                 "dimension": name,
                 "value": value,
                 "kind": eff.kind.as_str(),
@@ -270,12 +312,12 @@ pub fn prepare(
                 "ceiling": opt_num(policy.ceiling()),
                 "current": num(used),
                 "window": eff.window_json(),
-                "window_seconds": window.end_us.map(|e| Value::from((e - window.start_us) / 1_000_000)),
-                "reset_at": window.end_us.map(iso8601),
+                "window_seconds": window_seconds,
+                "reset_at": reset_at.map(iso8601),
                 "enforcement": policy.enforcement.as_str(),
             }));
         }
-        scoped.push(Scoped { counter, start });
+        scoped.push(s);
     }
     if !violated.is_empty() {
         if let Some(v) = replay_if_recorded(client, ns, ev)? {
@@ -302,6 +344,10 @@ pub fn prepare(
 /// Counts a recorded event in the scoped counters [`prepare`] locked.
 pub fn count(client: &mut SpiClient<'_>, ns: Uuid, ev: &Event, scoped: &[Scoped]) -> MecResult<()> {
     for s in scoped {
+        if let Some(w) = s.rate_window_us {
+            rate::append(client, ns, &s.rate_key(ev, w), ev.occurred_us, ev.quantity)?;
+            continue;
+        }
         spi::write(
             client,
             &ADD,
@@ -357,7 +403,7 @@ pub fn scoped_usage(
     let (start, end) = window_args(window);
     let mut out = Vec::new();
     for ((dimension, value), policy) in parse_limits(&limits.0) {
-        let counter = counter_key(resource, &dimension, &value);
+        let counter = scoped_name(resource, &dimension, &value);
         let rows = if as_of {
             spi::read(
                 client,

@@ -9,7 +9,6 @@ use pgrx::spi::SpiClient;
 use serde_json::{json, Value};
 
 use pg_mec_core::catalog::Kind;
-use pg_mec_core::period::sliding_estimate;
 use pg_mec_core::Decimal;
 use pgrx::datum::AnyNumeric;
 
@@ -149,16 +148,14 @@ pub fn usage_at(
             })
         }
         Kind::Rate => {
-            let (current, updated) = recorded_by(client, ns, account, resource, &window, at_us)?;
-            let len = window.len_us().unwrap_or(0);
-            let previous_window = eff.window(window.start_us - len);
-            let (previous, _) =
-                recorded_by(client, ns, account, resource, &previous_window, at_us)?;
+            // The sliding window from the ledger, as recorded by then.
+            let key = crate::counters::usage::rate_key(eff, account);
+            let r = crate::counters::rate::ledger_used(client, ns, &key, at_us, Some(at_us))?;
             Ok(Usage {
-                used: sliding_estimate(previous, current, &window, at_us),
+                used: r.used,
                 window,
-                updated_us: updated,
-                reset_us: window.end_us,
+                updated_us: r.updated_us,
+                reset_us: None,
             })
         }
         _ => {

@@ -17,20 +17,20 @@ use pg_mec_core::catalog::Kind;
 use pg_mec_core::period::Window;
 use pg_mec_core::quantity::{counter_ceiling, passes_bound};
 use pg_mec_core::Decimal;
-use pgrx::datum::{AnyNumeric, TimestampWithTimeZone, Uuid};
+use pgrx::datum::{AnyNumeric, Uuid};
 use pgrx::spi::SpiClient;
 use pgrx::JsonB;
 use serde_json::Value;
 
 use crate::cache::entitlement::{self, Effective};
-use crate::counters::{stripes, usage, CounterKey};
+use crate::counters::{rate, stripes, usage, CounterKey};
 use crate::events::alerts;
 use crate::ledger::replay::{replay, replay_if_recorded};
 use crate::ledger::{Event, UsageResult};
 use crate::ops::dimensions::{self, Prepared};
 use crate::ops::hierarchy::{self, Pools};
 use crate::pg::spi::{self, stmt};
-use crate::pg::values::{timestamptz, to_decimal, to_numeric};
+use crate::pg::values::{to_decimal, to_numeric};
 use crate::pg::{MecError, MecResult};
 
 /// Events up to this far in the future are accepted (clients' clocks drift).
@@ -83,12 +83,14 @@ stmt! {
 }
 
 stmt! {
-    static RECORD_UNBILLED: write (ns: uuid, key: text, account_id: uuid, resource_type: text, quantity: numeric, occurred_at: timestamptz, period_start: timestamptz, period_end: timestamptz, quantity_used: numeric, quantity_allowed: numeric, http_status: int4, metadata: jsonb, dimensions: jsonb) =
+    /// The ledger row of an event decided without a counter: unbilled, or a rate's (whose window
+    /// is counted apart, `counters/rate.rs`).
+    static RECORD_DECIDED: write (ns: uuid, key: text, account_id: uuid, resource_type: text, quantity: numeric, occurred_at: timestamptz, period_start: timestamptz, period_end: timestamptz, quantity_used: numeric, quantity_allowed: numeric, http_status: int4, metadata: jsonb, dimensions: jsonb, billable: bool) =
         "INSERT INTO mec_data.consumption
                   (namespace_id, idempotency_key, consumption_id, account_id, resource_type, quantity,
                    occurred_at, period_start, period_end, billable, quantity_used, quantity_allowed,
                    http_status, metadata, dimensions)
-              VALUES ($1, $2, gen_random_uuid(), $3, $4, $5, $6, $7, $8, false, $9, $10, $11, coalesce($12, '{}'), $13)
+              VALUES ($1, $2, gen_random_uuid(), $3, $4, $5, $6, $7, $8, $14, $9, $10, $11, coalesce($12, '{}'), $13)
               ON CONFLICT (namespace_id, idempotency_key) DO NOTHING
               RETURNING consumption_id";
 }
@@ -192,7 +194,7 @@ pub fn meter(client: &mut SpiClient<'_>, ns: Uuid, ev: &Event, now_us: i64) -> M
     let scoped = if ev.dimensions.is_empty() {
         Vec::new()
     } else {
-        match dimensions::prepare(client, ns, ev, &eff, &window, billable)? {
+        match dimensions::prepare(client, ns, ev, &eff, &window, billable, now_us)? {
             Prepared::Replay(v) => return Ok(v),
             Prepared::Go(scoped) => scoped,
         }
@@ -206,23 +208,13 @@ pub fn meter(client: &mut SpiClient<'_>, ns: Uuid, ev: &Event, now_us: i64) -> M
         Pools::Go(pools) => pools,
     };
 
-    // Rates: the previous bucket's weighted count lowers this bucket's ceiling.
-    let carried = if eff.kind == Kind::Rate {
-        usage::read(client, ns, ev.account_id, &eff, ev.occurred_us)?.used
-            - current_bucket(client, ns, ev, &window)?
-    } else {
-        Decimal::ZERO
-    };
+    if eff.kind == Kind::Rate {
+        return meter_rate(client, ns, ev, &eff, &window, &scoped, now_us);
+    }
     let guard = Guard {
         // Every counter row stays below pg_mec's bound (pg_mec_core::quantity), unlimited too.
-        ceiling: Some(counter_ceiling(
-            eff.policy.ceiling().map(|c| c.saturating_sub(carried)),
-        )),
-        overage_from: if eff.kind == Kind::Rate {
-            None
-        } else {
-            eff.policy.limit
-        },
+        ceiling: Some(counter_ceiling(eff.policy.ceiling())),
+        overage_from: eff.policy.limit,
         floor: (eff.kind == Kind::Gauge).then_some(Decimal::ZERO),
     };
 
@@ -276,7 +268,7 @@ pub fn meter(client: &mut SpiClient<'_>, ns: Uuid, ev: &Event, now_us: i64) -> M
                     duplicate: false,
                     billable: true,
                     overage: guard.overage_from.is_some_and(|l| used > l),
-                    used: used.saturating_add(carried),
+                    used,
                     policy: &eff.policy,
                     window: &window,
                     event: ev,
@@ -315,33 +307,6 @@ pub fn meter(client: &mut SpiClient<'_>, ns: Uuid, ev: &Event, now_us: i64) -> M
     }
     // Every path above returns within three attempts; refuse if that ever changes.
     Err(refusal(client, ns, ev, &eff))
-}
-
-/// The raw count of the current rate bucket (without the previous bucket's weight).
-fn current_bucket(
-    client: &SpiClient<'_>,
-    ns: Uuid,
-    ev: &Event,
-    window: &Window,
-) -> MecResult<Decimal> {
-    let start: TimestampWithTimeZone = timestamptz(window.start_us);
-    spi::read(
-        client,
-        &COUNTER_AT,
-        &[
-            ns.into(),
-            ev.account_id.into(),
-            ev.resource_type.as_str().into(),
-            start.into(),
-        ],
-    )?
-    .decimal_or_zero()
-}
-
-stmt! {
-    static COUNTER_AT: read (ns: uuid, account_id: uuid, resource_type: text, period_start: timestamptz) =
-        "SELECT coalesce(sum(used), 0) FROM mec_data.usage_counters
-              WHERE namespace_id = $1 AND account_id = $2 AND resource_type = $3 AND period_start = $4";
 }
 
 /// Meters through slot 0: METER_PLAIN on an unstriped counter, else METER_SLOT0 and RECORD_STRIPED.
@@ -427,6 +392,57 @@ fn run_meter(
     })
 }
 
+/// Meters a rate resource: its window locked (`counters/rate.rs`), decided exactly, the ledger
+/// row written, then the window counts it. No counter row: a rate writes no WAL but the ledger's.
+fn meter_rate(
+    client: &mut SpiClient<'_>,
+    ns: Uuid,
+    ev: &Event,
+    eff: &Effective,
+    window: &Window,
+    scoped: &[dimensions::Scoped],
+    now_us: i64,
+) -> MecResult<Value> {
+    let key = usage::rate_key(eff, ev.account_id);
+    let used = rate::lock(client, ns, &key, ev.occurred_us, now_us)?;
+    let fits = eff
+        .policy
+        .ceiling()
+        .is_none_or(|c| used.saturating_add(ev.quantity) <= c);
+    if !fits || passes_bound(used, ev.quantity) {
+        if let Some(v) = replay_if_recorded(client, ns, ev)? {
+            return Ok(v);
+        }
+        return Err(refusal(client, ns, ev, eff));
+    }
+    let after = used.saturating_add(ev.quantity);
+    let mut args = ev.ledger_args(ns, window);
+    args.extend([
+        to_numeric(after).into(),
+        eff.policy.limit.map(to_numeric).into(),
+        ev.http_status.into(),
+        ev.metadata_arg(),
+        ev.dimensions_arg(),
+        true.into(),
+    ]);
+    let Some(id) = spi::write(client, &RECORD_DECIDED, &args)?.one::<Uuid>()? else {
+        return replay(client, ns, ev);
+    };
+    rate::append(client, ns, &key, ev.occurred_us, ev.quantity).map_err(MecError::after_write)?;
+    dimensions::count(client, ns, ev, scoped).map_err(MecError::after_write)?;
+    Ok(UsageResult {
+        consumption_id: id,
+        duplicate: false,
+        billable: true,
+        overage: false,
+        used: after,
+        policy: &eff.policy,
+        window,
+        event: ev,
+    }
+    .to_json())
+}
+
 fn record_unbilled(
     client: &mut SpiClient<'_>,
     ns: Uuid,
@@ -442,8 +458,9 @@ fn record_unbilled(
         ev.http_status.into(),
         ev.metadata_arg(),
         ev.dimensions_arg(),
+        false.into(),
     ]);
-    match spi::write(client, &RECORD_UNBILLED, &args)?.one::<Uuid>()? {
+    match spi::write(client, &RECORD_DECIDED, &args)?.one::<Uuid>()? {
         Some(id) => Ok(UsageResult {
             consumption_id: id,
             duplicate: false,

@@ -7,7 +7,7 @@ use pgrx::spi::SpiClient;
 use serde_json::{json, Map, Value};
 
 use crate::cache::entitlement;
-use crate::counters::usage;
+use crate::counters::{rate, usage};
 use crate::ops::history;
 use crate::pg::spi::{self, stmt};
 use crate::pg::values::{num, opt_num, timestamptz, ts_json};
@@ -181,11 +181,16 @@ pub fn usage_summary(
             json!({"kind": "feature", "enabled": eff.enabled, "current": Value::Null, "limit": if eff.enabled { 1 } else { 0 },
                    "remaining": Value::Null, "reset_date": Value::Null, "last_updated": Value::Null})
         } else {
-            let u = if as_of {
+            let mut u = if as_of {
                 history::usage_at(client, ns, account, &eff, now_us)?
             } else {
                 usage::read(client, ns, account, &eff, now_us)?
             };
+            if eff.kind == Kind::Rate {
+                // a sliding window has no end: its usage next drops when the oldest event leaves
+                let key = usage::rate_key(&eff, account);
+                u.reset_us = rate::next_drop_at(client, ns, &key, now_us, as_of.then_some(now_us))?;
+            }
             let scoped = if eff.kind == Kind::Metered {
                 let from = crate::ops::dimensions::limits_account(&eff, account);
                 crate::ops::dimensions::summary(

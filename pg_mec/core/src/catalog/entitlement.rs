@@ -254,7 +254,7 @@ fn enforcement_fields(
     (enforcement, grace, overage_cap)
 }
 
-/// `dimension_limits`: `{"<dimension>": {"<value>": {"limit": …, "enforcement": …}}}` of a metered
+/// `dimension_limits`: `{"<dimension>": {"<value>": {"limit": …, "enforcement": …}}}` of a metered or rate
 /// entitlement, naming the resource's declared dimensions and values.
 fn scoped_limits(
     resource_type: &str,
@@ -265,11 +265,11 @@ fn scoped_limits(
     probs: &mut Problems,
 ) -> Vec<ScopedLimit> {
     let mut out = Vec::new();
-    if kind != Kind::Metered {
+    if !matches!(kind, Kind::Metered | Kind::Rate) {
         probs.push(
             path,
             format!(
-                "dimension limits apply only to metered resources ('{resource_type}' is {kind})"
+                "dimension limits apply only to metered and rate resources ('{resource_type}' is {kind})"
             ),
         );
         return out;

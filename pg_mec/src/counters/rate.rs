@@ -1,0 +1,523 @@
+//! Rate windows (`kind: rate`): exact sliding windows that write no WAL.
+//!
+//! An event at `t` is judged by everything counted after `t - window`: usage in `(t - w, t]`, plus
+//! any event dated later (clients' clocks drift), so no span of `w` seconds ever holds more than
+//! the ceiling. The window of each account × counter is a log in two UNLOGGED tables
+//! (`sql/schema.sql`): `rate_windows`, whose row is locked to serialise callers and keeps the
+//! running total, and `rate_entries`, one row per counted event with the running total through it
+//! (`cum`, in the order of `(at, seq)`, `seq` numbering a window's entries as they come). Usage after `x` is then `total − cum_before(x)`: two index probes,
+//! however full the window, and a denial's `reset_at` is one more — the instant the entry that
+//! makes room leaves the window.
+//!
+//! The ledger stays the truth. A crash empties unlogged tables; the next event that needs the
+//! window rebuilds it from the ledger (its billable usage events) under the row's lock, so a crash
+//! loses nothing and counts nothing twice. Until then, and on a hot standby (which cannot read
+//! unlogged tables), and for an event dated before the kept log, usage is summed from the ledger
+//! itself: slower, the same answer. Corrections change billed totals and history, not a window of
+//! requests already admitted. See docs/CONTRACT.md ("Rate windows").
+
+use pg_mec_core::Decimal;
+use pgrx::datum::{AnyNumeric, TimestampWithTimeZone, Uuid};
+use pgrx::spi::SpiClient;
+
+use crate::pg::spi::{self, stmt};
+use crate::pg::values::{timestamptz, to_decimal, to_numeric, unix_us};
+use crate::pg::{MecError, MecResult};
+
+/// Which window: an account's resource, or the part of it carrying one dimension value.
+pub struct RateKey<'a> {
+    pub account_id: Uuid,
+    pub resource_type: &'a str,
+    /// `(dimension, value)` of a dimension-scoped limit.
+    pub scope: Option<(&'a str, &'a str)>,
+    pub window_us: i64,
+}
+
+impl RateKey<'_> {
+    /// The counter's name: the resource, or `<resource>@<dimension>=<value>`.
+    fn counter(&self) -> String {
+        match self.scope {
+            Some((dimension, value)) => super::scoped_name(self.resource_type, dimension, value),
+            None => self.resource_type.to_string(),
+        }
+    }
+}
+
+stmt! {
+    /// Locks the window's row: callers of one window take turns, as on a counter row.
+    static LOCK: write (ns: uuid, account_id: uuid, counter: text) =
+        "SELECT total, base, kept_from FROM mec_data.rate_windows
+          WHERE namespace_id = $1 AND account_id = $2 AND counter = $3
+          FOR UPDATE";
+}
+
+stmt! {
+    static HEAD: read (ns: uuid, account_id: uuid, counter: text) =
+        "SELECT total, base, kept_from, updated_at FROM mec_data.rate_windows
+          WHERE namespace_id = $1 AND account_id = $2 AND counter = $3";
+}
+
+stmt! {
+    /// The running total through the last entry at or before `$4` (`$5`: the base, if none).
+    static CUM_BEFORE: read (ns: uuid, account_id: uuid, counter: text, at: timestamptz, base: numeric) =
+        "SELECT coalesce((SELECT cum FROM mec_data.rate_entries
+                           WHERE namespace_id = $1 AND account_id = $2 AND counter = $3 AND at <= $4
+                           ORDER BY at DESC, seq DESC LIMIT 1), $5)";
+}
+
+stmt! {
+    /// Creates a missing window from the ledger: its row (the total of what is kept)...
+    static CREATE: write (ns: uuid, account_id: uuid, counter: text, kept_from: timestamptz,
+                          resource_type: text, dimension: text, value: text) =
+        "INSERT INTO mec_data.rate_windows (namespace_id, account_id, counter, kept_from, total, seq)
+         SELECT $1, $2, $3, $4, coalesce(sum(quantity), 0), count(*)
+           FROM mec_data.consumption
+          WHERE namespace_id = $1 AND account_id = $2 AND resource_type = $5 AND occurred_at > $4
+            AND billable AND entry_type = 'usage' AND ($6::text IS NULL OR dimensions ->> $6 = $7)
+         ON CONFLICT DO NOTHING
+         RETURNING true";
+}
+
+stmt! {
+    /// ... and its entries, with their running totals in time order.
+    static LOAD: write (ns: uuid, account_id: uuid, counter: text, kept_from: timestamptz,
+                        resource_type: text, dimension: text, value: text) =
+        "INSERT INTO mec_data.rate_entries (namespace_id, account_id, counter, at, seq, quantity, cum)
+         SELECT $1, $2, $3, occurred_at, row_number() OVER w, quantity, sum(quantity) OVER w
+           FROM mec_data.consumption
+          WHERE namespace_id = $1 AND account_id = $2 AND resource_type = $5 AND occurred_at > $4
+            AND billable AND entry_type = 'usage' AND ($6::text IS NULL OR dimensions ->> $6 = $7)
+         WINDOW w AS (ORDER BY occurred_at, consumption_id)";
+}
+
+stmt! {
+    /// Counts an event at `$4`: later entries' running totals move up by it (rarely any: events
+    /// come in time order but for clock drift), the new entry's is the total through `$4`. An event
+    /// dated at or before the kept log only moves the base.
+    static APPEND: write (ns: uuid, account_id: uuid, counter: text, at: timestamptz, quantity: numeric) =
+        "WITH head AS (
+              SELECT base, kept_from, seq FROM mec_data.rate_windows
+               WHERE namespace_id = $1 AND account_id = $2 AND counter = $3
+         ), shifted AS (
+              UPDATE mec_data.rate_entries SET cum = cum + $5
+               WHERE namespace_id = $1 AND account_id = $2 AND counter = $3 AND at > $4
+              RETURNING 1
+         ), entry AS (
+              INSERT INTO mec_data.rate_entries (namespace_id, account_id, counter, at, seq, quantity, cum)
+              SELECT $1, $2, $3, $4, head.seq + 1, $5,
+                     coalesce((SELECT cum FROM mec_data.rate_entries
+                                WHERE namespace_id = $1 AND account_id = $2 AND counter = $3 AND at <= $4
+                                ORDER BY at DESC, seq DESC LIMIT 1), head.base) + $5
+                FROM head WHERE $4 > head.kept_from
+         )
+         UPDATE mec_data.rate_windows
+            SET total = total + $5, seq = seq + 1, updated_at = now(),
+                base = base + CASE WHEN $4 <= kept_from THEN $5 ELSE 0 END
+          WHERE namespace_id = $1 AND account_id = $2 AND counter = $3";
+}
+
+stmt! {
+    /// Drops the entries at or before `$4`, keeping their running total as the base.
+    static PRUNE: write (ns: uuid, account_id: uuid, counter: text, kept_from: timestamptz) =
+        "WITH cut AS (
+              SELECT coalesce((SELECT cum FROM mec_data.rate_entries
+                                WHERE namespace_id = $1 AND account_id = $2 AND counter = $3 AND at <= $4
+                                ORDER BY at DESC, seq DESC LIMIT 1), w.base) AS base
+                FROM mec_data.rate_windows w
+               WHERE w.namespace_id = $1 AND w.account_id = $2 AND w.counter = $3
+         ), gone AS (
+              DELETE FROM mec_data.rate_entries
+               WHERE namespace_id = $1 AND account_id = $2 AND counter = $3 AND at <= $4
+         )
+         UPDATE mec_data.rate_windows SET base = (SELECT base FROM cut), kept_from = $4
+          WHERE namespace_id = $1 AND account_id = $2 AND counter = $3";
+}
+
+stmt! {
+    /// The first entry after `$4` whose running total reaches `$5`: when it leaves the window,
+    /// what is left plus the request fits.
+    static FIT_ENTRY: read (ns: uuid, account_id: uuid, counter: text, after: timestamptz, need: numeric) =
+        "SELECT at FROM mec_data.rate_entries
+          WHERE namespace_id = $1 AND account_id = $2 AND counter = $3 AND at > $4 AND cum >= $5
+          ORDER BY at, seq LIMIT 1";
+}
+
+stmt! {
+    /// The window from the ledger: billable usage after `$4` recorded by `$7` (NULL: now).
+    static LEDGER_USED: read (ns: uuid, account_id: uuid, resource_type: text, after: timestamptz,
+                              dimension: text, value: text, recorded_by: timestamptz) =
+        "SELECT coalesce(sum(quantity), 0) AS used, max(recorded_at) AS updated
+           FROM mec_data.consumption
+          WHERE namespace_id = $1 AND account_id = $2 AND resource_type = $3 AND occurred_at > $4
+            AND billable AND entry_type = 'usage' AND ($5::text IS NULL OR dimensions ->> $5 = $6)
+            AND ($7::timestamptz IS NULL OR recorded_at <= $7)";
+}
+
+stmt! {
+    /// `FIT_ENTRY` from the ledger: the first event after `$4` through which `$7` is counted.
+    static LEDGER_FIT: read (ns: uuid, account_id: uuid, resource_type: text, after: timestamptz,
+                             dimension: text, value: text, need: numeric) =
+        "SELECT occurred_at FROM (
+              SELECT occurred_at, sum(quantity) OVER (ORDER BY occurred_at, consumption_id) AS cum
+                FROM mec_data.consumption
+               WHERE namespace_id = $1 AND account_id = $2 AND resource_type = $3 AND occurred_at > $4
+                 AND billable AND entry_type = 'usage' AND ($5::text IS NULL OR dimensions ->> $5 = $6)) s
+          WHERE cum >= $7 ORDER BY occurred_at LIMIT 1";
+}
+
+stmt! {
+    /// The first billable usage event after `$4` recorded by `$7` (NULL: now): the next to leave.
+    static LEDGER_FIRST: read (ns: uuid, account_id: uuid, resource_type: text, after: timestamptz,
+                               dimension: text, value: text, recorded_by: timestamptz) =
+        "SELECT min(occurred_at) FROM mec_data.consumption
+          WHERE namespace_id = $1 AND account_id = $2 AND resource_type = $3 AND occurred_at > $4
+            AND billable AND entry_type = 'usage' AND ($5::text IS NULL OR dimensions ->> $5 = $6)
+            AND ($7::timestamptz IS NULL OR recorded_at <= $7)";
+}
+
+/// A window's row as read.
+struct Head {
+    total: Decimal,
+    base: Decimal,
+    kept_from_us: i64,
+    updated_us: Option<i64>,
+}
+
+/// Usage of a window at one instant.
+pub struct RateUsage {
+    /// Everything counted after `at − window`.
+    pub used: Decimal,
+    /// When the window last counted an event.
+    pub updated_us: Option<i64>,
+}
+
+fn in_recovery() -> bool {
+    // SAFETY: reads shared recovery state; callable from any backend.
+    unsafe { pgrx::pg_sys::RecoveryInProgress() }
+}
+
+fn decimal(v: Option<AnyNumeric>) -> MecResult<Decimal> {
+    Ok(v.as_ref().map(to_decimal).transpose()?.unwrap_or_default())
+}
+
+fn scope_args<'a>(key: &RateKey<'a>) -> (Option<&'a str>, Option<&'a str>) {
+    match key.scope {
+        Some((d, v)) => (Some(d), Some(v)),
+        None => (None, None),
+    }
+}
+
+fn head(
+    client: &SpiClient<'_>,
+    ns: Uuid,
+    key: &RateKey<'_>,
+    counter: &str,
+) -> MecResult<Option<Head>> {
+    let Some(row) = spi::read(
+        client,
+        &HEAD,
+        &[ns.into(), key.account_id.into(), counter.into()],
+    )?
+    .first() else {
+        return Ok(None);
+    };
+    Ok(Some(Head {
+        total: decimal(row.get::<AnyNumeric>("total")?)?,
+        base: decimal(row.get::<AnyNumeric>("base")?)?,
+        kept_from_us: row
+            .get::<TimestampWithTimeZone>("kept_from")?
+            .map(unix_us)
+            .transpose()?
+            .unwrap_or(i64::MAX),
+        updated_us: row
+            .get::<TimestampWithTimeZone>("updated_at")?
+            .map(unix_us)
+            .transpose()?,
+    }))
+}
+
+fn cum_before(
+    client: &SpiClient<'_>,
+    ns: Uuid,
+    key: &RateKey<'_>,
+    counter: &str,
+    at_us: i64,
+    base: Decimal,
+) -> MecResult<Decimal> {
+    let at: TimestampWithTimeZone = timestamptz(at_us);
+    spi::read(
+        client,
+        &CUM_BEFORE,
+        &[
+            ns.into(),
+            key.account_id.into(),
+            counter.into(),
+            at.into(),
+            to_numeric(base).into(),
+        ],
+    )?
+    .decimal_or_zero()
+}
+
+/// The window's usage at `at_us` from the ledger, as recorded by `recorded_by_us` (`None`: now).
+pub fn ledger_used(
+    client: &SpiClient<'_>,
+    ns: Uuid,
+    key: &RateKey<'_>,
+    at_us: i64,
+    recorded_by_us: Option<i64>,
+) -> MecResult<RateUsage> {
+    let after: TimestampWithTimeZone = timestamptz(at_us - key.window_us);
+    let recorded_by: Option<TimestampWithTimeZone> = recorded_by_us.map(timestamptz);
+    let (dimension, value) = scope_args(key);
+    let (used, updated) = spi::read(
+        client,
+        &LEDGER_USED,
+        &[
+            ns.into(),
+            key.account_id.into(),
+            key.resource_type.into(),
+            after.into(),
+            dimension.into(),
+            value.into(),
+            recorded_by.into(),
+        ],
+    )?
+    .two::<AnyNumeric, TimestampWithTimeZone>("used", "updated")?;
+    Ok(RateUsage {
+        used: decimal(used)?,
+        updated_us: updated.map(unix_us).transpose()?,
+    })
+}
+
+/// When the window's usage at `at_us` next drops (its oldest counted event leaves), as recorded
+/// by `recorded_by_us` (`None`: now); `None` when nothing is counted. Read from the ledger: this
+/// answers `usage_summary`, not a hot path.
+pub fn next_drop_at(
+    client: &SpiClient<'_>,
+    ns: Uuid,
+    key: &RateKey<'_>,
+    at_us: i64,
+    recorded_by_us: Option<i64>,
+) -> MecResult<Option<i64>> {
+    let after: TimestampWithTimeZone = timestamptz(at_us - key.window_us);
+    let recorded_by: Option<TimestampWithTimeZone> = recorded_by_us.map(timestamptz);
+    let (dimension, value) = scope_args(key);
+    let first = spi::read(
+        client,
+        &LEDGER_FIRST,
+        &[
+            ns.into(),
+            key.account_id.into(),
+            key.resource_type.into(),
+            after.into(),
+            dimension.into(),
+            value.into(),
+            recorded_by.into(),
+        ],
+    )?
+    .one::<TimestampWithTimeZone>()?;
+    Ok(first
+        .map(unix_us)
+        .transpose()?
+        .map(|t| (t + key.window_us).max(at_us)))
+}
+
+/// The window's usage at `at_us` (no lock): from its log when that covers it, else the ledger.
+pub fn used(
+    client: &SpiClient<'_>,
+    ns: Uuid,
+    key: &RateKey<'_>,
+    at_us: i64,
+) -> MecResult<RateUsage> {
+    let counter = key.counter();
+    if !in_recovery() {
+        if let Some(h) = head(client, ns, key, &counter)? {
+            let from = at_us - key.window_us;
+            if from >= h.kept_from_us {
+                let before = cum_before(client, ns, key, &counter, from, h.base)?;
+                return Ok(RateUsage {
+                    used: h.total.saturating_sub(before),
+                    updated_us: h.updated_us,
+                });
+            }
+        }
+    }
+    ledger_used(client, ns, key, at_us, None)
+}
+
+/// When `requested` more first fit under `ceiling` if nothing else is counted meanwhile: the
+/// instant the entry that makes room leaves the window. `None` when it never fits.
+pub fn fit_at(
+    client: &SpiClient<'_>,
+    ns: Uuid,
+    key: &RateKey<'_>,
+    at_us: i64,
+    ceiling: Decimal,
+    requested: Decimal,
+) -> MecResult<Option<i64>> {
+    if requested > ceiling {
+        return Ok(None);
+    }
+    let counter = key.counter();
+    let from = at_us - key.window_us;
+    let after: TimestampWithTimeZone = timestamptz(from);
+    let found = match head(client, ns, key, &counter)?
+        .filter(|h| from >= h.kept_from_us && !in_recovery())
+    {
+        Some(h) => {
+            let before = cum_before(client, ns, key, &counter, from, h.base)?;
+            let used = h.total.saturating_sub(before);
+            if used.saturating_add(requested) <= ceiling {
+                return Ok(Some(at_us));
+            }
+            // Entries through the one whose running total reaches this must leave.
+            let need = h.total.saturating_add(requested).saturating_sub(ceiling);
+            spi::read(
+                client,
+                &FIT_ENTRY,
+                &[
+                    ns.into(),
+                    key.account_id.into(),
+                    counter.as_str().into(),
+                    after.into(),
+                    to_numeric(need).into(),
+                ],
+            )?
+            .one::<TimestampWithTimeZone>()?
+        }
+        None => {
+            let used = ledger_used(client, ns, key, at_us, None)?.used;
+            if used.saturating_add(requested) <= ceiling {
+                return Ok(Some(at_us));
+            }
+            let need = used.saturating_add(requested).saturating_sub(ceiling);
+            let (dimension, value) = scope_args(key);
+            spi::read(
+                client,
+                &LEDGER_FIT,
+                &[
+                    ns.into(),
+                    key.account_id.into(),
+                    key.resource_type.into(),
+                    after.into(),
+                    dimension.into(),
+                    value.into(),
+                    to_numeric(need).into(),
+                ],
+            )?
+            .one::<TimestampWithTimeZone>()?
+        }
+    };
+    Ok(found
+        .map(unix_us)
+        .transpose()?
+        .map(|leaves| (leaves + key.window_us).max(at_us)))
+}
+
+fn lock_row(
+    client: &mut SpiClient<'_>,
+    ns: Uuid,
+    key: &RateKey<'_>,
+    counter: &str,
+) -> MecResult<Option<Head>> {
+    let Some(r) = spi::write(
+        client,
+        &LOCK,
+        &[ns.into(), key.account_id.into(), counter.into()],
+    )?
+    .first() else {
+        return Ok(None);
+    };
+    Ok(Some(Head {
+        total: decimal(r.get::<AnyNumeric>("total")?)?,
+        base: decimal(r.get::<AnyNumeric>("base")?)?,
+        kept_from_us: r
+            .get::<TimestampWithTimeZone>("kept_from")?
+            .map(unix_us)
+            .transpose()?
+            .unwrap_or(i64::MAX),
+        updated_us: None,
+    }))
+}
+
+/// Locks the window for this transaction — creating it from the ledger if it is missing — and
+/// returns its usage at `at_us`. Callers of one window wait for each other here.
+pub fn lock(
+    client: &mut SpiClient<'_>,
+    ns: Uuid,
+    key: &RateKey<'_>,
+    at_us: i64,
+    now_us: i64,
+) -> MecResult<Decimal> {
+    let counter = key.counter();
+    let mut locked = lock_row(client, ns, key, &counter)?;
+    if locked.is_none() {
+        // Missing (new, or emptied by a crash): build it from the ledger. A concurrent creator
+        // wins the insert; its row is then locked below, once it commits.
+        let kept_from: TimestampWithTimeZone = timestamptz(now_us - 2 * key.window_us);
+        let (dimension, value) = scope_args(key);
+        let args = [
+            ns.into(),
+            key.account_id.into(),
+            counter.as_str().into(),
+            kept_from.into(),
+            key.resource_type.into(),
+            dimension.into(),
+            value.into(),
+        ];
+        if spi::write(client, &CREATE, &args)?.one::<bool>()?.is_some() {
+            spi::write(client, &LOAD, &args)?;
+        }
+        locked = lock_row(client, ns, key, &counter)?;
+    }
+    let vanished = || MecError::Internal(format!("rate window {counter} vanished while locked"));
+    let mut h = locked.ok_or_else(vanished)?;
+    // The log keeps two windows back from now; once a third has passed, the oldest goes.
+    if h.kept_from_us < now_us - 3 * key.window_us {
+        let cut: TimestampWithTimeZone = timestamptz(now_us - 2 * key.window_us);
+        spi::write(
+            client,
+            &PRUNE,
+            &[
+                ns.into(),
+                key.account_id.into(),
+                counter.as_str().into(),
+                cut.into(),
+            ],
+        )?;
+        h = lock_row(client, ns, key, &counter)?.ok_or_else(vanished)?;
+    }
+    let from = at_us - key.window_us;
+    if from < h.kept_from_us {
+        // Dated before the kept log: the ledger has it all (and the lock keeps it still).
+        return Ok(ledger_used(client, ns, key, at_us, None)?.used);
+    }
+    // A statement of its own, after the lock: it sees what the previous holder counted.
+    let before = cum_before(client, ns, key, &counter, from, h.base)?;
+    Ok(h.total.saturating_sub(before))
+}
+
+/// Counts a recorded event at `at_us` in the window [`lock`] locked.
+pub fn append(
+    client: &mut SpiClient<'_>,
+    ns: Uuid,
+    key: &RateKey<'_>,
+    at_us: i64,
+    quantity: Decimal,
+) -> MecResult<()> {
+    let counter = key.counter();
+    let at: TimestampWithTimeZone = timestamptz(at_us);
+    spi::write(
+        client,
+        &APPEND,
+        &[
+            ns.into(),
+            key.account_id.into(),
+            counter.as_str().into(),
+            at.into(),
+            to_numeric(quantity).into(),
+        ],
+    )?;
+    Ok(())
+}
