@@ -293,3 +293,32 @@ def test_the_summary_says_when_usage_next_drops(rate_ns):
     r = conn.execute("SELECT mec.usage_summary(p_account_id => %s::uuid)", (account,)).fetchone()[0]["features"]["r"]
     assert r["current"] == 3 and r["remaining"] == 7 and r["period"] is None, r
     assert ts(r["reset_date"]) == t0 + timedelta(seconds=WINDOW), r
+
+
+def test_a_caller_that_waited_for_the_window_counts_what_the_holder_counted(rate_ns, connect):
+    """B waits on the window A holds; once A commits, B's decision includes A's event (the lock's
+    own snapshot predates it, so it is read again)."""
+    import threading
+
+    ns, conn = rate_ns(limit=2)
+    account = new_account(conn)
+    meter(conn, account, 1, key="first")
+    holder = connect(namespace_id=ns, role="mec_service", autocommit=False)
+    meter(holder, account, 1, key="held")
+    waiter = connect(namespace_id=ns, role="mec_service")
+    out: dict = {}
+
+    def wait() -> None:
+        try:
+            out["r"] = meter(waiter, account, 1, key="waited")
+        except psycopg.Error as e:
+            out["e"] = e
+
+    t = threading.Thread(target=wait)
+    t.start()
+    time.sleep(0.5)
+    assert t.is_alive(), "the second caller did not wait for the window"
+    holder.commit()
+    t.join(10)
+    assert out.get("e") is not None and out["e"].sqlstate == "ME429", out
+    assert json.loads(out["e"].diag.message_detail)["violated_policies"][0]["current"] == 2

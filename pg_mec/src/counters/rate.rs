@@ -16,10 +16,12 @@
 //! itself: slower, the same answer. Corrections change billed totals and history, not a window of
 //! requests already admitted. See docs/CONTRACT.md ("Rate windows").
 
+use pg_mec_core::period::Window;
 use pg_mec_core::Decimal;
 use pgrx::datum::{AnyNumeric, TimestampWithTimeZone, Uuid};
 use pgrx::spi::SpiClient;
 
+use crate::ledger::Event;
 use crate::pg::spi::{self, stmt};
 use crate::pg::values::{timestamptz, to_decimal, to_numeric, unix_us};
 use crate::pg::{MecError, MecResult};
@@ -45,16 +47,42 @@ impl RateKey<'_> {
 
 stmt! {
     /// Locks the window's row: callers of one window take turns, as on a counter row.
-    static LOCK: write (ns: uuid, account_id: uuid, counter: text) =
-        "SELECT total, base, kept_from FROM mec_data.rate_windows
-          WHERE namespace_id = $1 AND account_id = $2 AND counter = $3
-          FOR UPDATE";
+    /// It also reads the running total through `$4` — valid only if no other holder counted an
+    /// event since this statement's snapshot: when `seq` (the locked, latest row's) equals
+    /// `seen_seq` (the snapshot's). Otherwise the caller reads it again (CUM_BEFORE).
+    static LOCK: write (ns: uuid, account_id: uuid, counter: text, after: timestamptz) =
+        "SELECT w.total, w.base, w.kept_from, w.seq,
+                (SELECT s.seq FROM mec_data.rate_windows s
+                  WHERE s.namespace_id = $1 AND s.account_id = $2 AND s.counter = $3) AS seen_seq,
+                coalesce((SELECT e.cum FROM mec_data.rate_entries e
+                           WHERE e.namespace_id = $1 AND e.account_id = $2 AND e.counter = $3
+                             AND e.at <= $4
+                           ORDER BY e.at DESC, e.seq DESC LIMIT 1), w.base) AS before
+           FROM mec_data.rate_windows w
+          WHERE w.namespace_id = $1 AND w.account_id = $2 AND w.counter = $3
+          FOR UPDATE OF w";
 }
 
 stmt! {
-    static HEAD: read (ns: uuid, account_id: uuid, counter: text) =
-        "SELECT total, base, kept_from, updated_at FROM mec_data.rate_windows
-          WHERE namespace_id = $1 AND account_id = $2 AND counter = $3";
+    /// The window's row and its usage after `$4` (`total` less the running total through `$4`), in
+    /// one snapshot.
+    static USED_AFTER: read (ns: uuid, account_id: uuid, counter: text, after: timestamptz) =
+        "SELECT w.total - coalesce((SELECT e.cum FROM mec_data.rate_entries e
+                                     WHERE e.namespace_id = $1 AND e.account_id = $2 AND e.counter = $3
+                                       AND e.at <= $4
+                                     ORDER BY e.at DESC, e.seq DESC LIMIT 1), w.base) AS used,
+                w.total, w.kept_from, w.updated_at
+           FROM mec_data.rate_windows w
+          WHERE w.namespace_id = $1 AND w.account_id = $2 AND w.counter = $3";
+}
+
+stmt! {
+    /// A rate event's ledger row and its entry in the window, one statement: see `sql/rate_record.sql`.
+    static RECORD: write (ns: uuid, key: text, account_id: uuid, resource_type: text, quantity: numeric,
+                          occurred_at: timestamptz, period_start: timestamptz, period_end: timestamptz,
+                          quantity_used: numeric, quantity_allowed: numeric, http_status: int4,
+                          metadata: jsonb, dimensions: jsonb, counter: text) =
+        include_str!("sql/rate_record.sql");
 }
 
 stmt! {
@@ -175,12 +203,13 @@ stmt! {
             AND ($7::timestamptz IS NULL OR recorded_at <= $7)";
 }
 
-/// A window's row as read.
+/// A window's row as locked.
 struct Head {
     total: Decimal,
     base: Decimal,
     kept_from_us: i64,
-    updated_us: Option<i64>,
+    /// The running total through the instant asked for, when the lock's snapshot was current.
+    before: Option<Decimal>,
 }
 
 /// Usage of a window at one instant.
@@ -207,33 +236,47 @@ fn scope_args<'a>(key: &RateKey<'a>) -> (Option<&'a str>, Option<&'a str>) {
     }
 }
 
-fn head(
+/// The window's usage after `from_us` from its log, with its total: `None` when it has no log, or
+/// its log starts later.
+fn log_used_after(
     client: &SpiClient<'_>,
     ns: Uuid,
     key: &RateKey<'_>,
     counter: &str,
-) -> MecResult<Option<Head>> {
+    from_us: i64,
+) -> MecResult<Option<(RateUsage, Decimal)>> {
+    let from: TimestampWithTimeZone = timestamptz(from_us);
     let Some(row) = spi::read(
         client,
-        &HEAD,
-        &[ns.into(), key.account_id.into(), counter.into()],
+        &USED_AFTER,
+        &[
+            ns.into(),
+            key.account_id.into(),
+            counter.into(),
+            from.into(),
+        ],
     )?
     .first() else {
         return Ok(None);
     };
-    Ok(Some(Head {
-        total: decimal(row.get::<AnyNumeric>("total")?)?,
-        base: decimal(row.get::<AnyNumeric>("base")?)?,
-        kept_from_us: row
-            .get::<TimestampWithTimeZone>("kept_from")?
-            .map(unix_us)
-            .transpose()?
-            .unwrap_or(i64::MAX),
-        updated_us: row
-            .get::<TimestampWithTimeZone>("updated_at")?
-            .map(unix_us)
-            .transpose()?,
-    }))
+    let kept_from = row
+        .get::<TimestampWithTimeZone>("kept_from")?
+        .map(unix_us)
+        .transpose()?
+        .unwrap_or(i64::MAX);
+    if from_us < kept_from {
+        return Ok(None);
+    }
+    Ok(Some((
+        RateUsage {
+            used: decimal(row.get::<AnyNumeric>("used")?)?,
+            updated_us: row
+                .get::<TimestampWithTimeZone>("updated_at")?
+                .map(unix_us)
+                .transpose()?,
+        },
+        decimal(row.get::<AnyNumeric>("total")?)?,
+    )))
 }
 
 fn cum_before(
@@ -330,17 +373,10 @@ pub fn used(
     key: &RateKey<'_>,
     at_us: i64,
 ) -> MecResult<RateUsage> {
-    let counter = key.counter();
     if !in_recovery() {
-        if let Some(h) = head(client, ns, key, &counter)? {
-            let from = at_us - key.window_us;
-            if from >= h.kept_from_us {
-                let before = cum_before(client, ns, key, &counter, from, h.base)?;
-                return Ok(RateUsage {
-                    used: h.total.saturating_sub(before),
-                    updated_us: h.updated_us,
-                });
-            }
+        let from = at_us - key.window_us;
+        if let Some((u, _)) = log_used_after(client, ns, key, &key.counter(), from)? {
+            return Ok(u);
         }
     }
     ledger_used(client, ns, key, at_us, None)
@@ -362,17 +398,18 @@ pub fn fit_at(
     let counter = key.counter();
     let from = at_us - key.window_us;
     let after: TimestampWithTimeZone = timestamptz(from);
-    let found = match head(client, ns, key, &counter)?
-        .filter(|h| from >= h.kept_from_us && !in_recovery())
-    {
-        Some(h) => {
-            let before = cum_before(client, ns, key, &counter, from, h.base)?;
-            let used = h.total.saturating_sub(before);
-            if used.saturating_add(requested) <= ceiling {
+    let logged = if in_recovery() {
+        None
+    } else {
+        log_used_after(client, ns, key, &counter, from)?
+    };
+    let found = match logged {
+        Some((u, total)) => {
+            if u.used.saturating_add(requested) <= ceiling {
                 return Ok(Some(at_us));
             }
             // Entries through the one whose running total reaches this must leave.
-            let need = h.total.saturating_add(requested).saturating_sub(ceiling);
+            let need = total.saturating_add(requested).saturating_sub(ceiling);
             spi::read(
                 client,
                 &FIT_ENTRY,
@@ -420,16 +457,30 @@ fn lock_row(
     ns: Uuid,
     key: &RateKey<'_>,
     counter: &str,
+    from_us: i64,
 ) -> MecResult<Option<Head>> {
+    let from: TimestampWithTimeZone = timestamptz(from_us);
     let Some(r) = spi::write(
         client,
         &LOCK,
-        &[ns.into(), key.account_id.into(), counter.into()],
+        &[
+            ns.into(),
+            key.account_id.into(),
+            counter.into(),
+            from.into(),
+        ],
     )?
     .first() else {
         return Ok(None);
     };
+    let seq = r.get::<i64>("seq")?;
+    let current = seq.is_some() && seq == r.get::<i64>("seen_seq")?;
     Ok(Some(Head {
+        before: if current {
+            Some(decimal(r.get::<AnyNumeric>("before")?)?)
+        } else {
+            None
+        },
         total: decimal(r.get::<AnyNumeric>("total")?)?,
         base: decimal(r.get::<AnyNumeric>("base")?)?,
         kept_from_us: r
@@ -437,7 +488,6 @@ fn lock_row(
             .map(unix_us)
             .transpose()?
             .unwrap_or(i64::MAX),
-        updated_us: None,
     }))
 }
 
@@ -451,7 +501,8 @@ pub fn lock(
     now_us: i64,
 ) -> MecResult<Decimal> {
     let counter = key.counter();
-    let mut locked = lock_row(client, ns, key, &counter)?;
+    let from = at_us - key.window_us;
+    let mut locked = lock_row(client, ns, key, &counter, from)?;
     if locked.is_none() {
         // Missing (new, or emptied by a crash): build it from the ledger. A concurrent creator
         // wins the insert; its row is then locked below, once it commits.
@@ -469,7 +520,7 @@ pub fn lock(
         if spi::write(client, &CREATE, &args)?.one::<bool>()?.is_some() {
             spi::write(client, &LOAD, &args)?;
         }
-        locked = lock_row(client, ns, key, &counter)?;
+        locked = lock_row(client, ns, key, &counter, from)?;
     }
     let vanished = || MecError::Internal(format!("rate window {counter} vanished while locked"));
     let mut h = locked.ok_or_else(vanished)?;
@@ -486,15 +537,17 @@ pub fn lock(
                 cut.into(),
             ],
         )?;
-        h = lock_row(client, ns, key, &counter)?.ok_or_else(vanished)?;
+        h = lock_row(client, ns, key, &counter, from)?.ok_or_else(vanished)?;
     }
-    let from = at_us - key.window_us;
     if from < h.kept_from_us {
         // Dated before the kept log: the ledger has it all (and the lock keeps it still).
         return Ok(ledger_used(client, ns, key, at_us, None)?.used);
     }
-    // A statement of its own, after the lock: it sees what the previous holder counted.
-    let before = cum_before(client, ns, key, &counter, from, h.base)?;
+    let before = match h.before {
+        Some(b) => b,
+        // The lock waited for a holder that counted: a statement of its own sees what it counted.
+        None => cum_before(client, ns, key, &counter, from, h.base)?,
+    };
     Ok(h.total.saturating_sub(before))
 }
 
@@ -520,4 +573,29 @@ pub fn append(
         ],
     )?;
     Ok(())
+}
+
+/// Records a rate event decided under [`lock`]: its ledger row and, when its key is new, its entry
+/// in the window. Returns the new row's id; `None` when the key was recorded before (nothing
+/// counted).
+pub fn record(
+    client: &mut SpiClient<'_>,
+    ns: Uuid,
+    key: &RateKey<'_>,
+    ev: &Event,
+    window: &Window,
+    used_after: Decimal,
+    allowed: Option<Decimal>,
+) -> MecResult<Option<Uuid>> {
+    let counter = key.counter();
+    let mut args = ev.ledger_args(ns, window);
+    args.extend([
+        to_numeric(used_after).into(),
+        allowed.map(to_numeric).into(),
+        ev.http_status.into(),
+        ev.metadata_arg(),
+        ev.dimensions_arg(),
+        counter.as_str().into(),
+    ]);
+    spi::write(client, &RECORD, &args)?.one::<Uuid>()
 }

@@ -83,14 +83,12 @@ stmt! {
 }
 
 stmt! {
-    /// The ledger row of an event decided without a counter: unbilled, or a rate's (whose window
-    /// is counted apart, `counters/rate.rs`).
-    static RECORD_DECIDED: write (ns: uuid, key: text, account_id: uuid, resource_type: text, quantity: numeric, occurred_at: timestamptz, period_start: timestamptz, period_end: timestamptz, quantity_used: numeric, quantity_allowed: numeric, http_status: int4, metadata: jsonb, dimensions: jsonb, billable: bool) =
+    static RECORD_UNBILLED: write (ns: uuid, key: text, account_id: uuid, resource_type: text, quantity: numeric, occurred_at: timestamptz, period_start: timestamptz, period_end: timestamptz, quantity_used: numeric, quantity_allowed: numeric, http_status: int4, metadata: jsonb, dimensions: jsonb) =
         "INSERT INTO mec_data.consumption
                   (namespace_id, idempotency_key, consumption_id, account_id, resource_type, quantity,
                    occurred_at, period_start, period_end, billable, quantity_used, quantity_allowed,
                    http_status, metadata, dimensions)
-              VALUES ($1, $2, gen_random_uuid(), $3, $4, $5, $6, $7, $8, $14, $9, $10, $11, coalesce($12, '{}'), $13)
+              VALUES ($1, $2, gen_random_uuid(), $3, $4, $5, $6, $7, $8, false, $9, $10, $11, coalesce($12, '{}'), $13)
               ON CONFLICT (namespace_id, idempotency_key) DO NOTHING
               RETURNING consumption_id";
 }
@@ -416,19 +414,9 @@ fn meter_rate(
         return Err(refusal(client, ns, ev, eff));
     }
     let after = used.saturating_add(ev.quantity);
-    let mut args = ev.ledger_args(ns, window);
-    args.extend([
-        to_numeric(after).into(),
-        eff.policy.limit.map(to_numeric).into(),
-        ev.http_status.into(),
-        ev.metadata_arg(),
-        ev.dimensions_arg(),
-        true.into(),
-    ]);
-    let Some(id) = spi::write(client, &RECORD_DECIDED, &args)?.one::<Uuid>()? else {
+    let Some(id) = rate::record(client, ns, &key, ev, window, after, eff.policy.limit)? else {
         return replay(client, ns, ev);
     };
-    rate::append(client, ns, &key, ev.occurred_us, ev.quantity).map_err(MecError::after_write)?;
     dimensions::count(client, ns, ev, scoped).map_err(MecError::after_write)?;
     Ok(UsageResult {
         consumption_id: id,
@@ -458,9 +446,8 @@ fn record_unbilled(
         ev.http_status.into(),
         ev.metadata_arg(),
         ev.dimensions_arg(),
-        false.into(),
     ]);
-    match spi::write(client, &RECORD_DECIDED, &args)?.one::<Uuid>()? {
+    match spi::write(client, &RECORD_UNBILLED, &args)?.one::<Uuid>()? {
         Some(id) => Ok(UsageResult {
             consumption_id: id,
             duplicate: false,
