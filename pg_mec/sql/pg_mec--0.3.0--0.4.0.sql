@@ -56,3 +56,10 @@ $rls$;
 -- ---------------------------------------------------------------- privileges (sql/grants.sql)
 REVOKE ALL ON mec_data.rate_windows, mec_data.rate_entries FROM PUBLIC;
 GRANT SELECT, INSERT, UPDATE, DELETE ON mec_data.rate_windows, mec_data.rate_entries TO mec_owner;
+
+-- ---------------------------------------------------------------- a ledger fix
+-- Events metered under no limit (quantity_allowed NULL: unlimited, and rate resources before
+-- 0.4.0) recorded their whole quantity as overage_quantity (least() skips a NULL limit) while
+-- overage was false. Nothing is over no limit: those rows say 0 now, as the metering does.
+UPDATE mec_data.consumption SET overage_quantity = 0
+ WHERE quantity_allowed IS NULL AND overage_quantity <> 0;

@@ -1,5 +1,8 @@
-//! `meter_consumption_batch`: many events in one call. Each event is decided on its own; a refused
-//! or malformed event is reported in its result and does not stop the others.
+//! `meter_consumption_batch`: many events in one call. Each event gets the answer it would have had
+//! alone, in the batch's order; a refused or malformed event is reported in its result and does not
+//! stop the others. Plain events are decided set-wise (`ops/batch_setwise.rs`).
+
+use std::collections::{HashMap, HashSet};
 
 use pg_mec_core::time::parse_rfc3339;
 use pgrx::datum::Uuid;
@@ -8,6 +11,7 @@ use serde_json::{json, Map, Value};
 
 use crate::ledger::event::parse_dimensions;
 use crate::ledger::Event;
+use crate::ops::batch_setwise::{self, Route};
 use crate::ops::metering;
 use crate::pg::context::parse_uuid;
 use crate::pg::values::json_decimal;
@@ -96,7 +100,8 @@ fn error_json(e: &MecError) -> Value {
     json!({"code": e.sqlstate(), "message": message, "details": detail, "hint": hint})
 }
 
-/// Meters every event of `events` (a JSON array) in order.
+/// Meters every event of `events` (a JSON array), each with the answer it would have had alone in
+/// the batch's order: the plain ones set-wise (`ops/batch_setwise.rs`), the others one by one.
 pub fn meter_batch(
     client: &mut SpiClient<'_>,
     ns: Uuid,
@@ -114,12 +119,27 @@ pub fn meter_batch(
             list.len()
         )));
     }
+    let parsed: Vec<MecResult<Event>> = list
+        .iter()
+        .enumerate()
+        .map(|(i, v)| parse_event(i, v, now_us))
+        .collect();
+    let mut outcomes: Vec<Option<MecResult<Value>>> = (0..list.len()).map(|_| None).collect();
+    let (plain, mut single) = route(client, ns, parsed, &mut outcomes, now_us);
+    let decided = batch_setwise::meter(client, ns, plain)?;
+    for (i, outcome) in decided.outcomes {
+        outcomes[i] = Some(outcome);
+    }
+    single.extend(decided.handed_back);
+    single.sort_by_key(|(i, _)| *i);
+    for (i, ev) in single {
+        outcomes[i] = Some(metering::meter(client, ns, &ev, now_us));
+    }
+
     let (mut accepted, mut duplicates, mut rejected) = (0, 0, 0);
     let mut results = Vec::with_capacity(list.len());
-    for (i, v) in list.iter().enumerate() {
-        let outcome =
-            parse_event(i, v, now_us).and_then(|ev| metering::meter(client, ns, &ev, now_us));
-        match outcome {
+    for (i, outcome) in outcomes.into_iter().enumerate() {
+        match outcome.unwrap_or_else(|| Err(MecError::Internal(format!("event {i} undecided")))) {
             Ok(mut r) => {
                 if r.get("duplicate").and_then(Value::as_bool) == Some(true) {
                     duplicates += 1;
@@ -141,7 +161,10 @@ pub fn meter_batch(
                 r.insert("status".into(), Value::from("rejected"));
                 r.insert(
                     "idempotency_key".into(),
-                    v.get("idempotency_key").cloned().unwrap_or(Value::Null),
+                    list[i]
+                        .get("idempotency_key")
+                        .cloned()
+                        .unwrap_or(Value::Null),
                 );
                 r.insert("error".into(), error_json(&e));
                 results.push(Value::Object(r));
@@ -151,4 +174,61 @@ pub fn meter_batch(
     Ok(
         json!({"accepted": accepted, "duplicates": duplicates, "rejected": rejected, "results": results}),
     )
+}
+
+/// Splits the parsed events into the plain ones and those metered one by one. A malformed event's
+/// error goes straight to `outcomes`. An event goes one by one when its key is sent twice in the
+/// batch, or another event of its account and resource goes one by one (a counter's events are
+/// decided in order, all one way); every event does when one counts in its ancestors' pools (they
+/// are other accounts' counters).
+fn route(
+    client: &SpiClient<'_>,
+    ns: Uuid,
+    parsed: Vec<MecResult<Event>>,
+    outcomes: &mut [Option<MecResult<Value>>],
+    now_us: i64,
+) -> (Vec<batch_setwise::Plain>, Vec<(usize, Event)>) {
+    let mut sent: HashMap<String, usize> = HashMap::new();
+    for ev in parsed.iter().flatten() {
+        *sent.entry(ev.key.clone()).or_default() += 1;
+    }
+    let mut plain = Vec::new();
+    let mut single: Vec<(usize, Event)> = Vec::new();
+    let mut pooled = false;
+    for (i, ev) in parsed.into_iter().enumerate() {
+        let ev = match ev {
+            Ok(ev) => ev,
+            Err(e) => {
+                outcomes[i] = Some(Err(e));
+                continue;
+            }
+        };
+        if sent.get(&ev.key).copied().unwrap_or(0) > 1 {
+            single.push((i, ev));
+            continue;
+        }
+        match batch_setwise::classify(client, ns, ev, now_us) {
+            Route::Plain(mut p) => {
+                p.index = i;
+                plain.push(*p);
+            }
+            Route::Single { event, pooled: p } => {
+                pooled |= p;
+                single.push((i, event));
+            }
+        }
+    }
+    if pooled {
+        single.extend(plain.into_iter().map(|p| (p.index, p.event)));
+        return (Vec::new(), single);
+    }
+    let one_by_one: HashSet<(Uuid, String)> = single
+        .iter()
+        .map(|(_, ev)| (ev.account_id, ev.resource_type.clone()))
+        .collect();
+    let (plain, moved): (Vec<_>, Vec<_>) = plain
+        .into_iter()
+        .partition(|p| !one_by_one.contains(&(p.event.account_id, p.event.resource_type.clone())));
+    single.extend(moved.into_iter().map(|p| (p.index, p.event)));
+    (plain, single)
 }

@@ -23,6 +23,7 @@ use pgrx::JsonB;
 use serde_json::Value;
 
 use crate::cache::entitlement::{self, Effective};
+use crate::counters::usage::Usage;
 use crate::counters::{rate, stripes, usage, CounterKey};
 use crate::events::alerts;
 use crate::ledger::replay::{replay, replay_if_recorded};
@@ -101,7 +102,12 @@ stmt! {
 /// Events up to `FUTURE_TOLERANCE_US` ahead of the server's clock, and up to `late_event_days`
 /// plus the same tolerance behind it, are accepted (clients' clocks drift both ways; with
 /// `late_event_days = 0` only that tolerance).
-fn check_time(client: &SpiClient<'_>, ns: Uuid, occurred_us: i64, now_us: i64) -> MecResult<()> {
+pub(crate) fn check_time(
+    client: &SpiClient<'_>,
+    ns: Uuid,
+    occurred_us: i64,
+    now_us: i64,
+) -> MecResult<()> {
     if occurred_us > now_us + FUTURE_TOLERANCE_US {
         return Err(MecError::invalid_hint(
             "p_occurred_at is in the future",
@@ -122,7 +128,7 @@ fn check_time(client: &SpiClient<'_>, ns: Uuid, occurred_us: i64, now_us: i64) -
     Ok(())
 }
 
-fn check_quantity(eff: &Effective, qty: Decimal) -> MecResult<()> {
+pub(crate) fn check_quantity(eff: &Effective, qty: Decimal) -> MecResult<()> {
     match eff.kind {
         Kind::Feature => Err(MecError::bad_request(
             format!(
@@ -475,6 +481,11 @@ fn refusal(client: &SpiClient<'_>, ns: Uuid, ev: &Event, eff: &Effective) -> Mec
         Ok(None) => {}
         Err(e) => return e,
     }
+    refusal_from(eff, ev, usage)
+}
+
+/// Why `ev` does not fit `usage`: `22023` past pg_mec's bound or below a gauge's zero, else `ME429`.
+pub(crate) fn refusal_from(eff: &Effective, ev: &Event, usage: Usage) -> MecError {
     if passes_bound(usage.used, ev.quantity) {
         return MecError::invalid_hint(
             format!(

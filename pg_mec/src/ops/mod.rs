@@ -5,6 +5,7 @@
 
 pub mod auth0;
 pub mod batch;
+pub mod batch_setwise;
 pub mod bindings;
 pub mod bulk;
 pub mod catalog;

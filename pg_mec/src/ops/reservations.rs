@@ -68,7 +68,7 @@ stmt! {
                   (namespace_id, idempotency_key, consumption_id, account_id, resource_type, quantity, occurred_at,
                    period_start, period_end, billable, overage, overage_quantity, quantity_used, quantity_allowed, metadata)
               VALUES ($1, $2, gen_random_uuid(), $3, $4, $5, now(), $6, $7, true,
-                      coalesce($8 > $9, false), coalesce(greatest(0, least($5, $8 - $9)), 0), $8, $9,
+                      coalesce($8 > $9, false), CASE WHEN $9 IS NULL THEN 0 ELSE greatest(0, least($5, $8 - $9)) END, $8, $9,
                       jsonb_build_object('reservation_id', $10::text))
               ON CONFLICT (namespace_id, idempotency_key) DO NOTHING
               RETURNING consumption_id";

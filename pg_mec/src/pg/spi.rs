@@ -101,6 +101,28 @@ macro_rules! sql_type {
     (jsonb) => {
         ::pgrx::pg_sys::JSONBOID
     };
+    // Arrays, for statements that take many rows at once (`unnest`).
+    (uuid_array) => {
+        ::pgrx::pg_sys::UUIDARRAYOID
+    };
+    (text_array) => {
+        ::pgrx::pg_sys::TEXTARRAYOID
+    };
+    (numeric_array) => {
+        ::pgrx::pg_sys::NUMERICARRAYOID
+    };
+    (timestamptz_array) => {
+        ::pgrx::pg_sys::TIMESTAMPTZARRAYOID
+    };
+    (bool_array) => {
+        ::pgrx::pg_sys::BOOLARRAYOID
+    };
+    (int4_array) => {
+        ::pgrx::pg_sys::INT4ARRAYOID
+    };
+    (jsonb_array) => {
+        ::pgrx::pg_sys::JSONBARRAYOID
+    };
 }
 pub(crate) use sql_type;
 

@@ -29,7 +29,7 @@ WITH upd AS (
             quantity_used, quantity_allowed, http_status, metadata, dimensions)
     SELECT $1, $2, gen_random_uuid(), $3, $4, $5, $6, $7, $8, true,
            coalesce(upd.used > $10, false),
-           coalesce(greatest(0, least($5, upd.used - $10)), 0),
+           CASE WHEN $10 IS NULL THEN 0 ELSE greatest(0, least($5, upd.used - $10)) END,
            upd.used, $10, $12, coalesce($13, '{}'), $14
       FROM upd
     ON CONFLICT (namespace_id, idempotency_key) DO NOTHING

@@ -9,7 +9,7 @@ INSERT INTO mec_data.consumption
         quantity_used, quantity_allowed, http_status, metadata, dimensions)
 SELECT $1, $2, gen_random_uuid(), $3, $4, $5, $6, $7, $8, true,
        coalesce(t.used > $10, false),
-       coalesce(greatest(0, least($5, t.used - $10)), 0),
+       CASE WHEN $10 IS NULL THEN 0 ELSE greatest(0, least($5, t.used - $10)) END,
        t.used, $10, $12, coalesce($13, '{}'), $14
   FROM (SELECT $15::numeric + coalesce(sum(c.used), 0) AS used
           FROM mec_data.usage_counters c

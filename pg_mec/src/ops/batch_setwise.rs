@@ -1,0 +1,470 @@
+//! The set-wise half of `meter_consumption_batch`: the batch's plain events decided together.
+//!
+//! A plain event is one `meter_consumption` would meter through `METER_PLAIN` alone: a metered or
+//! gauge resource, billable, no dimensions, an account whose entitlement pools nothing (no
+//! parent), a counter neither striped, hot nor holding reservations, a key sent once in the batch.
+//! Their counters are created and locked in one statement each (in key order, so concurrent
+//! batches never deadlock on each other), the events decided in the batch's order against running
+//! totals exactly as one by one, their ledger rows written in one `INSERT`, and each counter
+//! changed once. Every other event is metered one by one (`ops/batch.rs`); its counter is never
+//! one of these, so the order between the two halves changes no answer.
+//!
+//! One difference, documented in docs/CONTRACT.md: when another transaction records one of the
+//! batch's keys while the batch runs (its `INSERT` then finds the key taken), that event answers as
+//! a replay, and later events of the batch on the same counter were decided counting it — they
+//! may be refused where they would have fit, never let through past a limit.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use pg_mec_core::billing::is_billable;
+use pg_mec_core::catalog::Kind;
+use pg_mec_core::period::Window;
+use pg_mec_core::quantity::counter_ceiling;
+use pg_mec_core::Decimal;
+use pgrx::datum::{AnyNumeric, DatumWithOid, TimestampWithTimeZone, Uuid};
+use pgrx::spi::SpiClient;
+use pgrx::JsonB;
+use serde_json::Value;
+
+use crate::cache::entitlement::{self, Effective};
+use crate::counters::usage::Usage;
+use crate::counters::{stripes, CounterKey};
+use crate::events::alerts;
+use crate::ledger::replay::replay_if_recorded;
+use crate::ledger::{Event, UsageResult};
+use crate::ops::metering;
+use crate::pg::spi::{self, stmt};
+use crate::pg::values::{timestamptz, to_decimal, to_numeric, unix_us};
+use crate::pg::{MecError, MecResult};
+
+stmt! {
+    /// Locks the counters that exist, in key order: their totals, and whether each can be metered
+    /// set-wise.
+    static LOCK_COUNTERS: write (ns: uuid, accounts: uuid_array, resources: text_array, starts: timestamptz_array) =
+        "SELECT u.account_id, u.resource_type, u.period_start, u.used, u.striped, u.has_holds
+           FROM mec_data.usage_counters u
+           JOIN unnest($2::uuid[], $3::text[], $4::timestamptz[]) AS c(account_id, resource_type, period_start)
+                USING (account_id, resource_type, period_start)
+          WHERE u.namespace_id = $1 AND u.slot = 0
+          ORDER BY u.account_id, u.resource_type, u.period_start
+            FOR UPDATE OF u";
+}
+
+stmt! {
+    /// Creates the missing ones, in key order (then LOCK_COUNTERS locks them).
+    static CREATE_COUNTERS: write (ns: uuid, accounts: uuid_array, resources: text_array,
+                                   starts: timestamptz_array, ends: timestamptz_array) =
+        "INSERT INTO mec_data.usage_counters (namespace_id, account_id, resource_type, period_start, slot, period_end)
+         SELECT $1, c.account_id, c.resource_type, c.period_start, 0, c.period_end
+           FROM unnest($2::uuid[], $3::text[], $4::timestamptz[], $5::timestamptz[])
+                AS c(account_id, resource_type, period_start, period_end)
+          ORDER BY 2, 3, 4
+         ON CONFLICT DO NOTHING";
+}
+
+stmt! {
+    /// Which of the keys the ledger holds already.
+    static RECORDED_KEYS: read (ns: uuid, keys: text_array) =
+        "SELECT c.idempotency_key::text AS idempotency_key FROM mec_data.consumption c
+          WHERE c.namespace_id = $1 AND c.idempotency_key = ANY($2::text[])";
+}
+
+stmt! {
+    /// The accepted events' ledger rows, as METER_PLAIN writes one.
+    static RECORD_ALL: write (ns: uuid, keys: text_array, accounts: uuid_array, resources: text_array,
+                              quantities: numeric_array, occurred: timestamptz_array, starts: timestamptz_array,
+                              ends: timestamptz_array, overage: bool_array, overage_quantities: numeric_array,
+                              used: numeric_array, allowed: numeric_array, statuses: int4_array,
+                              metadata: jsonb_array) =
+        "INSERT INTO mec_data.consumption
+                (namespace_id, idempotency_key, consumption_id, account_id, resource_type, quantity,
+                 occurred_at, period_start, period_end, billable, overage, overage_quantity,
+                 quantity_used, quantity_allowed, http_status, metadata)
+         SELECT $1, e.key, gen_random_uuid(), e.account_id, e.resource_type, e.quantity, e.occurred_at,
+                e.period_start, e.period_end, true, e.overage, e.overage_quantity, e.quantity_used,
+                e.quantity_allowed, e.http_status, coalesce(e.metadata, '{}')
+           FROM unnest($2::text[], $3::uuid[], $4::text[], $5::numeric[], $6::timestamptz[],
+                       $7::timestamptz[], $8::timestamptz[], $9::bool[], $10::numeric[], $11::numeric[],
+                       $12::numeric[], $13::int4[], $14::jsonb[])
+                AS e(key, account_id, resource_type, quantity, occurred_at, period_start, period_end,
+                     overage, overage_quantity, quantity_used, quantity_allowed, http_status, metadata)
+         ON CONFLICT (namespace_id, idempotency_key) DO NOTHING
+         RETURNING idempotency_key::text AS idempotency_key, consumption_id";
+}
+
+stmt! {
+    /// Each counter changed once, by what its recorded events add up to.
+    static ADD_ALL: write (ns: uuid, accounts: uuid_array, resources: text_array, starts: timestamptz_array,
+                           deltas: numeric_array) =
+        "UPDATE mec_data.usage_counters u SET used = u.used + d.delta, updated_at = now()
+           FROM unnest($2::uuid[], $3::text[], $4::timestamptz[], $5::numeric[])
+                AS d(account_id, resource_type, period_start, delta)
+          WHERE u.namespace_id = $1 AND u.slot = 0 AND u.account_id = d.account_id
+            AND u.resource_type = d.resource_type AND u.period_start = d.period_start";
+}
+/// What [`meter`] did: each decided event's answer by batch index, and the events it handed back
+/// to be metered one by one (their counter turned out striped or holding reservations).
+pub struct Decided {
+    pub outcomes: Vec<(usize, MecResult<Value>)>,
+    pub handed_back: Vec<(usize, Event)>,
+}
+
+/// One plain event: where it is in the batch, and what governs it.
+pub struct Plain {
+    pub index: usize,
+    pub event: Event,
+    eff: Effective,
+    window: Window,
+}
+
+/// A counter: account, resource, period start.
+type Key = (Uuid, String, i64);
+
+fn key_of(p: &Plain) -> Key {
+    (
+        p.event.account_id,
+        p.event.resource_type.clone(),
+        p.window.start_us,
+    )
+}
+
+/// What [`classify`] decided for one parsed event.
+pub enum Route {
+    /// Decided set-wise.
+    Plain(Box<Plain>),
+    /// Metered one by one; `pooled`: it counts in its ancestors' counters too.
+    Single { event: Event, pooled: bool },
+}
+
+/// Whether `ev` is plain, given what `meter_consumption` would check before its first write. An
+/// event that fails a check goes the single way, which raises the same error.
+pub fn classify(client: &SpiClient<'_>, ns: Uuid, ev: Event, now_us: i64) -> Route {
+    let mut pooled = false;
+    let plain = (|| -> MecResult<Option<(Effective, Window)>> {
+        ev.validate()?;
+        if !ev.dimensions.is_empty() {
+            return Ok(None);
+        }
+        metering::check_time(client, ns, ev.occurred_us, now_us)?;
+        let eff = entitlement::resolve_for_use(
+            client,
+            ns,
+            ev.account_id,
+            &ev.resource_type,
+            ev.occurred_us,
+        )?;
+        metering::check_quantity(&eff, ev.quantity)?;
+        pooled = eff.parent.is_some();
+        if !matches!(eff.kind, Kind::Metered | Kind::Gauge)
+            || pooled
+            || !is_billable(&eff.billable, ev.http_status)
+        {
+            return Ok(None);
+        }
+        let window = eff.window(ev.occurred_us);
+        let counter = CounterKey {
+            account_id: ev.account_id,
+            resource_type: &ev.resource_type,
+            window,
+        };
+        if stripes::is_hot(ns, &counter) {
+            return Ok(None);
+        }
+        Ok(Some((eff, window)))
+    })();
+    match plain {
+        Ok(Some((eff, window))) => Route::Plain(Box::new(Plain {
+            index: 0,
+            event: ev,
+            eff,
+            window,
+        })),
+        _ => Route::Single { event: ev, pooled },
+    }
+}
+
+/// Counters as the statements above take them: parallel arrays, in key order.
+#[derive(Default)]
+struct Counters {
+    accounts: Vec<Uuid>,
+    resources: Vec<String>,
+    starts: Vec<TimestampWithTimeZone>,
+    ends: Vec<Option<TimestampWithTimeZone>>,
+}
+
+impl Counters {
+    fn of<'k>(keys: impl IntoIterator<Item = (&'k Key, &'k Option<i64>)>) -> Counters {
+        let mut c = Counters::default();
+        for ((account, resource, start), end) in keys {
+            c.accounts.push(*account);
+            c.resources.push(resource.clone());
+            c.starts.push(timestamptz(*start));
+            c.ends.push(end.map(timestamptz));
+        }
+        c
+    }
+}
+
+/// Locks the counters of `wanted` that exist (key order) and adds them to `found`; `totals` gets
+/// those that may be metered set-wise (not striped, holding no reservations).
+fn lock(
+    client: &mut SpiClient<'_>,
+    ns: Uuid,
+    wanted: &Counters,
+    totals: &mut HashMap<Key, Decimal>,
+    found: &mut HashSet<Key>,
+) -> MecResult<()> {
+    let rows = spi::write(
+        client,
+        &LOCK_COUNTERS,
+        &[
+            ns.into(),
+            wanted.accounts.clone().into(),
+            wanted.resources.clone().into(),
+            wanted.starts.clone().into(),
+        ],
+    )?;
+    for row in rows {
+        let account = row.get::<Uuid>("account_id")?;
+        let resource = row.get::<String>("resource_type")?;
+        let start = row.get::<TimestampWithTimeZone>("period_start")?;
+        let (Some(account), Some(resource), Some(start)) = (account, resource, start) else {
+            continue;
+        };
+        let key = (account, resource, unix_us(start)?);
+        found.insert(key.clone());
+        if row.get::<bool>("striped")?.unwrap_or(false)
+            || row.get::<bool>("has_holds")?.unwrap_or(false)
+        {
+            continue;
+        }
+        let used = row
+            .get::<AnyNumeric>("used")?
+            .as_ref()
+            .map(to_decimal)
+            .transpose()?
+            .unwrap_or_default();
+        totals.insert(key, used);
+    }
+    Ok(())
+}
+/// Decides and records `plain` (in batch order).
+pub fn meter(client: &mut SpiClient<'_>, ns: Uuid, plain: Vec<Plain>) -> MecResult<Decided> {
+    if plain.is_empty() {
+        return Ok(Decided {
+            outcomes: Vec::new(),
+            handed_back: Vec::new(),
+        });
+    }
+    let mut wanted: BTreeMap<Key, Option<i64>> = BTreeMap::new();
+    for p in &plain {
+        wanted.insert(key_of(p), p.window.end_us);
+    }
+    let mut totals: HashMap<Key, Decimal> = HashMap::new();
+    let mut found: HashSet<Key> = HashSet::new();
+    lock(client, ns, &Counters::of(&wanted), &mut totals, &mut found)?;
+    let missing = Counters::of(wanted.iter().filter(|(k, _)| !found.contains(*k)));
+    if !missing.accounts.is_empty() {
+        spi::write(
+            client,
+            &CREATE_COUNTERS,
+            &[
+                ns.into(),
+                missing.accounts.clone().into(),
+                missing.resources.clone().into(),
+                missing.starts.clone().into(),
+                missing.ends.clone().into(),
+            ],
+        )?;
+        lock(client, ns, &missing, &mut totals, &mut found)?;
+    }
+    let (plain, back): (Vec<Plain>, Vec<Plain>) = plain
+        .into_iter()
+        .partition(|p| totals.contains_key(&key_of(p)));
+    let handed_back = back.into_iter().map(|p| (p.index, p.event)).collect();
+    let keys: Vec<&str> = plain.iter().map(|p| p.event.key.as_str()).collect();
+    let recorded: HashSet<String> = spi::read(client, &RECORDED_KEYS, &[ns.into(), keys.into()])?
+        .into_iter()
+        .filter_map(|r| r.get::<String>("idempotency_key").ok().flatten())
+        .collect();
+
+    let mut outcomes: Vec<(usize, MecResult<Value>)> = Vec::new();
+    // Accepted events: (position in `plain`, usage after it).
+    let mut accepted: Vec<(usize, Decimal)> = Vec::new();
+    for (i, p) in plain.iter().enumerate() {
+        if recorded.contains(&p.event.key) {
+            outcomes.push((p.index, replay(client, ns, &p.event)));
+            continue;
+        }
+        let key = key_of(p);
+        let used = totals.get(&key).copied().unwrap_or_default();
+        let after = used.saturating_add(p.event.quantity);
+        let fits = after <= counter_ceiling(p.eff.policy.ceiling())
+            && (p.eff.kind != Kind::Gauge || after >= Decimal::ZERO);
+        if fits {
+            totals.insert(key, after);
+            accepted.push((i, after));
+        } else {
+            let usage = Usage {
+                used,
+                window: p.window,
+                updated_us: None,
+                reset_us: p.window.end_us,
+            };
+            outcomes.push((
+                p.index,
+                Err(metering::refusal_from(&p.eff, &p.event, usage)),
+            ));
+        }
+    }
+    // The ledger rows, one statement.
+    let mut ids: HashMap<String, Uuid> = HashMap::new();
+    if !accepted.is_empty() {
+        let rows = LedgerRows::of(accepted.iter().map(|&(i, after)| (&plain[i], after)));
+        for row in spi::write(client, &RECORD_ALL, &rows.args(ns))? {
+            if let (Some(k), Some(id)) = (
+                row.get::<String>("idempotency_key")?,
+                row.get::<Uuid>("consumption_id")?,
+            ) {
+                ids.insert(k, id);
+            }
+        }
+    }
+    // Each counter once, by what was recorded.
+    let mut deltas: BTreeMap<Key, Decimal> = BTreeMap::new();
+    for &(i, _) in &accepted {
+        let p = &plain[i];
+        if ids.contains_key(&p.event.key) {
+            let d = deltas.entry(key_of(p)).or_default();
+            *d = d.saturating_add(p.event.quantity);
+        }
+    }
+    if !deltas.is_empty() {
+        let keys = Counters::of(deltas.keys().map(|k| (k, &None)));
+        let amounts: Vec<AnyNumeric> = deltas.values().map(|d| to_numeric(*d)).collect();
+        spi::write(
+            client,
+            &ADD_ALL,
+            &[
+                ns.into(),
+                keys.accounts.into(),
+                keys.resources.into(),
+                keys.starts.into(),
+                amounts.into(),
+            ],
+        )
+        .map_err(MecError::after_write)?;
+    }
+    for &(i, after) in &accepted {
+        let p = &plain[i];
+        let Some(&id) = ids.get(&p.event.key) else {
+            // Recorded meanwhile by another transaction: a replay now.
+            outcomes.push((p.index, replay(client, ns, &p.event)));
+            continue;
+        };
+        alerts::after_usage_written(
+            client,
+            ns,
+            &alerts::Usage {
+                account_id: p.event.account_id,
+                eff: &p.eff,
+                window: &p.window,
+                used: after,
+                consumption_id: Some(id),
+            },
+        )?;
+        let result = UsageResult {
+            consumption_id: id,
+            duplicate: false,
+            billable: true,
+            overage: p.eff.policy.limit.is_some_and(|l| after > l),
+            used: after,
+            policy: &p.eff.policy,
+            window: &p.window,
+            event: &p.event,
+        }
+        .to_json();
+        outcomes.push((p.index, Ok(result)));
+    }
+    Ok(Decided {
+        outcomes,
+        handed_back,
+    })
+}
+
+fn replay(client: &SpiClient<'_>, ns: Uuid, ev: &Event) -> MecResult<Value> {
+    replay_if_recorded(client, ns, ev)?
+        .ok_or_else(|| MecError::Internal(format!("key {} vanished from the ledger", ev.key)))
+}
+
+/// The accepted events' ledger rows as RECORD_ALL takes them (parallel arrays), each as
+/// METER_PLAIN writes one.
+#[derive(Default)]
+struct LedgerRows {
+    keys: Vec<String>,
+    accounts: Vec<Uuid>,
+    resources: Vec<String>,
+    quantities: Vec<AnyNumeric>,
+    occurred: Vec<TimestampWithTimeZone>,
+    starts: Vec<TimestampWithTimeZone>,
+    ends: Vec<Option<TimestampWithTimeZone>>,
+    overage: Vec<bool>,
+    overage_quantities: Vec<AnyNumeric>,
+    used: Vec<AnyNumeric>,
+    allowed: Vec<Option<AnyNumeric>>,
+    statuses: Vec<Option<i32>>,
+    metadata: Vec<Option<JsonB>>,
+}
+
+impl LedgerRows {
+    fn of<'p>(events: impl Iterator<Item = (&'p Plain, Decimal)>) -> LedgerRows {
+        let mut r = LedgerRows::default();
+        for (p, after) in events {
+            let limit = p.eff.policy.limit;
+            // Past no limit nothing is overage.
+            let overage_quantity = limit
+                .map(|l| {
+                    after
+                        .saturating_sub(l)
+                        .min(p.event.quantity)
+                        .max(Decimal::ZERO)
+                })
+                .unwrap_or(Decimal::ZERO);
+            let metadata = p.event.metadata.as_object().filter(|m| !m.is_empty());
+            r.keys.push(p.event.key.clone());
+            r.accounts.push(p.event.account_id);
+            r.resources.push(p.event.resource_type.clone());
+            r.quantities.push(to_numeric(p.event.quantity));
+            r.occurred.push(timestamptz(p.event.occurred_us));
+            r.starts.push(timestamptz(p.window.start_us));
+            r.ends.push(p.window.end_us.map(timestamptz));
+            r.overage.push(limit.is_some_and(|l| after > l));
+            r.overage_quantities.push(to_numeric(overage_quantity));
+            r.used.push(to_numeric(after));
+            r.allowed.push(limit.map(to_numeric));
+            r.statuses.push(p.event.http_status);
+            r.metadata
+                .push(metadata.map(|_| JsonB(p.event.metadata.clone())));
+        }
+        r
+    }
+
+    fn args(self, ns: Uuid) -> Vec<DatumWithOid<'static>> {
+        vec![
+            ns.into(),
+            self.keys.into(),
+            self.accounts.into(),
+            self.resources.into(),
+            self.quantities.into(),
+            self.occurred.into(),
+            self.starts.into(),
+            self.ends.into(),
+            self.overage.into(),
+            self.overage_quantities.into(),
+            self.used.into(),
+            self.allowed.into(),
+            self.statuses.into(),
+            self.metadata.into(),
+        ]
+    }
+}
