@@ -47,6 +47,8 @@ pub struct Inner {
     pub http: reqwest::Client,
     /// Outbound webhooks: no redirects followed (an endpoint answers for itself).
     pub webhook_http: reqwest::Client,
+    /// Group commit of concurrent `meter_consumption` calls; `None`: off.
+    pub group_commit: Option<db::group::GroupCommit>,
 }
 
 #[derive(Clone)]
@@ -76,7 +78,10 @@ impl AppState {
             .timeout(config.webhook_timeout)
             .build()
             .map_err(|e| StartupError::HttpClient(e.to_string()))?;
+        let group_commit =
+            db::group::GroupCommit::new(config.group_commit_window, config.group_commit_max);
         Ok(AppState(Arc::new(Inner {
+            group_commit,
             config,
             pools,
             jwt,

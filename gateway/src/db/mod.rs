@@ -27,6 +27,7 @@ use crate::infra::auth::{Claims, Role};
 use crate::infra::config::Config;
 use crate::infra::startup::StartupError;
 
+pub mod group;
 pub mod schema;
 
 /// Bound on cached statements per connection (view queries vary with their filters).

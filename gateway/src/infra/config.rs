@@ -59,6 +59,11 @@ pub struct Config {
     pub webhook_timeout: Duration,
     /// How often the background worker runs `mec.purge_expired` in every namespace; `None`: never.
     pub purge_interval: Option<Duration>,
+    /// Group commit of concurrent `meter_consumption` calls (`db/group.rs`): how long a group
+    /// waits for more calls (`MEC_GROUP_COMMIT_US`, default 1 000 µs; 0 turns grouping off) ...
+    pub group_commit_window: Duration,
+    /// ... and the most calls in one group (`MEC_GROUP_COMMIT_MAX`, default 64).
+    pub group_commit_max: usize,
 }
 
 pub const MIN_SECRET_LEN: usize = 32;
@@ -140,6 +145,10 @@ impl Config {
             webhook_interval: (!webhooks.is_zero()).then_some(webhooks),
             webhook_timeout: millis(&get, "MEC_WEBHOOK_TIMEOUT_MS", 10_000, false)?,
             purge_interval: (!purge.is_zero()).then_some(purge),
+            group_commit_window: Duration::from_micros(
+                int(&get, "MEC_GROUP_COMMIT_US", 1_000)? as u64
+            ),
+            group_commit_max: int(&get, "MEC_GROUP_COMMIT_MAX", 64)?.clamp(1, 1_000),
         })
     }
 }

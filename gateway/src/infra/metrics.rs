@@ -38,6 +38,9 @@ pub struct Gauges {
     pub schema_loaded: bool,
     pub functions: usize,
     pub views: usize,
+    /// Group commit: transactions run for groups, and the calls they answered.
+    pub group_commits: u64,
+    pub grouped_calls: u64,
 }
 
 impl Metrics {
@@ -145,6 +148,24 @@ impl Metrics {
         for (name, help, v) in gauges {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
         }
+        let counters = [
+            (
+                "mec_gateway_group_commits_total",
+                "Transactions run for groups of meter_consumption calls.",
+                g.group_commits,
+            ),
+            (
+                "mec_gateway_grouped_calls_total",
+                "meter_consumption calls answered from a group's transaction.",
+                g.grouped_calls,
+            ),
+        ];
+        for (name, help, v) in counters {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+            );
+        }
         out
     }
 }
@@ -166,6 +187,8 @@ mod tests {
             schema_loaded: true,
             functions: 2,
             views: 1,
+            group_commits: 3,
+            grouped_calls: 40,
         });
         assert!(text.contains(
             "mec_gateway_http_requests_total{route=\"/api/{view}\",method=\"GET\",status=\"200\"} 2"
@@ -173,6 +196,7 @@ mod tests {
         assert!(text.contains("le=\"0.005\"} 1"));
         assert!(text.contains("le=\"0.5\"} 2"));
         assert!(text.contains("le=\"+Inf\"} 2"));
+        assert!(text.contains("mec_gateway_grouped_calls_total 40"));
         assert!(text.contains("mec_gateway_db_pool_max_connections 4"));
     }
 }

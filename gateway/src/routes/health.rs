@@ -76,6 +76,8 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
             .as_ref()
             .map_or(0, |c| c.functions.values().map(Vec::len).sum()),
         views: cache.as_ref().map_or(0, |c| c.views.len()),
+        group_commits: state.group_commit.as_ref().map_or(0, |g| g.stats().0),
+        grouped_calls: state.group_commit.as_ref().map_or(0, |g| g.stats().1),
     });
     let mut r = text.into_response();
     r.headers_mut().insert(

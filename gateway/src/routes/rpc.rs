@@ -13,6 +13,7 @@ use serde_json::value::RawValue;
 use super::respond::{
     content_range, first_element, json_response, single_object_error, JSON, OBJECT,
 };
+use crate::db::group::Outcome;
 use crate::db::schema::not_loaded;
 use crate::db::{self, Caller, RequestCtx};
 use crate::error::ApiError;
@@ -106,6 +107,30 @@ pub async fn rpc_post(
     let text = if text.is_empty() { "{}" } else { text };
     // Validate first, so any malformed body is PGRST102 whatever the function.
     let value: serde_json::Value = serde_json::from_str(text).map_err(|_| invalid_json())?;
+    // Concurrent meter_consumption calls of one caller share a transaction (db/group.rs); the
+    // ticket counts this call in flight until it is answered, grouped or alone.
+    let mut _ticket = None;
+    if let (Some(group), true) = (state.group_commit.as_ref(), name == "meter_consumption") {
+        if let Some(event) = grouped_event(&method, &uri, &headers, text) {
+            let ticket = group.enter(&claims);
+            match group
+                .submit(&ticket, &state.pools, &claims, &headers, event)
+                .await
+            {
+                Outcome::Recorded(v) => {
+                    let (_, range) = content_range(0, 1, None);
+                    return Ok(json_response(StatusCode::OK, v.to_string(), &range, JSON));
+                }
+                Outcome::Rejected(err) => {
+                    return Err(ApiError::Db {
+                        err,
+                        instance: Some(uri.path().to_string()),
+                    })
+                }
+                Outcome::Alone => _ticket = Some(ticket),
+            }
+        }
+    }
     let c = Call {
         method: &method,
         uri: &uri,
@@ -134,6 +159,70 @@ pub async fn rpc_post(
         .map(|(k, v)| classify(&v).map(|g| (k, g)))
         .collect::<Result<HashMap<_, _>, _>>()?;
     call(&state, c, &name, args, None).await
+}
+
+/// The batch event of a `meter_consumption` call that may be grouped: a plain JSON POST (no query
+/// string, no `Prefer`, JSON accepted) whose arguments are the function's, typed as the batch reads
+/// them. Values are passed as sent (numbers keep every digit). `None`: the call runs alone.
+fn grouped_event(method: &Method, uri: &Uri, headers: &HeaderMap, body: &str) -> Option<String> {
+    const FIELDS: [&str; 8] = [
+        "idempotency_key",
+        "account_id",
+        "resource_type",
+        "quantity",
+        "occurred_at",
+        "metadata",
+        "http_status",
+        "dimensions",
+    ];
+    if method != Method::POST
+        || uri.query().is_some()
+        || headers.contains_key("prefer")
+        || !matches!(negotiate(headers), Ok(Accept::Json))
+    {
+        return None;
+    }
+    let raw: HashMap<String, Box<RawValue>> = serde_json::from_str(body).ok()?;
+    let mut fields = Vec::with_capacity(raw.len());
+    for (name, v) in &raw {
+        let field = name.strip_prefix("p_").filter(|f| FIELDS.contains(f))?;
+        let typed = match serde_json::from_str::<serde_json::Value>(v.get()).ok()? {
+            serde_json::Value::String(s) => match field {
+                "idempotency_key" | "resource_type" => true,
+                "account_id" => uuid::Uuid::parse_str(&s).is_ok(),
+                // RFC 3339 with an offset: read the same by the batch and by Postgres
+                "occurred_at" => {
+                    let b = s.as_bytes();
+                    s.is_ascii()
+                        && b.len() >= 20
+                        && (matches!(b[b.len() - 1], b'Z' | b'z')
+                            || matches!(b[b.len() - 6], b'+' | b'-'))
+                }
+                _ => false,
+            },
+            serde_json::Value::Number(n) => match field {
+                "quantity" => true,
+                "http_status" => n.is_i64(),
+                _ => false,
+            },
+            serde_json::Value::Object(_) => matches!(field, "metadata" | "dimensions"),
+            _ => false,
+        };
+        if !typed {
+            return None;
+        }
+        fields.push(format!("{}:{}", serde_json::Value::from(field), v.get()));
+    }
+    let required = [
+        "p_idempotency_key",
+        "p_account_id",
+        "p_resource_type",
+        "p_quantity",
+    ];
+    if !required.iter().all(|k| raw.contains_key(*k)) {
+        return None;
+    }
+    Some(format!("{{{}}}", fields.join(",")))
 }
 
 /// GET and HEAD. A body (py 1.x sends `{}`) is ignored.
