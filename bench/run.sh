@@ -46,6 +46,7 @@ DURATION=20
 RUNS=3
 CLIENTS="1 8 32"
 STANDARD="update_1stmt,naive_meter,mec_meter,simple_update,select_only,naive_check,mec_check,naive_meter_hot,mec_meter_hot"
+STANDARD+=",app_txn,mec_app_txn,insert1000,mec_batch1000"
 WORKLOADS="$STANDARD"
 SETUP=1
 LABEL=""
@@ -145,6 +146,12 @@ workload_args() {
     # the controls issue's figures: a rate window's check, three items in one decision or three calls
     mec_check_rate) echo "mec -s $SCALE -f $BENCH_DIR/check_rate.pgbench" ;;
     mec_meter_rate) echo "mec -s $SCALE -f $BENCH_DIR/meter_rate.pgbench" ;;
+    # issue 12's targets: the caller's own write transaction with and without a meter call; a batch
+    # of 1 000 events against the same rows as one multi-row INSERT
+    app_txn) echo "mec -s $SCALE -f $BENCH_DIR/app_txn.pgbench" ;;
+    mec_app_txn) echo "mec -s $SCALE -f $BENCH_DIR/mec_app_txn.pgbench" ;;
+    insert1000) echo "mec -s $SCALE -f $BENCH_DIR/insert1000.pgbench" ;;
+    mec_batch1000) echo "mec -s $SCALE -f $BENCH_DIR/batch1000.pgbench" ;;
     mec_meter_usage3) echo "mec -s $SCALE -f $BENCH_DIR/meter_usage3.pgbench" ;;
     mec_meter_single3) echo "mec -s $SCALE -f $BENCH_DIR/meter_single3.pgbench" ;;
     # a member at depth 3 (organisation → team → member), metered against its team's and organisation's pools
@@ -204,6 +211,15 @@ setup_db() {
           FROM generate_series($lo, $hi) AS g" >/dev/null
     say "  first event metered for $hi / $ACCOUNTS accounts"
   done
+  # The same for the rate window: each account's window built (from the ledger) before the runs.
+  for ((lo = 1; lo <= ACCOUNTS; lo += step)); do
+    hi=$((lo + step - 1 < ACCOUNTS ? lo + step - 1 : ACCOUNTS))
+    sql "$DB" -At -c "SELECT set_config('mec.namespace_id', '$NS', false)" \
+      -c "SELECT count(mec.meter_consumption(p_idempotency_key => 'warm-rate-' || g,
+                 p_account_id => md5(g::text)::uuid, p_resource_type => 'bench_rate', p_quantity => 1))
+          FROM generate_series($lo, $hi) AS g" >/dev/null
+  done
+  say "  rate windows: one request counted for each account"
 
   if [[ " ${WL[*]} " == *" mec_meter_member3 "* ]]; then setup_hierarchy; fi
 
@@ -238,6 +254,22 @@ setup_hierarchy() {
 
 setup_role() { bind_bench_role "$DB" "$ROLE" "$ROLE_PW" "$NS"; }
 
+# The caller's own tables, written by the bench role: bench_app.orders (app_txn, mec_app_txn) and
+# bench_app.events, the ledger's columns and its two B-tree indexes (insert1000). Idempotent, so
+# that --no-setup finds them too.
+setup_app_tables() {
+  sql "$DB" -q -c "CREATE SCHEMA IF NOT EXISTS bench_app" \
+    -c "CREATE TABLE IF NOT EXISTS bench_app.orders (id bigserial PRIMARY KEY, account_id uuid NOT NULL,
+          note text, created_at timestamptz NOT NULL DEFAULT now())" \
+    -c "CREATE TABLE IF NOT EXISTS bench_app.events (namespace_id uuid NOT NULL, idempotency_key text NOT NULL,
+          account_id uuid NOT NULL, resource_type text NOT NULL, quantity numeric NOT NULL,
+          occurred_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (namespace_id, idempotency_key))" \
+    -c "CREATE INDEX IF NOT EXISTS events_by_account ON bench_app.events (namespace_id, account_id, occurred_at)" \
+    -c "GRANT USAGE ON SCHEMA bench_app TO $ROLE" \
+    -c "GRANT INSERT ON bench_app.orders, bench_app.events TO $ROLE" \
+    -c "GRANT USAGE ON SEQUENCE bench_app.orders_id_seq TO $ROLE"
+}
+
 as_role() { env PGUSER="$ROLE" PGPASSWORD="$ROLE_PW" "$@"; }
 
 if ((SETUP)); then
@@ -248,6 +280,7 @@ else
   say "reusing database $DB"
 fi
 setup_role
+setup_app_tables
 
 # Check that the role sees the bench namespace through RLS, as a real caller would.
 probe="$(as_role "$PSQL" -X -At -v ON_ERROR_STOP=1 -d "$DB" \
