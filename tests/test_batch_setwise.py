@@ -214,3 +214,22 @@ def test_concurrent_batches_never_pass_a_limit_nor_deadlock(new_namespace, conne
         "SELECT account_id::text, sum(used) FROM mec_data.usage_counters WHERE namespace_id = %s::uuid"
         " AND resource_type = 'units' GROUP BY 1", (ns,)).fetchall())
     assert counters == per_account
+
+
+def test_a_pooled_member_keeps_the_batch_in_order_even_under_a_repeated_key(new_namespace, connect, database_url):
+    """A member's event counts in its parent's counter: when the member's key is sent twice, the
+    parent's own later event must still be decided after it (everything goes one by one)."""
+    member = MEMBER
+    events = [{"idempotency_key": "k", "account_id": member, "resource_type": "units", "quantity": 5},
+              {"idempotency_key": "p1", "account_id": ACCOUNTS[0], "resource_type": "units", "quantity": 5},
+              {"idempotency_key": "k", "account_id": member, "resource_type": "units", "quantity": 5}]
+    x = setup_namespace(new_namespace, connect, True, database_url)
+    y = setup_namespace(new_namespace, connect, True, database_url)
+    try:
+        compare(x, y, events)
+        statuses = [r["status"] for r in
+                    x.execute("SELECT mec.meter_consumption_batch(%s)", (adapt(events),)).fetchone()[0]["results"]]
+        assert statuses == ["recorded", "rejected", "recorded"], statuses
+    finally:
+        x.close()
+        y.close()

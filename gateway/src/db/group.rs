@@ -148,17 +148,18 @@ impl GroupCommit {
             }
         };
         if leader {
+            // Should this request be dropped while it waits (its client gone, its timeout), the
+            // guard closes the group and sends its calls alone: none waits for a leader that left.
+            let mut closing = Closing {
+                gc: self,
+                key,
+                group: &group,
+            };
             tokio::select! {
                 _ = tokio::time::sleep(self.window) => {}
                 _ = group.full.notified() => {}
             }
-            {
-                let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-                if open.get(key).is_some_and(|g| Arc::ptr_eq(g, &group)) {
-                    open.remove(key);
-                }
-            }
-            let calls = std::mem::take(&mut *group.calls.lock().unwrap_or_else(|p| p.into_inner()));
+            let calls = closing.close();
             let n = calls.len() as u64;
             if run(pools, claims, headers, calls).await {
                 self.commits.fetch_add(1, Ordering::Relaxed);
@@ -166,6 +167,39 @@ impl GroupCommit {
             }
         }
         rx.await.unwrap_or(Outcome::Alone)
+    }
+}
+
+/// A leader's open group: [`Closing::close`] takes it out of the map with its calls; dropped
+/// before that, it answers every call [`Outcome::Alone`].
+struct Closing<'a> {
+    gc: &'a GroupCommit,
+    key: &'a str,
+    group: &'a Arc<Group>,
+}
+
+impl Closing<'_> {
+    fn close(&mut self) -> Vec<Waiting> {
+        {
+            let mut open = self.gc.open.lock().unwrap_or_else(|p| p.into_inner());
+            if open
+                .get(self.key)
+                .is_some_and(|g| Arc::ptr_eq(g, self.group))
+            {
+                open.remove(self.key);
+            }
+        }
+        std::mem::take(&mut *self.group.calls.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+impl Drop for Closing<'_> {
+    fn drop(&mut self) {
+        // After close() the calls are gone and this sends nothing; their replies, dropped with a
+        // run that never finished, read as Alone too.
+        for w in self.close() {
+            let _ = w.reply.send(Outcome::Alone);
+        }
     }
 }
 

@@ -110,7 +110,8 @@ pub async fn rpc_post(
     // Concurrent meter_consumption calls of one caller share a transaction (db/group.rs); the
     // ticket counts this call in flight until it is answered, grouped or alone.
     let mut _ticket = None;
-    if let (Some(group), true) = (state.group_commit.as_ref(), name == "meter_consumption") {
+    let grouping = name == "meter_consumption" && state.schema.get().is_some();
+    if let (Some(group), true) = (state.group_commit.as_ref(), grouping) {
         if let Some(event) = grouped_event(&method, &uri, &headers, text) {
             let ticket = group.enter(&claims);
             match group
@@ -162,15 +163,17 @@ pub async fn rpc_post(
 }
 
 /// The batch event of a `meter_consumption` call that may be grouped: a plain JSON POST (no query
-/// string, no `Prefer`, JSON accepted) whose arguments are the function's, typed as the batch reads
-/// them. Values are passed as sent (numbers keep every digit). `None`: the call runs alone.
+/// string, no `Prefer`, JSON accepted) whose arguments are the function's (no `p_occurred_at`), typed
+/// as both the batch and Postgres read them alike. Values are passed as sent (numbers keep every
+/// digit). `None`: the call runs alone.
 fn grouped_event(method: &Method, uri: &Uri, headers: &HeaderMap, body: &str) -> Option<String> {
-    const FIELDS: [&str; 8] = [
+    // No p_occurred_at: Postgres reads more instants than the batch's RFC 3339 (and rounds what
+    // the batch would truncate), so a dated call runs alone.
+    const FIELDS: [&str; 7] = [
         "idempotency_key",
         "account_id",
         "resource_type",
         "quantity",
-        "occurred_at",
         "metadata",
         "http_status",
         "dimensions",
@@ -188,16 +191,10 @@ fn grouped_event(method: &Method, uri: &Uri, headers: &HeaderMap, body: &str) ->
         let field = name.strip_prefix("p_").filter(|f| FIELDS.contains(f))?;
         let typed = match serde_json::from_str::<serde_json::Value>(v.get()).ok()? {
             serde_json::Value::String(s) => match field {
-                "idempotency_key" | "resource_type" => true,
-                "account_id" => uuid::Uuid::parse_str(&s).is_ok(),
-                // RFC 3339 with an offset: read the same by the batch and by Postgres
-                "occurred_at" => {
-                    let b = s.as_bytes();
-                    s.is_ascii()
-                        && b.len() >= 20
-                        && (matches!(b[b.len() - 1], b'Z' | b'z')
-                            || matches!(b[b.len() - 6], b'+' | b'-'))
-                }
+                // blank strings are a call's own 22023
+                "idempotency_key" | "resource_type" => !s.trim().is_empty(),
+                // the hyphenated form only, as Postgres reads a uuid
+                "account_id" => s.len() == 36 && uuid::Uuid::parse_str(&s).is_ok(),
                 _ => false,
             },
             serde_json::Value::Number(n) => match field {

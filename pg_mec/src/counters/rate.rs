@@ -45,6 +45,17 @@ impl RateKey<'_> {
     }
 }
 
+/// The ledger rows a window counts: `$1` namespace, `$2` account, `$3` resource, after `$4`,
+/// carrying `$5` = `$6` when `$5` is not NULL (a dimension-scoped window). Every statement over the
+/// ledger below numbers these parameters so.
+macro_rules! counted_events {
+    () => {
+        "FROM mec_data.consumption
+          WHERE namespace_id = $1 AND account_id = $2 AND resource_type = $3 AND occurred_at > $4
+            AND billable AND entry_type = 'usage' AND ($5::text IS NULL OR dimensions ->> $5 = $6)"
+    };
+}
+
 stmt! {
     /// Locks the window's row: callers of one window take turns, as on a counter row.
     /// It also reads the running total through `$4` — valid only if no other holder counted an
@@ -95,27 +106,26 @@ stmt! {
 
 stmt! {
     /// Creates a missing window from the ledger: its row (the total of what is kept)...
-    static CREATE: write (ns: uuid, account_id: uuid, counter: text, kept_from: timestamptz,
-                          resource_type: text, dimension: text, value: text) =
-        "INSERT INTO mec_data.rate_windows (namespace_id, account_id, counter, kept_from, total, seq)
-         SELECT $1, $2, $3, $4, coalesce(sum(quantity), 0), count(*)
-           FROM mec_data.consumption
-          WHERE namespace_id = $1 AND account_id = $2 AND resource_type = $5 AND occurred_at > $4
-            AND billable AND entry_type = 'usage' AND ($6::text IS NULL OR dimensions ->> $6 = $7)
-         ON CONFLICT DO NOTHING
-         RETURNING true";
+    static CREATE: write (ns: uuid, account_id: uuid, resource_type: text, kept_from: timestamptz,
+                          dimension: text, value: text, counter: text) =
+        concat!(
+            "INSERT INTO mec_data.rate_windows (namespace_id, account_id, counter, kept_from, total, seq)
+             SELECT $1, $2, $7, $4, coalesce(sum(quantity), 0), count(*) ",
+            counted_events!(),
+            " ON CONFLICT DO NOTHING RETURNING true"
+        );
 }
 
 stmt! {
     /// ... and its entries, with their running totals in time order.
-    static LOAD: write (ns: uuid, account_id: uuid, counter: text, kept_from: timestamptz,
-                        resource_type: text, dimension: text, value: text) =
-        "INSERT INTO mec_data.rate_entries (namespace_id, account_id, counter, at, seq, quantity, cum)
-         SELECT $1, $2, $3, occurred_at, row_number() OVER w, quantity, sum(quantity) OVER w
-           FROM mec_data.consumption
-          WHERE namespace_id = $1 AND account_id = $2 AND resource_type = $5 AND occurred_at > $4
-            AND billable AND entry_type = 'usage' AND ($6::text IS NULL OR dimensions ->> $6 = $7)
-         WINDOW w AS (ORDER BY occurred_at, consumption_id)";
+    static LOAD: write (ns: uuid, account_id: uuid, resource_type: text, kept_from: timestamptz,
+                        dimension: text, value: text, counter: text) =
+        concat!(
+            "INSERT INTO mec_data.rate_entries (namespace_id, account_id, counter, at, seq, quantity, cum)
+             SELECT $1, $2, $7, occurred_at, row_number() OVER w, quantity, sum(quantity) OVER w ",
+            counted_events!(),
+            " WINDOW w AS (ORDER BY occurred_at, consumption_id)"
+        );
 }
 
 stmt! {
@@ -174,33 +184,34 @@ stmt! {
     /// The window from the ledger: billable usage after `$4` recorded by `$7` (NULL: now).
     static LEDGER_USED: read (ns: uuid, account_id: uuid, resource_type: text, after: timestamptz,
                               dimension: text, value: text, recorded_by: timestamptz) =
-        "SELECT coalesce(sum(quantity), 0) AS used, max(recorded_at) AS updated
-           FROM mec_data.consumption
-          WHERE namespace_id = $1 AND account_id = $2 AND resource_type = $3 AND occurred_at > $4
-            AND billable AND entry_type = 'usage' AND ($5::text IS NULL OR dimensions ->> $5 = $6)
-            AND ($7::timestamptz IS NULL OR recorded_at <= $7)";
+        concat!(
+            "SELECT coalesce(sum(quantity), 0) AS used, max(recorded_at) AS updated ",
+            counted_events!(),
+            " AND ($7::timestamptz IS NULL OR recorded_at <= $7)"
+        );
 }
 
 stmt! {
     /// `FIT_ENTRY` from the ledger: the first event after `$4` through which `$7` is counted.
     static LEDGER_FIT: read (ns: uuid, account_id: uuid, resource_type: text, after: timestamptz,
                              dimension: text, value: text, need: numeric) =
-        "SELECT occurred_at FROM (
-              SELECT occurred_at, sum(quantity) OVER (ORDER BY occurred_at, consumption_id) AS cum
-                FROM mec_data.consumption
-               WHERE namespace_id = $1 AND account_id = $2 AND resource_type = $3 AND occurred_at > $4
-                 AND billable AND entry_type = 'usage' AND ($5::text IS NULL OR dimensions ->> $5 = $6)) s
-          WHERE cum >= $7 ORDER BY occurred_at LIMIT 1";
+        concat!(
+            "SELECT occurred_at FROM (
+                  SELECT occurred_at, sum(quantity) OVER (ORDER BY occurred_at, consumption_id) AS cum ",
+            counted_events!(),
+            ") s WHERE cum >= $7 ORDER BY occurred_at LIMIT 1"
+        );
 }
 
 stmt! {
     /// The first billable usage event after `$4` recorded by `$7` (NULL: now): the next to leave.
     static LEDGER_FIRST: read (ns: uuid, account_id: uuid, resource_type: text, after: timestamptz,
                                dimension: text, value: text, recorded_by: timestamptz) =
-        "SELECT min(occurred_at) FROM mec_data.consumption
-          WHERE namespace_id = $1 AND account_id = $2 AND resource_type = $3 AND occurred_at > $4
-            AND billable AND entry_type = 'usage' AND ($5::text IS NULL OR dimensions ->> $5 = $6)
-            AND ($7::timestamptz IS NULL OR recorded_at <= $7)";
+        concat!(
+            "SELECT min(occurred_at) ",
+            counted_events!(),
+            " AND ($7::timestamptz IS NULL OR recorded_at <= $7)"
+        );
 }
 
 /// A window's row as locked.
@@ -223,6 +234,10 @@ pub struct RateUsage {
 fn in_recovery() -> bool {
     // SAFETY: reads shared recovery state; callable from any backend.
     unsafe { pgrx::pg_sys::RecoveryInProgress() }
+}
+
+fn instant(t: Option<TimestampWithTimeZone>) -> MecResult<Option<i64>> {
+    t.map(unix_us).transpose()
 }
 
 fn decimal(v: Option<AnyNumeric>) -> MecResult<Decimal> {
@@ -259,21 +274,14 @@ fn log_used_after(
     .first() else {
         return Ok(None);
     };
-    let kept_from = row
-        .get::<TimestampWithTimeZone>("kept_from")?
-        .map(unix_us)
-        .transpose()?
-        .unwrap_or(i64::MAX);
+    let kept_from = instant(row.get::<TimestampWithTimeZone>("kept_from")?)?.unwrap_or(i64::MAX);
     if from_us < kept_from {
         return Ok(None);
     }
     Ok(Some((
         RateUsage {
             used: decimal(row.get::<AnyNumeric>("used")?)?,
-            updated_us: row
-                .get::<TimestampWithTimeZone>("updated_at")?
-                .map(unix_us)
-                .transpose()?,
+            updated_us: instant(row.get::<TimestampWithTimeZone>("updated_at")?)?,
         },
         decimal(row.get::<AnyNumeric>("total")?)?,
     )))
@@ -329,7 +337,7 @@ pub fn ledger_used(
     .two::<AnyNumeric, TimestampWithTimeZone>("used", "updated")?;
     Ok(RateUsage {
         used: decimal(used)?,
-        updated_us: updated.map(unix_us).transpose()?,
+        updated_us: instant(updated)?,
     })
 }
 
@@ -360,10 +368,7 @@ pub fn next_drop_at(
         ],
     )?
     .one::<TimestampWithTimeZone>()?;
-    Ok(first
-        .map(unix_us)
-        .transpose()?
-        .map(|t| (t + key.window_us).max(at_us)))
+    Ok(instant(first)?.map(|t| (t + key.window_us).max(at_us)))
 }
 
 /// The window's usage at `at_us` (no lock): from its log when that covers it, else the ledger.
@@ -446,10 +451,7 @@ pub fn fit_at(
             .one::<TimestampWithTimeZone>()?
         }
     };
-    Ok(found
-        .map(unix_us)
-        .transpose()?
-        .map(|leaves| (leaves + key.window_us).max(at_us)))
+    Ok(instant(found)?.map(|leaves| (leaves + key.window_us).max(at_us)))
 }
 
 fn lock_row(
@@ -483,11 +485,7 @@ fn lock_row(
         },
         total: decimal(r.get::<AnyNumeric>("total")?)?,
         base: decimal(r.get::<AnyNumeric>("base")?)?,
-        kept_from_us: r
-            .get::<TimestampWithTimeZone>("kept_from")?
-            .map(unix_us)
-            .transpose()?
-            .unwrap_or(i64::MAX),
+        kept_from_us: instant(r.get::<TimestampWithTimeZone>("kept_from")?)?.unwrap_or(i64::MAX),
     }))
 }
 
@@ -511,11 +509,11 @@ pub fn lock(
         let args = [
             ns.into(),
             key.account_id.into(),
-            counter.as_str().into(),
-            kept_from.into(),
             key.resource_type.into(),
+            kept_from.into(),
             dimension.into(),
             value.into(),
+            counter.as_str().into(),
         ];
         if spi::write(client, &CREATE, &args)?.one::<bool>()?.is_some() {
             spi::write(client, &LOAD, &args)?;

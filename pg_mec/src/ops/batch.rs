@@ -203,15 +203,14 @@ fn route(
                 continue;
             }
         };
-        if sent.get(&ev.key).copied().unwrap_or(0) > 1 {
-            single.push((i, ev));
-            continue;
-        }
+        let twice = sent.get(&ev.key).copied().unwrap_or(0) > 1;
         match batch_setwise::classify(client, ns, ev, now_us) {
-            Route::Plain(mut p) => {
+            Route::Plain(mut p) if !twice => {
                 p.index = i;
                 plain.push(*p);
             }
+            // (a key sent twice goes one by one, but still tells whether it is pooled)
+            Route::Plain(p) => single.push((i, p.event)),
             Route::Single { event, pooled: p } => {
                 pooled |= p;
                 single.push((i, event));

@@ -3,8 +3,8 @@
 //! A plain event is one `meter_consumption` would meter through `METER_PLAIN` alone: a metered or
 //! gauge resource, billable, no dimensions, an account whose entitlement pools nothing (no
 //! parent), a counter neither striped, hot nor holding reservations, a key sent once in the batch.
-//! Their counters are created and locked in one statement each (in key order, so concurrent
-//! batches never deadlock on each other), the events decided in the batch's order against running
+//! Their counters are created (those missing) and locked in one statement each, in key order (so
+//! concurrent batches never deadlock on each other), the events decided in the batch's order against running
 //! totals exactly as one by one, their ledger rows written in one `INSERT`, and each counter
 //! changed once. Every other event is metered one by one (`ops/batch.rs`); its counter is never
 //! one of these, so the order between the two halves changes no answer.
@@ -12,7 +12,8 @@
 //! One difference, documented in docs/CONTRACT.md: when another transaction records one of the
 //! batch's keys while the batch runs (its `INSERT` then finds the key taken), that event answers as
 //! a replay, and later events of the batch on the same counter were decided counting it — they
-//! may be refused where they would have fit, never let through past a limit.
+//! may be refused where they would have fit, never let through past a limit; those let through
+//! are counted and recorded without it.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -38,8 +39,7 @@ use crate::pg::values::{timestamptz, to_decimal, to_numeric, unix_us};
 use crate::pg::{MecError, MecResult};
 
 stmt! {
-    /// Locks the counters that exist, in key order: their totals, and whether each can be metered
-    /// set-wise.
+    /// Locks the counters, in key order: their totals, and whether each can be metered set-wise.
     static LOCK_COUNTERS: write (ns: uuid, accounts: uuid_array, resources: text_array, starts: timestamptz_array) =
         "SELECT u.account_id, u.resource_type, u.period_start, u.used, u.striped, u.has_holds
            FROM mec_data.usage_counters u
@@ -51,7 +51,7 @@ stmt! {
 }
 
 stmt! {
-    /// Creates the missing ones, in key order (then LOCK_COUNTERS locks them).
+    /// Creates those missing, in key order (then LOCK_COUNTERS locks them all).
     static CREATE_COUNTERS: write (ns: uuid, accounts: uuid_array, resources: text_array,
                                    starts: timestamptz_array, ends: timestamptz_array) =
         "INSERT INTO mec_data.usage_counters (namespace_id, account_id, resource_type, period_start, slot, period_end)
@@ -90,6 +90,14 @@ stmt! {
                      overage, overage_quantity, quantity_used, quantity_allowed, http_status, metadata)
          ON CONFLICT (namespace_id, idempotency_key) DO NOTHING
          RETURNING idempotency_key::text AS idempotency_key, consumption_id";
+}
+
+stmt! {
+    /// A ledger row counted again (see `meter`: a key recorded meanwhile by another transaction).
+    static RECOUNT_ROW: write (ns: uuid, key: text, quantity_used: numeric, overage: bool,
+                               overage_quantity: numeric) =
+        "UPDATE mec_data.consumption SET quantity_used = $3, overage = $4, overage_quantity = $5
+          WHERE namespace_id = $1 AND idempotency_key = $2";
 }
 
 stmt! {
@@ -142,9 +150,6 @@ pub fn classify(client: &SpiClient<'_>, ns: Uuid, ev: Event, now_us: i64) -> Rou
     let mut pooled = false;
     let plain = (|| -> MecResult<Option<(Effective, Window)>> {
         ev.validate()?;
-        if !ev.dimensions.is_empty() {
-            return Ok(None);
-        }
         metering::check_time(client, ns, ev.occurred_us, now_us)?;
         let eff = entitlement::resolve_for_use(
             client,
@@ -157,6 +162,7 @@ pub fn classify(client: &SpiClient<'_>, ns: Uuid, ev: Event, now_us: i64) -> Rou
         pooled = eff.parent.is_some();
         if !matches!(eff.kind, Kind::Metered | Kind::Gauge)
             || pooled
+            || !ev.dimensions.is_empty()
             || !is_billable(&eff.billable, ev.http_status)
         {
             return Ok(None);
@@ -205,15 +211,13 @@ impl Counters {
     }
 }
 
-/// Locks the counters of `wanted` that exist (key order) and adds them to `found`; `totals` gets
-/// those that may be metered set-wise (not striped, holding no reservations).
+/// Locks the counters of `wanted` (key order); returns the totals of those that may be metered
+/// set-wise (not striped, holding no reservations).
 fn lock(
     client: &mut SpiClient<'_>,
     ns: Uuid,
     wanted: &Counters,
-    totals: &mut HashMap<Key, Decimal>,
-    found: &mut HashSet<Key>,
-) -> MecResult<()> {
+) -> MecResult<HashMap<Key, Decimal>> {
     let rows = spi::write(
         client,
         &LOCK_COUNTERS,
@@ -224,6 +228,7 @@ fn lock(
             wanted.starts.clone().into(),
         ],
     )?;
+    let mut totals = HashMap::new();
     for row in rows {
         let account = row.get::<Uuid>("account_id")?;
         let resource = row.get::<String>("resource_type")?;
@@ -231,8 +236,6 @@ fn lock(
         let (Some(account), Some(resource), Some(start)) = (account, resource, start) else {
             continue;
         };
-        let key = (account, resource, unix_us(start)?);
-        found.insert(key.clone());
         if row.get::<bool>("striped")?.unwrap_or(false)
             || row.get::<bool>("has_holds")?.unwrap_or(false)
         {
@@ -244,10 +247,11 @@ fn lock(
             .map(to_decimal)
             .transpose()?
             .unwrap_or_default();
-        totals.insert(key, used);
+        totals.insert((account, resource, unix_us(start)?), used);
     }
-    Ok(())
+    Ok(totals)
 }
+
 /// Decides and records `plain` (in batch order).
 pub fn meter(client: &mut SpiClient<'_>, ns: Uuid, plain: Vec<Plain>) -> MecResult<Decided> {
     if plain.is_empty() {
@@ -260,24 +264,21 @@ pub fn meter(client: &mut SpiClient<'_>, ns: Uuid, plain: Vec<Plain>) -> MecResu
     for p in &plain {
         wanted.insert(key_of(p), p.window.end_us);
     }
-    let mut totals: HashMap<Key, Decimal> = HashMap::new();
-    let mut found: HashSet<Key> = HashSet::new();
-    lock(client, ns, &Counters::of(&wanted), &mut totals, &mut found)?;
-    let missing = Counters::of(wanted.iter().filter(|(k, _)| !found.contains(*k)));
-    if !missing.accounts.is_empty() {
-        spi::write(
-            client,
-            &CREATE_COUNTERS,
-            &[
-                ns.into(),
-                missing.accounts.clone().into(),
-                missing.resources.clone().into(),
-                missing.starts.clone().into(),
-                missing.ends.clone().into(),
-            ],
-        )?;
-        lock(client, ns, &missing, &mut totals, &mut found)?;
-    }
+    // Created (those missing) and then locked, all in key order: two batches never wait for each
+    // other in opposite orders.
+    let counters = Counters::of(&wanted);
+    spi::write(
+        client,
+        &CREATE_COUNTERS,
+        &[
+            ns.into(),
+            counters.accounts.clone().into(),
+            counters.resources.clone().into(),
+            counters.starts.clone().into(),
+            counters.ends.clone().into(),
+        ],
+    )?;
+    let mut totals = lock(client, ns, &counters)?;
     let (plain, back): (Vec<Plain>, Vec<Plain>) = plain
         .into_iter()
         .partition(|p| totals.contains_key(&key_of(p)));
@@ -288,6 +289,7 @@ pub fn meter(client: &mut SpiClient<'_>, ns: Uuid, plain: Vec<Plain>) -> MecResu
         .filter_map(|r| r.get::<String>("idempotency_key").ok().flatten())
         .collect();
 
+    let locked = totals.clone();
     let mut outcomes: Vec<(usize, MecResult<Value>)> = Vec::new();
     // Accepted events: (position in `plain`, usage after it).
     let mut accepted: Vec<(usize, Decimal)> = Vec::new();
@@ -327,6 +329,41 @@ pub fn meter(client: &mut SpiClient<'_>, ns: Uuid, plain: Vec<Plain>) -> MecResu
                 row.get::<Uuid>("consumption_id")?,
             ) {
                 ids.insert(k, id);
+            }
+        }
+    }
+    if ids.len() < accepted.len() {
+        // Keys recorded meanwhile by another transaction: those events are replays now, and the
+        // events after them on their counters are counted again without them, ledger rows too
+        // (whether they fit was decided counting them: never past a limit).
+        let mut running = locked;
+        for (i, after) in accepted.iter_mut() {
+            let p = &plain[*i];
+            if !ids.contains_key(&p.event.key) {
+                continue;
+            }
+            let key = key_of(p);
+            let recount = running
+                .get(&key)
+                .copied()
+                .unwrap_or_default()
+                .saturating_add(p.event.quantity);
+            running.insert(key, recount);
+            if recount != *after {
+                *after = recount;
+                let (overage, overage_quantity) = overage_of(p, recount);
+                spi::write(
+                    client,
+                    &RECOUNT_ROW,
+                    &[
+                        ns.into(),
+                        p.event.key.as_str().into(),
+                        to_numeric(recount).into(),
+                        overage.into(),
+                        to_numeric(overage_quantity).into(),
+                    ],
+                )
+                .map_err(MecError::after_write)?;
             }
         }
     }
@@ -397,6 +434,21 @@ fn replay(client: &SpiClient<'_>, ns: Uuid, ev: &Event) -> MecResult<Value> {
         .ok_or_else(|| MecError::Internal(format!("key {} vanished from the ledger", ev.key)))
 }
 
+/// Whether `p` with usage `after` is overage, and how much of it (as METER_PLAIN records them;
+/// past no limit nothing is overage).
+fn overage_of(p: &Plain, after: Decimal) -> (bool, Decimal) {
+    match p.eff.policy.limit {
+        Some(l) => (
+            after > l,
+            after
+                .saturating_sub(l)
+                .min(p.event.quantity)
+                .max(Decimal::ZERO),
+        ),
+        None => (false, Decimal::ZERO),
+    }
+}
+
 /// The accepted events' ledger rows as RECORD_ALL takes them (parallel arrays), each as
 /// METER_PLAIN writes one.
 #[derive(Default)]
@@ -421,15 +473,7 @@ impl LedgerRows {
         let mut r = LedgerRows::default();
         for (p, after) in events {
             let limit = p.eff.policy.limit;
-            // Past no limit nothing is overage.
-            let overage_quantity = limit
-                .map(|l| {
-                    after
-                        .saturating_sub(l)
-                        .min(p.event.quantity)
-                        .max(Decimal::ZERO)
-                })
-                .unwrap_or(Decimal::ZERO);
+            let (overage, overage_quantity) = overage_of(p, after);
             let metadata = p.event.metadata.as_object().filter(|m| !m.is_empty());
             r.keys.push(p.event.key.clone());
             r.accounts.push(p.event.account_id);
@@ -438,7 +482,7 @@ impl LedgerRows {
             r.occurred.push(timestamptz(p.event.occurred_us));
             r.starts.push(timestamptz(p.window.start_us));
             r.ends.push(p.window.end_us.map(timestamptz));
-            r.overage.push(limit.is_some_and(|l| after > l));
+            r.overage.push(overage);
             r.overage_quantities.push(to_numeric(overage_quantity));
             r.used.push(to_numeric(after));
             r.allowed.push(limit.map(to_numeric));
