@@ -67,7 +67,9 @@ def exactly_once(conn, ns: str, keys: list[str]) -> None:
 
 def test_more_clients_than_connections_queue_then_503_never_hang(tenant):
     ns, account, token, conn = tenant
-    gw = Gateway(MEC_POOL_SIZE="2", MEC_POOL_TIMEOUT_MS="300")
+    # one call per connection: group commit (on by default) would let several calls share one
+    # (tests/gateway/test_group_commit.py); this test is about the pool's queue
+    gw = Gateway(MEC_POOL_SIZE="2", MEC_POOL_TIMEOUT_MS="300", MEC_GROUP_COMMIT_US="0")
     try:
         locker = lock_counter(ns, account)
         answers: dict[str, tuple[int, float, str | None]] = {}

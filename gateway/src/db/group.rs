@@ -8,7 +8,8 @@
 //! batch, and hands each call its answer. A call with nobody to share with runs alone at once, so
 //! a lone client pays nothing. When the batch's transaction fails as a whole (a lost connection, a
 //! serialization failure), every call of the group runs alone, as it would have without grouping:
-//! their keys make a retry of anything that did commit a replay.
+//! their keys make a retry of anything that did commit a replay. A group that never got a
+//! connection answers each call the 503 it would have had alone.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -20,7 +21,7 @@ use serde_json::Value;
 use tokio::sync::{oneshot, Notify};
 
 use crate::db::{self, Caller, Pools, RequestCtx};
-use crate::error::PgErrorInfo;
+use crate::error::{ApiError, PgErrorInfo};
 use crate::infra::auth::Claims;
 
 /// What one call of a group got.
@@ -31,6 +32,9 @@ pub enum Outcome {
     Rejected(PgErrorInfo),
     /// Not grouped (nobody to share with), or the group's transaction failed: run it alone.
     Alone,
+    /// The group never got a connection (pool timeout, database unreachable): what a call alone
+    /// would have been told after its own wait.
+    Unavailable(ApiError),
 }
 
 struct Waiting {
@@ -234,6 +238,24 @@ async fn run(pools: &Pools, claims: &Claims, headers: &HeaderMap, calls: Vec<Wai
             .and_then(Value::as_array)
             .cloned()
             .filter(|r| r.len() == calls.len()),
+        // No connection was had, nothing ran: each call gets the 503 it would have got alone,
+        // rather than a second wait in the same queue.
+        Err(ApiError::Unavailable {
+            status,
+            code: code @ ("PGRST000" | "PGRST003"),
+            message,
+            cause,
+        }) => {
+            for w in calls {
+                let _ = w.reply.send(Outcome::Unavailable(ApiError::Unavailable {
+                    status,
+                    code,
+                    message,
+                    cause: cause.clone(),
+                }));
+            }
+            return false;
+        }
         Err(e) => {
             tracing::warn!(error = %e, calls = calls.len(), "group commit failed; its calls run alone");
             None

@@ -128,6 +128,7 @@ pub async fn rpc_post(
                         instance: Some(uri.path().to_string()),
                     })
                 }
+                Outcome::Unavailable(e) => return Err(e),
                 Outcome::Alone => _ticket = Some(ticket),
             }
         }
