@@ -56,35 +56,47 @@ macro_rules! counted_events {
     };
 }
 
+/// The running total through the last entry of the window at or before `$4` (`$1` namespace,
+/// `$2` account, `$3` counter): NULL when none is kept, the caller falls back on the base. Every
+/// statement below that asks for it numbers these parameters so.
+macro_rules! running_total_through {
+    () => {
+        "(SELECT e.cum FROM mec_data.rate_entries e
+           WHERE e.namespace_id = $1 AND e.account_id = $2 AND e.counter = $3 AND e.at <= $4
+           ORDER BY e.at DESC, e.seq DESC LIMIT 1)"
+    };
+}
+
 stmt! {
     /// Locks the window's row: callers of one window take turns, as on a counter row.
     /// It also reads the running total through `$4` — valid only if no other holder counted an
     /// event since this statement's snapshot: when `seq` (the locked, latest row's) equals
     /// `seen_seq` (the snapshot's). Otherwise the caller reads it again (CUM_BEFORE).
     static LOCK: write (ns: uuid, account_id: uuid, counter: text, after: timestamptz) =
-        "SELECT w.total, w.base, w.kept_from, w.seq,
-                (SELECT s.seq FROM mec_data.rate_windows s
-                  WHERE s.namespace_id = $1 AND s.account_id = $2 AND s.counter = $3) AS seen_seq,
-                coalesce((SELECT e.cum FROM mec_data.rate_entries e
-                           WHERE e.namespace_id = $1 AND e.account_id = $2 AND e.counter = $3
-                             AND e.at <= $4
-                           ORDER BY e.at DESC, e.seq DESC LIMIT 1), w.base) AS before
-           FROM mec_data.rate_windows w
-          WHERE w.namespace_id = $1 AND w.account_id = $2 AND w.counter = $3
-          FOR UPDATE OF w";
+        concat!(
+            "SELECT w.total, w.base, w.kept_from, w.seq,
+                    (SELECT s.seq FROM mec_data.rate_windows s
+                      WHERE s.namespace_id = $1 AND s.account_id = $2 AND s.counter = $3) AS seen_seq,
+                    coalesce(",
+            running_total_through!(),
+            ", w.base) AS before
+               FROM mec_data.rate_windows w
+              WHERE w.namespace_id = $1 AND w.account_id = $2 AND w.counter = $3
+              FOR UPDATE OF w"
+        );
 }
 
 stmt! {
     /// The window's row and its usage after `$4` (`total` less the running total through `$4`), in
     /// one snapshot.
     static USED_AFTER: read (ns: uuid, account_id: uuid, counter: text, after: timestamptz) =
-        "SELECT w.total - coalesce((SELECT e.cum FROM mec_data.rate_entries e
-                                     WHERE e.namespace_id = $1 AND e.account_id = $2 AND e.counter = $3
-                                       AND e.at <= $4
-                                     ORDER BY e.at DESC, e.seq DESC LIMIT 1), w.base) AS used,
-                w.total, w.kept_from, w.updated_at
-           FROM mec_data.rate_windows w
-          WHERE w.namespace_id = $1 AND w.account_id = $2 AND w.counter = $3";
+        concat!(
+            "SELECT w.total - coalesce(",
+            running_total_through!(),
+            ", w.base) AS used, w.total, w.kept_from, w.updated_at
+               FROM mec_data.rate_windows w
+              WHERE w.namespace_id = $1 AND w.account_id = $2 AND w.counter = $3"
+        );
 }
 
 stmt! {
@@ -99,9 +111,7 @@ stmt! {
 stmt! {
     /// The running total through the last entry at or before `$4` (`$5`: the base, if none).
     static CUM_BEFORE: read (ns: uuid, account_id: uuid, counter: text, at: timestamptz, base: numeric) =
-        "SELECT coalesce((SELECT cum FROM mec_data.rate_entries
-                           WHERE namespace_id = $1 AND account_id = $2 AND counter = $3 AND at <= $4
-                           ORDER BY at DESC, seq DESC LIMIT 1), $5)";
+        concat!("SELECT coalesce(", running_total_through!(), ", $5)");
 }
 
 stmt! {
@@ -133,42 +143,45 @@ stmt! {
     /// come in time order but for clock drift), the new entry's is the total through `$4`. An event
     /// dated at or before the kept log only moves the base.
     static APPEND: write (ns: uuid, account_id: uuid, counter: text, at: timestamptz, quantity: numeric) =
-        "WITH head AS (
-              SELECT base, kept_from, seq FROM mec_data.rate_windows
-               WHERE namespace_id = $1 AND account_id = $2 AND counter = $3
-         ), shifted AS (
-              UPDATE mec_data.rate_entries SET cum = cum + $5
-               WHERE namespace_id = $1 AND account_id = $2 AND counter = $3 AND at > $4
-              RETURNING 1
-         ), entry AS (
-              INSERT INTO mec_data.rate_entries (namespace_id, account_id, counter, at, seq, quantity, cum)
-              SELECT $1, $2, $3, $4, head.seq + 1, $5,
-                     coalesce((SELECT cum FROM mec_data.rate_entries
-                                WHERE namespace_id = $1 AND account_id = $2 AND counter = $3 AND at <= $4
-                                ORDER BY at DESC, seq DESC LIMIT 1), head.base) + $5
-                FROM head WHERE $4 > head.kept_from
-         )
-         UPDATE mec_data.rate_windows
-            SET total = total + $5, seq = seq + 1, updated_at = now(),
-                base = base + CASE WHEN $4 <= kept_from THEN $5 ELSE 0 END
-          WHERE namespace_id = $1 AND account_id = $2 AND counter = $3";
+        concat!(
+            "WITH head AS (
+                  SELECT base, kept_from, seq FROM mec_data.rate_windows
+                   WHERE namespace_id = $1 AND account_id = $2 AND counter = $3
+             ), shifted AS (
+                  UPDATE mec_data.rate_entries SET cum = cum + $5
+                   WHERE namespace_id = $1 AND account_id = $2 AND counter = $3 AND at > $4
+                  RETURNING 1
+             ), entry AS (
+                  INSERT INTO mec_data.rate_entries (namespace_id, account_id, counter, at, seq, quantity, cum)
+                  SELECT $1, $2, $3, $4, head.seq + 1, $5, coalesce(",
+            running_total_through!(),
+            ", head.base) + $5
+                    FROM head WHERE $4 > head.kept_from
+             )
+             UPDATE mec_data.rate_windows
+                SET total = total + $5, seq = seq + 1, updated_at = now(),
+                    base = base + CASE WHEN $4 <= kept_from THEN $5 ELSE 0 END
+              WHERE namespace_id = $1 AND account_id = $2 AND counter = $3"
+        );
 }
 
 stmt! {
     /// Drops the entries at or before `$4`, keeping their running total as the base.
     static PRUNE: write (ns: uuid, account_id: uuid, counter: text, kept_from: timestamptz) =
-        "WITH cut AS (
-              SELECT coalesce((SELECT cum FROM mec_data.rate_entries
-                                WHERE namespace_id = $1 AND account_id = $2 AND counter = $3 AND at <= $4
-                                ORDER BY at DESC, seq DESC LIMIT 1), w.base) AS base
-                FROM mec_data.rate_windows w
-               WHERE w.namespace_id = $1 AND w.account_id = $2 AND w.counter = $3
-         ), gone AS (
-              DELETE FROM mec_data.rate_entries
-               WHERE namespace_id = $1 AND account_id = $2 AND counter = $3 AND at <= $4
-         )
-         UPDATE mec_data.rate_windows SET base = (SELECT base FROM cut), kept_from = $4
-          WHERE namespace_id = $1 AND account_id = $2 AND counter = $3";
+        concat!(
+            "WITH cut AS (
+                  SELECT coalesce(",
+            running_total_through!(),
+            ", w.base) AS base
+                    FROM mec_data.rate_windows w
+                   WHERE w.namespace_id = $1 AND w.account_id = $2 AND w.counter = $3
+             ), gone AS (
+                  DELETE FROM mec_data.rate_entries
+                   WHERE namespace_id = $1 AND account_id = $2 AND counter = $3 AND at <= $4
+             )
+             UPDATE mec_data.rate_windows SET base = (SELECT base FROM cut), kept_from = $4
+              WHERE namespace_id = $1 AND account_id = $2 AND counter = $3"
+        );
 }
 
 stmt! {
