@@ -233,3 +233,50 @@ def test_a_pooled_member_keeps_the_batch_in_order_even_under_a_repeated_key(new_
     finally:
         x.close()
         y.close()
+
+
+def _counter_index_reads(conn) -> int:
+    conn.execute("SELECT pg_stat_clear_snapshot()")
+    return conn.execute(
+        "SELECT idx_tup_read FROM pg_stat_all_indexes"
+        " WHERE indexrelid = 'mec_data.usage_counters_pkey'::regclass").fetchone()[0]
+
+
+def test_small_batch_reads_only_its_own_counters(new_namespace, connect):
+    """A batch locks and updates each of its counters by its key, however many counters the
+    namespace holds. (Once the statements' generic plan was taken, it merge-joined the batch's keys
+    against every counter of the namespace: a batch of one event read them all, 7 ms per statement
+    at 10 000 accounts, which made the gateway's group commit slower than no grouping.)"""
+    ns = new_namespace(catalog=CATALOG)
+    admin = connect(namespace_id=ns, role="mec_admin")
+    n = 3000
+    accounts = [str(uuid.UUID(int=0xC000 + i)) for i in range(n)]
+    admin.execute("SELECT mec.bulk_provision(%s)",
+                  (adapt([{"account_id": a, "plan_id": "p"} for a in accounts]),))
+    events = [{"idempotency_key": f"warm-{a}", "account_id": a, "resource_type": "units", "quantity": 1}
+              for a in accounts]
+    for i in range(0, n, 1000):
+        admin.execute("SELECT mec.meter_consumption_batch(%s)", (adapt(events[i:i + 1000]),))
+    stats = connect(namespace_id="")
+    stats.execute("ANALYZE mec_data.usage_counters")
+
+    svc = connect(namespace_id=ns, role="mec_service")
+
+    def batch(i: int) -> None:
+        one = [{"idempotency_key": f"b-{i}", "account_id": accounts[i], "resource_type": "units",
+                "quantity": 1}]
+        out = svc.execute("SELECT mec.meter_consumption_batch(%s)", (adapt(one),)).fetchone()[0]
+        assert out["results"][0]["status"] == "recorded", out
+
+    for i in range(8):  # past the plan cache's five custom plans: the generic plan is in use
+        batch(i)
+    svc.execute("SELECT pg_stat_force_next_flush()")
+    svc.execute("SELECT 1")
+    before = _counter_index_reads(stats)
+    for i in range(8, 12):
+        batch(i)
+    svc.execute("SELECT pg_stat_force_next_flush()")
+    svc.execute("SELECT 1")
+    read = _counter_index_reads(stats) - before
+    # 4 batches of one event; each touches its counter a handful of times, never the namespace's 3000
+    assert read < 200, f"4 one-event batches read {read} counter index entries"

@@ -40,14 +40,20 @@ use crate::pg::{MecError, MecResult};
 
 stmt! {
     /// Locks the counters, in key order: their totals, and whether each can be metered set-wise.
+    /// Each key is looked up on its own (the `OFFSET 0`s keep the lateral subquery from being
+    /// flattened into a join): a generic plan that merge-joined the keys against the namespace's
+    /// counters read every counter of the namespace for a batch of one event.
     static LOCK_COUNTERS: write (ns: uuid, accounts: uuid_array, resources: text_array, starts: timestamptz_array) =
         "SELECT u.account_id, u.resource_type, u.period_start, u.used, u.striped, u.has_holds
-           FROM mec_data.usage_counters u
-           JOIN unnest($2::uuid[], $3::text[], $4::timestamptz[]) AS c(account_id, resource_type, period_start)
-                USING (account_id, resource_type, period_start)
-          WHERE u.namespace_id = $1 AND u.slot = 0
-          ORDER BY u.account_id, u.resource_type, u.period_start
-            FOR UPDATE OF u";
+           FROM (SELECT * FROM unnest($2::uuid[], $3::text[], $4::timestamptz[])
+                                AS c(account_id, resource_type, period_start)
+                  ORDER BY 1, 2, 3 OFFSET 0) c
+          CROSS JOIN LATERAL (
+                SELECT * FROM mec_data.usage_counters x
+                 WHERE x.namespace_id = $1 AND x.account_id = c.account_id
+                   AND x.resource_type = c.resource_type AND x.period_start = c.period_start
+                   AND x.slot = 0
+                OFFSET 0 FOR UPDATE) u";
 }
 
 stmt! {
@@ -101,14 +107,21 @@ stmt! {
 }
 
 stmt! {
-    /// Each counter changed once, by what its recorded events add up to.
+    /// Each counter changed once, by what its recorded events add up to (each found by its key,
+    /// as in LOCK_COUNTERS, then by its row's address).
     static ADD_ALL: write (ns: uuid, accounts: uuid_array, resources: text_array, starts: timestamptz_array,
                            deltas: numeric_array) =
         "UPDATE mec_data.usage_counters u SET used = u.used + d.delta, updated_at = now()
-           FROM unnest($2::uuid[], $3::text[], $4::timestamptz[], $5::numeric[])
-                AS d(account_id, resource_type, period_start, delta)
-          WHERE u.namespace_id = $1 AND u.slot = 0 AND u.account_id = d.account_id
-            AND u.resource_type = d.resource_type AND u.period_start = d.period_start";
+           FROM (SELECT l.tid, c.delta
+                   FROM unnest($2::uuid[], $3::text[], $4::timestamptz[], $5::numeric[])
+                        AS c(account_id, resource_type, period_start, delta)
+                  CROSS JOIN LATERAL (
+                        SELECT x.ctid AS tid FROM mec_data.usage_counters x
+                         WHERE x.namespace_id = $1 AND x.account_id = c.account_id
+                           AND x.resource_type = c.resource_type
+                           AND x.period_start = c.period_start AND x.slot = 0
+                        OFFSET 0) l) d
+          WHERE u.ctid = d.tid";
 }
 /// What [`meter`] did: each decided event's answer by batch index, and the events it handed back
 /// to be metered one by one (their counter turned out striped or holding reservations).
