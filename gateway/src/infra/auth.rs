@@ -4,7 +4,8 @@
 //! expired or wrongly signed token, or a `role` outside the mec roles, is a 401 with
 //! `WWW-Authenticate: Bearer …` — nothing reaches the database in that case.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use axum::extract::FromRequestParts;
 use axum::http::{header, request::Parts, HeaderMap};
@@ -43,17 +44,78 @@ impl Role {
     }
 }
 
-/// Verified JWT claims.
+/// Verified JWT claims (cheap to clone: a verified token's claims are shared by its requests).
 #[derive(Clone, Debug)]
 pub struct Claims {
     pub role: Role,
-    /// Every claim of the token, `role` included, as sent to `request.jwt.claims`.
-    pub all: Map<String, Value>,
+    /// Every claim of the token, `role` included.
+    pub all: Arc<Map<String, Value>>,
+    /// `all` as JSON: what is sent to `request.jwt.claims`.
+    json: Arc<str>,
 }
 
 impl Claims {
+    fn new(role: Role, all: Map<String, Value>) -> Self {
+        let json = Value::Object(all.clone()).to_string().into();
+        Claims {
+            role,
+            all: Arc::new(all),
+            json,
+        }
+    }
+
     pub fn to_json(&self) -> String {
-        Value::Object(self.all.clone()).to_string()
+        self.json.to_string()
+    }
+}
+
+/// Tokens verified before, with their claims: a client sends the same token with every request,
+/// and checking its signature and parsing its claims again was a tenth of the gateway's CPU per
+/// call. PostgREST keeps such a cache too (`jwt-cache-max-lifetime`). A hit still checks `exp`
+/// and `nbf` against the clock, so a cached token expires exactly when it would have.
+struct VerifiedTokens {
+    tokens: Mutex<HashMap<Box<str>, Verified>>,
+}
+
+#[derive(Clone)]
+struct Verified {
+    claims: Claims,
+    exp: Option<f64>,
+    nbf: Option<f64>,
+}
+
+/// Tokens kept; when full, the cache starts afresh (a burst of one-off tokens cannot grow it).
+const VERIFIED_TOKENS_MAX: usize = 10_000;
+
+impl VerifiedTokens {
+    fn get(&self, token: &str) -> Option<Claims> {
+        let tokens = self.tokens.lock().ok()?;
+        let v = tokens.get(token)?;
+        let now = chrono::Utc::now().timestamp() as f64;
+        let leeway = LEEWAY_SECONDS as f64;
+        // The checks jsonwebtoken makes (exp < now - leeway: expired; nbf > now + leeway: not
+        // yet valid); a token that fails them is verified again, for the same error.
+        let expired = v.exp.is_some_and(|exp| exp < now - leeway);
+        let immature = v.nbf.is_some_and(|nbf| nbf > now + leeway);
+        (!expired && !immature).then(|| v.claims.clone())
+    }
+
+    fn put(&self, token: &str, claims: &Claims) {
+        let Ok(mut tokens) = self.tokens.lock() else {
+            return;
+        };
+        if tokens.len() >= VERIFIED_TOKENS_MAX {
+            tokens.clear();
+        }
+        let number = |k: &str| claims.all.get(k).and_then(Value::as_f64);
+        tokens.insert(
+            token.into(),
+            Verified {
+                claims: claims.clone(),
+                exp: number("exp"),
+                nbf: number("nbf"),
+            },
+        );
     }
 }
 
@@ -68,6 +130,7 @@ pub struct JwtVerifier {
     hs256: Option<DecodingKey>,
     jwks: Vec<JwksKey>,
     audience: Option<String>,
+    verified: VerifiedTokens,
 }
 
 fn unauthorized(code: &'static str, description: &str) -> ApiError {
@@ -128,6 +191,9 @@ impl JwtVerifier {
             hs256,
             jwks,
             audience: cfg.audience.clone(),
+            verified: VerifiedTokens {
+                tokens: Mutex::new(HashMap::new()),
+            },
         })
     }
 
@@ -147,8 +213,17 @@ impl JwtVerifier {
         v
     }
 
-    /// Verify a compact JWT and check its role claim.
+    /// Verify a compact JWT and check its role claim (a token verified before: from the cache).
     pub fn verify(&self, token: &str) -> Result<Claims, ApiError> {
+        if let Some(claims) = self.verified.get(token) {
+            return Ok(claims);
+        }
+        let claims = self.verify_signed(token)?;
+        self.verified.put(token, &claims);
+        Ok(claims)
+    }
+
+    fn verify_signed(&self, token: &str) -> Result<Claims, ApiError> {
         use jsonwebtoken::errors::ErrorKind as K;
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| unauthorized("PGRST301", "JWT is malformed"))?;
@@ -209,7 +284,7 @@ fn claims_from(all: Map<String, Value>) -> Result<Claims, ApiError> {
         Some(_) => None,
     };
     match role {
-        Some(role) => Ok(Claims { role, all }),
+        Some(role) => Ok(Claims::new(role, all)),
         None => Err(unauthorized(
             "PGRST301",
             "JWT role must be one of mec_user, mec_service, mec_admin",
@@ -386,6 +461,55 @@ mod tests {
             }
         )
         .is_err());
+    }
+
+    #[test]
+    fn verified_tokens_are_cached_until_they_expire() {
+        let v = verifier(None);
+        let now = chrono::Utc::now().timestamp();
+        let t = sign(
+            serde_json::json!({"role": "mec_user", "exp": now + 3600}),
+            SECRET,
+        );
+        let first = v.verify(&t).unwrap();
+        assert!(v.verified.get(&t).is_some(), "a verified token is cached");
+        let again = v.verify(&t).unwrap();
+        assert!(
+            Arc::ptr_eq(&first.all, &again.all),
+            "the second call is a hit"
+        );
+        assert_eq!(again.to_json(), first.to_json());
+
+        // A cached token past its exp (beyond the leeway) is verified again, and refused.
+        let stale = sign(
+            serde_json::json!({"role": "mec_user", "exp": now - 31}),
+            SECRET,
+        );
+        let claims = Claims::new(Role::User, Map::new());
+        v.verified.put(&stale, &claims);
+        v.verified
+            .tokens
+            .lock()
+            .unwrap()
+            .get_mut(stale.as_str())
+            .unwrap()
+            .exp = Some((now - 31) as f64);
+        assert!(v.verified.get(&stale).is_none());
+        assert_eq!(code(v.verify(&stale).unwrap_err()), "PGRST301");
+        // Not yet valid beyond the leeway: likewise.
+        let early = sign(
+            serde_json::json!({"role": "mec_user", "nbf": now + 3600}),
+            SECRET,
+        );
+        assert_eq!(code(v.verify(&early).unwrap_err()), "PGRST301");
+        // Refused tokens are never cached.
+        let forged = sign(
+            serde_json::json!({"role": "mec_admin"}),
+            "another-secret-another-secret-xx",
+        );
+        assert!(v.verify(&forged).is_err());
+        assert!(v.verified.get(&forged).is_none());
+        assert!(v.verified.get(&early).is_none());
     }
 
     #[test]
