@@ -69,10 +69,14 @@ stmt! {
 }
 
 stmt! {
-    /// Which of the keys the ledger holds already.
+    /// Which of the keys the ledger holds already, each looked up by itself (`LIMIT 1` keeps the
+    /// subquery apart): with `= ANY($2)` a generic plan filtered the namespace's whole ledger.
     static RECORDED_KEYS: read (ns: uuid, keys: text_array) =
-        "SELECT c.idempotency_key::text AS idempotency_key FROM mec_data.consumption c
-          WHERE c.namespace_id = $1 AND c.idempotency_key = ANY($2::text[])";
+        "SELECT k.key AS idempotency_key
+           FROM unnest($2::text[]) AS k(key)
+          CROSS JOIN LATERAL (SELECT 1 FROM mec_data.consumption c
+                               WHERE c.namespace_id = $1 AND c.idempotency_key = k.key
+                               LIMIT 1) AS found";
 }
 
 stmt! {
