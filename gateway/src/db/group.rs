@@ -4,7 +4,8 @@
 //! failing event changes no other's answer (pg_mec's `ops/batch_setwise.rs`).
 //!
 //! The first call of a group leads it: when other calls of its caller are in flight it waits up to
-//! the window (`MEC_GROUP_COMMIT_US`) or until the group is full (`MEC_GROUP_COMMIT_MAX`), runs the
+//! the window (`MEC_GROUP_COMMIT_US`), until the group is full (`MEC_GROUP_COMMIT_MAX`), or until
+//! half of its caller's calls in flight have joined (one group runs while the next fills), runs the
 //! batch, and hands each call its answer. A call with nobody to share with runs alone at once, so
 //! a lone client pays nothing. When the batch's transaction fails as a whole (a lost connection, a
 //! serialization failure), every call of the group runs alone, as it would have without grouping:
@@ -133,7 +134,10 @@ impl GroupCommit {
                         calls.push(waiting);
                         calls.len()
                     };
-                    if n >= self.max {
+                    // Full, or half of this caller's calls in flight have joined: this group
+                    // runs while the rest fill the next one (waiting for all would leave the
+                    // database one batch at a time, and waiting out the window would idle).
+                    if n >= self.max || n * 2 >= ticket.count.load(Ordering::Acquire) {
                         open.remove(key);
                         g.full.notify_one();
                     }
