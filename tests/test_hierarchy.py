@@ -832,3 +832,55 @@ def test_an_organisation_hears_of_its_members_usage_by_its_alerts(fresh):
     assert len(crossings(org)) == 2
     # the members themselves (inheriting the organisation's limit of 100) crossed nothing
     assert all(crossings(m) == [] for m in members)
+
+
+@pytest.mark.concurrency
+def test_a_busy_organisation_is_striped_and_stays_exact(fresh, connect):
+    """A busy organisation is a hot account: once 32 clients metering through its 8 members queue on
+    the pool's counter, each backend takes the pool's share on its own stripe (quota granted by slot
+    0, as for an account's own hot counter). The pool never passes its limit, ends exactly full,
+    every counter equals the ledger rows it counts, and each alert threshold of the organisation is
+    crossed exactly once, by the event that reached it."""
+    limit = 2000
+    ns = fresh({**CATALOG,
+                "alerts": {"thresholds": [50, 80]},
+                "plans": CATALOG["plans"] + [{"plan_id": "org_busy", "entitlements": {"units": hard(limit)}}]})
+    org = ns.provision("org_busy")
+    members = [ns.under(org) for _ in range(MEMBERS)]   # no plan: they inherit the organisation's
+    run = uuid.uuid4().hex[:8]
+    per_client = 80                                     # 32 x 80 x 1 = 2560 asked of 2000
+
+    def work(conn, i):
+        out = []
+        for j in range(per_client):
+            try:
+                conn.execute("SELECT mec.meter_consumption(p_idempotency_key => %s, p_account_id => %s::uuid, "
+                             "p_resource_type => 'units', p_quantity => 1)",
+                             (f"{run}-{i}-{j}", members[(i + j) % MEMBERS]))
+                out.append(None)
+            except psycopg.Error as e:
+                out.append(e.sqlstate)
+        return out
+
+    def probe(conn):
+        return conn.execute("SELECT coalesce(sum(used), 0) FROM mec_data.usage_counters WHERE namespace_id = %s::uuid"
+                            " AND account_id = %s::uuid AND resource_type = 'units'", (ns.id, org)).fetchone()[0]
+
+    *results, seen = _race(ns, connect, work, probe)
+    codes = [c for outs in results for c in outs if c is not None]
+    assert set(codes) <= {"ME429"}, set(codes)
+    stripes = ns.admin.execute(
+        "SELECT count(*) FROM mec_data.usage_counters WHERE namespace_id = %s::uuid AND account_id = %s::uuid"
+        " AND resource_type = 'units' AND slot > 0", (ns.id, org)).fetchone()[0]
+    assert stripes > 0, "the organisation's pool was never striped"
+    assert seen and max(seen) <= limit, ("the pool passed its limit", max(seen))
+    assert ns.check(org, "units", 0)["quantity_used"] == limit, "asked 2560 of 2000: the pool ends full"
+    assert len(codes) == CLIENTS * per_client - limit
+    assert ns.ledger(org, *members, usage_only=True) == limit
+    for m in members:
+        assert ns.check(m, "units", 0)["quantity_used"] == ns.ledger(m, usage_only=True)
+    crossings = ns.admin.execute(
+        "SELECT threshold, quantity_used FROM mec.alert_crossings WHERE namespace_id = %s::uuid"
+        " AND account_id = %s::uuid AND resource_type = 'units' ORDER BY threshold", (ns.id, org)).fetchall()
+    # (the limit itself is a threshold too: the event that fills the pool reaches 100 %)
+    assert [(float(t), float(u)) for t, u in crossings] == [(50.0, 1000.0), (80.0, 1600.0), (100.0, 2000.0)], crossings

@@ -18,6 +18,10 @@
 //!   and slot 0 may not cross one while stripes hold quota, so the event that crosses an alert is
 //!   decided on the exact total and the alert is recorded in its transaction.
 //!
+//! An ancestor's pool that its members' events keep waiting on (a busy organisation) is striped the
+//! same way: [`take`] counts a member's event on the pool's stripe, without a ledger row (the
+//! member's own counter records it), and [`give_back`] returns it if the event is not recorded.
+//!
 //! Lock order is always slot 0 first, then stripes in slot order. Unlimited counters get
 //! unbounded stripes (quota NULL); a plan or override change folds the account's stripes first.
 //!
@@ -179,6 +183,30 @@ fn my_slot() -> i32 {
 stmt! {
     static STRIPE_METER: write (ns: uuid, key: text, account_id: uuid, resource_type: text, quantity: numeric, occurred_at: timestamptz, period_start: timestamptz, period_end: timestamptz, slot: int4, limit: numeric, http_status: int4, metadata: jsonb, bound: numeric, dimensions: jsonb) =
         include_str!("sql/stripe_meter.sql");
+}
+
+stmt! {
+    /// Takes `$5` on stripe `$6` of a counter that another account's usage counts against (an
+    /// ancestor's pool), within the quota slot 0 granted it under the limit in force (`$7`), and
+    /// answers the counter's total. As STRIPE_METER, without the ledger row (the member's own).
+    static STRIPE_TAKE: write (ns: uuid, account_id: uuid, resource_type: text, period_start: timestamptz,
+                               quantity: numeric, slot: int4, limit: numeric, bound: numeric) =
+        "WITH upd AS (
+              UPDATE mec_data.usage_counters
+                 SET used = used + $5, updated_at = clock_timestamp()
+               WHERE namespace_id = $1 AND account_id = $2 AND resource_type = $3
+                 AND period_start = $4 AND slot = $6
+                 AND (quota IS NULL OR used + $5 <= quota)
+                 AND used + $5 <= $8
+                 AND EXISTS (SELECT 1 FROM mec_data.usage_counters h
+                              WHERE h.namespace_id = $1 AND h.account_id = $2 AND h.resource_type = $3
+                                AND h.period_start = $4 AND h.slot = 0 AND h.striped
+                                AND h.stripe_limit IS NOT DISTINCT FROM $7::numeric)
+              RETURNING used)
+         SELECT upd.used + (SELECT coalesce(sum(c.used), 0) FROM mec_data.usage_counters c
+                             WHERE c.namespace_id = $1 AND c.account_id = $2 AND c.resource_type = $3
+                               AND c.period_start = $4 AND c.slot <> $6) AS used
+           FROM upd";
 }
 
 stmt! {
@@ -420,6 +448,57 @@ fn grant(
     ]);
     spi::write(client, &GRANT, &args)?;
     Ok(Grant::Granted)
+}
+
+/// Takes `qty` on this backend's stripe of `c`, a counter the event counts against besides its
+/// own (an ancestor's pool): the counter's total after it. `None`: the stripes were folded; decide
+/// on slot 0. What it takes is given back with [`give_back`] if the event is not recorded.
+pub fn take(
+    client: &mut SpiClient<'_>,
+    ns: Uuid,
+    c: &CounterKey<'_>,
+    limit: Option<Decimal>,
+    qty: Decimal,
+    fences: &[Decimal],
+) -> MecResult<Option<Decimal>> {
+    let slot = my_slot();
+    for _ in 0..3 {
+        let total = in_subtransaction(
+            || {
+                let mut args = c.args(ns, false);
+                args.extend([
+                    to_numeric(qty).into(),
+                    slot.into(),
+                    limit.map(to_numeric).into(),
+                    to_numeric(counter_ceiling(None)).into(),
+                ]);
+                spi::write(client, &STRIPE_TAKE, &args)?.one::<AnyNumeric>()
+            },
+            Option::is_some,
+        )?;
+        if let Some(total) = total {
+            return Ok(Some(to_decimal(&total)?));
+        }
+        if let Grant::Exhausted = grant(client, ns, c, slot, limit, qty, fences)? {
+            fold(client, ns, c)?;
+            return Ok(None);
+        }
+    }
+    fold(client, ns, c)?;
+    Ok(None)
+}
+
+/// Gives back what [`take`] took on this backend's stripe of `c` (the event was not recorded).
+pub fn give_back(
+    client: &mut SpiClient<'_>,
+    ns: Uuid,
+    c: &CounterKey<'_>,
+    qty: Decimal,
+) -> MecResult<()> {
+    let mut args = c.args(ns, false);
+    args.extend([to_numeric(qty).into(), my_slot().into()]);
+    spi::write(client, &UNDO_STRIPE, &args)?;
+    Ok(())
 }
 
 /// Meters `ev` on this backend's stripe. `None`: the stripes were folded; decide on slot 0.

@@ -7,10 +7,15 @@
 //! own counter, in the ancestor's period. Metering decides every level at once: the pools' counter
 //! rows are locked and checked (nearest ancestor first, always in that order) before the account's
 //! own counter, so a refusal at any level records nothing at any level, and concurrent members never
-//! pass a pool's limit. Rate and concurrency limits are not pooled: a member without its own
-//! inherits the ancestor's limit for its own use.
+//! pass a pool's limit. A busy organisation's pool is a hot counter: a backend that keeps waiting
+//! on it takes its share of each event on its own stripe of the pool (`counters/stripes.rs`),
+//! given back if the event is then refused or replayed. Rate and concurrency limits are not pooled:
+//! a member without its own inherits the ancestor's limit for its own use.
+
+use std::time::Instant;
 
 use pg_mec_core::catalog::Kind;
+use pg_mec_core::period::Window;
 use pg_mec_core::Decimal;
 use pgrx::datum::{AnyNumeric, TimestampWithTimeZone, Uuid};
 use pgrx::spi::SpiClient;
@@ -100,8 +105,28 @@ pub struct Pool {
     pub account_id: Uuid,
     pub eff: Effective,
     counter: String,
+    window: Window,
     start: TimestampWithTimeZone,
     end: Option<TimestampWithTimeZone>,
+    /// Counted on this backend's stripe of the pool's counter (a hot pool): its total after.
+    stripe_total: Option<Decimal>,
+    /// Slot 0 had quota granted to stripes when the event was decided on it.
+    striped: bool,
+}
+
+impl Pool {
+    fn key(&self) -> CounterKey<'_> {
+        CounterKey {
+            account_id: self.account_id,
+            resource_type: &self.counter,
+            window: self.window,
+        }
+    }
+
+    /// Whether the event was counted on this backend's stripe of the pool (see [`give_back`]).
+    pub fn on_stripe(&self) -> bool {
+        self.stripe_total.is_some()
+    }
 }
 
 /// Whether usage of `eff`'s kind is pooled in ancestors.
@@ -152,9 +177,12 @@ fn pools_of(
         out.push(Pool {
             account_id: account,
             counter: resource.to_string(),
+            window: w,
             start: timestamptz(w.start_us),
             end: w.end_us.map(timestamptz),
             eff: a,
+            stripe_total: None,
+            striped: false,
         });
     }
     Ok(out)
@@ -191,28 +219,51 @@ pub fn prepare(
     if !pooled(eff) {
         return Ok(Pools::Go(Vec::new()));
     }
-    let pools = pools_of(client, ns, eff, &ev.resource_type, ev.occurred_us)?;
+    let mut pools = pools_of(client, ns, eff, &ev.resource_type, ev.occurred_us)?;
     let mut violated = Vec::new();
     // Farthest ancestor first: every call locks counter rows down the hierarchy (an ancestor's
     // before a descendant's, the account's own last), so two levels never wait on each other.
-    for p in pools.iter().rev() {
+    for p in pools.iter_mut().rev() {
+        // A hot pool (a busy organisation): the event takes quota slot 0 granted this backend's
+        // stripe, as an account's own hot counter does (`counters/stripes.rs`); what it cannot take
+        // there is decided on slot 0 after a fold, with the exact total.
+        let stripable = p.eff.kind == Kind::Metered && ev.quantity > Decimal::ZERO;
+        if stripable && stripes::is_hot(ns, &p.key()) {
+            let fences = crate::events::alerts::fences(client, ns, &p.eff)?;
+            let taken = stripes::take(
+                client,
+                ns,
+                &p.key(),
+                p.eff.policy.limit,
+                ev.quantity,
+                &fences,
+            )?;
+            if taken.is_some() {
+                p.stripe_total = taken;
+                continue;
+            }
+        }
+        let started = Instant::now();
         let mut state = ensure_and_lock(client, ns, p)?;
+        if stripable && started.elapsed() >= stripes::CONTENDED {
+            stripes::saw_slow(ns, &p.key());
+        }
         // Only the ceiling: a gauge's release is never refused by a pool (which may hold less than
         // the account released if the account joined it with usage already counted elsewhere).
         let fits = |(used, quota): (Decimal, Decimal)| {
             let after = used.saturating_add(quota).saturating_add(ev.quantity);
             ev.quantity <= Decimal::ZERO || p.eff.policy.ceiling().is_none_or(|c| after <= c)
         };
-        if !fits(state) && state.1 > Decimal::ZERO {
-            // Quota granted to the pool's stripes counts as used until they give it back.
-            let key = CounterKey {
-                account_id: p.account_id,
-                resource_type: &p.counter,
-                window: p.eff.window(ev.occurred_us),
-            };
-            stripes::fold(client, ns, &key)?;
+        // Quota granted to the pool's stripes counts as used until they give it back; and while
+        // they hold some, slot 0 may not reach an alert value (the stripes could pass it
+        // unnoticed): such an event is decided after a fold, on the exact total.
+        if state.1 > Decimal::ZERO
+            && (!fits(state) || crosses_fence(client, ns, p, state, ev.quantity)?)
+        {
+            stripes::fold(client, ns, &p.key())?;
             state = lock(client, ns, p)?;
         }
+        p.striped = state.1 > Decimal::ZERO;
         if !fits(state) {
             let window = p.eff.window(ev.occurred_us);
             violated.push(json!({
@@ -230,6 +281,7 @@ pub fn prepare(
         }
     }
     if !violated.is_empty() {
+        give_back(client, ns, &pools, ev.quantity)?;
         if let Some(v) = crate::ledger::replay::replay_if_recorded(client, ns, ev)? {
             return Ok(Pools::Replay(v));
         }
@@ -247,6 +299,34 @@ pub fn prepare(
         });
     }
     Ok(Pools::Go(pools))
+}
+
+/// Whether adding `qty` on slot 0 of the pool (its (used, stripe quota) in `state`) could reach
+/// one of its alert values while its stripes hold quota.
+fn crosses_fence(
+    client: &SpiClient<'_>,
+    ns: Uuid,
+    p: &Pool,
+    (used, quota): (Decimal, Decimal),
+    qty: Decimal,
+) -> MecResult<bool> {
+    let upper = used.saturating_add(quota).saturating_add(qty);
+    Ok(crate::events::alerts::fences(client, ns, &p.eff)?
+        .iter()
+        .any(|f| *f > used && *f <= upper))
+}
+
+/// Gives back what the event took on the stripes of hot pools ([`prepare`]): it was not recorded.
+pub fn give_back(
+    client: &mut SpiClient<'_>,
+    ns: Uuid,
+    pools: &[Pool],
+    quantity: Decimal,
+) -> MecResult<()> {
+    for p in pools.iter().filter(|p| p.on_stripe()) {
+        stripes::give_back(client, ns, &p.key(), quantity)?;
+    }
+    Ok(())
 }
 
 /// Creates the pool's counter row if it is missing.
@@ -313,6 +393,11 @@ pub fn count(
 ) -> MecResult<Vec<Decimal>> {
     let mut totals = Vec::with_capacity(pools.len());
     for p in pools {
+        if let Some(total) = p.stripe_total {
+            // Counted on this backend's stripe when the pool was decided.
+            totals.push(total);
+            continue;
+        }
         ensure(client, ns, p)?;
         let total = spi::write(
             client,
@@ -327,6 +412,10 @@ pub fn count(
         )?
         .decimal_or_zero()?;
         totals.push(total);
+        if p.striped {
+            // The burst may be over: idle stripes go back into slot 0 (never waits).
+            stripes::fold_if_idle(client, ns, &p.key())?;
+        }
     }
     Ok(totals)
 }

@@ -212,8 +212,41 @@ pub fn meter(client: &mut SpiClient<'_>, ns: Uuid, ev: &Event, now_us: i64) -> M
         Pools::Go(pools) => pools,
     };
 
+    // What was taken on the stripes of hot pools is given back unless the event is recorded.
+    let levels = OtherLevels {
+        scoped: &scoped,
+        pools: &pools,
+    };
+    let outcome = meter_own(client, ns, ev, &eff, window, &levels, now_us);
+    if pools.iter().any(hierarchy::Pool::on_stripe) && !matches!(outcome, Ok((_, true))) {
+        hierarchy::give_back(client, ns, &pools, ev.quantity).map_err(MecError::after_write)?;
+    }
+    outcome.map(|(v, _)| v)
+}
+
+/// What an event counts against besides the account's own counter, decided before it.
+struct OtherLevels<'a> {
+    /// Its dimension limits (locked).
+    scoped: &'a [dimensions::Scoped],
+    /// Its ancestors' pools (locked, or taken on a stripe).
+    pools: &'a [hierarchy::Pool],
+}
+
+/// Decides and records `ev` on the account's own counter, once its other levels are decided: the
+/// answer, and whether the event was recorded now (not a replay).
+fn meter_own(
+    client: &mut SpiClient<'_>,
+    ns: Uuid,
+    ev: &Event,
+    eff: &Effective,
+    window: Window,
+    levels: &OtherLevels<'_>,
+    now_us: i64,
+) -> MecResult<(Value, bool)> {
+    let (scoped, pools) = (levels.scoped, levels.pools);
     if eff.kind == Kind::Rate {
-        return meter_rate(client, ns, ev, &eff, &window, &scoped, now_us);
+        // (not pooled: nothing was taken on a pool's stripe)
+        return meter_rate(client, ns, ev, eff, &window, scoped, now_us).map(|v| (v, true));
     }
     let guard = Guard {
         // Every counter row stays below pg_mec's bound (pg_mec_core::quantity), unlimited too.
@@ -232,24 +265,24 @@ pub fn meter(client: &mut SpiClient<'_>, ns: Uuid, ev: &Event, now_us: i64) -> M
     // (An event counted against a dimension limit or a pool also takes slot 0's lock: one decision.)
     let stripable = eff.kind == Kind::Metered && scoped.is_empty() && pools.is_empty();
     if stripable && stripes::is_hot(ns, &counter) {
-        let fences = alerts::fences(client, ns, &eff)?;
-        if let Some(v) = stripes::meter(client, ns, ev, &eff, &counter, &fences)? {
-            return Ok(v);
+        let fences = alerts::fences(client, ns, eff)?;
+        if let Some(v) = stripes::meter(client, ns, ev, eff, &counter, &fences)? {
+            return Ok((v, true));
         }
     }
     let mut slot0_locked = false;
     for attempt in 0..4 {
         let started = Instant::now();
-        let metered = run_meter(client, ns, ev, &eff, &counter, guard)?;
+        let metered = run_meter(client, ns, ev, eff, &counter, guard)?;
         if stripable && started.elapsed() >= stripes::CONTENDED {
             stripes::saw_slow(ns, &counter);
         }
         match (metered.used, metered.consumption_id) {
             (Some(used), Some(id)) => {
-                dimensions::count(client, ns, ev, &scoped).map_err(MecError::after_write)?;
-                let totals = hierarchy::count(client, ns, &pools, ev.quantity)
+                dimensions::count(client, ns, ev, scoped).map_err(MecError::after_write)?;
+                let totals = hierarchy::count(client, ns, pools, ev.quantity)
                     .map_err(MecError::after_write)?;
-                hierarchy::alert(client, ns, &pools, &totals, ev.occurred_us, id)
+                hierarchy::alert(client, ns, pools, &totals, ev.occurred_us, id)
                     .map_err(MecError::after_write)?;
                 if metered.via_slot0 && stripable {
                     // A striped counter metered by a backend that is not hot on it: the burst
@@ -261,34 +294,37 @@ pub fn meter(client: &mut SpiClient<'_>, ns: Uuid, ev: &Event, now_us: i64) -> M
                     ns,
                     &alerts::Usage {
                         account_id: ev.account_id,
-                        eff: &eff,
+                        eff,
                         window: &window,
                         used,
                         consumption_id: Some(id),
                     },
                 )?;
-                return Ok(UsageResult {
-                    consumption_id: id,
-                    duplicate: false,
-                    billable: true,
-                    overage: guard.overage_from.is_some_and(|l| used > l),
-                    used,
-                    policy: &eff.policy,
-                    window: &window,
-                    event: ev,
-                }
-                .to_json());
+                return Ok((
+                    UsageResult {
+                        consumption_id: id,
+                        duplicate: false,
+                        billable: true,
+                        overage: guard.overage_from.is_some_and(|l| used > l),
+                        used,
+                        policy: &eff.policy,
+                        window: &window,
+                        event: ev,
+                    }
+                    .to_json(),
+                    true,
+                ));
             }
             (Some(_), None) => {
                 // The key was recorded before: take the increment back, answer as the first time.
                 counter
                     .add(client, ns, -ev.quantity)
                     .map_err(MecError::after_write)?;
-                return replay(client, ns, ev);
+                return replay(client, ns, ev).map(|v| (v, false));
             }
             (None, _) => {
                 if let Some(v) = replay_if_recorded(client, ns, ev)? {
-                    return Ok(v);
+                    return Ok((v, false));
                 }
                 // Refused by the guard, or no row to update (each attempt's slot-0 path already gave
                 // back expired holds). Before refusing: create the counter (here, or concurrently
@@ -305,12 +341,12 @@ pub fn meter(client: &mut SpiClient<'_>, ns: Uuid, ev: &Event, now_us: i64) -> M
                     slot0_locked = true;
                     continue;
                 }
-                return Err(refusal(client, ns, ev, &eff));
+                return Err(refusal(client, ns, ev, eff));
             }
         }
     }
     // Every path above returns within three attempts; refuse if that ever changes.
-    Err(refusal(client, ns, ev, &eff))
+    Err(refusal(client, ns, ev, eff))
 }
 
 /// Meters through slot 0: METER_PLAIN on an unstriped counter, else METER_SLOT0 and RECORD_STRIPED.
