@@ -60,6 +60,8 @@ WORKLOADS: dict[str, tuple[str, str]] = {
     "mec_meter_member3": ("**pg_mec meter, depth-3 member**",
                           "`mec.meter_consumption` by a member under a team and an organisation "
                           "(own limit + two pools), random member of 10 000"),
+    "mec_meter_org_hot": ("**pg_mec meter, busy organisation**",
+                          "the same, random member of the 100 of one organisation (its pool is hot)"),
 }
 
 # (label, numerator, denominator, target text, target test)
@@ -82,6 +84,8 @@ RATIOS = [
     ("pg_mec meter_usage (3 items) / 3 × meter_consumption in one transaction", "mec_meter_usage3",
      "mec_meter_single3", "report", None),
     ("pg_mec meter: depth-3 member / flat account", "mec_meter_member3", "mec_meter", "report", None),
+    ("pg_mec meter: busy organisation / members spread over 100", "mec_meter_org_hot",
+     "mec_meter_member3", "report", None),
     ("naive_check: during sign-ups / quiet (reference: the sign-ups' own cost)", "naive_check_churn",
      "naive_check", "", None),
 ]

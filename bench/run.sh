@@ -156,6 +156,8 @@ workload_args() {
     mec_meter_single3) echo "mec -s $SCALE -f $BENCH_DIR/meter_single3.pgbench" ;;
     # a member at depth 3 (organisation → team → member), metered against its team's and organisation's pools
     mec_meter_member3) echo "mec -s $SCALE -f $BENCH_DIR/meter_member3.pgbench" ;;
+    # the same, all through the members of one organisation: a busy organisation (its pool is hot)
+    mec_meter_org_hot) echo "mec -s $SCALE -f $BENCH_DIR/meter_org_hot.pgbench" ;;
     # mec_check / naive_check while a second pgbench provisions new accounts at --churn per second
     mec_check_churn) echo "mec -s $SCALE -f $BENCH_DIR/check.pgbench" ;;
     naive_check_churn) echo "base -s $SCALE -f $SHARED/check.pgbench" ;;
@@ -221,7 +223,9 @@ setup_db() {
   done
   say "  rate windows: one request counted for each account"
 
-  if [[ " ${WL[*]} " == *" mec_meter_member3 "* ]]; then setup_hierarchy; fi
+  if [[ " ${WL[*]} " == *" mec_meter_member3 "* || " ${WL[*]} " == *" mec_meter_org_hot "* ]]; then
+    setup_hierarchy
+  fi
 
   say "VACUUM ANALYZE"
   sql "$DB" -c "VACUUM ANALYZE"
