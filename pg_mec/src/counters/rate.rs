@@ -18,7 +18,7 @@
 
 use pg_mec_core::period::Window;
 use pg_mec_core::Decimal;
-use pgrx::datum::{AnyNumeric, TimestampWithTimeZone, Uuid};
+use pgrx::datum::{AnyNumeric, DatumWithOid, TimestampWithTimeZone, Uuid};
 use pgrx::spi::SpiClient;
 
 use crate::ledger::Event;
@@ -257,11 +257,34 @@ fn decimal(v: Option<AnyNumeric>) -> MecResult<Decimal> {
     Ok(v.as_ref().map(to_decimal).transpose()?.unwrap_or_default())
 }
 
-fn scope_args<'a>(key: &RateKey<'a>) -> (Option<&'a str>, Option<&'a str>) {
-    match key.scope {
+/// `$1..$4` of the statements over a window's log (see `running_total_through!`): namespace,
+/// account, the window's counter, an instant.
+fn log_args<'a>(
+    ns: Uuid,
+    key: &RateKey<'_>,
+    counter: &'a str,
+    at_us: i64,
+) -> Vec<DatumWithOid<'a>> {
+    let at: TimestampWithTimeZone = timestamptz(at_us);
+    vec![ns.into(), key.account_id.into(), counter.into(), at.into()]
+}
+
+/// `$1..$6` of the statements over the ledger (see `counted_events!`): namespace, account,
+/// resource, the instant after which events count, and the window's dimension scope.
+fn ledger_args<'a>(ns: Uuid, key: &RateKey<'a>, after_us: i64) -> Vec<DatumWithOid<'a>> {
+    let after: TimestampWithTimeZone = timestamptz(after_us);
+    let (dimension, value) = match key.scope {
         Some((d, v)) => (Some(d), Some(v)),
         None => (None, None),
-    }
+    };
+    vec![
+        ns.into(),
+        key.account_id.into(),
+        key.resource_type.into(),
+        after.into(),
+        dimension.into(),
+        value.into(),
+    ]
 }
 
 /// The window's usage after `from_us` from its log, with its total: `None` when it has no log, or
@@ -273,18 +296,8 @@ fn log_used_after(
     counter: &str,
     from_us: i64,
 ) -> MecResult<Option<(RateUsage, Decimal)>> {
-    let from: TimestampWithTimeZone = timestamptz(from_us);
-    let Some(row) = spi::read(
-        client,
-        &USED_AFTER,
-        &[
-            ns.into(),
-            key.account_id.into(),
-            counter.into(),
-            from.into(),
-        ],
-    )?
-    .first() else {
+    let Some(row) = spi::read(client, &USED_AFTER, &log_args(ns, key, counter, from_us))?.first()
+    else {
         return Ok(None);
     };
     let kept_from = instant(row.get::<TimestampWithTimeZone>("kept_from")?)?.unwrap_or(i64::MAX);
@@ -308,19 +321,9 @@ fn cum_before(
     at_us: i64,
     base: Decimal,
 ) -> MecResult<Decimal> {
-    let at: TimestampWithTimeZone = timestamptz(at_us);
-    spi::read(
-        client,
-        &CUM_BEFORE,
-        &[
-            ns.into(),
-            key.account_id.into(),
-            counter.into(),
-            at.into(),
-            to_numeric(base).into(),
-        ],
-    )?
-    .decimal_or_zero()
+    let mut args = log_args(ns, key, counter, at_us);
+    args.push(to_numeric(base).into());
+    spi::read(client, &CUM_BEFORE, &args)?.decimal_or_zero()
 }
 
 /// The window's usage at `at_us` from the ledger, as recorded by `recorded_by_us` (`None`: now).
@@ -331,23 +334,11 @@ pub fn ledger_used(
     at_us: i64,
     recorded_by_us: Option<i64>,
 ) -> MecResult<RateUsage> {
-    let after: TimestampWithTimeZone = timestamptz(at_us - key.window_us);
     let recorded_by: Option<TimestampWithTimeZone> = recorded_by_us.map(timestamptz);
-    let (dimension, value) = scope_args(key);
-    let (used, updated) = spi::read(
-        client,
-        &LEDGER_USED,
-        &[
-            ns.into(),
-            key.account_id.into(),
-            key.resource_type.into(),
-            after.into(),
-            dimension.into(),
-            value.into(),
-            recorded_by.into(),
-        ],
-    )?
-    .two::<AnyNumeric, TimestampWithTimeZone>("used", "updated")?;
+    let mut args = ledger_args(ns, key, at_us - key.window_us);
+    args.push(recorded_by.into());
+    let (used, updated) = spi::read(client, &LEDGER_USED, &args)?
+        .two::<AnyNumeric, TimestampWithTimeZone>("used", "updated")?;
     Ok(RateUsage {
         used: decimal(used)?,
         updated_us: instant(updated)?,
@@ -364,23 +355,10 @@ pub fn next_drop_at(
     at_us: i64,
     recorded_by_us: Option<i64>,
 ) -> MecResult<Option<i64>> {
-    let after: TimestampWithTimeZone = timestamptz(at_us - key.window_us);
     let recorded_by: Option<TimestampWithTimeZone> = recorded_by_us.map(timestamptz);
-    let (dimension, value) = scope_args(key);
-    let first = spi::read(
-        client,
-        &LEDGER_FIRST,
-        &[
-            ns.into(),
-            key.account_id.into(),
-            key.resource_type.into(),
-            after.into(),
-            dimension.into(),
-            value.into(),
-            recorded_by.into(),
-        ],
-    )?
-    .one::<TimestampWithTimeZone>()?;
+    let mut args = ledger_args(ns, key, at_us - key.window_us);
+    args.push(recorded_by.into());
+    let first = spi::read(client, &LEDGER_FIRST, &args)?.one::<TimestampWithTimeZone>()?;
     Ok(instant(first)?.map(|t| (t + key.window_us).max(at_us)))
 }
 
@@ -415,7 +393,6 @@ pub fn fit_at(
     }
     let counter = key.counter();
     let from = at_us - key.window_us;
-    let after: TimestampWithTimeZone = timestamptz(from);
     let logged = if in_recovery() {
         None
     } else {
@@ -428,18 +405,9 @@ pub fn fit_at(
             }
             // Entries through the one whose running total reaches this must leave.
             let need = total.saturating_add(requested).saturating_sub(ceiling);
-            spi::read(
-                client,
-                &FIT_ENTRY,
-                &[
-                    ns.into(),
-                    key.account_id.into(),
-                    counter.as_str().into(),
-                    after.into(),
-                    to_numeric(need).into(),
-                ],
-            )?
-            .one::<TimestampWithTimeZone>()?
+            let mut args = log_args(ns, key, &counter, from);
+            args.push(to_numeric(need).into());
+            spi::read(client, &FIT_ENTRY, &args)?.one::<TimestampWithTimeZone>()?
         }
         None => {
             let used = ledger_used(client, ns, key, at_us, None)?.used;
@@ -447,21 +415,9 @@ pub fn fit_at(
                 return Ok(Some(at_us));
             }
             let need = used.saturating_add(requested).saturating_sub(ceiling);
-            let (dimension, value) = scope_args(key);
-            spi::read(
-                client,
-                &LEDGER_FIT,
-                &[
-                    ns.into(),
-                    key.account_id.into(),
-                    key.resource_type.into(),
-                    after.into(),
-                    dimension.into(),
-                    value.into(),
-                    to_numeric(need).into(),
-                ],
-            )?
-            .one::<TimestampWithTimeZone>()?
+            let mut args = ledger_args(ns, key, from);
+            args.push(to_numeric(need).into());
+            spi::read(client, &LEDGER_FIT, &args)?.one::<TimestampWithTimeZone>()?
         }
     };
     Ok(instant(found)?.map(|leaves| (leaves + key.window_us).max(at_us)))
@@ -474,18 +430,7 @@ fn lock_row(
     counter: &str,
     from_us: i64,
 ) -> MecResult<Option<Head>> {
-    let from: TimestampWithTimeZone = timestamptz(from_us);
-    let Some(r) = spi::write(
-        client,
-        &LOCK,
-        &[
-            ns.into(),
-            key.account_id.into(),
-            counter.into(),
-            from.into(),
-        ],
-    )?
-    .first() else {
+    let Some(r) = spi::write(client, &LOCK, &log_args(ns, key, counter, from_us))?.first() else {
         return Ok(None);
     };
     let seq = r.get::<i64>("seq")?;
@@ -517,17 +462,9 @@ pub fn lock(
     if locked.is_none() {
         // Missing (new, or emptied by a crash): build it from the ledger. A concurrent creator
         // wins the insert; its row is then locked below, once it commits.
-        let kept_from: TimestampWithTimeZone = timestamptz(now_us - 2 * key.window_us);
-        let (dimension, value) = scope_args(key);
-        let args = [
-            ns.into(),
-            key.account_id.into(),
-            key.resource_type.into(),
-            kept_from.into(),
-            dimension.into(),
-            value.into(),
-            counter.as_str().into(),
-        ];
+        // (`$4` is where the log starts: events after it are loaded)
+        let mut args = ledger_args(ns, key, now_us - 2 * key.window_us);
+        args.push(counter.as_str().into());
         if spi::write(client, &CREATE, &args)?.one::<bool>()?.is_some() {
             spi::write(client, &LOAD, &args)?;
         }
@@ -537,17 +474,8 @@ pub fn lock(
     let mut h = locked.ok_or_else(vanished)?;
     // The log keeps two windows back from now; once a third has passed, the oldest goes.
     if h.kept_from_us < now_us - 3 * key.window_us {
-        let cut: TimestampWithTimeZone = timestamptz(now_us - 2 * key.window_us);
-        spi::write(
-            client,
-            &PRUNE,
-            &[
-                ns.into(),
-                key.account_id.into(),
-                counter.as_str().into(),
-                cut.into(),
-            ],
-        )?;
+        let cut = log_args(ns, key, &counter, now_us - 2 * key.window_us);
+        spi::write(client, &PRUNE, &cut)?;
         h = lock_row(client, ns, key, &counter, from)?.ok_or_else(vanished)?;
     }
     if from < h.kept_from_us {
@@ -571,18 +499,9 @@ pub fn append(
     quantity: Decimal,
 ) -> MecResult<()> {
     let counter = key.counter();
-    let at: TimestampWithTimeZone = timestamptz(at_us);
-    spi::write(
-        client,
-        &APPEND,
-        &[
-            ns.into(),
-            key.account_id.into(),
-            counter.as_str().into(),
-            at.into(),
-            to_numeric(quantity).into(),
-        ],
-    )?;
+    let mut args = log_args(ns, key, &counter, at_us);
+    args.push(to_numeric(quantity).into());
+    spi::write(client, &APPEND, &args)?;
     Ok(())
 }
 
