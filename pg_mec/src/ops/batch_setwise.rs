@@ -31,7 +31,7 @@ use crate::cache::entitlement::{self, Effective};
 use crate::counters::usage::Usage;
 use crate::counters::{stripes, CounterKey};
 use crate::events::alerts;
-use crate::ledger::replay::replay_if_recorded;
+use crate::ledger::replay::replay;
 use crate::ledger::{Event, UsageResult};
 use crate::ops::metering;
 use crate::pg::spi::{self, stmt};
@@ -444,11 +444,6 @@ pub fn meter(client: &mut SpiClient<'_>, ns: Uuid, plain: Vec<Plain>) -> MecResu
         outcomes,
         handed_back,
     })
-}
-
-fn replay(client: &SpiClient<'_>, ns: Uuid, ev: &Event) -> MecResult<Value> {
-    replay_if_recorded(client, ns, ev)?
-        .ok_or_else(|| MecError::Internal(format!("key {} vanished from the ledger", ev.key)))
 }
 
 /// Whether `p` with usage `after` is overage, and how much of it (as METER_PLAIN records them;
