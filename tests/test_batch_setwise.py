@@ -11,6 +11,8 @@ be the same."""
 from __future__ import annotations
 
 import json
+import threading
+import time
 import uuid
 
 import psycopg
@@ -284,3 +286,69 @@ def test_small_batch_reads_only_its_own_rows(new_namespace, connect):
     # 4 batches of one event; each reads its counter and its key a handful of times, never the
     # namespace's 3 000 counters or ledger rows
     assert read < 200, f"4 one-event batches read {read} index entries"
+
+
+def test_a_key_recorded_meanwhile_by_another_transaction(new_namespace, connect):
+    """The batch writes its ledger rows with a plain INSERT, which meets a key that another
+    transaction recorded after the batch looked its keys up (here: last month, so on another
+    counter, whose lock the batch does not wait for). That INSERT is taken back and the rows are
+    written again without the key: the event answers as a replay, the batch's later events on its
+    counter are counted, answered and recorded without it, and the counters equal the ledger."""
+    admin = setup_namespace(new_namespace, connect, member=False)
+    ns = admin.execute("SELECT mec.current_namespace()::text").fetchone()[0]
+    admin.execute("SELECT mec.update_namespace_settings(%s)", (adapt({"late_event_days": 40}),))
+    other = connect(namespace_id=ns, role="mec_service", autocommit=False)
+    last_month = other.execute(
+        "SELECT mec.meter_consumption(p_idempotency_key => 'race', p_account_id => %s::uuid,"
+        " p_resource_type => 'units', p_quantity => 2,"
+        " p_occurred_at => date_trunc('month', now()) - interval '1 hour')", (ACCOUNTS[0],)).fetchone()[0]
+
+    batcher = connect(namespace_id=ns, role="mec_service")
+    batcher.execute("SET statement_timeout = '30s'")
+    pid = batcher.execute("SELECT pg_backend_pid()").fetchone()[0]
+    events = [{"idempotency_key": "race", "account_id": ACCOUNTS[0], "resource_type": "units", "quantity": 2},
+              {"idempotency_key": "b1", "account_id": ACCOUNTS[0], "resource_type": "units", "quantity": 3},
+              {"idempotency_key": "b2", "account_id": ACCOUNTS[0], "resource_type": "units", "quantity": 4},
+              {"idempotency_key": "b3", "account_id": ACCOUNTS[1], "resource_type": "units", "quantity": 1}]
+    out: dict = {}
+
+    def run() -> None:
+        try:
+            out["result"] = batcher.execute("SELECT mec.meter_consumption_batch(%s)",
+                                            (adapt(events),)).fetchone()[0]
+        except psycopg.Error as e:  # reported below
+            out["error"] = e
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    watcher = connect(namespace_id="")
+    for _ in range(1000):  # the batch's INSERT waits for the other transaction's key
+        waiting = watcher.execute("SELECT wait_event = 'transactionid' FROM pg_stat_activity WHERE pid = %s",
+                                  (pid,)).fetchone()[0]
+        if waiting or not t.is_alive():
+            break
+        time.sleep(0.01)
+    assert waiting, "the batch never waited for the other transaction's key"
+    other.commit()
+    t.join(30)
+    assert "error" not in out, out.get("error")
+
+    results = out["result"]["results"]
+    assert [r["status"] for r in results] == ["recorded"] * 4
+    assert results[0]["duplicate"] is True
+    assert comparable(results[0]) == {**comparable(last_month), "duplicate": True}
+    # pre-0 had recorded 1 on this month's counter: b1 and b2 are counted without the replay
+    assert [r["quantity_used"] for r in results[1:]] == [4, 8, 2]
+    assert all(r["duplicate"] is False for r in results[1:])
+    used = dict(admin.execute(
+        "SELECT idempotency_key, quantity_used FROM mec_data.consumption WHERE namespace_id = %s::uuid"
+        " AND idempotency_key IN ('b1', 'b2', 'b3')", (ns,)).fetchall())
+    assert used == {"b1": 4, "b2": 8, "b3": 2}
+    mismatched = admin.execute(
+        "SELECT count(*) FROM (SELECT account_id, resource_type, period_start, sum(used) AS used"
+        "   FROM mec_data.usage_counters WHERE namespace_id = %s::uuid GROUP BY 1, 2, 3) c"
+        " FULL JOIN (SELECT account_id, resource_type, period_start, sum(quantity) AS used"
+        "   FROM mec_data.consumption WHERE namespace_id = %s::uuid AND billable GROUP BY 1, 2, 3) l"
+        " USING (account_id, resource_type, period_start)"
+        " WHERE coalesce(c.used, 0) <> coalesce(l.used, 0)", (ns, ns)).fetchone()[0]
+    assert mismatched == 0

@@ -8,6 +8,7 @@ use crate::ops::bindings::{self, Bind};
 use crate::ops::namespaces;
 use crate::pg::jsonb::{Jsonb, JsonbArg};
 use crate::pg::raise::finish;
+use crate::pg::values::new_uuid;
 use crate::pg::{args, context};
 
 /// The caller's namespace. For the gateway's authenticator, superusers and the database owner:
@@ -37,8 +38,7 @@ fn create_namespace(
 ) -> Jsonb {
     Jsonb(api::operator(|client| {
         let name = args::text(p_name, "p_name")?;
-        let id =
-            p_namespace_id.unwrap_or_else(|| Uuid::from_bytes(*uuid::Uuid::new_v4().as_bytes()));
+        let id = p_namespace_id.unwrap_or_else(new_uuid);
         let settings = p_settings.map(|j| j.parse("p_settings")).transpose()?;
         namespaces::create(client, &name, id, settings)
     }))

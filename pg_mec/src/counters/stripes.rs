@@ -49,6 +49,7 @@ use crate::counters::CounterKey;
 use crate::ledger::replay::replay_if_recorded;
 use crate::ledger::{Event, UsageResult};
 use crate::pg::spi::{self, stmt};
+use crate::pg::subtransaction;
 use crate::pg::values::{to_decimal, to_numeric};
 use crate::pg::{MecError, MecResult};
 
@@ -136,41 +137,6 @@ pub fn saw_slow(ns: Uuid, c: &CounterKey<'_>) {
             seen.hot = Some(now);
         }
     });
-}
-
-/// Runs `f` in a subtransaction that is kept when `keep` says so and rolled back otherwise.
-///
-/// A guarded `UPDATE` that waited for a row and then failed its re-check keeps the row locked.
-/// On a stripe that would break the lock order (slot 0 first): a backend holding its stripe would
-/// then wait for slot 0 while a fold holding slot 0 waits for that stripe. Rolling the
-/// subtransaction back releases the stripe before slot 0 is asked for.
-fn in_subtransaction<T>(
-    f: impl FnOnce() -> MecResult<T>,
-    keep: impl FnOnce(&T) -> bool,
-) -> MecResult<T> {
-    // SAFETY: the pattern PL/pgSQL uses for exception blocks: begin, run, release or roll back,
-    // then restore the caller's memory context and resource owner. An ERROR inside `f` reaches us
-    // as a panic (pgrx's guard): the subtransaction is rolled back before it unwinds further, so
-    // a caller's own exception block rolls back its subtransaction, not ours.
-    unsafe {
-        let context = pg_sys::CurrentMemoryContext;
-        let owner = pg_sys::CurrentResourceOwner;
-        pg_sys::BeginInternalSubTransaction(std::ptr::null());
-        pg_sys::MemoryContextSwitchTo(context);
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
-        let commit = matches!(&outcome, Ok(Ok(v)) if keep(v));
-        if commit {
-            pg_sys::ReleaseCurrentSubTransaction();
-        } else {
-            pg_sys::RollbackAndReleaseCurrentSubTransaction();
-        }
-        pg_sys::MemoryContextSwitchTo(context);
-        pg_sys::CurrentResourceOwner = owner;
-        match outcome {
-            Ok(result) => result,
-            Err(panic) => std::panic::resume_unwind(panic),
-        }
-    }
 }
 
 /// This backend's stripe.
@@ -450,6 +416,12 @@ fn grant(
     Ok(Grant::Granted)
 }
 
+// A guarded `UPDATE` that waited for a row and then failed its re-check keeps the row locked. On
+// a stripe that would break the lock order (slot 0 first): a backend holding its stripe would then
+// wait for slot 0 while a fold holding slot 0 waits for that stripe. So each try on a stripe runs
+// in a subtransaction, rolled back when it takes nothing: that releases the stripe before slot 0
+// is asked for (also in `meter` below).
+
 /// Takes `qty` on this backend's stripe of `c`, a counter the event counts against besides its
 /// own (an ancestor's pool): the counter's total after it. `None`: the stripes were folded; decide
 /// on slot 0. What it takes is given back with [`give_back`] if the event is not recorded.
@@ -463,7 +435,7 @@ pub fn take(
 ) -> MecResult<Option<Decimal>> {
     let slot = my_slot();
     for _ in 0..3 {
-        let total = in_subtransaction(
+        let total = subtransaction::kept_if(
             || {
                 let mut args = c.args(ns, false);
                 args.extend([
@@ -512,7 +484,7 @@ pub fn meter(
 ) -> MecResult<Option<Value>> {
     let slot = my_slot();
     for _ in 0..3 {
-        let (total, id) = in_subtransaction(
+        let (total, id) = subtransaction::kept_if(
             || {
                 let mut args = ev.ledger_args(ns, &c.window);
                 args.extend([

@@ -7,7 +7,7 @@ use pgrx::spi::SpiClient;
 use serde_json::{json, Value};
 
 use crate::pg::spi::{self, stmt};
-use crate::pg::values::iso8601;
+use crate::pg::values::{iso8601, new_uuid};
 use crate::pg::MecResult;
 
 /// Every event type pg_mec emits.
@@ -41,7 +41,7 @@ pub fn webhook_id(event_id: Uuid) -> String {
 
 /// A fresh event id.
 pub fn new_event_id() -> Uuid {
-    Uuid::from_bytes(*uuid::Uuid::new_v4().as_bytes())
+    new_uuid()
 }
 
 /// The body every endpoint receives: `{type, timestamp, data}` (the Standard Webhooks shape).

@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 use crate::ops::corrections;
 use crate::ops::provisioning::{self, Provision};
 use crate::pg::spi::{self, stmt};
+use crate::pg::values::new_uuid;
 use crate::pg::{MecError, MecResult};
 
 /// Events pg_mec acts on in one delivery at most (Auth0 batches hold up to a few hundred).
@@ -267,7 +268,7 @@ fn sign_up(
     if let Some(account) = account_of(client, ns, user)? {
         return Ok((account, "the account exists already".into()));
     }
-    let account = Uuid::from_bytes(*uuid::Uuid::new_v4().as_bytes());
+    let account = new_uuid();
     match provisioning::default_plan(client, ns)? {
         Some(plan) => {
             provisioning::provision(

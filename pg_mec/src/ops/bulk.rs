@@ -11,7 +11,7 @@ use crate::ledger::keys::{claim_key, store_result};
 use crate::ops::provisioning::{self, Provision};
 use crate::pg::context::parse_uuid;
 use crate::pg::spi::{self, stmt};
-use crate::pg::values::timestamptz;
+use crate::pg::values::{new_uuid, timestamptz};
 use crate::pg::{MecError, MecResult};
 
 /// Rows in one call at most.
@@ -306,7 +306,7 @@ pub fn bulk_provision(
             }
             (Some(a), _) => a,
             (None, Some(o)) => o,
-            (None, None) => Uuid::from_bytes(*uuid::Uuid::new_v4().as_bytes()),
+            (None, None) => new_uuid(),
         };
         if let Some(first) = seen_accounts.insert(account, i) {
             problems.push(problem(i, "", format!("the same account as row {first}")));

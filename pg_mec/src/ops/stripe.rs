@@ -29,7 +29,7 @@ use crate::ledger::audit::audit;
 use crate::ops::provisioning::{self, Provision};
 use crate::pg::context::parse_uuid;
 use crate::pg::spi::{self, stmt};
-use crate::pg::values::timestamptz;
+use crate::pg::values::{new_uuid, timestamptz};
 use crate::pg::{MecError, MecResult};
 
 /// Stripe's own default, and the namespace setting's.
@@ -590,10 +590,7 @@ fn checkout(
             // A new customer of the vendor: the account, on the default plan if there is one.
             let (id, external_id) = match named {
                 Some(id) => (id, None),
-                None => (
-                    Uuid::from_bytes(*uuid::Uuid::new_v4().as_bytes()),
-                    Some(reference.as_str()),
-                ),
+                None => (new_uuid(), Some(reference.as_str())),
             };
             match provisioning::default_plan(client, ns)? {
                 Some(plan) => {

@@ -13,6 +13,7 @@ pub mod jsonb;
 pub mod owner;
 pub mod raise;
 pub mod spi;
+pub mod subtransaction;
 pub mod values;
 
 pub use errors::{MecError, MecResult};
