@@ -352,3 +352,33 @@ def test_a_key_recorded_meanwhile_by_another_transaction(new_namespace, connect)
         " USING (account_id, resource_type, period_start)"
         " WHERE coalesce(c.used, 0) <> coalesce(l.used, 0)", (ns, ns)).fetchone()[0]
     assert mismatched == 0
+
+
+def test_a_counter_rolled_back_after_a_batch_saw_it(new_namespace, connect):
+    """A backend remembers which counters exist so that its batches skip creating them. A counter
+    whose creating transaction rolled back is gone although remembered: the next batch on it still
+    records its events (one by one), and every batch after that too."""
+    admin = setup_namespace(new_namespace, connect, member=False)
+    ns = admin.execute("SELECT mec.current_namespace()::text").fetchone()[0]
+    svc = connect(namespace_id=ns, role="mec_service", autocommit=False)
+    fresh = str(uuid.UUID(int=0xD0))
+    admin.execute("SELECT mec.provision_plan(p_account_id => %s::uuid, p_plan_id => 'p')", (fresh,))
+
+    def batch(*keys: str) -> list[dict]:
+        events = [{"idempotency_key": k, "account_id": fresh, "resource_type": "units", "quantity": 1}
+                  for k in keys]
+        return svc.execute("SELECT mec.meter_consumption_batch(%s)", (adapt(events),)).fetchone()[0]["results"]
+
+    assert [r["status"] for r in batch("gone-1", "gone-2")] == ["recorded", "recorded"]
+    svc.rollback()  # the counter row this batch created is gone
+    assert admin.execute("SELECT count(*) FROM mec_data.usage_counters WHERE namespace_id = %s::uuid"
+                         " AND account_id = %s::uuid", (ns, fresh)).fetchone()[0] == 0
+    for keys in (("r-1", "r-2"), ("r-3",), ("r-4", "r-5")):
+        results = batch(*keys)
+        svc.commit()
+        assert [r["status"] for r in results] == ["recorded"] * len(keys)
+    used = admin.execute("SELECT sum(used) FROM mec_data.usage_counters WHERE namespace_id = %s::uuid"
+                         " AND account_id = %s::uuid", (ns, fresh)).fetchone()[0]
+    ledger = admin.execute("SELECT count(*), max(quantity_used) FROM mec_data.consumption"
+                           " WHERE namespace_id = %s::uuid AND account_id = %s::uuid", (ns, fresh)).fetchone()
+    assert used == 5 and tuple(ledger) == (5, 5)

@@ -251,12 +251,12 @@ impl Counters {
 }
 
 /// Locks the counters of `wanted` (key order); returns the totals of those that may be metered
-/// set-wise (not striped, holding no reservations).
+/// set-wise (not striped, holding no reservations), and every key it found.
 fn lock(
     client: &mut SpiClient<'_>,
     ns: Uuid,
     wanted: &Counters,
-) -> MecResult<HashMap<Key, Decimal>> {
+) -> MecResult<(HashMap<Key, Decimal>, HashSet<Key>)> {
     let rows = spi::write(
         client,
         &LOCK_COUNTERS,
@@ -268,6 +268,7 @@ fn lock(
         ],
     )?;
     let mut totals = HashMap::new();
+    let mut found = HashSet::new();
     for row in rows {
         let account = row.get::<Uuid>("account_id")?;
         let resource = row.get::<String>("resource_type")?;
@@ -275,6 +276,8 @@ fn lock(
         let (Some(account), Some(resource), Some(start)) = (account, resource, start) else {
             continue;
         };
+        let key = (account, resource, unix_us(start)?);
+        found.insert(key.clone());
         if row.get::<bool>("striped")?.unwrap_or(false)
             || row.get::<bool>("has_holds")?.unwrap_or(false)
         {
@@ -286,9 +289,9 @@ fn lock(
             .map(to_decimal)
             .transpose()?
             .unwrap_or_default();
-        totals.insert((account, resource, unix_us(start)?), used);
+        totals.insert(key, used);
     }
-    Ok(totals)
+    Ok((totals, found))
 }
 
 /// Decides and records `plain` (in batch order).
@@ -304,20 +307,25 @@ pub fn meter(client: &mut SpiClient<'_>, ns: Uuid, plain: Vec<Plain>) -> MecResu
         wanted.insert(key_of(p), p.window.end_us);
     }
     // Created (those missing) and then locked, all in key order: two batches never wait for each
-    // other in opposite orders.
-    let counters = Counters::of(&wanted);
-    spi::write(
-        client,
-        &CREATE_COUNTERS,
-        &[
-            ns.into(),
-            counters.accounts.clone().into(),
-            counters.resources.clone().into(),
-            counters.starts.clone().into(),
-            counters.ends.clone().into(),
-        ],
-    )?;
-    let mut totals = lock(client, ns, &counters)?;
+    // other in opposite orders. Counters this backend has seen are not offered for creating again.
+    let unknown: Vec<(&Key, &Option<i64>)> =
+        wanted.iter().filter(|(k, _)| !known::has(ns, k)).collect();
+    if !unknown.is_empty() {
+        let missing = Counters::of(unknown);
+        spi::write(
+            client,
+            &CREATE_COUNTERS,
+            &[
+                ns.into(),
+                missing.accounts.into(),
+                missing.resources.into(),
+                missing.starts.into(),
+                missing.ends.into(),
+            ],
+        )?;
+    }
+    let (mut totals, found) = lock(client, ns, &Counters::of(&wanted))?;
+    known::learn(ns, wanted.keys(), &found);
     let (plain, back): (Vec<Plain>, Vec<Plain>) = plain
         .into_iter()
         .partition(|p| totals.contains_key(&key_of(p)));
@@ -561,5 +569,64 @@ impl LedgerRows {
             self.statuses.into(),
             self.metadata.into(),
         ]
+    }
+}
+
+/// The counters this backend has seen exist, so that a batch offers only the others to
+/// CREATE_COUNTERS (an `INSERT … ON CONFLICT` that probes every key it is given). Never trusted for
+/// more than that: a key it lists whose row is gone (its transaction rolled back, its account
+/// deleted) is not locked, so its events are metered one by one, which creates the row, and the key
+/// is forgotten.
+mod known {
+    use std::cell::RefCell;
+    use std::collections::{HashMap, HashSet};
+
+    use pgrx::datum::Uuid;
+
+    use super::Key;
+
+    /// Forgotten all at once past this many (a few MB).
+    const MAX: usize = 20_000;
+
+    #[derive(Default)]
+    struct Seen {
+        by_namespace: HashMap<Uuid, HashSet<Key>>,
+        count: usize,
+    }
+
+    thread_local! {
+        static SEEN: RefCell<Seen> = RefCell::new(Seen::default());
+    }
+
+    pub fn has(ns: Uuid, key: &Key) -> bool {
+        SEEN.with(|s| {
+            s.borrow()
+                .by_namespace
+                .get(&ns)
+                .is_some_and(|keys| keys.contains(key))
+        })
+    }
+
+    /// Remembers which of `wanted` LOCK_COUNTERS `found`, and forgets the others.
+    pub fn learn<'k>(ns: Uuid, wanted: impl Iterator<Item = &'k Key>, found: &HashSet<Key>) {
+        SEEN.with(|s| {
+            let mut seen = s.borrow_mut();
+            for key in wanted {
+                if found.contains(key) {
+                    if seen.count >= MAX {
+                        *seen = Seen::default();
+                    }
+                    let keys = seen.by_namespace.entry(ns).or_default();
+                    if !keys.contains(key) {
+                        keys.insert(key.clone());
+                        seen.count += 1;
+                    }
+                } else if let Some(keys) = seen.by_namespace.get_mut(&ns) {
+                    if keys.remove(key) {
+                        seen.count -= 1;
+                    }
+                }
+            }
+        });
     }
 }

@@ -5,7 +5,8 @@ use std::str::FromStr;
 
 pub use pg_mec_core::time::iso8601;
 use pg_mec_core::Decimal;
-use pgrx::datum::{AnyNumeric, TimestampWithTimeZone, Uuid};
+use pgrx::datum::{AnyNumeric, FromDatum, TimestampWithTimeZone, Uuid};
+use pgrx::pg_sys;
 use serde_json::Value;
 
 use crate::pg::{MecError, MecResult};
@@ -53,6 +54,22 @@ pub fn to_decimal(n: &AnyNumeric) -> MecResult<Decimal> {
 }
 
 pub fn to_numeric(d: Decimal) -> AnyNumeric {
+    // Whole quantities (the common case) directly: numeric_in on their text gives the same value,
+    // scale 0, but through a PG_TRY and a text round trip.
+    if d.scale() == 0 {
+        if let Ok(i) = i64::try_from(d) {
+            // SAFETY: int64_to_numeric cannot fail; from_datum copies the numeric into Rust memory,
+            // so the palloc'd one can go.
+            unsafe {
+                let n = pg_sys::int64_to_numeric(i);
+                let copy = AnyNumeric::from_datum(pg_sys::Datum::from(n), false);
+                pg_sys::pfree(n.cast());
+                if let Some(copy) = copy {
+                    return copy;
+                }
+            }
+        }
+    }
     // A Decimal always prints as a valid numeric literal.
     AnyNumeric::try_from(d.to_string().as_str()).unwrap_or_default()
 }

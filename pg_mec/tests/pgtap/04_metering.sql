@@ -2,7 +2,7 @@
 -- grace, unlimited and zero limits, periods, billability by HTTP status, ME429 (DETAIL, aborts the
 -- caller's work), and bad input (contract SQLSTATE, nothing changed).
 BEGIN;
-SELECT plan(72);
+SELECT plan(74);
 
 \ir helpers.psql
 
@@ -423,6 +423,24 @@ SELECT is(
                  'resource_type', 'm_hard', 'quantity', 1, 'occurred_at', '2026-01-01T00:00:00+0é00'))) AS r) b),
     '{"rejected": 1, "code": "22023"}'::jsonb,
     'a batch event with a malformed occurred_at is rejected with 22023, the call itself succeeds');
+
+-- Quantities are stored as the numerics their text names: whole ones with scale 0 (made without a
+-- text round trip), fractions through numeric_in.
+DO $$ BEGIN
+    PERFORM mec.meter_consumption('t04-num-a-whole', '7e570000-0004-4000-8000-000000000101', 'm_unlimited', 3);
+    PERFORM mec.meter_consumption('t04-num-b-frac', '7e570000-0004-4000-8000-000000000101', 'm_unlimited', 2.50);
+    PERFORM mec.meter_consumption('t04-num-c-big', '7e570000-0004-4000-8000-000000000101', 'm_unlimited', 90000000000000000);
+END $$;
+SELECT is(
+    (SELECT string_agg(quantity::text || ':' || scale(quantity), ',' ORDER BY idempotency_key)
+       FROM mec_data.consumption WHERE idempotency_key LIKE 't04-num-%'),
+    '3:0,2.5:1,90000000000000000:0',
+    'quantities are stored exactly, whole ones with scale 0');
+SELECT is(
+    (SELECT quantity_used - lag(quantity_used) OVER (ORDER BY idempotency_key)
+       FROM mec_data.consumption WHERE idempotency_key LIKE 't04-num-%' ORDER BY idempotency_key OFFSET 2),
+    90000000000000000::numeric,
+    'the running total counts a quantity near the largest exactly');
 
 SELECT * FROM finish();
 ROLLBACK;
