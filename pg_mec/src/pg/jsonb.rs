@@ -1,15 +1,16 @@
 //! Results as `jsonb`, built in place: every public function returns a `serde_json::Value`, and
-//! `Jsonb` turns it into a `jsonb` datum with Postgres's own `pushJsonbValue`, instead of printing
-//! it as JSON text and parsing that text again with `jsonb_in` (what `pgrx::JsonB` does, ~5% of a
-//! `check_entitlement` call). The result is the same `jsonb` value: numbers go through
-//! `numeric_in` on the text serde prints, so `50.0` stays `50.0`.
+//! `Jsonb` turns it into the tree of `JsonbValue`s that Postgres's own `JsonbValueToJsonb` converts,
+//! instead of printing it as JSON text and parsing that text again with `jsonb_in` (what
+//! `pgrx::JsonB` does, ~5% of a `check_entitlement` call). The result is the same `jsonb` value:
+//! numbers go through `numeric_in` on the text serde prints, so `50.0` stays `50.0`, and each
+//! object's keys are put in jsonb's order (shorter first, then by bytes), as `jsonb_in` would.
 
 use std::ffi::CString;
 
 use pgrx::callconv::{Arg, ArgAbi, BoxRet, FcInfo};
 use pgrx::datum::{Datum, FromDatum};
 use pgrx::nullable::Nullable;
-use pgrx::pg_sys::{self, jbvType, JsonbIteratorToken as Token};
+use pgrx::pg_sys::{self, jbvType};
 use pgrx::pgrx_sql_entity_graph::metadata::{
     ArgumentError, ReturnsError, ReturnsRef, SqlMappingRef, SqlTranslatable, TypeOrigin,
 };
@@ -20,66 +21,83 @@ use serde_json::Value;
 #[derive(Debug)]
 pub struct Jsonb(pub Value);
 
-/// The parse state of `pushJsonbValue`. Every string pointer it keeps borrows from the `Value`
-/// being pushed, which outlives `JsonbValueToJsonb`, where the bytes are copied.
-struct Builder {
-    state: *mut pg_sys::JsonbParseState,
+/// A document as the tree of `JsonbValue`s that `JsonbValueToJsonb` turns into a `jsonb`, built
+/// directly rather than through `pushJsonbValue` (which copies every element into growing arrays
+/// and sorts each object's pairs with a C comparator). Every array of elements and of pairs lives
+/// here until the conversion, and every string points into the `Value` being converted, which
+/// outlives it too.
+#[derive(Default)]
+struct Tree {
+    arrays: Vec<Vec<pg_sys::JsonbValue>>,
+    objects: Vec<Vec<pg_sys::JsonbPair>>,
 }
 
-impl Builder {
-    /// # Safety
-    /// `v` is NULL (begin/end tokens) or a value whose string bytes outlive the builder.
-    unsafe fn push(
-        &mut self,
-        token: Token::Type,
-        v: *mut pg_sys::JsonbValue,
-    ) -> *mut pg_sys::JsonbValue {
-        // SAFETY: a valid parse state (NULL at the start) and a JsonbValue or NULL.
-        unsafe { pg_sys::pushJsonbValue(&mut self.state, token, v) }
-    }
-
-    /// Pushes `value` with `token` (WJB_ELEM or WJB_VALUE) inside a container, or as the whole
-    /// document when `token` is `None`. Returns what the last push returned: for the document,
-    /// its finished root value.
-    fn value(&mut self, token: Option<Token::Type>, value: &Value) -> *mut pg_sys::JsonbValue {
-        // SAFETY: begin/end tokens take NULL; keys, elements and scalars borrow from `value`.
-        unsafe {
-            match value {
-                Value::Array(items) => {
-                    self.push(Token::WJB_BEGIN_ARRAY, std::ptr::null_mut());
-                    for item in items {
-                        self.value(Some(Token::WJB_ELEM), item);
-                    }
-                    self.push(Token::WJB_END_ARRAY, std::ptr::null_mut())
-                }
-                Value::Object(map) => {
-                    self.push(Token::WJB_BEGIN_OBJECT, std::ptr::null_mut());
-                    for (k, v) in map {
-                        let mut key: pg_sys::JsonbValue = std::mem::zeroed();
-                        string(&mut key, k);
-                        self.push(Token::WJB_KEY, &mut key);
-                        self.value(Some(Token::WJB_VALUE), v);
-                    }
-                    self.push(Token::WJB_END_OBJECT, std::ptr::null_mut())
-                }
-                scalar => {
-                    let mut jv = scalar_value(scalar);
-                    match token {
-                        Some(t) => self.push(t, &mut jv),
-                        None => {
-                            // A scalar document is a one-element raw-scalar array, as jsonb_in
-                            // makes it.
-                            let mut arr: pg_sys::JsonbValue = std::mem::zeroed();
-                            arr.type_ = jbvType::jbvArray;
-                            arr.val.array.rawScalar = true;
-                            self.push(Token::WJB_BEGIN_ARRAY, &mut arr);
-                            self.push(Token::WJB_ELEM, &mut jv);
-                            self.push(Token::WJB_END_ARRAY, std::ptr::null_mut())
-                        }
-                    }
-                }
+impl Tree {
+    fn node(&mut self, value: &Value) -> pg_sys::JsonbValue {
+        match value {
+            Value::Array(items) => {
+                let mut elems: Vec<pg_sys::JsonbValue> =
+                    items.iter().map(|item| self.node(item)).collect();
+                // SAFETY: an all-zero JsonbValue is valid; the union member set matches type_.
+                let mut jv: pg_sys::JsonbValue = unsafe { std::mem::zeroed() };
+                jv.type_ = jbvType::jbvArray;
+                jv.val.array = pg_sys::JsonbValue__bindgen_ty_1__bindgen_ty_2 {
+                    nElems: count(elems.len()),
+                    // Moving the Vec into `arrays` below keeps its buffer where it is.
+                    elems: elems.as_mut_ptr(),
+                    rawScalar: false,
+                };
+                self.arrays.push(elems);
+                jv
             }
+            Value::Object(map) => {
+                let mut pairs: Vec<pg_sys::JsonbPair> = map
+                    .iter()
+                    .map(|(k, v)| {
+                        // SAFETY: as above; string() sets the string member.
+                        let mut key: pg_sys::JsonbValue = unsafe { std::mem::zeroed() };
+                        string(&mut key, k);
+                        pg_sys::JsonbPair {
+                            key,
+                            value: self.node(v),
+                            order: 0,
+                        }
+                    })
+                    .collect();
+                // jsonb keeps an object's keys shorter first, then by their bytes (what
+                // pushJsonbValue's sort gives); a serde map's keys are unique already.
+                pairs.sort_unstable_by(|a, b| {
+                    let (a, b) = (key_bytes(&a.key), key_bytes(&b.key));
+                    a.len().cmp(&b.len()).then_with(|| a.cmp(b))
+                });
+                // SAFETY: as above.
+                let mut jv: pg_sys::JsonbValue = unsafe { std::mem::zeroed() };
+                jv.type_ = jbvType::jbvObject;
+                jv.val.object = pg_sys::JsonbValue__bindgen_ty_1__bindgen_ty_3 {
+                    nPairs: count(pairs.len()),
+                    pairs: pairs.as_mut_ptr(),
+                };
+                self.objects.push(pairs);
+                jv
+            }
+            scalar => scalar_value(scalar),
         }
+    }
+}
+
+/// A count for a JsonbValue; a document too big for jsonb is refused with an ERROR when converted.
+fn count(n: usize) -> std::ffi::c_int {
+    std::ffi::c_int::try_from(n).unwrap_or(std::ffi::c_int::MAX)
+}
+
+/// The bytes of a key that [`string`] made.
+fn key_bytes(key: &pg_sys::JsonbValue) -> &[u8] {
+    // SAFETY: keys are strings made by string(), pointing into a live &str of that length.
+    unsafe {
+        std::slice::from_raw_parts(
+            key.val.string.val as *const u8,
+            usize::try_from(key.val.string.len).unwrap_or(0),
+        )
     }
 }
 
@@ -139,14 +157,12 @@ fn numeric(n: &serde_json::Number) -> pg_sys::Numeric {
 
 impl IntoDatum for Jsonb {
     fn into_datum(self) -> Option<pg_sys::Datum> {
-        let mut b = Builder {
-            state: std::ptr::null_mut(),
-        };
-        let root = b.value(None, &self.0);
-        // SAFETY: the last push closed the document and returned its root; the strings it points
-        // to still live in `self.0`.
+        let mut tree = Tree::default();
+        let mut root = tree.node(&self.0);
+        // SAFETY: a scalar root becomes a raw-scalar array inside JsonbValueToJsonb; a container
+        // root's elements, pairs and strings still live in `tree` and `self.0`, and are copied.
         Some(pg_sys::Datum::from(unsafe {
-            pg_sys::JsonbValueToJsonb(root)
+            pg_sys::JsonbValueToJsonb(&mut root)
         }))
     }
 

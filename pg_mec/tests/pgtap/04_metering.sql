@@ -2,7 +2,7 @@
 -- grace, unlimited and zero limits, periods, billability by HTTP status, ME429 (DETAIL, aborts the
 -- caller's work), and bad input (contract SQLSTATE, nothing changed).
 BEGIN;
-SELECT plan(74);
+SELECT plan(76);
 
 \ir helpers.psql
 
@@ -441,6 +441,21 @@ SELECT is(
        FROM mec_data.consumption WHERE idempotency_key LIKE 't04-num-%' ORDER BY idempotency_key OFFSET 2),
     90000000000000000::numeric,
     'the running total counts a quantity near the largest exactly');
+
+-- Results are built as jsonb directly: the same value jsonb_in makes of their text, keys in
+-- jsonb's order (so every key is found).
+SELECT is(
+    (SELECT r FROM (SELECT mec.meter_consumption('t04-num-a-whole', '7e570000-0004-4000-8000-000000000101', 'm_unlimited', 3) AS r) x),
+    (SELECT r::text::jsonb FROM (SELECT mec.meter_consumption('t04-num-a-whole', '7e570000-0004-4000-8000-000000000101', 'm_unlimited', 3) AS r) x),
+    'a result is the jsonb its own text reads as');
+SELECT is(
+    (SELECT array_agg(k ORDER BY k) FILTER (WHERE r ? k)
+       FROM (SELECT mec.meter_consumption('t04-num-a-whole', '7e570000-0004-4000-8000-000000000101', 'm_unlimited', 3) AS r) x,
+            jsonb_object_keys(r) AS k),
+    (SELECT array_agg(k ORDER BY k)
+       FROM (SELECT mec.meter_consumption('t04-num-a-whole', '7e570000-0004-4000-8000-000000000101', 'm_unlimited', 3) AS r) x,
+            jsonb_object_keys(r) AS k),
+    'every key of a result is found by ?');
 
 SELECT * FROM finish();
 ROLLBACK;
