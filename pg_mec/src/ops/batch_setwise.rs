@@ -24,7 +24,7 @@ use pg_mec_core::quantity::counter_ceiling;
 use pg_mec_core::Decimal;
 use pgrx::datum::{AnyNumeric, DatumWithOid, TimestampWithTimeZone, Uuid};
 use pgrx::spi::SpiClient;
-use pgrx::{JsonB, PgSqlErrorCode};
+use pgrx::{pg_sys, JsonB, PgSqlErrorCode};
 use serde_json::Value;
 
 use crate::cache::entitlement::{self, Effective};
@@ -40,17 +40,18 @@ use crate::pg::values::{new_uuid, timestamptz, to_decimal, to_numeric, unix_us};
 use crate::pg::{MecError, MecResult};
 
 stmt! {
-    /// Locks the counters, in key order: their totals, and whether each can be metered set-wise.
+    /// Locks the counters, in key order: their totals, whether each can be metered set-wise, and
+    /// where each row is (ADD_ALL).
     /// Each key is looked up on its own (the `OFFSET 0`s keep the lateral subquery from being
     /// flattened into a join): a generic plan that merge-joined the keys against the namespace's
     /// counters read every counter of the namespace for a batch of one event.
     static LOCK_COUNTERS: write (ns: uuid, accounts: uuid_array, resources: text_array, starts: timestamptz_array) =
-        "SELECT u.account_id, u.resource_type, u.period_start, u.used, u.striped, u.has_holds
+        "SELECT u.account_id, u.resource_type, u.period_start, u.used, u.striped, u.has_holds, u.tid
            FROM (SELECT * FROM unnest($2::uuid[], $3::text[], $4::timestamptz[])
                                 AS c(account_id, resource_type, period_start)
                   ORDER BY 1, 2, 3 OFFSET 0) c
           CROSS JOIN LATERAL (
-                SELECT * FROM mec_data.usage_counters x
+                SELECT x.*, x.ctid AS tid FROM mec_data.usage_counters x
                  WHERE x.namespace_id = $1 AND x.account_id = c.account_id
                    AND x.resource_type = c.resource_type AND x.period_start = c.period_start
                    AND x.slot = 0
@@ -133,20 +134,11 @@ stmt! {
 }
 
 stmt! {
-    /// Each counter changed once, by what its recorded events add up to (each found by its key,
-    /// as in LOCK_COUNTERS, then by its row's address).
-    static ADD_ALL: write (ns: uuid, accounts: uuid_array, resources: text_array, starts: timestamptz_array,
-                           deltas: numeric_array) =
+    /// Each counter changed once, by what its recorded events add up to: found by the address
+    /// LOCK_COUNTERS read it at (the row is locked since, so it has not moved).
+    static ADD_ALL: write (tids: tid_array, deltas: numeric_array) =
         "UPDATE mec_data.usage_counters u SET used = u.used + d.delta, updated_at = now()
-           FROM (SELECT l.tid, c.delta
-                   FROM unnest($2::uuid[], $3::text[], $4::timestamptz[], $5::numeric[])
-                        AS c(account_id, resource_type, period_start, delta)
-                  CROSS JOIN LATERAL (
-                        SELECT x.ctid AS tid FROM mec_data.usage_counters x
-                         WHERE x.namespace_id = $1 AND x.account_id = c.account_id
-                           AND x.resource_type = c.resource_type
-                           AND x.period_start = c.period_start AND x.slot = 0
-                        OFFSET 0) l) d
+           FROM unnest($1::tid[], $2::numeric[]) AS d(tid, delta)
           WHERE u.ctid = d.tid";
 }
 /// What [`meter`] did: each decided event's answer by batch index, and the events it handed back
@@ -250,13 +242,19 @@ impl Counters {
     }
 }
 
-/// Locks the counters of `wanted` (key order); returns the totals of those that may be metered
-/// set-wise (not striped, holding no reservations), and every key it found.
-fn lock(
-    client: &mut SpiClient<'_>,
-    ns: Uuid,
-    wanted: &Counters,
-) -> MecResult<(HashMap<Key, Decimal>, HashSet<Key>)> {
+/// What [`lock`] found.
+struct Locked {
+    /// The totals of the counters that may be metered set-wise (not striped, holding no
+    /// reservations) ...
+    totals: HashMap<Key, Decimal>,
+    /// ... and where their rows are.
+    tids: HashMap<Key, pg_sys::ItemPointerData>,
+    /// Every key found.
+    found: HashSet<Key>,
+}
+
+/// Locks the counters of `wanted` (key order).
+fn lock(client: &mut SpiClient<'_>, ns: Uuid, wanted: &Counters) -> MecResult<Locked> {
     let rows = spi::write(
         client,
         &LOCK_COUNTERS,
@@ -267,8 +265,11 @@ fn lock(
             wanted.starts.clone().into(),
         ],
     )?;
-    let mut totals = HashMap::new();
-    let mut found = HashSet::new();
+    let mut locked = Locked {
+        totals: HashMap::new(),
+        tids: HashMap::new(),
+        found: HashSet::new(),
+    };
     for row in rows {
         let account = row.get::<Uuid>("account_id")?;
         let resource = row.get::<String>("resource_type")?;
@@ -277,7 +278,7 @@ fn lock(
             continue;
         };
         let key = (account, resource, unix_us(start)?);
-        found.insert(key.clone());
+        locked.found.insert(key.clone());
         if row.get::<bool>("striped")?.unwrap_or(false)
             || row.get::<bool>("has_holds")?.unwrap_or(false)
         {
@@ -289,9 +290,12 @@ fn lock(
             .map(to_decimal)
             .transpose()?
             .unwrap_or_default();
-        totals.insert(key, used);
+        if let Some(tid) = row.get::<pg_sys::ItemPointerData>("tid")? {
+            locked.tids.insert(key.clone(), tid);
+        }
+        locked.totals.insert(key, used);
     }
-    Ok((totals, found))
+    Ok(locked)
 }
 
 /// Decides and records `plain` (in batch order).
@@ -324,7 +328,11 @@ pub fn meter(client: &mut SpiClient<'_>, ns: Uuid, plain: Vec<Plain>) -> MecResu
             ],
         )?;
     }
-    let (mut totals, found) = lock(client, ns, &Counters::of(&wanted))?;
+    let Locked {
+        mut totals,
+        tids,
+        found,
+    } = lock(client, ns, &Counters::of(&wanted))?;
     known::learn(ns, wanted.keys(), &found);
     let (plain, back): (Vec<Plain>, Vec<Plain>) = plain
         .into_iter()
@@ -437,20 +445,18 @@ pub fn meter(client: &mut SpiClient<'_>, ns: Uuid, plain: Vec<Plain>) -> MecResu
         }
     }
     if !deltas.is_empty() {
-        let keys = Counters::of(deltas.keys().map(|k| (k, &None)));
-        let amounts: Vec<AnyNumeric> = deltas.values().map(|d| to_numeric(*d)).collect();
-        spi::write(
-            client,
-            &ADD_ALL,
-            &[
-                ns.into(),
-                keys.accounts.into(),
-                keys.resources.into(),
-                keys.starts.into(),
-                amounts.into(),
-            ],
-        )
-        .map_err(MecError::after_write)?;
+        let mut rows: Vec<pg_sys::ItemPointerData> = Vec::with_capacity(deltas.len());
+        let mut amounts: Vec<AnyNumeric> = Vec::with_capacity(deltas.len());
+        for (key, delta) in &deltas {
+            // Every accepted event's counter was locked, and its address read with it.
+            let tid = tids.get(key).ok_or_else(|| {
+                MecError::Internal(format!("counter {key:?} was not locked")).after_write()
+            })?;
+            rows.push(*tid);
+            amounts.push(to_numeric(*delta));
+        }
+        spi::write(client, &ADD_ALL, &[rows.into(), amounts.into()])
+            .map_err(MecError::after_write)?;
     }
     for &(i, after) in &accepted {
         let p = &plain[i];

@@ -123,6 +123,9 @@ macro_rules! sql_type {
     (jsonb_array) => {
         ::pgrx::pg_sys::JSONBARRAYOID
     };
+    (tid_array) => {
+        ::pgrx::pg_sys::TIDARRAYOID
+    };
 }
 pub(crate) use sql_type;
 
