@@ -31,7 +31,7 @@ use crate::ledger::{Event, UsageResult};
 use crate::ops::dimensions::{self, Prepared};
 use crate::ops::hierarchy::{self, Pools};
 use crate::pg::spi::{self, stmt};
-use crate::pg::values::{to_decimal, to_numeric};
+use crate::pg::values::{new_uuid, to_decimal, to_numeric};
 use crate::pg::{MecError, MecResult};
 
 /// Events up to this far in the future are accepted (clients' clocks drift).
@@ -43,7 +43,8 @@ stmt! {
     static METER_PLAIN: write (ns: uuid, key: text, account_id: uuid, resource_type: text,
                                quantity: numeric, occurred_at: timestamptz, period_start: timestamptz,
                                period_end: timestamptz, ceiling: numeric, overage_from: numeric,
-                               floor: numeric, http_status: int4, metadata: jsonb, dimensions: jsonb) =
+                               floor: numeric, http_status: int4, metadata: jsonb, dimensions: jsonb,
+                               consumption_id: uuid) =
         include_str!("sql/meter_plain.sql");
 }
 
@@ -79,7 +80,7 @@ stmt! {
                                   quantity: numeric, occurred_at: timestamptz, period_start: timestamptz,
                                   period_end: timestamptz, ceiling: numeric, overage_from: numeric,
                                   floor: numeric, http_status: int4, metadata: jsonb,
-                                  dimensions: jsonb, slot_used: numeric) =
+                                  dimensions: jsonb, consumption_id: uuid, slot_used: numeric) =
         include_str!("sql/record_striped.sql");
 }
 
@@ -367,6 +368,7 @@ fn run_meter(
         ev.http_status.into(),
         ev.metadata_arg(),
         ev.dimensions_arg(),
+        new_uuid().into(),
     ]);
     let written = |v: Option<AnyNumeric>| -> MecResult<Option<Decimal>> {
         v.as_ref()

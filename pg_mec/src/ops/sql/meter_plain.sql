@@ -6,6 +6,7 @@
 --   $10     overage_from: the limit past which usage is overage (NULL: none)
 --   $11     floor: the least the counter may hold (gauges: 0; others NULL)
 --   $12     http_status   $13  metadata (NULL: '{}')   $14  dimensions (NULL: none)
+--   $15     consumption_id (made by the caller: gen_random_uuid() asks OpenSSL, several times slower)
 -- Matches nothing on a striped counter, or on one still counting a reservation that expired
 -- (its answer would include the hold, which reads leave out); those take the sweep, METER_SLOT0
 -- and RECORD_STRIPED. The reservations are looked at only for a counter that ever held one:
@@ -27,7 +28,7 @@ WITH upd AS (
            (namespace_id, idempotency_key, consumption_id, account_id, resource_type, quantity,
             occurred_at, period_start, period_end, billable, overage, overage_quantity,
             quantity_used, quantity_allowed, http_status, metadata, dimensions)
-    SELECT $1, $2, gen_random_uuid(), $3, $4, $5, $6, $7, $8, true,
+    SELECT $1, $2, $15, $3, $4, $5, $6, $7, $8, true,
            coalesce(upd.used > $10, false),
            CASE WHEN $10 IS NULL THEN 0 ELSE greatest(0, least($5, upd.used - $10)) END,
            upd.used, $10, $12, coalesce($13, '{}'), $14
