@@ -99,30 +99,36 @@ macro_rules! insert_ledger_rows {
     };
 }
 
-stmt! {
+/// A statement over the ledger rows as [`LedgerRows::args`] gives them (RECORD_NEW, RECORD_ALL).
+macro_rules! ledger_rows_stmt {
+    ($(#[$meta:meta])* static $name:ident = $sql:expr;) => {
+        stmt! {
+            $(#[$meta])*
+            static $name: write (ns: uuid, keys: text_array, ids: uuid_array, accounts: uuid_array,
+                                 resources: text_array, quantities: numeric_array,
+                                 occurred: timestamptz_array, starts: timestamptz_array,
+                                 ends: timestamptz_array, overage: bool_array,
+                                 overage_quantities: numeric_array, used: numeric_array,
+                                 allowed: numeric_array, statuses: int4_array, metadata: jsonb_array) =
+                $sql;
+        }
+    };
+}
+
+ledger_rows_stmt! {
     /// The ledger rows when none of their keys is taken (RECORDED_KEYS found none, and no other
     /// transaction recorded one since): a plain `INSERT`, without `ON CONFLICT`'s speculative
     /// insertion, which costs about a third more per row. A taken key raises `23505`.
-    static RECORD_NEW: write (ns: uuid, keys: text_array, ids: uuid_array, accounts: uuid_array,
-                              resources: text_array, quantities: numeric_array, occurred: timestamptz_array,
-                              starts: timestamptz_array, ends: timestamptz_array, overage: bool_array,
-                              overage_quantities: numeric_array, used: numeric_array, allowed: numeric_array,
-                              statuses: int4_array, metadata: jsonb_array) =
-        insert_ledger_rows!();
+    static RECORD_NEW = insert_ledger_rows!();
 }
 
-stmt! {
+ledger_rows_stmt! {
     /// The ledger rows, skipping the keys another transaction recorded meanwhile: the keys written.
-    static RECORD_ALL: write (ns: uuid, keys: text_array, ids: uuid_array, accounts: uuid_array,
-                              resources: text_array, quantities: numeric_array, occurred: timestamptz_array,
-                              starts: timestamptz_array, ends: timestamptz_array, overage: bool_array,
-                              overage_quantities: numeric_array, used: numeric_array, allowed: numeric_array,
-                              statuses: int4_array, metadata: jsonb_array) =
-        concat!(
-            insert_ledger_rows!(),
-            " ON CONFLICT (namespace_id, idempotency_key) DO NOTHING
-              RETURNING idempotency_key::text AS idempotency_key"
-        );
+    static RECORD_ALL = concat!(
+        insert_ledger_rows!(),
+        " ON CONFLICT (namespace_id, idempotency_key) DO NOTHING
+          RETURNING idempotency_key::text AS idempotency_key"
+    );
 }
 
 stmt! {
