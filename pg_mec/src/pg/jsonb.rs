@@ -51,8 +51,16 @@ impl Tree {
                 jv
             }
             Value::Object(map) => {
-                let mut pairs: Vec<pg_sys::JsonbPair> = map
-                    .iter()
+                // jsonb keeps an object's keys shorter first, then by their bytes (what
+                // pushJsonbValue's sort gives); a serde map's keys are unique already.
+                let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+                entries.sort_unstable_by(|(a, _), (b, _)| {
+                    a.len()
+                        .cmp(&b.len())
+                        .then_with(|| a.as_bytes().cmp(b.as_bytes()))
+                });
+                let mut pairs: Vec<pg_sys::JsonbPair> = entries
+                    .into_iter()
                     .map(|(k, v)| {
                         // SAFETY: as above; string() sets the string member.
                         let mut key: pg_sys::JsonbValue = unsafe { std::mem::zeroed() };
@@ -64,12 +72,6 @@ impl Tree {
                         }
                     })
                     .collect();
-                // jsonb keeps an object's keys shorter first, then by their bytes (what
-                // pushJsonbValue's sort gives); a serde map's keys are unique already.
-                pairs.sort_unstable_by(|a, b| {
-                    let (a, b) = (key_bytes(&a.key), key_bytes(&b.key));
-                    a.len().cmp(&b.len()).then_with(|| a.cmp(b))
-                });
                 // SAFETY: as above.
                 let mut jv: pg_sys::JsonbValue = unsafe { std::mem::zeroed() };
                 jv.type_ = jbvType::jbvObject;
@@ -88,17 +90,6 @@ impl Tree {
 /// A count for a JsonbValue; a document too big for jsonb is refused with an ERROR when converted.
 fn count(n: usize) -> std::ffi::c_int {
     std::ffi::c_int::try_from(n).unwrap_or(std::ffi::c_int::MAX)
-}
-
-/// The bytes of a key that [`string`] made.
-fn key_bytes(key: &pg_sys::JsonbValue) -> &[u8] {
-    // SAFETY: keys are strings made by string(), pointing into a live &str of that length.
-    unsafe {
-        std::slice::from_raw_parts(
-            key.val.string.val as *const u8,
-            usize::try_from(key.val.string.len).unwrap_or(0),
-        )
-    }
 }
 
 /// A JSON scalar as a JsonbValue (strings borrow from `value`).
